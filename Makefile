@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` (main job) and `make test`.
+# Both create .venv/ from pyproject.toml when it is missing or pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-from-pyproject
+PY := $(VENV)/bin/python
+
+.PHONY: venv test lint format bench-kernels clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -q
+
+bench-kernels: $(STAMP)
+	$(PY) -m lsdet.bench.kernels
+
+clean-venv:
+	rm -rf $(VENV)

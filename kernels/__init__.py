@@ -1,0 +1,1 @@
+"""Triton kernels of lsdet, installed as the subpackage ``lsdet.kernels``."""

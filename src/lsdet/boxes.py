@@ -1,0 +1,45 @@
+"""Box geometry on numpy arrays, shared by the data layer, the rates and the evaluator.
+
+Boxes are ``[N, 4]`` arrays ``(xmin, ymin, xmax, ymax)`` in any consistent unit
+(normalised [0, 1] coordinates or pixels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Area of each box, ``[N]``; degenerate boxes have area 0."""
+    boxes = np.asarray(boxes)
+    width = np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
+    height = np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return width * height
+
+
+def _pairwise_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(bottom_right - top_left, 0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union, ``[len(a), len(b)]``; 0 where the union is empty."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    inter = _pairwise_intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_ioa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over the area of ``a``, ``[len(a), len(b)]``.
+
+    The Open Images metric matches detections (``a``) to group-of boxes (``b``) by this.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    inter = _pairwise_intersection(a, b)
+    area_a = box_area(a)[:, None]
+    return np.divide(inter, area_a, out=np.zeros_like(inter), where=area_a > 0)
