@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lsdet.boxes import box_area, box_ioa, box_iou
+from lsdet.boxes import box_area, box_ioa, box_ioa_paired, box_iou, box_iou_paired
 
 
 def test_box_area_clips_degenerate_boxes():
@@ -27,3 +27,19 @@ def test_box_ioa_is_relative_to_first_argument():
     assert box_ioa(small, large)[0, 0] == pytest.approx(1.0)
     assert box_ioa(large, small)[0, 0] == pytest.approx(1 / 16)
     assert box_iou(small, large)[0, 0] == pytest.approx(1 / 16)
+
+
+def test_paired_iou_and_ioa_match_the_diagonal_of_the_pairwise_ones():
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 1, size=(2, 50, 4))
+    a = np.concatenate([corners[0, :, :2], corners[0, :, :2] + corners[0, :, 2:]], axis=1)
+    b = np.concatenate([corners[1, :, :2], corners[1, :, :2] + corners[1, :, 2:] / 2], axis=1)
+    np.testing.assert_allclose(box_iou_paired(a, b), np.diag(box_iou(a, b)))
+    np.testing.assert_allclose(box_ioa_paired(a, b), np.diag(box_ioa(a, b)))
+
+
+def test_paired_iou_and_ioa_by_hand():
+    a = np.array([[0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 0, 0]])
+    b = np.array([[1, 1, 3, 3], [0, 0, 4, 4], [0, 0, 0, 0]])
+    np.testing.assert_allclose(box_iou_paired(a, b), [1 / 7, 1 / 16, 0.0])
+    np.testing.assert_allclose(box_ioa_paired(a, b), [1 / 4, 1.0, 0.0])
