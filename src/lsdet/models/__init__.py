@@ -1,0 +1,25 @@
+"""The detector: timm backbone + FPN + Faster R-CNN with a multi-label box head."""
+
+from lsdet.models.backbone import TimmFPNBackbone, apply_norm_mode, create_timm_features
+from lsdet.models.detector import SIGMOID_LOSSES, build_detector, resolve_scoring
+from lsdet.models.roi_heads import (
+    MultiLabelBoxPredictor,
+    MultiLabelRoIHeads,
+    prior_bias,
+    raise_parents_to_descendants,
+    score_logits,
+)
+
+__all__ = [
+    "SIGMOID_LOSSES",
+    "MultiLabelBoxPredictor",
+    "MultiLabelRoIHeads",
+    "TimmFPNBackbone",
+    "apply_norm_mode",
+    "build_detector",
+    "create_timm_features",
+    "prior_bias",
+    "raise_parents_to_descendants",
+    "resolve_scoring",
+    "score_logits",
+]

@@ -1,0 +1,136 @@
+"""Faster R-CNN FPN on a timm backbone with the multi-label box head.
+
+``build_detector(model_cfg, num_classes=C + 1, loss_fn=...)`` reads the keys documented in
+conf/model/*.yaml. Anchors and the RoI pooler follow the backbone's levels: one anchor size
+per level (``anchor_sizes`` or ``anchor_scale`` x the level's stride) and RoIAlign over the
+FPN levels (not the extra max-pool level, as in torchvision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from lsdet.models.backbone import TimmFPNBackbone
+from lsdet.models.roi_heads import MultiLabelBoxPredictor, MultiLabelRoIHeads
+
+# Losses whose classifier is a per-class sigmoid: they need the prior-probability bias init
+# and are scored with a sigmoid when model.scoring=auto.
+SIGMOID_LOSSES = frozenset({"bce", "focal", "co_bce"})
+
+
+def resolve_scoring(scoring: str, loss_name: str) -> str:
+    """``auto`` -> the scoring that matches the training loss (the paper scores a
+    concurrent-softmax model with eq. 5); any explicit value is kept."""
+    if scoring != "auto":
+        return scoring
+    if loss_name in SIGMOID_LOSSES:
+        return "sigmoid"
+    if loss_name == "concurrent_softmax":
+        return "concurrent_softmax"
+    return "softmax"
+
+
+def anchor_sizes_for(model_cfg: Mapping[str, Any], strides: list[int], num_levels: int) -> list:
+    sizes = model_cfg.get("anchor_sizes")
+    if sizes is None:
+        level_strides = list(strides) + [strides[-1] * 2] * (num_levels - len(strides))
+        return [(int(model_cfg["anchor_scale"] * s),) for s in level_strides]
+    sizes = [tuple(int(v) for v in (s if isinstance(s, Sequence) else [s])) for s in sizes]
+    if len(sizes) != num_levels:
+        raise ValueError(
+            f"model.anchor_sizes has {len(sizes)} levels but the backbone+FPN gives "
+            f"{num_levels} (out_indices plus the extra pool level when on)"
+        )
+    return sizes
+
+
+def build_detector(
+    model_cfg: Mapping[str, Any],
+    *,
+    num_classes: int,
+    loss_fn: nn.Module,
+    loss_name: str = "softmax",
+    rates: torch.Tensor | None = None,
+    descendants: torch.Tensor | None = None,
+) -> FasterRCNN:
+    """The detector. ``num_classes`` counts the background (C + 1). ``rates`` [C+1, C+1] for
+    concurrent-softmax scoring; ``descendants`` [C, C] bool for parent scoring."""
+    bb = model_cfg["backbone"]
+    backbone = TimmFPNBackbone(
+        bb["name"],
+        out_indices=tuple(bb["out_indices"]),
+        fpn_channels=int(model_cfg["fpn_channels"]),
+        extra_pool_level=bool(model_cfg["extra_pool_level"]),
+        pretrained=bool(bb["pretrained"]),
+        checkpoint_path=bb.get("checkpoint_path"),
+        norm=bb["norm"],
+    )
+    sizes = anchor_sizes_for(model_cfg, backbone.strides, backbone.num_levels)
+    ratios = tuple(float(r) for r in model_cfg["aspect_ratios"])
+    anchor_generator = AnchorGenerator(sizes=tuple(sizes), aspect_ratios=(ratios,) * len(sizes))
+
+    roi = model_cfg["roi"]
+    output_size = int(roi["output_size"])
+    box_roi_pool = MultiScaleRoIAlign(
+        featmap_names=backbone.level_names,
+        output_size=output_size,
+        sampling_ratio=int(roi["sampling_ratio"]),
+    )
+    box_head = TwoMLPHead(backbone.out_channels * output_size**2, int(roi["representation_size"]))
+    prior = float(model_cfg["prior_prob"]) if loss_name in SIGMOID_LOSSES else None
+    box_predictor = MultiLabelBoxPredictor(
+        int(roi["representation_size"]),
+        num_classes,
+        class_agnostic_box_reg=bool(roi["class_agnostic_box_reg"]),
+        prior_prob=prior,
+    )
+    rpn = model_cfg["rpn"]
+    mean = model_cfg.get("image_mean")
+    std = model_cfg.get("image_std")
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=int(model_cfg["min_size"]),
+        max_size=int(model_cfg["max_size"]),
+        image_mean=list(mean) if mean is not None else None,
+        image_std=list(std) if std is not None else None,
+        rpn_anchor_generator=anchor_generator,
+        rpn_pre_nms_top_n_train=int(rpn["pre_nms_top_n_train"]),
+        rpn_pre_nms_top_n_test=int(rpn["pre_nms_top_n_test"]),
+        rpn_post_nms_top_n_train=int(rpn["post_nms_top_n_train"]),
+        rpn_post_nms_top_n_test=int(rpn["post_nms_top_n_test"]),
+        rpn_nms_thresh=float(rpn["nms_thresh"]),
+        rpn_batch_size_per_image=int(rpn["batch_size_per_image"]),
+        box_roi_pool=box_roi_pool,
+        box_head=box_head,
+        box_predictor=box_predictor,
+    )
+    scoring = resolve_scoring(model_cfg["scoring"], loss_name)
+    model.roi_heads = MultiLabelRoIHeads(
+        box_roi_pool,
+        box_head,
+        box_predictor,
+        fg_iou_thresh=float(roi["fg_iou_thresh"]),
+        bg_iou_thresh=float(roi["bg_iou_thresh"]),
+        batch_size_per_image=int(roi["batch_size_per_image"]),
+        positive_fraction=float(roi["positive_fraction"]),
+        bbox_reg_weights=None,
+        score_thresh=float(roi["score_thresh"]),
+        nms_thresh=float(roi["nms_thresh"]),
+        detections_per_img=int(roi["detections_per_img"]),
+        loss_fn=loss_fn,
+        num_classes=num_classes,
+        scoring=scoring,
+        parent_scores=model_cfg["parent_scores"],
+        rates=rates,
+        descendants=descendants,
+    )
+    return model

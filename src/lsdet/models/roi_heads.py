@@ -1,0 +1,241 @@
+"""A multi-label box head for torchvision's Faster R-CNN.
+
+Training: each sampled proposal inherits the multi-hot label set of the object it matched
+(``targets[i]["multilabels"]``, [num_objects, C] over the hierarchy's classes), background
+proposals get the one-hot background row; the classification loss is any loss of
+``lsdet.losses`` called as ``loss_fn(logits [R, C+1], multilabels [R, C+1], labels [R])``.
+
+Inference: class scores from softmax, concurrent softmax (paper eq. 5) or sigmoid, and,
+optionally, every parent class scored at least as high as its best descendant, so that a
+detector whose loss only sees the most specific label still emits the parent classes the
+Open Images metric evaluates. Box regression is class-agnostic by default: parent classes
+are rarely anyone's primary label, so class-specific regressors for them would stay untrained.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
+
+SCORINGS = ("softmax", "concurrent_softmax", "sigmoid")
+PARENT_SCORES = ("own", "max_descendants")
+
+
+def prior_bias(prior_prob: float) -> float:
+    """The classifier bias b with sigmoid(b) = prior_prob: -log((1 - p) / p)."""
+    if not 0 < prior_prob < 1:
+        raise ValueError(f"model.prior_prob must be in (0, 1), got {prior_prob}")
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
+class MultiLabelBoxPredictor(nn.Module):
+    """Class logits [R, C+1] and box deltas [R, 4] (class-agnostic) or [R, 4 (C+1)]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        class_agnostic_box_reg: bool = True,
+        prior_prob: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic_box_reg else 4 * num_classes)
+        self.class_agnostic_box_reg = class_agnostic_box_reg
+        if prior_prob is not None:
+            # Sigmoid losses start every class at probability prior_prob; from the default
+            # bias 0 (p = 0.5 for hundreds of negatives) they diverge.
+            nn.init.constant_(self.cls_score.bias, prior_bias(prior_prob))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def score_logits(
+    logits: torch.Tensor, scoring: str, rates: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-class scores [R, C+1] from logits [R, C+1] (column 0 = background)."""
+    if scoring == "softmax":
+        return F.softmax(logits.float(), dim=-1)
+    if scoring == "sigmoid":
+        return torch.sigmoid(logits.float())
+    if scoring == "concurrent_softmax":
+        if rates is None:
+            raise ValueError("scoring=concurrent_softmax needs the concurrent rates matrix")
+        from lsdet.ops import concurrent_softmax
+
+        return concurrent_softmax(logits.float(), rates.float())
+    raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
+
+
+def raise_parents_to_descendants(scores: torch.Tensor, descendants: torch.Tensor) -> torch.Tensor:
+    """scores [R, C+1]; descendants [C, C] bool (descendants[i, j]: j is below i).
+
+    Returns scores where each parent column is max(own score, best descendant's score)."""
+    out = scores.clone()
+    for parent in torch.nonzero(descendants.any(dim=1)).flatten().tolist():
+        below = torch.nonzero(descendants[parent]).flatten() + 1
+        out[:, parent + 1] = torch.maximum(scores[:, parent + 1], scores[:, below].amax(dim=1))
+    return out
+
+
+class MultiLabelRoIHeads(RoIHeads):
+    """torchvision RoIHeads (boxes only) with multi-hot targets and a pluggable loss."""
+
+    def __init__(
+        self,
+        *args,
+        loss_fn: nn.Module,
+        num_classes: int,
+        scoring: str = "softmax",
+        parent_scores: str = "max_descendants",
+        rates: torch.Tensor | None = None,
+        descendants: torch.Tensor | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if scoring not in SCORINGS:
+            raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
+        if parent_scores not in PARENT_SCORES:
+            raise ValueError(f"model.parent_scores={parent_scores!r}; expected {PARENT_SCORES}")
+        self.loss_fn = loss_fn
+        self.scoring = scoring
+        self.parent_scores = parent_scores
+        num_fg = num_classes - 1
+        if rates is None:
+            rates = torch.zeros(num_classes, num_classes)
+        if tuple(rates.shape) != (num_classes, num_classes):
+            raise ValueError(
+                f"rates must be [{num_classes}, {num_classes}], got {tuple(rates.shape)}"
+            )
+        if descendants is None:
+            descendants = torch.zeros(num_fg, num_fg, dtype=torch.bool)
+        # Buffers: saved with the checkpoint so that prediction needs no training data.
+        self.register_buffer("rates", rates.float().clone())
+        self.register_buffer("descendants", descendants.bool().clone())
+
+    def multilabel_targets(
+        self,
+        matched_idxs: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> torch.Tensor:
+        """[R, C+1] multi-hot per sampled proposal: the matched object's label set for
+        foreground rows, the background one-hot for the others."""
+        rows = []
+        for idxs, lab, target in zip(matched_idxs, labels, targets, strict=True):
+            gt_multi = target["multilabels"].to(torch.float32)
+            num_fg = gt_multi.shape[1]
+            if gt_multi.shape[0] == 0:
+                gt_multi = gt_multi.new_zeros(1, num_fg)
+            multi = torch.cat([gt_multi.new_zeros(len(idxs), 1), gt_multi[idxs]], dim=1)
+            foreground = lab > 0
+            multi[~foreground] = 0
+            multi[~foreground, 0] = 1
+            # The primary label is always among the positives (it may be a parent).
+            multi[foreground, lab[foreground]] = 1
+            rows.append(multi)
+        return torch.cat(rows, dim=0)
+
+    def box_regression_loss(
+        self, box_regression: torch.Tensor, labels: torch.Tensor, regression_targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Smooth-L1 on the foreground rows, normalised by all sampled rows (torchvision's)."""
+        positive = torch.where(labels > 0)[0]
+        deltas = box_regression.reshape(box_regression.shape[0], -1, 4)
+        columns = torch.zeros_like(labels[positive]) if deltas.shape[1] == 1 else labels[positive]
+        loss = F.smooth_l1_loss(
+            deltas[positive, columns], regression_targets[positive], beta=1 / 9, reduction="sum"
+        )
+        return loss / max(labels.numel(), 1)
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("training needs targets")
+            for i, t in enumerate(targets):
+                if "multilabels" not in t:
+                    raise KeyError(f"target {i} has no 'multilabels' [num_objects, C] entry")
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+                proposals, targets
+            )
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+
+        if self.training:
+            multilabels = self.multilabel_targets(matched_idxs, labels, targets)
+            labels_flat = torch.cat(labels, dim=0)
+            regression_flat = torch.cat(regression_targets, dim=0)
+            losses = {
+                "loss_classifier": self.loss_fn(class_logits.float(), multilabels, labels_flat),
+                "loss_box_reg": self.box_regression_loss(
+                    box_regression.float(), labels_flat, regression_flat
+                ),
+            }
+            return [], losses
+
+        boxes, scores, labels = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
+        result = [
+            {"boxes": b, "labels": lab, "scores": s}
+            for b, s, lab in zip(boxes, scores, labels, strict=True)
+        ]
+        return result, {}
+
+    def class_scores(self, class_logits: torch.Tensor) -> torch.Tensor:
+        scores = score_logits(class_logits, self.scoring, self.rates)
+        if self.parent_scores == "max_descendants" and bool(self.descendants.any()):
+            scores = raise_parents_to_descendants(scores, self.descendants)
+        return scores
+
+    def postprocess_detections(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        num_classes = class_logits.shape[-1]
+        boxes_per_image = [len(p) for p in proposals]
+        pred_boxes = self.box_coder.decode(box_regression.float(), proposals)
+        if pred_boxes.shape[1] == 1:
+            pred_boxes = pred_boxes.expand(-1, num_classes, -1)
+        pred_scores = self.class_scores(class_logits)
+
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, image_shape in zip(
+            pred_boxes.split(boxes_per_image),
+            pred_scores.split(boxes_per_image),
+            image_shapes,
+            strict=True,
+        ):
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+            # Drop the background column, then one candidate per (proposal, class).
+            boxes = boxes[:, 1:].reshape(-1, 4)
+            scores = scores[:, 1:].reshape(-1)
+            labels = labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels

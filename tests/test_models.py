@@ -1,0 +1,248 @@
+"""The detector: backbone options, multi-label RoI targets, scoring, parents, a tiny overfit."""
+
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from lsdet.models import (
+    MultiLabelBoxPredictor,
+    TimmFPNBackbone,
+    build_detector,
+    prior_bias,
+    raise_parents_to_descendants,
+    resolve_scoring,
+    score_logits,
+)
+from lsdet.models.detector import anchor_sizes_for
+
+MODEL_YAML = "conf/model/resnet18_fpn.yaml"
+
+
+class PrimaryCrossEntropy(torch.nn.Module):
+    """Plain softmax CE on the primary label, records what the head passed in."""
+
+    def forward(self, logits, multilabels, labels):
+        self.seen = (logits.detach(), multilabels.clone(), labels.clone())
+        return F.cross_entropy(logits, labels)
+
+
+def tiny_cfg(**overrides):
+    cfg = OmegaConf.load(MODEL_YAML)
+    cfg.min_size = 64
+    cfg.max_size = 64
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def tiny_targets(num_fg: int):
+    return [
+        {
+            "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0], [30.0, 20.0, 60.0, 50.0]]),
+            "labels": torch.tensor([2, 4]),
+            "multilabels": torch.tensor(
+                [[1.0, 1.0] + [0.0] * (num_fg - 2), [0.0, 0.0, 0.0, 1.0] + [0.0] * (num_fg - 4)]
+            ),
+        },
+        {
+            "boxes": torch.zeros(0, 4),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "multilabels": torch.zeros(0, num_fg),
+        },
+    ]
+
+
+def test_resolve_scoring_follows_loss_unless_explicit():
+    assert resolve_scoring("auto", "softmax") == "softmax"
+    assert resolve_scoring("auto", "concurrent_softmax") == "concurrent_softmax"
+    assert resolve_scoring("auto", "focal") == "sigmoid"
+    assert resolve_scoring("auto", "dist_ce") == "softmax"
+    assert resolve_scoring("concurrent_softmax", "softmax") == "concurrent_softmax"
+
+
+def test_prior_bias_gives_prior_probability():
+    assert torch.sigmoid(torch.tensor(prior_bias(0.01))).item() == pytest.approx(0.01)
+    assert prior_bias(0.5) == 0.0
+    with pytest.raises(ValueError, match="prior_prob"):
+        prior_bias(1.0)
+    head = MultiLabelBoxPredictor(8, 4, prior_prob=0.01)
+    assert torch.allclose(head.cls_score.bias, torch.full((4,), -math.log(99.0)))
+
+
+def test_score_logits_softmax_sigmoid_and_errors():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, -1.0, 0.5]])
+    expected = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    assert torch.allclose(score_logits(logits, "softmax"), expected)
+    assert torch.allclose(score_logits(logits, "sigmoid"), 1 / (1 + torch.exp(-logits)))
+    with pytest.raises(ValueError, match="rates"):
+        score_logits(logits, "concurrent_softmax")
+    with pytest.raises(ValueError, match="scoring"):
+        score_logits(logits, "argmax")
+
+
+def test_concurrent_softmax_scoring_is_eq5():
+    logits = torch.tensor([[0.5, 1.0, 2.0, -1.0]])
+    rates = torch.zeros(4, 4)
+    rates[1, 2] = 1.0  # class 2 never suppresses class 1
+    rates[3, 1] = 0.5
+    scores = score_logits(logits, "concurrent_softmax", rates)
+    e = torch.exp(logits[0])
+    assert scores[0, 1].item() == pytest.approx((e[1] / (e[0] + e[1] + e[3])).item(), rel=1e-5)
+    assert scores[0, 3].item() == pytest.approx(
+        (e[3] / (e[0] + 0.5 * e[1] + e[2] + e[3])).item(), rel=1e-5
+    )
+    # with R = 0 it is the plain softmax
+    assert torch.allclose(
+        score_logits(logits, "concurrent_softmax", torch.zeros(4, 4)), logits.softmax(1), atol=1e-6
+    )
+
+
+def test_parents_raised_to_best_descendant():
+    # classes: 0 = parent of 1 and 2; 2 = parent of 3 (so 0 is also above 3)
+    descendants = torch.zeros(4, 4, dtype=torch.bool)
+    descendants[0, 1] = descendants[0, 2] = descendants[0, 3] = descendants[2, 3] = True
+    scores = torch.tensor([[0.5, 0.1, 0.2, 0.05, 0.6], [0.1, 0.7, 0.0, 0.0, 0.2]])
+    out = raise_parents_to_descendants(scores, descendants)
+    assert torch.allclose(out[0], torch.tensor([0.5, 0.6, 0.2, 0.6, 0.6]))
+    assert torch.allclose(out[1], torch.tensor([0.1, 0.7, 0.0, 0.2, 0.2]))
+
+
+def test_anchor_sizes_follow_levels():
+    cfg = tiny_cfg()
+    assert anchor_sizes_for(cfg, [8, 16, 32], 3) == [(16,), (32,), (64,)]
+    assert anchor_sizes_for(cfg, [8, 16, 32], 4) == [(16,), (32,), (64,), (128,)]
+    cfg.anchor_sizes = [[10, 20], [40]]
+    with pytest.raises(ValueError, match="3"):
+        anchor_sizes_for(cfg, [8, 16, 32], 3)
+
+
+def test_backbone_norm_modes_and_local_checkpoint(tmp_path):
+    frozen = TimmFPNBackbone("resnet18", out_indices=(3, 4), fpn_channels=16, norm="frozen_bn")
+    assert isinstance(frozen.body.bn1, FrozenBatchNorm2d)
+    synced = TimmFPNBackbone("resnet18", out_indices=(3, 4), fpn_channels=16, norm="sync_bn")
+    assert isinstance(synced.body.bn1, torch.nn.SyncBatchNorm)
+    with pytest.raises(ValueError, match="norm"):
+        TimmFPNBackbone("resnet18", norm="group")
+    with pytest.raises(ValueError, match="not a timm model"):
+        TimmFPNBackbone("resnet_does_not_exist")
+
+    reference = timm.create_model("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = TimmFPNBackbone(
+        "resnet18", out_indices=(2, 3, 4), extra_pool_level=False, checkpoint_path=str(path)
+    )
+    assert torch.equal(loaded.body.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert loaded.strides == [8, 16, 32] and loaded.num_levels == 3
+    features = loaded(torch.rand(1, 3, 64, 64))
+    assert list(features) == ["0", "1", "2"] and features["2"].shape == (1, 256, 2, 2)
+    with pytest.raises(FileNotFoundError, match="checkpoint_path"):
+        TimmFPNBackbone("resnet18", checkpoint_path=str(tmp_path / "missing.pth"))
+
+
+def test_multilabel_targets_per_proposal():
+    torch.manual_seed(0)
+    loss = PrimaryCrossEntropy()
+    model = build_detector(tiny_cfg(), num_classes=6, loss_fn=loss)
+    heads = model.roi_heads
+    targets = tiny_targets(5)
+    matched = [torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0])]
+    labels = [torch.tensor([2, 4, 0, 0]), torch.tensor([0, 0])]
+    multi = heads.multilabel_targets(matched, labels, targets)
+    expected = torch.tensor(
+        [
+            [0, 1, 1, 0, 0, 0],  # object 0: labels {1, 2}, primary 2
+            [0, 0, 0, 0, 1, 0],  # object 1: label 4
+            [1, 0, 0, 0, 0, 0],  # background rows (whatever they were matched to)
+            [1, 0, 0, 0, 0, 0],
+            [1, 0, 0, 0, 0, 0],  # image without objects
+            [1, 0, 0, 0, 0, 0],
+        ],
+        dtype=torch.float32,
+    )
+    assert torch.equal(multi, expected)
+
+
+def test_class_agnostic_box_loss_by_hand():
+    model = build_detector(tiny_cfg(), num_classes=6, loss_fn=PrimaryCrossEntropy())
+    deltas = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+    labels = torch.tensor([3, 2, 0])
+    targets = torch.zeros(3, 4)
+    # smooth-L1 (beta 1/9) of 1.0 is 1 - 1/18, summed over foreground, over 3 sampled rows
+    loss = model.roi_heads.box_regression_loss(deltas, labels, targets)
+    assert loss.item() == pytest.approx((1 - 1 / 18) / 3)
+
+
+def test_detector_trains_and_predicts_every_class_with_parents():
+    torch.manual_seed(0)
+    loss = PrimaryCrossEntropy()
+    descendants = torch.zeros(5, 5, dtype=torch.bool)
+    descendants[0, 1] = True  # class index 0 (label 1) is the parent of index 1 (label 2)
+    model = build_detector(
+        tiny_cfg(**{"roi.score_thresh": 0.0}),
+        num_classes=6,
+        loss_fn=loss,
+        descendants=descendants,
+    )
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    model.train()
+    losses = model(images, tiny_targets(5))
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    _, multi, labels = loss.seen
+    assert multi.shape == (len(labels), 6)
+    assert torch.equal(multi[labels == 0, 0], torch.ones(int((labels == 0).sum())))
+    assert bool((multi[labels == 2, 1] == 1).all())  # the parent rides along with label 2
+    sum(losses.values()).backward()
+
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2
+    for det in detections:
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["scores"])
+        assert int(det["labels"].min()) >= 1 and int(det["labels"].max()) <= 5
+    # the parent (label 1) scores at least as high as its child (label 2) on every RoI
+    logits = torch.randn(50, 6)
+    scores = model.roi_heads.class_scores(logits)
+    softmax = logits.softmax(dim=1)
+    assert torch.allclose(scores[:, 1], torch.maximum(softmax[:, 1], softmax[:, 2]))
+    assert torch.allclose(scores[:, 2:], softmax[:, 2:])
+
+
+def test_sigmoid_loss_gets_prior_bias():
+    model = build_detector(
+        tiny_cfg(), num_classes=4, loss_fn=PrimaryCrossEntropy(), loss_name="bce"
+    )
+    assert model.roi_heads.scoring == "sigmoid"
+    bias = model.roi_heads.box_predictor.cls_score.bias
+    assert torch.allclose(bias, torch.full_like(bias, prior_bias(0.01)))
+
+
+def test_tiny_detector_overfits_one_image():
+    """Same image, same box: the classifier learns it (the loss falls well below its start)."""
+    torch.manual_seed(0)
+    model = build_detector(tiny_cfg(), num_classes=4, loss_fn=PrimaryCrossEntropy())
+    image = torch.zeros(3, 64, 64)
+    image[0, 10:40, 12:44] = 1.0
+    target = {
+        "boxes": torch.tensor([[12.0, 10.0, 44.0, 40.0]]),
+        "labels": torch.tensor([3]),
+        "multilabels": torch.tensor([[0.0, 0.0, 1.0]]),
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    first = None
+    for _ in range(25):
+        losses = model([image], [target])
+        total = sum(losses.values())
+        first = first if first is not None else losses["loss_classifier"].item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert losses["loss_classifier"].item() < 0.3 * first
