@@ -1,0 +1,341 @@
+"""Concurrent softmax (paper eq. 3-5) and soft-balance loss weights: the public ops.
+
+Conventions: ``logits`` [N, C] with column 0 = background (the ops themselves treat every
+column alike); ``targets`` [N, C] multi-hot (bool, uint8 or float; non-zero = positive);
+``rates`` [C, C] with rates[i, j] = r_ij, the probability that an object of class i is also
+labelled j (its diagonal is ignored); ``weights`` [C] per-column loss weights.
+
+Two implementations compute the same thing: Triton kernels (``lsdet.kernels``) and a PyTorch
+reference. Both compute the loss and its exact gradient (GUIDE §1) in one forward pass; the
+backward only scales that gradient. Both are wrapped in ``torch.library`` custom ops
+(``lsdet::concurrent_softmax_loss``, ``lsdet::concurrent_softmax``) with fake implementations
+and autograd formulas, so ``torch.compile(fullgraph=True)`` traces through them.
+
+Numerics: everything is accumulated in fp32 (fp64 for fp64 input). The loss shifts a row by
+its largest *negative* logit, so a positive far below another positive still has a finite
+loss. What remains inexact: when every competitor of a positive that is not fully excluded
+(r_ij < 1) is more than ~87 below the row's largest negative logit *and* the positive is too,
+its denominator underflows to 0 and its loss reads 0 (fp32); likewise an inference score whose
+denominator underflows reads 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "concurrent_softmax",
+    "concurrent_softmax_loss",
+    "concurrent_softmax_loss_reference",
+    "concurrent_softmax_reference",
+    "soft_balance_weights",
+]
+
+_IMPLS = ("auto", "triton", "torch")
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+# ----------------------------------------------------------------------------------------
+# PyTorch reference (the CPU path)
+# ----------------------------------------------------------------------------------------
+
+
+def _rates_complement(rates: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Q = 1 - R with a diagonal of 1 (r_ii = 0), as a contiguous [C, C] tensor."""
+    q = 1.0 - rates.to(dtype)
+    return q.fill_diagonal_(1.0).contiguous()
+
+
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def concurrent_softmax_loss_reference(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    q: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row losses [N] and dL/dz [N, C] of eq. 3 in plain PyTorch (fp32, or fp64 for fp64).
+
+    ``q`` is 1 - R (see ``_rates_complement``); ``targets`` any dtype, non-zero = positive.
+    With the shift m = the row's largest negative logit and E = exp(z - m):
+        S = (E * (1 - Y)) Q^T,   x = log S + m - z,   loss_i = w_i softplus(x_i)  (i positive)
+        dL/dz_k = -w_k sigmoid(x_k)  (k positive),   E_k (A Q)_k  (k negative),
+        A_i = y_i w_i / (S_i + e^{z_i - m}).
+    """
+    dtype = _compute_dtype(logits)
+    z = logits.to(dtype)
+    positive = targets != 0
+    negative = ~positive
+    q = q.to(dtype)
+    w = weights.to(dtype)
+    neg_max = z.masked_fill(positive, float("-inf")).amax(dim=1, keepdim=True)
+    shift = torch.where(torch.isinf(neg_max), z.amax(dim=1, keepdim=True), neg_max)
+    shift = torch.nan_to_num(shift, neginf=0.0)
+    exp_shifted = torch.exp(z - shift)
+    competitors = (exp_shifted * negative) @ q.t()  # S
+    x = torch.log(competitors) + shift - z
+    row_loss = torch.where(positive, w * torch.nn.functional.softplus(x), 0.0).sum(dim=1)
+    denom = competitors + exp_shifted
+    a = torch.where(positive & (denom > 0), w / denom, 0.0)
+    grad_negative = exp_shifted * (a @ q)
+    grad_positive = -w * torch.sigmoid(x)
+    grad = torch.where(positive, grad_positive, grad_negative)
+    return row_loss, grad
+
+
+def concurrent_softmax_reference(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 in plain PyTorch: s+_i = e^{z_i} / sum_j q_ij e^{z_j}, in the logits' dtype."""
+    dtype = _compute_dtype(logits)
+    z = logits.to(dtype)
+    exp_shifted = torch.exp(z - z.amax(dim=1, keepdim=True))
+    denom = exp_shifted @ q.to(dtype).t()
+    probs = torch.where(denom > 0, exp_shifted / denom, 0.0)
+    return probs.to(logits.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# torch.library custom ops
+# ----------------------------------------------------------------------------------------
+
+
+def _triton_kernels():
+    from lsdet.kernels import concurrent_softmax as kernels
+
+    return kernels
+
+
+@torch.library.custom_op("lsdet::concurrent_softmax_loss", mutates_args=())
+def _loss_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    q: torch.Tensor,
+    weights: torch.Tensor,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if impl == "triton":
+        return _triton_kernels().concurrent_softmax_loss_triton(
+            logits.contiguous(),
+            (targets != 0).to(torch.uint8).contiguous(),
+            q.float().contiguous(),
+            weights.float().contiguous(),
+        )
+    return concurrent_softmax_loss_reference(logits, targets, q, weights)
+
+
+@_loss_op.register_fake
+def _(logits, targets, q, weights, impl):
+    dtype = _compute_dtype(logits)
+    n, c = logits.shape
+    return logits.new_empty(n, dtype=dtype), logits.new_empty(n, c, dtype=dtype)
+
+
+def _loss_setup_context(ctx, inputs, output):
+    logits = inputs[0]
+    ctx.logits_dtype = logits.dtype
+    ctx.save_for_backward(output[1])
+
+
+def _loss_backward(ctx, grad_loss, grad_of_grad_output):
+    (grad_unit,) = ctx.saved_tensors
+    # Out of place: the saved gradient stays intact (backward may run again, retain_graph).
+    grad_logits = (grad_unit * grad_loss.to(grad_unit.dtype)[:, None]).to(ctx.logits_dtype)
+    return grad_logits, None, None, None, None
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+
+
+@torch.library.custom_op("lsdet::concurrent_softmax", mutates_args=())
+def _scores_op(logits: torch.Tensor, q: torch.Tensor, impl: str) -> torch.Tensor:
+    if impl == "triton":
+        return _triton_kernels().concurrent_softmax_triton(logits.contiguous(), q.float())
+    return concurrent_softmax_reference(logits, q)
+
+
+@_scores_op.register_fake
+def _(logits, q, impl):
+    return torch.empty_like(logits)
+
+
+def _scores_setup_context(ctx, inputs, output):
+    logits, q, _ = inputs
+    ctx.save_for_backward(logits, q)
+
+
+def _scores_backward(ctx, grad_probs):
+    # s_i = E_i / T_i, T = E Q^T:  dL/dz_k = g_k s_k - E_k ((g * s / T) Q)_k  (E = e^{z - max}).
+    logits, q = ctx.saved_tensors
+    dtype = _compute_dtype(logits)
+    z = logits.to(dtype)
+    q = q.to(dtype)
+    exp_shifted = torch.exp(z - z.amax(dim=1, keepdim=True))
+    denom = exp_shifted @ q.t()
+    probs = torch.where(denom > 0, exp_shifted / denom, 0.0)
+    g = grad_probs.to(dtype)
+    ratio = torch.where(denom > 0, g * probs / denom, 0.0)
+    grad = g * probs - exp_shifted * (ratio @ q)
+    return grad.to(logits.dtype), None, None
+
+
+_scores_op.register_autograd(_scores_backward, setup_context=_scores_setup_context)
+
+
+# ----------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------
+
+
+def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if logits.is_cuda else "torch"
+    if impl == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before lsdet.kernels is "
+            "imported; use impl='torch' or CUDA tensors"
+        )
+    if impl == "triton" and logits.dtype == torch.float64:
+        raise ValueError("impl='triton' takes float32/float16/bfloat16 logits, not float64")
+    return impl
+
+
+def _check_logits_rates(logits: torch.Tensor, rates: torch.Tensor) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    c = logits.shape[1]
+    if tuple(rates.shape) != (c, c):
+        raise ValueError(
+            f"rates must be [C, C] = [{c}, {c}] for logits {tuple(logits.shape)}, "
+            f"got {tuple(rates.shape)}"
+        )
+    if rates.device != logits.device:
+        raise ValueError(f"rates on {rates.device}, logits on {logits.device}")
+
+
+def concurrent_softmax_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    rates: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    reduction: str = "mean",
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Concurrent softmax loss (paper eq. 3), differentiable with the exact gradient.
+
+    For row n with positives K (targets != 0):
+        s*_i = e^{z_i} / (sum_j (1 - y_j)(1 - r_ij) e^{z_j} + e^{z_i}),
+        loss_n = -sum_{i in K} w_i log s*_i.
+    With rates = 0 and one positive per row this is softmax cross-entropy. A row without any
+    positive has loss 0 and gradient 0 (the op does not check, to avoid a device sync).
+
+    Args:
+        logits: [N, C] float32/bfloat16/float16 (float64 with impl="torch").
+        targets: [N, C] multi-hot, bool/uint8/float; non-zero = positive.
+        rates: [C, C], rates[i, j] = r_ij in [0, 1]; the diagonal is ignored.
+        weights: [C] per-class weights w (None = 1).
+        reduction: "none" (per-row [N]), "sum", or "mean" over rows.
+        impl: "auto" (Triton for CUDA tensors, PyTorch otherwise), "triton", "torch".
+
+    Returns:
+        The loss in float32 (float64 for float64 logits): [N] for "none", else a scalar.
+    """
+    _check_logits_rates(logits, rates)
+    if tuple(targets.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"targets must have the logits' shape {tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    c = logits.shape[1]
+    if weights is None:
+        weights = torch.ones(c, dtype=torch.float32, device=logits.device)
+    elif tuple(weights.shape) != (c,):
+        raise ValueError(f"weights must be [C] = [{c}], got shape {tuple(weights.shape)}")
+    resolved = _resolve_impl(impl, logits)
+    q = _rates_complement(rates, _compute_dtype(logits))
+    row_loss, _ = _loss_op(logits, targets, q, weights, resolved)
+    if reduction == "none":
+        return row_loss
+    if reduction == "sum":
+        return row_loss.sum()
+    return row_loss.mean()
+
+
+def concurrent_softmax(
+    logits: torch.Tensor, rates: torch.Tensor, impl: str = "auto"
+) -> torch.Tensor:
+    """Concurrent softmax scores at inference (paper eq. 5), differentiable.
+
+        s+_i = e^{z_i} / sum_j (1 - r_ij) e^{z_j},   with r_ii = 0.
+
+    Args:
+        logits: [N, C] float32/bfloat16/float16 (float64 with impl="torch").
+        rates: [C, C], rates[i, j] = r_ij; the diagonal is ignored.
+        impl: "auto", "triton" or "torch" (see ``concurrent_softmax_loss``).
+
+    Returns:
+        [N, C] scores in the logits' dtype (each in [0, 1]; rows do not sum to 1 unless R = 0).
+    """
+    _check_logits_rates(logits, rates)
+    resolved = _resolve_impl(impl, logits)
+    q = _rates_complement(rates, _compute_dtype(logits))
+    return _scores_op(logits, q, resolved)
+
+
+def soft_balance_weights(
+    image_counts: ArrayLike | torch.Tensor,
+    lam: float,
+    box_counts: ArrayLike | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft-balance loss weights (GUIDE §1): w_i proportional to P_s*(i) / P_n(i).
+
+    P_n(i) = n_i / sum(n) with n = image_counts, and P_s* is
+    ``lsdet.sampling.soft_balance_probs(image_counts, lam)``. Normalised to mean 1 over the
+    training boxes (sum_i b_i w_i = sum_i b_i) when box_counts b is given, else to mean 1
+    over the classes that have images. A class with no image gets weight 1 (it has no box
+    to weight; a neutral weight keeps it harmless should it appear through label expansion).
+
+    Args:
+        image_counts: [C] number of training images containing each class.
+        lam: the soft-balance exponent lambda >= 0 (0 = all weights 1).
+        box_counts: [C] number of training boxes of each class, or None.
+
+    Returns:
+        float32 [C], over the same classes as image_counts (no background column; the losses'
+        ``class_weights`` prepends the background's weight of 1).
+    """
+    from lsdet.sampling import soft_balance_probs
+
+    counts = np.asarray(_to_numpy(image_counts), dtype=np.float64)
+    probs = soft_balance_probs(counts, lam)  # validates counts and lam
+    present = counts > 0
+    weights = np.ones_like(counts)
+    natural = counts[present] / counts.sum()
+    weights[present] = probs[present] / natural
+    if box_counts is not None:
+        boxes = np.asarray(_to_numpy(box_counts), dtype=np.float64)
+        if boxes.shape != counts.shape:
+            raise ValueError(
+                f"box_counts must have image_counts' shape {counts.shape}, got {boxes.shape}"
+            )
+        if np.any(boxes < 0) or boxes[present].sum() <= 0:
+            raise ValueError("box_counts must be >= 0 with at least one box in a class with images")
+        weights[present] /= (boxes[present] * weights[present]).sum() / boxes[present].sum()
+    else:
+        weights[present] /= weights[present].mean()
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def _to_numpy(values: ArrayLike | torch.Tensor) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
