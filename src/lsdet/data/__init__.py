@@ -1,5 +1,24 @@
 """Open Images data layer: hierarchy, file readers, annotation index, training dataset."""
 
+from lsdet.data.formats import (
+    BoxTable,
+    DataFormatError,
+    ImageLabelTable,
+    ReadReport,
+    read_bbox_csv,
+    read_class_descriptions,
+    read_image_labels_csv,
+)
 from lsdet.data.hierarchy import Hierarchy, HierarchyError
 
-__all__ = ["Hierarchy", "HierarchyError"]
+__all__ = [
+    "BoxTable",
+    "DataFormatError",
+    "Hierarchy",
+    "HierarchyError",
+    "ImageLabelTable",
+    "ReadReport",
+    "read_bbox_csv",
+    "read_class_descriptions",
+    "read_image_labels_csv",
+]

@@ -1,0 +1,221 @@
+"""The synthetic benchmark generator: files, long tail, label problems, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from lsdet.data.hierarchy import Hierarchy
+from lsdet.data.synth import (
+    LABEL_PROBLEMS,
+    SynthSettings,
+    build_taxonomy,
+    ensure_synthetic_benchmark,
+    generate_synthetic_benchmark,
+    main,
+    split_files,
+    target_image_counts,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Small and fast, but with every feature on and label problems frequent enough to measure.
+TINY = {
+    "seed": 3,
+    "image_size": 32,
+    "num_train_images": 400,
+    "num_val_images": 60,
+    "num_families": 3,
+    "shapes_per_family": 2,
+    "hues_per_shape": 2,
+    "textures_per_shape": 2,
+    "imbalance": 40.0,
+    "mean_objects_per_image": 2.5,
+    "object_size": [0.3, 0.5],
+    "group_of_rate": 0.1,
+    "val_min_images_per_class": 3,
+    "label_noise": {
+        "leaf_and_parent": 0.1,
+        "two_leaves": 0.1,
+        "sibling_swap": 0.1,
+        "sibling_both": 0.1,
+        "parent_only": 0.1,
+    },
+}
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("synth_tiny")
+    manifest = generate_synthetic_benchmark(root, TINY)
+    return root, manifest
+
+
+def test_files_and_hierarchy(tiny):
+    root, manifest = tiny
+    hierarchy = Hierarchy.from_json(root / "hierarchy.json")
+    assert hierarchy.num_levels == 3
+    assert hierarchy.num_classes == 3 + 3 * 2 + 3 * 2 * 4
+    assert int(hierarchy.leaf_mask.sum()) == 24 == manifest["summary"]["num_leaves"]
+    descriptions = pd.read_csv(root / "class-descriptions.csv", header=None, names=["mid", "name"])
+    assert descriptions["mid"].tolist() == hierarchy.mids
+    assert descriptions["name"].is_unique
+    for split, num_images in (("train", 400), ("validation", 60)):
+        files = split_files(root, split)
+        boxes = pd.read_csv(files["bbox_csv"])
+        assert len(boxes.columns) == 13
+        assert set(boxes["LabelName"]) <= set(hierarchy.mids)
+        assert ((boxes["XMin"] < boxes["XMax"]) & (boxes["YMin"] < boxes["YMax"])).all()
+        assert boxes[["XMin", "XMax", "YMin", "YMax"]].stack().between(0, 1).all()
+        images = sorted(files["image_dir"].glob("*.jpg"))
+        assert len(images) == num_images
+        with Image.open(images[0]) as image:
+            assert image.size == (32, 32) and image.mode == "RGB"
+        labels = pd.read_csv(files["image_labels_csv"])
+        assert set(labels["Confidence"]) == {0, 1}
+        # Every boxed label is a verified positive; no verified negative is boxed.
+        boxed = set(zip(boxes["ImageID"], boxes["LabelName"], strict=True))
+        positives = labels[labels["Confidence"] == 1]
+        negatives = labels[labels["Confidence"] == 0]
+        assert boxed == set(zip(positives["ImageID"], positives["LabelName"], strict=True))
+        assert not boxed & set(zip(negatives["ImageID"], negatives["LabelName"], strict=True))
+
+
+def test_long_tail_imbalance_as_configured(tiny):
+    root, _ = tiny
+    objects = pd.read_csv(split_files(root, "train")["objects_csv"])
+    images_per_leaf = objects.groupby("TrueLabelName")["ImageID"].nunique()
+    assert len(images_per_leaf) == 24
+    assert images_per_leaf.max() / images_per_leaf.min() == pytest.approx(40.0, rel=0.02)
+    # A power law over ranks: log count falls linearly in log rank with slope -ln(I)/ln(L).
+    counts = np.sort(images_per_leaf.to_numpy())[::-1]
+    slope = np.polyfit(np.log(np.arange(1, 25)), np.log(counts), 1)[0]
+    assert slope == pytest.approx(-np.log(40) / np.log(24), abs=0.1)
+
+
+def test_validation_holds_every_leaf_and_is_clean(tiny):
+    root, _ = tiny
+    objects = pd.read_csv(split_files(root, "validation")["objects_csv"])
+    assert objects.groupby("TrueLabelName")["ImageID"].nunique().min() >= 3
+    assert objects["TrueLabelName"].nunique() == 24
+    assert (objects["LabelProblem"] == "clean").all()
+    assert (objects["LabelNames"] == objects["TrueLabelName"]).all()
+
+
+def test_label_problem_rates_and_meaning(tiny):
+    root, manifest = tiny
+    hierarchy = Hierarchy.from_json(root / "hierarchy.json")
+    objects = pd.read_csv(split_files(root, "train")["objects_csv"])
+    rates = objects["LabelProblem"].value_counts(normalize=True)
+    for problem in LABEL_PROBLEMS:  # about 1000 objects: 4 standard deviations is 0.04
+        assert rates[problem] == pytest.approx(0.1, abs=0.04), problem
+    assert manifest["summary"]["train"]["label_problem_rates"]["clean"] == pytest.approx(
+        rates["clean"], abs=1e-4
+    )
+
+    def parent(mid: str) -> int:
+        return int(np.flatnonzero(hierarchy.parents[hierarchy.index(mid)])[0])
+
+    for row in objects.itertuples():
+        true, labels = row.TrueLabelName, row.LabelNames.split(";")
+        ancestors = {
+            hierarchy.mids[k] for k in np.flatnonzero(hierarchy.ancestors[hierarchy.index(true)])
+        }
+        kind = row.LabelProblem
+        if kind == "clean":
+            assert labels == [true]
+        elif kind == "leaf_and_parent":
+            assert labels[0] == true and labels[1] in ancestors
+        elif kind == "parent_only":
+            assert len(labels) == 1 and labels[0] in ancestors
+        elif kind in ("sibling_swap", "sibling_both"):
+            sibling = labels[-1]
+            assert sibling != true and hierarchy.is_leaf(sibling)
+            assert parent(sibling) == parent(true)
+            assert labels == ([sibling] if kind == "sibling_swap" else [true, sibling])
+        else:  # two_leaves: a leaf of another family
+            other = labels[1]
+            assert labels[0] == true and hierarchy.is_leaf(other)
+            assert not ancestors & {
+                hierarchy.mids[k]
+                for k in np.flatnonzero(hierarchy.ancestors[hierarchy.index(other)])
+            }
+
+    # The bbox CSV holds exactly one identical box per label of each object.
+    boxes = pd.read_csv(split_files(root, "train")["bbox_csv"])
+    expected = objects.assign(LabelName=objects["LabelNames"].str.split(";")).explode("LabelName")
+    key = ["ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupOf"]
+    pd.testing.assert_frame_equal(
+        boxes[key].sort_values(key).reset_index(drop=True),
+        expected[key].sort_values(key).reset_index(drop=True),
+    )
+    groups = objects[objects["IsGroupOf"] == 1]
+    assert len(groups) / len(objects) == pytest.approx(0.1, abs=0.04)
+    assert (groups["NumInstances"] >= 3).all()
+
+
+def test_same_seed_same_bytes(tiny, tmp_path):
+    root, _ = tiny
+    again = generate_synthetic_benchmark(tmp_path / "again", {**TINY, "num_workers": 2})
+    digests = file_digests(tmp_path / "again")
+    expected = file_digests(root)
+    # The manifest records num_workers; everything it describes is the same.
+    assert digests.pop("manifest.json") != expected.pop("manifest.json")
+    assert digests == expected
+    assert again["settings_hash"] == tiny[1]["settings_hash"]
+    generate_synthetic_benchmark(tmp_path / "other", {**TINY, "seed": 4})
+    other = file_digests(tmp_path / "other")
+    assert other["train-annotations-bbox.csv"] != file_digests(root)["train-annotations-bbox.csv"]
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="num_train_image"):
+        SynthSettings.from_mapping({"num_train_image": 10})
+    with pytest.raises(ValueError, match="label_noise"):
+        SynthSettings.from_mapping({"label_noise": {"parent_only": 0.7, "sibling_swap": 0.7}})
+    settings = SynthSettings.from_mapping({"num_train_images": 20, "imbalance": 300})
+    with pytest.raises(ValueError, match="raise num_train_images"):
+        target_image_counts(settings, build_taxonomy(settings))
+
+
+def test_config_drives_ensure_and_cli(tmp_path, capsys):
+    cfg = OmegaConf.load(REPO_ROOT / "conf" / "data" / "synth.yaml")
+    small = {k: v for k, v in TINY.items() if k != "image_size"}
+    small.update(num_train_images=60, num_val_images=20, imbalance=10.0)
+    cfg = OmegaConf.merge(cfg, {"root": str(tmp_path / "s"), "image_size": 24, "generate": small})
+    first = ensure_synthetic_benchmark(cfg)
+    assert first["generated"] and first["settings"]["image_size"] == 24
+    for key in ("hierarchy_json", "class_descriptions_csv", "train.bbox_csv", "val.image_dir"):
+        assert Path(OmegaConf.select(cfg, key)).exists(), key
+    assert not ensure_synthetic_benchmark(cfg)["generated"]
+    cfg.generate.noise_std = 1.0  # a changed setting regenerates
+    assert ensure_synthetic_benchmark(cfg)["generated"]
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["settings"]["noise_std"] == 1.0
+
+    # The command line reads the same config; it regenerates only when asked or changed.
+    args = [f"root={tmp_path / 's'}", "image_size=24", "generate.noise_std=1.0"]
+    args += [
+        f"generate.{k}={v}"
+        for k, v in small.items()
+        if k not in ("noise_std", "label_noise", "object_size")
+    ]
+    args += ["generate.object_size=[0.3,0.5]"]
+    args += [f"generate.label_noise.{k}={v}" for k, v in small["label_noise"].items()]
+    assert not main(args)["generated"]
+    assert "up to date" in capsys.readouterr().out
