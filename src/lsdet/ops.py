@@ -78,7 +78,8 @@ def concurrent_softmax_loss_reference(
     shift = torch.where(torch.isinf(neg_max), z.amax(dim=1, keepdim=True), neg_max)
     shift = torch.nan_to_num(shift, neginf=0.0)
     exp_shifted = torch.exp(z - shift)
-    competitors = (exp_shifted * negative) @ q.t()  # S
+    # exp_shifted may be inf at a positive far above every negative: mask, don't multiply.
+    competitors = torch.where(negative, exp_shifted, 0.0) @ q.t()  # S
     x = torch.log(competitors) + shift - z
     row_loss = torch.where(positive, w * torch.nn.functional.softplus(x), 0.0).sum(dim=1)
     denom = competitors + exp_shifted
