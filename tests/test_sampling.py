@@ -325,3 +325,33 @@ def test_build_sampler_kinds_and_config_errors():
         build_sampler({"name": "class_aware"}, **{**csr, "class_offsets": offsets + 1})
     with pytest.raises(ValueError, match="rank"):
         build_sampler({"name": "sequential"}, rank=2, world_size=2, **csr)
+
+
+def test_benchmark_index_has_the_requested_shape_and_runs(capsys):
+    from lsdet.bench import sampling as bench
+
+    sizes = bench.class_sizes(500, 12_000_000, 1_743_042)
+    assert len(sizes) == 500 and abs(sizes.sum() - 12_000_000) < 1_000
+    assert sizes.max() == 1_743_042 // 2 and sizes.min() >= 1
+    ranked = np.sort(sizes)[::-1]
+    assert ranked[9] / ranked[249] > 100  # heavy tail: rank 10 vs rank 250
+    offsets, images = bench.synthetic_class_index(1_000, 20, 5_000)
+    assert offsets[-1] == len(images) and images.max() < 1_000
+    for c in range(20):  # sorted, unique images per class
+        assert np.all(np.diff(images[offsets[c] : offsets[c + 1]]) > 0)
+    bench.main(
+        [
+            "--num-images",
+            "2000",
+            "--num-classes",
+            "20",
+            "--num-pairs",
+            "8000",
+            "--repeats",
+            "1",
+            "--world-size",
+            "3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "soft_balance lam=0.7" in out and "numpy.random.permutation(2,000)" in out

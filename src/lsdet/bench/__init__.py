@@ -1,0 +1,1 @@
+"""Benchmarks, each runnable as `python -m lsdet.bench.NAME` (see each module for its options)."""
