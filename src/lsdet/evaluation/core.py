@@ -1,0 +1,486 @@
+"""The Open Images Challenge detection metric on in-memory arrays, vectorised.
+
+Semantics are those of the TF Object Detection API's ``OpenImagesChallengeEvaluator``
+(``object_detection_evaluation.py`` with ``per_image_evaluation.py``):
+
+* Per image, a class is evaluated only when it is verified there (a positive or negative
+  image-level label) or has a GT box; detections of any other class are ignored.
+* Per (image, class), detections in descending score order each take the non-group-of box
+  of highest IoU (the first one on ties). A detection whose box has IoU >= threshold and is
+  still free is a true positive and takes it; one whose box is already taken, or whose best
+  IoU is below the threshold, is a false positive (it is not re-matched to another box).
+* Detections that are not true positives are then matched by IoA (intersection over the
+  detection's area) to the group-of box of highest IoA. Those with IoA >= threshold leave
+  the false positives; each group-of box that got at least one becomes a single entry with
+  the highest such score and weight ``group_of_weight`` (the others are ignored). Group-of
+  boxes count ``group_of_weight`` each in the number of GT instances, so an unmatched one is
+  a (weighted) false negative.
+* AP per class is the all-points (VOC 2010) area under the monotone precision envelope;
+  precision = cumulative TP weight / (cumulative TP weight + cumulative FP count).
+  mAP = mean over the classes with at least one GT instance (weighted count > 0).
+
+Ties in score: within one (image, class) the earlier detection in the input is matched
+first; for AP, detections of equal score form a single operating point, so the AP does not
+depend on their order (TF's own order among ties is that of an unstable sort). Where scores
+are distinct the numbers are TF's.
+
+The work is grouped by key = image index * C + class index with sorts and ``searchsorted``;
+there is no Python loop over images or detections (one loop over classes computes the APs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lsdet.boxes import box_ioa_paired, box_iou_paired
+from lsdet.data import Hierarchy
+
+# Pairs of (detection, GT box) scored per chunk; bounds the memory of the matching step.
+_PAIRS_PER_CHUNK = 2_000_000
+
+
+@dataclass
+class EvaluationGroundTruth:
+    """Ground truth of one evaluation set, ready for repeated evaluation.
+
+    Build it once (``from_arrays`` here, or ``lsdet.evaluation.load_ground_truth`` from the
+    Open Images CSVs) and pass it to :func:`evaluate` for every set of detections.
+    Boxes are ``(xmin, ymin, xmax, ymax)`` in the same unit as the detections (the Open
+    Images CSVs are normalised to [0, 1]). Class lists are already expanded to the hierarchy
+    when the caller wants that (``load_ground_truth`` does it).
+
+    Attributes:
+        mids: class names (MIDs) in class-index order, ``C`` of them.
+        image_ids: ``[I]`` image ids; an image is in the set if it has a box or a label.
+        box_image, box_class: ``[B]`` int64 per box, sorted by (image, class, input order).
+        boxes: ``[B, 4]`` float64; box_is_group_of: ``[B]`` bool.
+        verified_keys: sorted unique ``image * C + class`` of the evaluated (image, class)
+            pairs: image-level labels (positive or negative) and classes with a box.
+        hierarchy: the class hierarchy (``mids`` order), needed only for
+            ``expand_predictions``.
+        read_reports: the GT readers' reports (rows read and skipped), when read from files.
+    """
+
+    mids: list[str]
+    image_ids: np.ndarray
+    box_image: np.ndarray
+    box_class: np.ndarray
+    boxes: np.ndarray
+    box_is_group_of: np.ndarray
+    verified_keys: np.ndarray
+    hierarchy: Hierarchy | None = None
+    read_reports: list = field(default_factory=list)
+    _image_lookup: pd.Index = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._image_lookup = pd.Index(self.image_ids)
+        if not self._image_lookup.is_unique:
+            raise ValueError("EvaluationGroundTruth.image_ids must be unique")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.mids)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        mids: list[str],
+        box_image_ids: np.ndarray,
+        box_classes: np.ndarray,
+        boxes: np.ndarray,
+        box_is_group_of: np.ndarray,
+        label_image_ids: np.ndarray | None = None,
+        label_classes: np.ndarray | None = None,
+        *,
+        hierarchy: Hierarchy | None = None,
+    ) -> EvaluationGroundTruth:
+        """Ground truth from per-box and per-label arrays (class indices into ``mids``).
+
+        ``label_*`` are the verified image-level labels, positive and negative alike (both
+        make the class evaluated in that image). Nothing is expanded here.
+        """
+        num_classes = len(mids)
+        box_image_ids = np.asarray(box_image_ids, dtype=object)
+        box_classes = np.asarray(box_classes, dtype=np.int64)
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        box_is_group_of = np.asarray(box_is_group_of, dtype=bool)
+        if label_image_ids is None:
+            label_image_ids = np.empty(0, dtype=object)
+            label_classes = np.empty(0, dtype=np.int64)
+        label_image_ids = np.asarray(label_image_ids, dtype=object)
+        label_classes = np.asarray(label_classes, dtype=np.int64)
+        if not (len(box_image_ids) == len(box_classes) == len(boxes) == len(box_is_group_of)):
+            raise ValueError("box arrays must have the same length")
+        if len(label_image_ids) != len(label_classes):
+            raise ValueError("label arrays must have the same length")
+        for name, classes in (("box_classes", box_classes), ("label_classes", label_classes)):
+            if len(classes) and (classes.min() < 0 or classes.max() >= num_classes):
+                raise ValueError(f"{name} must lie in [0, {num_classes})")
+
+        all_ids = np.concatenate([box_image_ids, label_image_ids])
+        codes, image_ids = pd.factorize(all_ids)
+        box_image = codes[: len(box_image_ids)].astype(np.int64)
+        label_image = codes[len(box_image_ids) :].astype(np.int64)
+
+        box_keys = box_image * num_classes + box_classes
+        order = np.argsort(box_keys, kind="stable")
+        label_keys = label_image * num_classes + label_classes
+        verified_keys = np.unique(np.concatenate([box_keys, label_keys]))
+        return cls(
+            mids=list(mids),
+            image_ids=np.asarray(image_ids, dtype=object),
+            box_image=box_image[order],
+            box_class=box_classes[order],
+            boxes=boxes[order],
+            box_is_group_of=box_is_group_of[order],
+            verified_keys=verified_keys,
+            hierarchy=hierarchy,
+        )
+
+    def image_index_of(self, image_ids: Any) -> np.ndarray:
+        """Index of each image id in ``image_ids`` (int64), -1 for ids not in the set."""
+        return self._image_lookup.get_indexer(np.asarray(image_ids, dtype=object)).astype(np.int64)
+
+    def num_instances(self, group_of_weight: float = 1.0) -> np.ndarray:
+        """``[C]`` GT instance count per class as the metric uses it (group-of weighted)."""
+        counts = np.bincount(self.box_class[~self.box_is_group_of], minlength=self.num_classes)
+        group_of = np.bincount(self.box_class[self.box_is_group_of], minlength=self.num_classes)
+        return counts + group_of_weight * group_of
+
+
+@dataclass
+class EvaluationReport:
+    """What happened to the predictions: read, skipped as bad, ignored by the metric."""
+
+    num_predictions: int = 0
+    skipped_bad_rows: dict[str, int] = field(default_factory=dict)
+    bad_row_examples: list[str] = field(default_factory=list)
+    ignored_image_not_in_ground_truth: int = 0
+    images_not_in_ground_truth: int = 0
+    ignored_class_not_verified: int = 0
+    ignored_in_group_of: int = 0
+    added_by_expansion: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_predictions": self.num_predictions,
+            "skipped_bad_rows": dict(self.skipped_bad_rows),
+            "num_skipped_bad_rows": int(sum(self.skipped_bad_rows.values())),
+            "bad_row_examples": list(self.bad_row_examples),
+            "ignored_image_not_in_ground_truth": self.ignored_image_not_in_ground_truth,
+            "images_not_in_ground_truth": self.images_not_in_ground_truth,
+            "ignored_class_not_verified": self.ignored_class_not_verified,
+            "ignored_in_group_of": self.ignored_in_group_of,
+            "added_by_expansion": self.added_by_expansion,
+        }
+
+
+@dataclass
+class ChallengeResult:
+    """Result of one evaluation. Per-class arrays are ``[C]`` in ``mids`` order.
+
+    ``ap`` is NaN for classes without GT instances; those are left out of ``map`` and of
+    ``per_class_ap``. ``num_detections`` counts the detections evaluated for the class
+    (after the per-image class filter), ``num_true_positives`` the non-group-of boxes matched
+    plus the group-of boxes credited, ``num_false_positives`` the rest that were not
+    absorbed by a group-of box.
+    """
+
+    mids: list[str]
+    ap: np.ndarray
+    num_gt_boxes: np.ndarray
+    num_group_of_boxes: np.ndarray
+    num_detections: np.ndarray
+    num_true_positives: np.ndarray
+    num_false_positives: np.ndarray
+    report: EvaluationReport
+    group_of_weight: float = 1.0
+    iou_threshold: float = 0.5
+
+    @property
+    def has_ground_truth(self) -> np.ndarray:
+        return ~np.isnan(self.ap)
+
+    @property
+    def map(self) -> float:
+        evaluated = self.ap[self.has_ground_truth]
+        return float(evaluated.mean()) if len(evaluated) else float("nan")
+
+    @property
+    def per_class_ap(self) -> dict[str, float]:
+        """MID -> AP for every class with at least one GT instance."""
+        return {
+            mid: float(ap)
+            for mid, ap, has_gt in zip(self.mids, self.ap, self.has_ground_truth, strict=True)
+            if has_gt
+        }
+
+    def per_class_frame(self) -> pd.DataFrame:
+        """One row per class: MID, AP and the counts."""
+        return pd.DataFrame(
+            {
+                "mid": self.mids,
+                "ap": self.ap,
+                "num_gt_boxes": self.num_gt_boxes,
+                "num_group_of_boxes": self.num_group_of_boxes,
+                "num_detections": self.num_detections,
+                "num_true_positives": self.num_true_positives,
+                "num_false_positives": self.num_false_positives,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (per-class APs included, counts in :meth:`per_class_frame`)."""
+        return {
+            "map": self.map,
+            "num_classes_evaluated": int(self.has_ground_truth.sum()),
+            "group_of_weight": self.group_of_weight,
+            "iou_threshold": self.iou_threshold,
+            "per_class_ap": self.per_class_ap,
+            "report": self.report.to_dict(),
+        }
+
+
+def evaluate(
+    gt: EvaluationGroundTruth,
+    image_ids: Any,
+    class_indices: Any,
+    scores: Any,
+    boxes: Any,
+    *,
+    group_of_weight: float = 1.0,
+    iou_threshold: float = 0.5,
+    expand_predictions: bool = False,
+    report: EvaluationReport | None = None,
+) -> ChallengeResult:
+    """Open Images Challenge AP per class and mAP of detections against ``gt``.
+
+    Args:
+        gt: the ground truth (built once, reused across calls).
+        image_ids: ``[N]`` image id strings, or integer indices into ``gt.image_ids``
+            (-1 = not in the set). Detections of images not in the set are ignored (counted).
+        class_indices: ``[N]`` int, index into ``gt.mids`` (detector label k+1 -> k).
+        scores: ``[N]`` float. boxes: ``[N, 4]`` (xmin, ymin, xmax, ymax), same unit as GT.
+        group_of_weight: weight of a group-of box as a GT instance and as a true positive.
+        iou_threshold: for IoU (non-group-of) and IoA (group-of) matching.
+        expand_predictions: also count each detection for every ancestor class
+            (needs ``gt.hierarchy``); off in the official metric.
+        report: a reader's report to extend (otherwise a fresh one).
+    """
+    num_classes = gt.num_classes
+    image_ids = np.asarray(image_ids)
+    if image_ids.dtype.kind in "iu":
+        det_image = image_ids.astype(np.int64)
+        if len(det_image) and det_image.max() >= gt.num_images:
+            raise ValueError("integer image_ids must index gt.image_ids (or be -1)")
+    else:
+        det_image = gt.image_index_of(image_ids)
+    det_class = np.asarray(class_indices, dtype=np.int64)
+    det_scores = np.asarray(scores, dtype=np.float64)
+    det_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not (len(det_image) == len(det_class) == len(det_scores) == len(det_boxes)):
+        raise ValueError(
+            "image_ids, class_indices, scores and boxes must have the same length, got "
+            f"{len(det_image)}, {len(det_class)}, {len(det_scores)}, {len(det_boxes)}"
+        )
+    if len(det_class) and (det_class.min() < 0 or det_class.max() >= num_classes):
+        raise ValueError(f"class_indices must lie in [0, {num_classes})")
+    if report is None:
+        report = EvaluationReport(num_predictions=len(det_image))
+    elif report.num_predictions == 0:
+        report.num_predictions = len(det_image)
+
+    not_in_gt = det_image < 0
+    report.ignored_image_not_in_ground_truth = int(not_in_gt.sum())
+    if image_ids.dtype.kind not in "iu":  # with indices the caller knows the ids
+        report.images_not_in_ground_truth = len(pd.unique(image_ids[not_in_gt]))
+    keep = ~not_in_gt
+    det_image, det_class = det_image[keep], det_class[keep]
+    det_scores, det_boxes = det_scores[keep], det_boxes[keep]
+
+    if expand_predictions:
+        if gt.hierarchy is None:
+            raise ValueError("expand_predictions needs gt.hierarchy")
+        rows, det_class = expand_rows(det_class, gt.hierarchy.expand_to_ancestors)
+        report.added_by_expansion = len(rows) - len(det_image)
+        det_image, det_scores, det_boxes = det_image[rows], det_scores[rows], det_boxes[rows]
+
+    det_keys = det_image * num_classes + det_class
+    verified = _sorted_contains(gt.verified_keys, det_keys)
+    report.ignored_class_not_verified = int((~verified).sum())
+    # Group by key, highest score first; lexsort is stable, so ties keep the input order.
+    order = np.lexsort((-det_scores[verified], det_keys[verified]))
+    selected = np.flatnonzero(verified)[order]
+    det_keys, det_scores, det_boxes = det_keys[selected], det_scores[selected], det_boxes[selected]
+    det_class = det_class[selected]
+
+    gt_keys = gt.box_image * num_classes + gt.box_class
+    plain = ~gt.box_is_group_of
+    plain_keys, plain_boxes = gt_keys[plain], gt.boxes[plain]
+    group_keys, group_boxes = gt_keys[~plain], gt.boxes[~plain]
+    group_classes = gt.box_class[~plain]
+
+    # Stage 1: non-group-of boxes by IoU; a detection whose best box is taken is an FP.
+    best_box, best_iou = _best_overlap(det_keys, det_boxes, plain_keys, plain_boxes, "iou")
+    is_tp = np.zeros(len(det_keys), dtype=bool)
+    candidates = np.flatnonzero(best_iou >= iou_threshold)
+    _, first = np.unique(best_box[candidates], return_index=True)
+    is_tp[candidates[first]] = True
+
+    # Stage 2: the rest against group-of boxes by IoA; one entry per group-of box.
+    rest = np.flatnonzero(~is_tp)
+    best_group, best_ioa = _best_overlap(
+        det_keys[rest], det_boxes[rest], group_keys, group_boxes, "ioa"
+    )
+    in_group = np.zeros(len(det_keys), dtype=bool)
+    absorbed = rest[best_ioa >= iou_threshold]
+    in_group[absorbed] = True
+    credited_boxes, first = np.unique(best_group[best_ioa >= iou_threshold], return_index=True)
+    group_scores = det_scores[absorbed[first]]
+    # TF keeps a group-of entry only for a positive score and a positive weight.
+    credited = group_scores > 0 if group_of_weight > 0 else np.zeros(len(first), dtype=bool)
+    credited_classes = group_classes[credited_boxes[credited]]
+    group_scores = group_scores[credited]
+    report.ignored_in_group_of = int(len(absorbed) - credited.sum())
+
+    scored = ~in_group
+    entry_classes = np.concatenate([det_class[scored], credited_classes])
+    entry_scores = np.concatenate([det_scores[scored], group_scores])
+    entry_tp = np.concatenate(
+        [is_tp[scored].astype(np.float64), np.full(len(group_scores), float(group_of_weight))]
+    )
+
+    num_instances = gt.num_instances(group_of_weight)
+    ap = _average_precision_per_class(
+        entry_classes, entry_scores, entry_tp, num_instances, num_classes
+    )
+    return ChallengeResult(
+        mids=list(gt.mids),
+        ap=ap,
+        num_gt_boxes=np.bincount(gt.box_class[plain], minlength=num_classes),
+        num_group_of_boxes=np.bincount(group_classes, minlength=num_classes),
+        num_detections=np.bincount(det_class, minlength=num_classes),
+        num_true_positives=np.bincount(det_class[is_tp], minlength=num_classes)
+        + np.bincount(credited_classes, minlength=num_classes),
+        num_false_positives=np.bincount(det_class[scored & ~is_tp], minlength=num_classes),
+        report=report,
+        group_of_weight=float(group_of_weight),
+        iou_threshold=float(iou_threshold),
+    )
+
+
+def expand_rows(
+    keys: np.ndarray, expand_unique: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expand many rows whose expansion depends only on an integer key (e.g. the class).
+
+    ``expand_unique(unique_keys) -> (source_rows, classes)`` expands the distinct keys (a
+    ``Hierarchy.expand_*`` method); the result is ``(source_rows, classes)`` for all rows,
+    in input order, each row's own entry first. Costs memory per distinct key, not per row.
+    """
+    keys = np.asarray(keys, dtype=np.int64)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    unique_rows, unique_classes = expand_unique(unique)
+    counts = np.bincount(unique_rows, minlength=len(unique))
+    offsets = np.cumsum(counts) - counts
+    per_row = counts[inverse]
+    rows = np.repeat(np.arange(len(keys)), per_row)
+    within = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    return rows, np.asarray(unique_classes, dtype=np.int64)[offsets[inverse[rows]] + within]
+
+
+def _sorted_contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    position = np.searchsorted(sorted_values, values)
+    position = np.minimum(position, max(len(sorted_values) - 1, 0))
+    if len(sorted_values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    return sorted_values[position] == values
+
+
+def _best_overlap(
+    det_keys: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_keys: np.ndarray,
+    gt_boxes: np.ndarray,
+    kind: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each detection, the GT box of its key with the highest overlap (first on ties).
+
+    Returns (index into gt arrays or -1, overlap or -1). ``gt_keys`` must be sorted.
+    """
+    overlap_fn = box_iou_paired if kind == "iou" else box_ioa_paired
+    best_box = np.full(len(det_keys), -1, dtype=np.int64)
+    best_overlap = np.full(len(det_keys), -1.0)
+    starts = np.searchsorted(gt_keys, det_keys, side="left")
+    counts = np.searchsorted(gt_keys, det_keys, side="right") - starts
+    with_gt = np.flatnonzero(counts)
+    if len(with_gt) == 0:
+        return best_box, best_overlap
+    # Chunks of detections with a bounded number of pairs each.
+    pair_end = np.cumsum(counts[with_gt])
+    chunk_edges = np.searchsorted(
+        pair_end, np.arange(_PAIRS_PER_CHUNK, pair_end[-1], _PAIRS_PER_CHUNK), side="left"
+    )
+    for chunk in np.split(with_gt, chunk_edges + 1):
+        if len(chunk) == 0:
+            continue
+        chunk_counts = counts[chunk]
+        chunk_offsets = np.cumsum(chunk_counts) - chunk_counts
+        pair_det = np.repeat(np.arange(len(chunk)), chunk_counts)
+        pair_gt = (
+            np.repeat(starts[chunk], chunk_counts)
+            + np.arange(len(pair_det))
+            - np.repeat(chunk_offsets, chunk_counts)
+        )
+        overlap = overlap_fn(det_boxes[chunk[pair_det]], gt_boxes[pair_gt])
+        segment_max = np.maximum.reduceat(overlap, chunk_offsets)
+        at_max = np.flatnonzero(overlap == np.repeat(segment_max, chunk_counts))
+        first = at_max[np.r_[True, pair_det[at_max][1:] != pair_det[at_max][:-1]]]
+        best_box[chunk] = pair_gt[first]
+        best_overlap[chunk] = segment_max
+    return best_box, best_overlap
+
+
+def _average_precision_per_class(
+    classes: np.ndarray,
+    scores: np.ndarray,
+    tp_weight: np.ndarray,
+    num_instances: np.ndarray,
+    num_classes: int,
+) -> np.ndarray:
+    ap = np.full(num_classes, np.nan)
+    order = np.lexsort((-scores, classes))
+    classes, scores, tp_weight = classes[order], scores[order], tp_weight[order]
+    bounds = np.searchsorted(classes, np.arange(num_classes + 1))
+    for k in np.flatnonzero(num_instances > 0):
+        lo, hi = bounds[k], bounds[k + 1]
+        ap[k] = average_precision(scores[lo:hi], tp_weight[lo:hi], num_instances[k])
+    return ap
+
+
+def average_precision(scores: np.ndarray, tp_weight: np.ndarray, num_instances: float) -> float:
+    """All-points (VOC 2010) AP of one class's detections, sorted by descending score.
+
+    ``tp_weight`` is the true-positive weight of each entry (0 = false positive); entries
+    of equal score form one operating point.
+    """
+    if len(scores) == 0:
+        return 0.0
+    cum_tp = np.cumsum(tp_weight)
+    cum_fp = np.cumsum(tp_weight <= 0)
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    cum_tp, cum_fp = cum_tp[last_of_tie], cum_fp[last_of_tie]
+    precision = np.concatenate([[0.0], cum_tp / (cum_tp + cum_fp), [0.0]])
+    recall = np.concatenate([[0.0], cum_tp / num_instances, [1.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))

@@ -1,0 +1,405 @@
+"""Reading and writing detection predictions in the two Open Images layouts.
+
+* TF Object Detection API layout: ``ImageID,LabelName,Score,XMin,XMax,YMin,YMax``
+  (one detection per row; extra columns are ignored).
+* Challenge submission layout: ``ImageId,PredictionString`` where the string holds groups
+  of ``LabelName Score XMin YMin XMax YMax`` separated by spaces (empty for no detection).
+
+The layout is recognised by the header. Coordinates are normalised to [0, 1]. Bad input
+(unknown MID, NaN or negative score, a coordinate outside [0, 1] or min > max, a malformed
+row or PredictionString) raises :class:`PredictionFormatError` naming the file and line; with
+``strict=False`` the bad detection (or malformed row) is skipped, counted by reason and
+reported with examples in the table's ``report``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from lsdet.data import DataFormatError
+from lsdet.data.formats import _dictionary_codes
+from lsdet.evaluation.core import EvaluationReport
+
+TF_COLUMNS = ("ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax")
+SUBMISSION_COLUMNS = ("ImageId", "PredictionString")
+_MAX_EXAMPLES = 20
+
+
+class PredictionFormatError(DataFormatError):
+    """A predictions file that breaks the format; the message names the file and line."""
+
+
+@dataclass
+class PredictionTable:
+    """Detections as columns. ``image_index`` points into ``image_ids`` (unique ids)."""
+
+    image_ids: np.ndarray
+    image_index: np.ndarray
+    class_indices: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    layout: str
+    report: EvaluationReport = field(default_factory=EvaluationReport)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def detect_layout(path: str | Path) -> str:
+    """``"tf"`` or ``"submission"`` from the header line of ``path``."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            header = handle.readline().strip()
+    except OSError as exc:
+        raise PredictionFormatError(f"{path}: cannot read: {exc}") from exc
+    columns = [name.strip() for name in header.split(",")]
+    if set(TF_COLUMNS) <= set(columns):
+        return "tf"
+    if columns == list(SUBMISSION_COLUMNS):
+        return "submission"
+    raise PredictionFormatError(
+        f"{path}, line 1: header {header!r} is neither the TF layout "
+        f"({','.join(TF_COLUMNS)}) nor the submission layout ({','.join(SUBMISSION_COLUMNS)})"
+    )
+
+
+def read_predictions_csv(
+    path: str | Path, mids: Sequence[str], *, strict: bool = True
+) -> PredictionTable:
+    """Read a predictions CSV in either layout; classes are indices into ``mids``."""
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout == "tf":
+        return _read_tf_layout(path, mids, strict)
+    return _read_submission_layout(path, mids, strict)
+
+
+class _BadRows:
+    """Collects bad detections; raises on the first in strict mode."""
+
+    def __init__(self, path: Path, strict: bool, report: EvaluationReport):
+        self.path, self.strict, self.report = path, strict, report
+
+    def add(self, reason: str, lines: np.ndarray, details: list[str]) -> None:
+        """``lines`` and ``details`` describe the bad rows in file order (any length)."""
+        if len(lines) == 0:
+            return
+        if self.strict:
+            raise PredictionFormatError(f"{self.path}, line {lines[0]}: {reason}: {details[0]}")
+        self.report.skipped_bad_rows[reason] = self.report.skipped_bad_rows.get(reason, 0) + len(
+            lines
+        )
+        room = _MAX_EXAMPLES - len(self.report.bad_row_examples)
+        for line, detail in list(zip(lines, details, strict=True))[: max(room, 0)]:
+            self.report.bad_row_examples.append(f"line {line}: {reason}: {detail}")
+
+
+def _read_csv(path: Path, column_types: dict, bad: _BadRows) -> tuple[pa.Table, np.ndarray]:
+    """Read with pyarrow; rows with a wrong number of fields go to ``bad``.
+
+    Returns the table and the sorted line numbers of those rows (to number the others).
+    """
+    invalid: list[tuple[int | None, str]] = []
+
+    def on_invalid(row) -> str:
+        invalid.append((row.number, row.text))
+        return "skip"
+
+    def read(use_threads: bool) -> pa.Table:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=use_threads, encoding="utf-8"),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types,
+                include_columns=list(column_types),
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+
+    try:
+        table = read(use_threads=True)
+        if invalid:  # only a single-threaded read knows the line numbers
+            invalid.clear()
+            table = read(use_threads=False)
+    except pa.ArrowInvalid as exc:
+        raise PredictionFormatError(f"{path}: cannot parse as CSV: {exc}") from exc
+    invalid_lines = np.array([number or 0 for number, _ in invalid], dtype=np.int64)
+    bad.add(
+        f"wrong number of fields (expected {len(column_types)})",
+        invalid_lines,
+        [repr(text[:80]) for _, text in invalid],
+    )
+    return table, np.sort(invalid_lines)
+
+
+def _line_numbers(rows: np.ndarray, invalid_lines: np.ndarray) -> np.ndarray:
+    """File line of table rows (header = line 1), skipping the lines of invalid rows."""
+    valid_before = invalid_lines - 2 - np.arange(len(invalid_lines))
+    return rows + 2 + np.searchsorted(valid_before, rows, side="right")
+
+
+def _float_column(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.float64)  # nulls -> NaN
+
+
+def _read_tf_layout(path: Path, mids: Sequence[str], strict: bool) -> PredictionTable:
+    report = EvaluationReport()
+    bad = _BadRows(path, strict, report)
+    text_type = pa.dictionary(pa.int32(), pa.string())
+    types = {"ImageID": text_type, "LabelName": text_type}
+    numeric = {name: pa.float64() for name in TF_COLUMNS[2:]}
+    try:
+        table, invalid_lines = _read_csv(path, {**types, **numeric}, bad)
+        not_numbers = None
+    except PredictionFormatError as exc:
+        if "conversion error" not in str(exc):
+            raise
+        # A value that is not a number: read the numbers as text to find the rows.
+        report.skipped_bad_rows.clear()
+        report.bad_row_examples.clear()
+        table, invalid_lines = _read_csv(
+            path, {**types, **{name: pa.string() for name in numeric}}, bad
+        )
+        table, not_numbers = _coerce_numbers(table, list(numeric))
+
+    image_codes, image_ids = _dictionary_codes(table.column("ImageID"))
+    label_codes, labels = _dictionary_codes(table.column("LabelName"))
+    scores = _float_column(table, "Score")
+    boxes = np.stack([_float_column(table, name) for name in ("XMin", "YMin", "XMax", "YMax")], 1)
+    rows = np.arange(len(scores))
+    keep = _validate(
+        bad,
+        lines=lambda r: _line_numbers(rows[r], invalid_lines),
+        image_codes=image_codes,
+        label_codes=label_codes,
+        labels=labels,
+        mids=mids,
+        scores=scores,
+        boxes=boxes,
+        not_numbers=not_numbers,
+    )
+    report.num_predictions = int(keep.sum())
+    class_of_label = pd.Index(list(mids)).get_indexer(labels)
+    return PredictionTable(
+        image_ids=image_ids,
+        image_index=image_codes[keep],
+        class_indices=class_of_label[label_codes[keep]].astype(np.int64),
+        scores=scores[keep],
+        boxes=boxes[keep],
+        layout="tf",
+        report=report,
+    )
+
+
+def _coerce_numbers(table: pa.Table, names: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """Parse text columns as float64; returns the table and a mask of unparsable values."""
+    not_numbers = np.zeros(table.num_rows, dtype=bool)
+    for name in names:
+        text = table.column(name).to_pandas()
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        not_numbers |= np.isnan(values) & text.notna().to_numpy()
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    return table, not_numbers
+
+
+def _validate(
+    bad: _BadRows,
+    *,
+    lines,
+    image_codes: np.ndarray,
+    label_codes: np.ndarray,
+    labels: np.ndarray,
+    mids: Sequence[str],
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    not_numbers: np.ndarray | None,
+    group_numbers: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mask of the good detections; the bad ones go to ``bad`` by their first fault."""
+    known_label = pd.Index(list(mids)).get_indexer(labels) >= 0
+    label_ok = label_codes >= 0
+    label_ok[label_ok] = known_label[label_codes[label_ok]]
+    with np.errstate(invalid="ignore"):
+        checks = [
+            ("missing image id", image_codes < 0),
+            ("unknown MID", ~label_ok),
+            ("value is not a number", not_numbers if not_numbers is not None else None),
+            ("score is NaN or missing", np.isnan(scores)),
+            ("score is negative or infinite", (scores < 0) | np.isinf(scores)),
+            ("coordinate missing or outside [0, 1]", ~((boxes >= 0) & (boxes <= 1)).all(1)),
+            (
+                "min > max",
+                (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3]),
+            ),
+        ]
+    keep = np.ones(len(scores), dtype=bool)
+    faults: list[tuple[str, np.ndarray]] = []
+    for reason, failed in checks:
+        if failed is None:
+            continue
+        rows = np.flatnonzero(failed & keep)
+        keep[rows] = False
+        faults.append((reason, rows))
+    # In strict mode, report the first bad line of the file whatever its fault.
+    if bad.strict:
+        faults.sort(key=lambda fault: fault[1][0] if len(fault[1]) else np.iinfo(np.int64).max)
+    for reason, rows in faults:
+        if len(rows) == 0:
+            continue
+        shown = rows[:_MAX_EXAMPLES]
+        details = []
+        for row in shown:
+            code = label_codes[row]
+            label = labels[code] if code >= 0 else None
+            where = f"detection {group_numbers[row] + 1}, " if group_numbers is not None else ""
+            details.append(
+                f"{where}LabelName={label!r} Score={scores[row]!r} "
+                f"box(xmin,ymin,xmax,ymax)={tuple(float(v) for v in boxes[row])}"
+            )
+        details += [""] * (len(rows) - len(shown))
+        bad.add(reason, lines(rows), details)
+    return keep
+
+
+def _read_submission_layout(path: Path, mids: Sequence[str], strict: bool) -> PredictionTable:
+    report = EvaluationReport()
+    bad = _BadRows(path, strict, report)
+    table, invalid_lines = _read_csv(
+        path,
+        {"ImageId": pa.dictionary(pa.int32(), pa.string()), "PredictionString": pa.large_string()},
+        bad,
+    )
+    image_codes_per_row, image_ids = _dictionary_codes(table.column("ImageId"))
+    strings = pc.utf8_trim_whitespace(table.column("PredictionString").combine_chunks())
+    strings = pc.if_else(pc.equal(strings, ""), pa.scalar(None, strings.type), strings)
+    tokens = pc.utf8_split_whitespace(strings)
+    num_tokens = pc.list_value_length(tokens).fill_null(0).to_numpy().astype(np.int64)
+    malformed = np.flatnonzero(num_tokens % 6 != 0)
+    rows_all = np.arange(len(num_tokens))
+    bad.add(
+        "malformed PredictionString (token count not a multiple of 6)",
+        _line_numbers(malformed, invalid_lines),
+        [f"{num_tokens[row]} tokens" for row in malformed],
+    )
+    num_tokens[malformed] = 0
+    flat = pc.list_flatten(tokens.filter(pa.array(num_tokens > 0)))
+    num_detections = num_tokens // 6
+    det_row = np.repeat(rows_all, num_detections)
+    token_index = np.arange(len(flat)).reshape(-1, 6)
+    labels_text = flat.take(pa.array(token_index[:, 0]))
+    number_text = flat.take(pa.array(token_index[:, 1:].ravel()))
+    try:
+        numbers = pc.cast(number_text, pa.float64()).to_numpy()
+        not_numbers = None
+    except pa.ArrowInvalid:
+        text = number_text.to_pandas()
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        not_numbers = np.isnan(numbers).reshape(-1, 5).any(1)
+    numbers = numbers.reshape(-1, 5)
+    scores = numbers[:, 0].copy()
+    boxes = numbers[:, 1:].copy()  # XMin YMin XMax YMax, already our order
+    label_codes, labels = _dictionary_codes(pa.chunked_array([pc.dictionary_encode(labels_text)]))
+    first_of_row = np.cumsum(num_detections) - num_detections
+    group_numbers = np.arange(len(det_row)) - first_of_row[det_row]
+    image_codes = image_codes_per_row[det_row]
+    keep = _validate(
+        bad,
+        lines=lambda r: _line_numbers(det_row[r], invalid_lines),
+        image_codes=image_codes,
+        label_codes=label_codes,
+        labels=labels,
+        mids=mids,
+        scores=scores,
+        boxes=boxes,
+        not_numbers=not_numbers,
+        group_numbers=group_numbers,
+    )
+    report.num_predictions = int(keep.sum())
+    class_of_label = pd.Index(list(mids)).get_indexer(labels)
+    return PredictionTable(
+        image_ids=image_ids,
+        image_index=image_codes[keep],
+        class_indices=class_of_label[label_codes[keep]].astype(np.int64),
+        scores=scores[keep],
+        boxes=boxes[keep],
+        layout="submission",
+        report=report,
+    )
+
+
+def write_predictions_csv(
+    path: str | Path,
+    image_ids: Sequence[str] | np.ndarray,
+    mids: Sequence[str] | np.ndarray,
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    *,
+    layout: str = "submission",
+    all_image_ids: Sequence[str] | None = None,
+    decimals: int = 6,
+) -> Path:
+    """Write detections (one per entry; boxes ``xmin, ymin, xmax, ymax`` normalised).
+
+    ``layout="submission"`` writes the Challenge file (one row per image; ``all_image_ids``
+    adds an empty row for every listed image without detections, as the Challenge expects
+    one row per test image); ``layout="tf"`` writes the TF evaluator's CSV.
+    """
+    path = Path(path)
+    image_ids = np.asarray(image_ids, dtype=object)
+    mids = np.asarray(mids, dtype=object)
+    scores = np.round(np.asarray(scores, dtype=np.float64), decimals)
+    boxes = np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), decimals)
+    if not (len(image_ids) == len(mids) == len(scores) == len(boxes)):
+        raise ValueError("image_ids, mids, scores and boxes must have the same length")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "tf":
+        frame = pd.DataFrame(
+            {
+                "ImageID": image_ids,
+                "LabelName": mids,
+                "Score": scores,
+                "XMin": boxes[:, 0],
+                "XMax": boxes[:, 2],
+                "YMin": boxes[:, 1],
+                "YMax": boxes[:, 3],
+            }
+        )
+        frame.to_csv(path, index=False)
+        return path
+    if layout != "submission":
+        raise ValueError(f"layout must be 'submission' or 'tf', got {layout!r}")
+    parts = [pa.array(mids.astype(str))]
+    parts += [pc.cast(pa.array(column), pa.string()) for column in (scores, *boxes.T)]
+    detection_text = pc.binary_join_element_wise(*parts, " ")
+    grouped = (
+        pa.table({"ImageId": pa.array(image_ids.astype(str)), "text": detection_text})
+        .group_by("ImageId", use_threads=False)
+        .aggregate([("text", "list")])
+    )
+    frame = pd.DataFrame(
+        {
+            "ImageId": grouped.column("ImageId").to_pandas(),
+            "PredictionString": pc.binary_join(grouped.column("text_list"), " ").to_pandas(),
+        }
+    )
+    if all_image_ids is not None:
+        missing = pd.Index(pd.unique(np.asarray(all_image_ids, dtype=object))).difference(
+            frame["ImageId"]
+        )
+        frame = pd.concat(
+            [frame, pd.DataFrame({"ImageId": missing, "PredictionString": ""})],
+            ignore_index=True,
+        )
+    frame.to_csv(path, index=False)
+    return path
