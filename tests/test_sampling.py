@@ -355,3 +355,43 @@ def test_benchmark_index_has_the_requested_shape_and_runs(capsys):
     )
     out = capsys.readouterr().out
     assert "soft_balance lam=0.7" in out and "numpy.random.permutation(2,000)" in out
+
+
+def test_sampler_drives_a_dataloader_and_resumes_from_consumed_batches():
+    import torch.utils.data
+
+    dataset = torch.utils.data.TensorDataset(torch.arange(1000))
+    batch_size, epoch = 8, 4
+
+    def loader(sampler):
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+
+    def new_sampler():
+        return make_samplers(seed=2)[2]  # soft_balance over COUNTS' 653 images
+
+    reference = new_sampler()
+    reference.set_epoch(epoch)
+    expected = [batch[0].tolist() for batch in loader(reference)]
+    assert len(expected) == -(-len(reference) // batch_size)
+
+    interrupted = new_sampler()
+    interrupted.set_epoch(epoch)
+    got = []
+    for batch in loader(interrupted):
+        got.append(batch[0].tolist())
+        if len(got) == 5:
+            break
+    # the training loop records what it consumed (a loader with workers runs ahead)
+    state = {**interrupted.state_dict(), "num_yielded": len(got) * batch_size}
+    resumed = new_sampler()
+    resumed.load_state_dict(state)
+    resumed.set_epoch(epoch)
+    got += [batch[0].tolist() for batch in loader(resumed)]
+    assert got == expected
+
+
+def test_bad_seed_and_epoch_are_refused():
+    with pytest.raises(ValueError, match="seed"):
+        SequentialSampler(10, seed=-1)
+    with pytest.raises(ValueError, match="epoch"):
+        SequentialSampler(10).set_epoch(-1)

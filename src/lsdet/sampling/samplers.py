@@ -44,6 +44,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}"
             )
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         self.num_images = int(num_images)
         self.seed = int(seed)
         self.rank = int(rank)
@@ -74,6 +76,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return padded[self.rank :: self.world_size]
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
             self.epoch = int(epoch)
             self._position = 0
