@@ -10,8 +10,11 @@ from lsdet.data.formats import (
     read_image_labels_csv,
 )
 from lsdet.data.hierarchy import Hierarchy, HierarchyError
+from lsdet.data.index import AnnotationIndex, ImageAnnotations
 
 __all__ = [
+    "AnnotationIndex",
+    "ImageAnnotations",
     "BoxTable",
     "DataFormatError",
     "Hierarchy",

@@ -1,0 +1,341 @@
+"""A compact, memory-mapped columnar cache of box annotations (the annotation index).
+
+Built once from a bbox CSV (12M rows for the Open Images Challenge train set) into a folder of
+numpy ``.npy`` files that are opened with ``mmap_mode="r"``: opening takes milliseconds, and
+DataLoader workers share the pages through the OS page cache instead of each holding its own
+copy (pickling an index sends only its folder path; the worker maps the files again).
+
+Layout of ``<cache_dir>/annotation-index-<key>/`` (images sorted by image id, the boxes of
+one image contiguous and in file order)::
+
+    image_ids.npy       bytes  [I]      UTF-8 image ids, sorted
+    image_offsets.npy   int64  [I + 1]  boxes of image i are rows offsets[i]:offsets[i+1]
+    boxes.npy           float32 [N, 4]  xmin, ymin, xmax, ymax, normalised
+    class_ids.npy       int16  [N]      class index in hierarchy.mids order
+    flags.npy           uint8  [N]      bits FLAG_GROUP_OF | FLAG_OCCLUDED | ...
+    class_offsets.npy   int64  [C + 1]  CSR: images of class k are
+    class_images.npy    int32  [P]        class_images[class_offsets[k]:class_offsets[k+1]]
+    class_box_counts.npy int64 [C]
+    manifest.json       sources (path, size, mtime), classes, counts, read report
+
+The key hashes the source paths, the class list and the reader settings; the index is rebuilt
+when a source file's size or modification time differs from the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lsdet.data.formats import read_bbox_csv, read_image_labels_csv
+from lsdet.data.hierarchy import Hierarchy
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT_VERSION = 1
+FLAG_GROUP_OF = 1
+FLAG_OCCLUDED = 2
+FLAG_TRUNCATED = 4
+FLAG_DEPICTION = 8
+FLAG_INSIDE = 16
+FLAG_BITS = {
+    "IsGroupOf": FLAG_GROUP_OF,
+    "IsOccluded": FLAG_OCCLUDED,
+    "IsTruncated": FLAG_TRUNCATED,
+    "IsDepiction": FLAG_DEPICTION,
+    "IsInside": FLAG_INSIDE,
+}
+_ARRAYS = (
+    "image_ids",
+    "image_offsets",
+    "boxes",
+    "class_ids",
+    "flags",
+    "class_offsets",
+    "class_images",
+    "class_box_counts",
+)
+
+
+@dataclass(frozen=True)
+class ImageAnnotations:
+    """The boxes of one image (views into the memory-mapped arrays)."""
+
+    boxes: np.ndarray  # float32 [n, 4] normalised xmin, ymin, xmax, ymax
+    class_ids: np.ndarray  # int16 [n] in hierarchy.mids order
+    flags: np.ndarray  # uint8 [n]
+
+    @property
+    def is_group_of(self) -> np.ndarray:
+        return (self.flags & FLAG_GROUP_OF) != 0
+
+
+class AnnotationIndex:
+    """Memory-mapped per-image box annotations; build with :meth:`build_or_open`."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        manifest_path = self.directory / "manifest.json"
+        try:
+            self.manifest: dict = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FileNotFoundError(f"{manifest_path}: no readable index manifest") from exc
+        self.mids: list[str] = self.manifest["mids"]
+        arrays = {name: np.load(self.directory / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        self.image_id_bytes: np.ndarray = arrays["image_ids"]
+        self.image_offsets: np.ndarray = arrays["image_offsets"]
+        self.boxes: np.ndarray = arrays["boxes"]
+        self.class_ids: np.ndarray = arrays["class_ids"]
+        self.flags: np.ndarray = arrays["flags"]
+        self._class_offsets: np.ndarray = arrays["class_offsets"]
+        self._class_images: np.ndarray = arrays["class_images"]
+        self._class_box_counts: np.ndarray = arrays["class_box_counts"]
+        self._image_ids: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build_or_open(
+        cls,
+        bbox_csv: str | Path,
+        hierarchy: Hierarchy,
+        cache_dir: str | Path,
+        *,
+        image_labels_csv: str | Path | None = None,
+        strict: bool = True,
+    ) -> AnnotationIndex:
+        """Open the cached index of ``bbox_csv``, (re)building it when missing or stale.
+
+        ``image_labels_csv`` (optional) adds the images that have image-level labels but no
+        box, so that they are part of the index with zero boxes.
+        """
+        sources = [Path(bbox_csv)] + ([Path(image_labels_csv)] if image_labels_csv else [])
+        key_text = json.dumps(
+            {
+                "version": INDEX_FORMAT_VERSION,
+                "sources": [str(path.resolve()) for path in sources],
+                "mids": hierarchy.mids,
+                "strict": strict,
+            }
+        )
+        key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
+        directory = Path(cache_dir) / f"annotation-index-{key}"
+        if directory.is_dir():
+            try:
+                index = cls(directory)
+            except (FileNotFoundError, OSError, ValueError, KeyError):
+                index = None
+            if index is not None and index.manifest.get("sources") == _describe_sources(sources):
+                return index
+            logger.info("annotation index at %s is stale or incomplete: rebuilding", directory)
+        return cls.build(
+            bbox_csv, hierarchy, directory, image_labels_csv=image_labels_csv, strict=strict
+        )
+
+    @classmethod
+    def build(
+        cls,
+        bbox_csv: str | Path,
+        hierarchy: Hierarchy,
+        directory: str | Path,
+        *,
+        image_labels_csv: str | Path | None = None,
+        strict: bool = True,
+    ) -> AnnotationIndex:
+        """Read the CSV(s) and write the index into ``directory`` (replacing what is there)."""
+        started = time.perf_counter()
+        directory = Path(directory)
+        sources = [Path(bbox_csv)] + ([Path(image_labels_csv)] if image_labels_csv else [])
+        source_stats = _describe_sources(sources)  # before reading: a later edit => stale
+        num_classes = hierarchy.num_classes
+        if num_classes > np.iinfo(np.int16).max:
+            raise ValueError(f"{num_classes} classes do not fit the int16 class ids")
+
+        table = read_bbox_csv(bbox_csv, known_mids=hierarchy.mids, strict=strict)
+        reports = [table.report.to_dict()]
+        used = np.bincount(table.image_codes, minlength=len(table.image_id_values)) > 0
+        image_ids = table.image_id_values[used]
+        if image_labels_csv is not None:
+            labels = read_image_labels_csv(image_labels_csv, strict=strict)
+            reports.append(labels.report.to_dict())
+            labelled = np.bincount(labels.image_codes, minlength=len(labels.image_id_values)) > 0
+            image_ids = np.union1d(image_ids, labels.image_id_values[labelled])
+
+        image_id_bytes = np.array([image_id.encode() for image_id in image_ids])
+        if len(image_id_bytes) == 0:
+            image_id_bytes = np.zeros(0, dtype="S1")
+        image_order = np.argsort(image_id_bytes, kind="stable")
+        image_id_bytes = image_id_bytes[image_order]
+        num_images = len(image_id_bytes)
+
+        # Map the reader's image codes to positions in the sorted id list.
+        used_codes = np.flatnonzero(used)
+        position_of_code = np.full(len(table.image_id_values), -1, dtype=np.int64)
+        if image_labels_csv is None:
+            position_of_code[used_codes[image_order]] = np.arange(num_images)
+        else:
+            position_of_code[used_codes] = _positions(
+                image_id_bytes, table.image_id_values[used_codes]
+            )
+        box_image = position_of_code[table.image_codes]
+        del position_of_code
+
+        box_order = np.argsort(box_image, kind="stable")
+        box_image = box_image[box_order]
+        image_offsets = np.zeros(num_images + 1, dtype=np.int64)
+        np.cumsum(np.bincount(box_image, minlength=num_images), out=image_offsets[1:])
+        class_ids = table.label_codes[box_order].astype(np.int16)
+        flags = np.zeros(len(box_order), dtype=np.uint8)
+        for name, bit in FLAG_BITS.items():
+            if name in table.flags:
+                flags |= np.where(table.flags[name][box_order] == 1, bit, 0).astype(np.uint8)
+        boxes = table.boxes[box_order]
+        del table, box_order
+
+        # CSR of the images of each class: unique (class, image) pairs, sorted.
+        pair_keys = np.unique(class_ids.astype(np.int64) * max(num_images, 1) + box_image)
+        del box_image
+        class_of_pair = pair_keys // max(num_images, 1)
+        class_images = (pair_keys % max(num_images, 1)).astype(np.int32)
+        class_offsets = np.zeros(num_classes + 1, dtype=np.int64)
+        np.cumsum(np.bincount(class_of_pair, minlength=num_classes), out=class_offsets[1:])
+        del pair_keys, class_of_pair
+        class_box_counts = np.bincount(class_ids, minlength=num_classes).astype(np.int64)
+
+        arrays = {
+            "image_ids": image_id_bytes,
+            "image_offsets": image_offsets,
+            "boxes": boxes,
+            "class_ids": class_ids,
+            "flags": flags,
+            "class_offsets": class_offsets,
+            "class_images": class_images,
+            "class_box_counts": class_box_counts,
+        }
+        manifest = {
+            "version": INDEX_FORMAT_VERSION,
+            "sources": source_stats,
+            "mids": hierarchy.mids,
+            "num_images": num_images,
+            "num_boxes": len(class_ids),
+            "reports": reports,
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
+        _write_atomically(directory, arrays, manifest)
+        logger.info("built annotation index %s in %.1f s", directory, manifest["build_seconds"])
+        return cls(directory)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def num_images(self) -> int:
+        return len(self.image_id_bytes)
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.mids)
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """All image ids as a str array (decoded on first use; prefer :meth:`image_id`)."""
+        if self._image_ids is None:
+            self._image_ids = np.char.decode(np.asarray(self.image_id_bytes), "utf-8")
+        return self._image_ids
+
+    def image_id(self, image_index: int) -> str:
+        return bytes(self.image_id_bytes[image_index]).decode()
+
+    def find_image(self, image_id: str) -> int:
+        """Position of ``image_id`` (binary search); KeyError if absent."""
+        key = np.array(image_id.encode(), dtype=self.image_id_bytes.dtype)
+        position = int(np.searchsorted(self.image_id_bytes, key))
+        if position == self.num_images or bytes(self.image_id_bytes[position]) != image_id.encode():
+            raise KeyError(f"image {image_id!r} is not in the annotation index {self.directory}")
+        return position
+
+    def annotations(self, image_index: int) -> ImageAnnotations:
+        start, stop = self.image_offsets[image_index], self.image_offsets[image_index + 1]
+        return ImageAnnotations(
+            self.boxes[start:stop], self.class_ids[start:stop], self.flags[start:stop]
+        )
+
+    def num_boxes_per_image(self) -> np.ndarray:
+        return np.diff(self.image_offsets)
+
+    def class_image_counts(self) -> np.ndarray:
+        """Number of images with at least one box of each class (as annotated), int64 [C]."""
+        return np.diff(self._class_offsets)
+
+    def class_box_counts(self) -> np.ndarray:
+        """Number of boxes of each class (as annotated, not expanded), int64 [C]."""
+        return np.asarray(self._class_box_counts)
+
+    def class_to_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR ``(offsets [C + 1] int64, image_indices int32)``: sorted, unique per class."""
+        return self._class_offsets, self._class_images
+
+    @property
+    def reports(self) -> list[dict]:
+        """The readers' reports of the build (rows read, skipped per reason, examples)."""
+        return self.manifest["reports"]
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        return {"directory": str(self.directory)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["directory"])
+
+    def __repr__(self) -> str:
+        return (
+            f"AnnotationIndex({self.directory}, {self.num_images} images, "
+            f"{self.num_boxes} boxes, {self.num_classes} classes)"
+        )
+
+
+def _describe_sources(paths: list[Path]) -> list[dict]:
+    described = []
+    for path in paths:
+        stat = path.stat()
+        described.append(
+            {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        )
+    return described
+
+
+def _positions(sorted_bytes: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
+    keys = np.array([image_id.encode() for image_id in image_ids], dtype=sorted_bytes.dtype)
+    return np.searchsorted(sorted_bytes, keys)
+
+
+def _write_atomically(directory: Path, arrays: dict[str, np.ndarray], manifest: dict) -> None:
+    """Write into a fresh sibling folder, then swap it in (concurrent readers never see a
+    half-written index)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(array))
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
+            os.replace(directory, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

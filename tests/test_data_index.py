@@ -1,0 +1,141 @@
+"""Tests of the memory-mapped annotation index."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from lsdet.data.formats import DataFormatError
+from lsdet.data.hierarchy import Hierarchy
+from lsdet.data.index import FLAG_GROUP_OF, FLAG_OCCLUDED, AnnotationIndex
+
+HEADER = (
+    "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,"
+    "IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside"
+)
+# classes: A (parent of B), B, C
+ROWS = [
+    "img_c,x,B,1,0.1,0.2,0.3,0.4,0,0,0,0,0",
+    "img_a,x,C,1,0.5,0.6,0.5,0.6,1,0,1,0,0",
+    "img_c,x,C,1,0.0,1.0,0.0,1.0,0,0,0,0,0",
+    "img_a,x,C,1,0.1,0.2,0.1,0.2,0,0,0,0,0",
+    "img_b,x,A,1,0.2,0.3,0.2,0.3,0,0,0,0,0",
+]
+
+
+@pytest.fixture()
+def hierarchy(tmp_path):
+    path = tmp_path / "h.json"
+    tree = {
+        "LabelName": "root",
+        "Subcategory": [
+            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
+            {"LabelName": "C"},
+        ],
+    }
+    path.write_text(json.dumps(tree))
+    return Hierarchy.from_json(path)
+
+
+@pytest.fixture()
+def bbox_csv(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_text("\n".join([HEADER, *ROWS]) + "\n")
+    return path
+
+
+def test_index_layout(tmp_path, hierarchy, bbox_csv):
+    index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    assert hierarchy.mids == ["A", "B", "C"]
+    assert index.num_images == 3 and index.num_boxes == 5 and len(index) == 3
+    assert list(index.image_ids) == ["img_a", "img_b", "img_c"]  # sorted
+    assert index.image_id(2) == "img_c"
+    np.testing.assert_array_equal(index.image_offsets, [0, 2, 3, 5])
+    img_a = index.annotations(0)
+    np.testing.assert_array_equal(img_a.class_ids, [2, 2])
+    np.testing.assert_allclose(img_a.boxes, [[0.5, 0.5, 0.6, 0.6], [0.1, 0.1, 0.2, 0.2]])
+    np.testing.assert_array_equal(img_a.flags, [FLAG_GROUP_OF | FLAG_OCCLUDED, 0])
+    np.testing.assert_array_equal(img_a.is_group_of, [True, False])
+    img_c = index.annotations(index.find_image("img_c"))
+    np.testing.assert_array_equal(img_c.class_ids, [1, 2])  # file order kept within an image
+    assert index.boxes.dtype == np.float32 and index.class_ids.dtype == np.int16
+    assert isinstance(index.boxes, np.memmap)
+    np.testing.assert_array_equal(index.class_image_counts(), [1, 1, 2])
+    np.testing.assert_array_equal(index.class_box_counts(), [1, 1, 3])
+    offsets, images = index.class_to_images()
+    np.testing.assert_array_equal(offsets, [0, 1, 2, 4])
+    np.testing.assert_array_equal(images, [1, 2, 0, 2])
+    np.testing.assert_array_equal(index.num_boxes_per_image(), [2, 1, 2])
+    with pytest.raises(KeyError, match="img_zz"):
+        index.find_image("img_zz")
+
+
+def test_pickle_sends_only_the_path(tmp_path, hierarchy, bbox_csv):
+    index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    payload = pickle.dumps(index)
+    assert len(payload) < 1000
+    copy = pickle.loads(payload)
+    np.testing.assert_array_equal(copy.boxes, index.boxes)
+    assert isinstance(copy.boxes, np.memmap)
+
+
+def test_cache_reused_then_invalidated_when_source_changes(tmp_path, hierarchy, bbox_csv):
+    cache = tmp_path / "cache"
+    first = AnnotationIndex.build_or_open(bbox_csv, hierarchy, cache)
+    stamp = (first.directory / "manifest.json").stat().st_mtime_ns
+    again = AnnotationIndex.build_or_open(bbox_csv, hierarchy, cache)
+    assert again.directory == first.directory
+    assert (again.directory / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt
+
+    bbox_csv.write_text("\n".join([HEADER, *ROWS, "img_d,x,B,1,0.1,0.2,0.1,0.2,0,0,0,0,0"]))
+    os.utime(bbox_csv, ns=(stamp + 10**9, stamp + 10**9))
+    rebuilt = AnnotationIndex.build_or_open(bbox_csv, hierarchy, cache)
+    assert rebuilt.num_images == 4 and rebuilt.image_id(3) == "img_d"
+    assert [p.name for p in cache.iterdir()] == [first.directory.name]  # no leftovers
+
+
+def test_images_without_boxes_from_image_labels(tmp_path, hierarchy, bbox_csv):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\nimg_0,h,A,0\nimg_a,h,C,1\n")
+    index = AnnotationIndex.build_or_open(
+        bbox_csv, hierarchy, tmp_path / "cache", image_labels_csv=labels
+    )
+    assert list(index.image_ids) == ["img_0", "img_a", "img_b", "img_c"]
+    assert len(index.annotations(0).class_ids) == 0
+    np.testing.assert_array_equal(index.annotations(1).class_ids, [2, 2])
+    offsets, images = index.class_to_images()
+    np.testing.assert_array_equal(images[offsets[2] : offsets[3]], [1, 3])
+
+
+def test_bad_rows_strict_and_reported(tmp_path, hierarchy, bbox_csv):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([HEADER, *ROWS, "img_e,x,Q,1,0.1,0.2,0.1,0.2,0,0,0,0,0"]) + "\n")
+    with pytest.raises(DataFormatError, match=r"bad\.csv, line 7: unknown MID"):
+        AnnotationIndex.build_or_open(bad, hierarchy, tmp_path / "cache")
+    index = AnnotationIndex.build_or_open(bad, hierarchy, tmp_path / "cache", strict=False)
+    assert index.num_boxes == 5 and "img_e" not in list(index.image_ids)
+    assert index.reports[0]["skipped"] == {"unknown MID": 1}
+    assert index.reports[0]["examples"][0][0] == 7
+
+
+def test_real_sample_index(tmp_path, openimages_dir):
+    samples = openimages_dir / "samples"
+    descriptions = (samples / "v4-humanparts-class-descriptions.csv").read_text().splitlines()
+    tree = {"LabelName": "root", "Subcategory": []}
+    for line in descriptions[1:]:
+        tree["Subcategory"].append({"LabelName": line.split(",")[0]})
+    (tmp_path / "h.json").write_text(json.dumps(tree))
+    hierarchy = Hierarchy.from_json(tmp_path / "h.json")
+    index = AnnotationIndex.build_or_open(
+        samples / "v4-humanparts-train-annotations-bbox.csv", hierarchy, tmp_path / "cache"
+    )
+    assert index.num_images == 10079 and index.num_boxes == 13134
+    assert index.class_box_counts().sum() == 13134
+    offsets, images = index.class_to_images()
+    for k in range(hierarchy.num_classes):
+        members = images[offsets[k] : offsets[k + 1]]
+        assert np.all(np.diff(members) > 0)  # sorted, unique
+        for i in members[:3]:
+            assert k in index.annotations(i).class_ids
