@@ -395,3 +395,12 @@ def test_bad_seed_and_epoch_are_refused():
         SequentialSampler(10, seed=-1)
     with pytest.raises(ValueError, match="epoch"):
         SequentialSampler(10).set_epoch(-1)
+
+
+def test_position_past_the_epoch_end_is_an_error():
+    sampler = SequentialSampler(10)
+    sampler.load_state_dict({"epoch": 0, "num_yielded": 11})
+    with pytest.raises(ValueError, match="past the end"):
+        list(sampler)
+    sampler.load_state_dict({"epoch": 0, "num_yielded": 10})  # a completed epoch replays
+    assert sorted(sampler) == list(range(10))

@@ -88,7 +88,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         shard = self.shard(self.epoch)
-        if self._position >= len(shard):  # a finished epoch iterated again: replay it
+        if self._position > len(shard):
+            raise ValueError(
+                f"sampler position {self._position} is past the end of epoch {self.epoch} "
+                f"({len(shard)} indices on this rank): a state_dict from another setup?"
+            )
+        if self._position == len(shard):  # a finished epoch iterated again: replay it
             self._position = 0
         for index in shard[self._position :].tolist():
             self._position += 1
