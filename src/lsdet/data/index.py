@@ -200,14 +200,24 @@ class AnnotationIndex:
         boxes = table.boxes[box_order]
         del table, box_order
 
-        # CSR of the images of each class: unique (class, image) pairs, sorted.
-        pair_keys = np.unique(class_ids.astype(np.int64) * max(num_images, 1) + box_image)
-        del box_image
-        class_of_pair = pair_keys // max(num_images, 1)
-        class_images = (pair_keys % max(num_images, 1)).astype(np.int32)
+        # CSR of the images of each class. A stable sort of the int16 class ids (a radix sort
+        # in numpy) keeps each class's images ascending, as the boxes are sorted by image;
+        # then drop repeats of the same (class, image) pair.
+        by_class = np.argsort(class_ids, kind="stable")
+        pair_class = class_ids[by_class]
+        pair_image = box_image[by_class].astype(np.int32)
+        del by_class, box_image
+        first_of_pair = np.ones(len(pair_class), dtype=bool)
+        first_of_pair[1:] = (pair_class[1:] != pair_class[:-1]) | (
+            pair_image[1:] != pair_image[:-1]
+        )
+        class_images = pair_image[first_of_pair]
         class_offsets = np.zeros(num_classes + 1, dtype=np.int64)
-        np.cumsum(np.bincount(class_of_pair, minlength=num_classes), out=class_offsets[1:])
-        del pair_keys, class_of_pair
+        np.cumsum(
+            np.bincount(pair_class[first_of_pair], minlength=num_classes),
+            out=class_offsets[1:],
+        )
+        del pair_class, pair_image, first_of_pair
         class_box_counts = np.bincount(class_ids, minlength=num_classes).astype(np.int64)
 
         arrays = {
