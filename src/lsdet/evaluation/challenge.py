@@ -84,6 +84,7 @@ def evaluate_predictions_csv(
     """Evaluate a predictions CSV (TF or submission layout) against loaded ground truth."""
     predictions = read_predictions_csv(predictions_csv, gt.mids, strict=strict)
     report = predictions.report
+    report.ground_truth_files = [read_report.to_dict() for read_report in gt.read_reports]
     gt_index_of_image = gt.image_index_of(predictions.image_ids)
     det_image = gt_index_of_image[predictions.image_index]
     images_with_predictions = np.zeros(len(predictions.image_ids), dtype=bool)

@@ -169,6 +169,7 @@ class EvaluationReport:
     ignored_class_not_verified: int = 0
     ignored_in_group_of: int = 0
     added_by_expansion: int = 0
+    ground_truth_files: list[dict] = field(default_factory=list)  # the GT readers' reports
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +182,7 @@ class EvaluationReport:
             "ignored_class_not_verified": self.ignored_class_not_verified,
             "ignored_in_group_of": self.ignored_in_group_of,
             "added_by_expansion": self.added_by_expansion,
+            "ground_truth_files": list(self.ground_truth_files),
         }
 
 
