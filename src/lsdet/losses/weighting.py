@@ -1,0 +1,66 @@
+"""Per-class loss weights over the logit columns (column 0 = background, weight 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+from lsdet.ops import soft_balance_weights
+
+WEIGHTINGS = ("none", "soft_balance", "effective_number")
+
+
+def effective_number_weights(counts: ArrayLike, beta: float) -> torch.Tensor:
+    """Class-balanced weights of Cui et al. (2019): w_i proportional to (1 - beta) / (1 - beta^n_i).
+
+    Normalised to mean 1 over the classes with n_i > 0 (Cui et al.: they sum to the number of
+    classes); a class with n_i = 0 gets weight 1. Returns float32 [C] over the given classes.
+    """
+    n = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
+    if n.ndim != 1 or np.any(n < 0) or not np.all(np.isfinite(n)):
+        raise ValueError(f"counts must be a 1-D array of finite values >= 0, got {n!r}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    present = n > 0
+    if not np.any(present):
+        raise ValueError("counts are all zero: no class to weight")
+    weights = np.ones_like(n)
+    # 1 - beta^n = -expm1(n log beta), exact for beta close to 1 (log1p(-(1-beta)) = log beta).
+    log_beta = np.log1p(-(1.0 - beta)) if beta > 0 else -np.inf
+    weights[present] = -np.expm1(log_beta) / -np.expm1(n[present] * log_beta)
+    weights[present] /= weights[present].mean()
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def class_weights(
+    kind: str,
+    *,
+    image_counts: ArrayLike,
+    box_counts: ArrayLike | None = None,
+    lam: float = 0.7,
+    beta: float = 0.999,
+) -> torch.Tensor:
+    """Loss weights [C + 1] over the logit columns; column 0 (background) has weight 1.
+
+    Args:
+        kind: "none" (all 1), "soft_balance" (``lsdet.ops.soft_balance_weights`` with lam,
+            normalised over boxes when box_counts is given), or "effective_number"
+            ((1 - beta) / (1 - beta^n) with n = box_counts, or image_counts without them).
+        image_counts: [C] training images per class, in mids order.
+        box_counts: [C] training boxes per class, or None.
+        lam: soft-balance exponent lambda.
+        beta: effective-number beta in [0, 1).
+    """
+    counts = np.asarray(
+        image_counts.cpu() if isinstance(image_counts, torch.Tensor) else image_counts
+    )
+    if kind == "none":
+        per_class = torch.ones(counts.shape[0], dtype=torch.float32)
+    elif kind == "soft_balance":
+        per_class = soft_balance_weights(counts, lam, box_counts=box_counts)
+    elif kind == "effective_number":
+        per_class = effective_number_weights(counts if box_counts is None else box_counts, beta)
+    else:
+        raise ValueError(f"class weighting must be one of {WEIGHTINGS}, got {kind!r}")
+    return torch.cat([torch.ones(1, dtype=torch.float32), per_class])
