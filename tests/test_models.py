@@ -60,7 +60,7 @@ def tiny_targets(num_fg: int):
 def test_resolve_scoring_follows_loss_unless_explicit():
     assert resolve_scoring("auto", "softmax") == "softmax"
     assert resolve_scoring("auto", "concurrent_softmax") == "concurrent_softmax"
-    assert resolve_scoring("auto", "focal") == "sigmoid"
+    assert resolve_scoring("auto", "focal", sigmoid_loss=True) == "sigmoid"
     assert resolve_scoring("auto", "dist_ce") == "softmax"
     assert resolve_scoring("concurrent_softmax", "softmax") == "concurrent_softmax"
 
@@ -216,9 +216,10 @@ def test_detector_trains_and_predicts_every_class_with_parents():
 
 
 def test_sigmoid_loss_gets_prior_bias():
-    model = build_detector(
-        tiny_cfg(), num_classes=4, loss_fn=PrimaryCrossEntropy(), loss_name="bce"
-    )
+    from lsdet.losses import build_loss
+
+    loss = build_loss("bce", num_classes=4)
+    model = build_detector(tiny_cfg(), num_classes=4, loss_fn=loss, loss_name="bce")
     assert model.roi_heads.scoring == "sigmoid"
     bias = model.roi_heads.box_predictor.cls_score.bias
     assert torch.allclose(bias, torch.full_like(bias, prior_bias(0.01)))

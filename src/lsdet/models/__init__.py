@@ -1,7 +1,7 @@
 """The detector: timm backbone + FPN + Faster R-CNN with a multi-label box head."""
 
 from lsdet.models.backbone import TimmFPNBackbone, apply_norm_mode, create_timm_features
-from lsdet.models.detector import SIGMOID_LOSSES, build_detector, resolve_scoring
+from lsdet.models.detector import build_detector, is_sigmoid_loss, resolve_scoring
 from lsdet.models.roi_heads import (
     MultiLabelBoxPredictor,
     MultiLabelRoIHeads,
@@ -11,13 +11,13 @@ from lsdet.models.roi_heads import (
 )
 
 __all__ = [
-    "SIGMOID_LOSSES",
     "MultiLabelBoxPredictor",
     "MultiLabelRoIHeads",
     "TimmFPNBackbone",
     "apply_norm_mode",
     "build_detector",
     "create_timm_features",
+    "is_sigmoid_loss",
     "prior_bias",
     "raise_parents_to_descendants",
     "resolve_scoring",

@@ -21,17 +21,19 @@ from torchvision.ops import MultiScaleRoIAlign
 from lsdet.models.backbone import TimmFPNBackbone
 from lsdet.models.roi_heads import MultiLabelBoxPredictor, MultiLabelRoIHeads
 
-# Losses whose classifier is a per-class sigmoid: they need the prior-probability bias init
-# and are scored with a sigmoid when model.scoring=auto.
-SIGMOID_LOSSES = frozenset({"bce", "focal", "co_bce"})
+
+def is_sigmoid_loss(loss_fn: nn.Module) -> bool:
+    """Losses with a per-class sigmoid classifier (lsdet.losses: ``sigmoid_classifier``) need
+    the prior-probability bias init and are scored with a sigmoid when model.scoring=auto."""
+    return bool(getattr(loss_fn, "sigmoid_classifier", False))
 
 
-def resolve_scoring(scoring: str, loss_name: str) -> str:
+def resolve_scoring(scoring: str, loss_name: str, sigmoid_loss: bool = False) -> str:
     """``auto`` -> the scoring that matches the training loss (the paper scores a
     concurrent-softmax model with eq. 5); any explicit value is kept."""
     if scoring != "auto":
         return scoring
-    if loss_name in SIGMOID_LOSSES:
+    if sigmoid_loss:
         return "sigmoid"
     if loss_name == "concurrent_softmax":
         return "concurrent_softmax"
@@ -85,7 +87,8 @@ def build_detector(
         sampling_ratio=int(roi["sampling_ratio"]),
     )
     box_head = TwoMLPHead(backbone.out_channels * output_size**2, int(roi["representation_size"]))
-    prior = float(model_cfg["prior_prob"]) if loss_name in SIGMOID_LOSSES else None
+    sigmoid_loss = is_sigmoid_loss(loss_fn)
+    prior = float(model_cfg["prior_prob"]) if sigmoid_loss else None
     box_predictor = MultiLabelBoxPredictor(
         int(roi["representation_size"]),
         num_classes,
@@ -113,7 +116,7 @@ def build_detector(
         box_head=box_head,
         box_predictor=box_predictor,
     )
-    scoring = resolve_scoring(model_cfg["scoring"], loss_name)
+    scoring = resolve_scoring(model_cfg["scoring"], loss_name, sigmoid_loss)
     model.roi_heads = MultiLabelRoIHeads(
         box_roi_pool,
         box_head,
