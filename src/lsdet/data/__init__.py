@@ -11,6 +11,8 @@ from lsdet.data.formats import (
 )
 from lsdet.data.hierarchy import Hierarchy, HierarchyError
 from lsdet.data.index import AnnotationIndex, ImageAnnotations
+from lsdet.data.rates import concurrent_rates_from_boxes, estimate_concurrent_rates
+from lsdet.data.synth import ensure_synthetic_benchmark, generate_synthetic_benchmark
 
 __all__ = [
     "AnnotationIndex",
@@ -24,4 +26,8 @@ __all__ = [
     "read_bbox_csv",
     "read_class_descriptions",
     "read_image_labels_csv",
+    "concurrent_rates_from_boxes",
+    "estimate_concurrent_rates",
+    "ensure_synthetic_benchmark",
+    "generate_synthetic_benchmark",
 ]
