@@ -9,8 +9,10 @@ import pytest
 
 from lsdet.boxes import box_iou
 from lsdet.data.hierarchy import Hierarchy
+from lsdet.data.index import AnnotationIndex
 from lsdet.data.rates import (
     concurrent_rates_from_boxes,
+    concurrent_rates_from_index,
     count_coincidences,
     estimate_concurrent_rates,
 )
@@ -154,6 +156,15 @@ def test_counts_match_a_per_box_loop(pairs_per_chunk, tau, scale, seed):
     assert expected.sum() > 50  # the case is not trivial
     np.testing.assert_array_equal(counts.pair_counts, expected)
     np.testing.assert_array_equal(counts.box_counts, np.bincount(label, minlength=num_classes))
+    # The per-box coincidences: input rows (original order) and the classes they meet.
+    by_box = np.zeros((num_boxes, num_classes), dtype=np.int64)
+    np.add.at(by_box, (counts.coinciding_rows, counts.coinciding_classes), 1)
+    assert by_box.max() <= 1
+    for k in rng.choice(num_boxes, size=30, replace=False):
+        same_image = np.flatnonzero(image == image[k])
+        iou = box_iou(boxes[k : k + 1], boxes[same_image])[0]
+        meets = {label[m] for m, v in zip(same_image, iou, strict=True) if v >= tau} - {label[k]}
+        assert set(np.flatnonzero(by_box[k])) == meets
     # The sweep window scores far fewer pairs than all within-image pairs.
     all_pairs = sum(n * (n - 1) // 2 for n in np.bincount(image))
     assert counts.num_pairs_scored < (all_pairs if tau < 0.6 else all_pairs / 2)
@@ -172,3 +183,15 @@ def test_array_entry_point_equals_csv_entry_point(tmp_path):
         count_coincidences(image[:-1], label, boxes, 5)
     with pytest.raises(ValueError, match="iou_threshold"):
         count_coincidences(image, label, boxes, 5, iou_threshold=0.0)
+
+
+def test_index_entry_point_equals_csv_entry_point(tmp_path):
+    bbox_csv, hierarchy_json = write_inputs(tmp_path)
+    hierarchy = Hierarchy.from_json(hierarchy_json)
+    index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    from_csv, _ = estimate_concurrent_rates(bbox_csv, hierarchy_json, progress=False)
+    from_index = concurrent_rates_from_index(index, hierarchy, progress=False)
+    np.testing.assert_array_equal(from_index, from_csv)
+    other = Hierarchy.from_json(hierarchy_json, subset_mids=["/m/a1", "/m/B"])
+    with pytest.raises(ValueError, match="other classes"):
+        concurrent_rates_from_index(index, other)

@@ -12,7 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lsdet.data.formats import read_bbox_csv, read_class_descriptions, read_image_labels_csv
 from lsdet.data.hierarchy import Hierarchy
+from lsdet.data.index import AnnotationIndex
 from lsdet.data.synth import (
     LABEL_PROBLEMS,
     SynthSettings,
@@ -94,6 +96,30 @@ def test_files_and_hierarchy(tiny):
         negatives = labels[labels["Confidence"] == 0]
         assert boxed == set(zip(positives["ImageID"], positives["LabelName"], strict=True))
         assert not boxed & set(zip(negatives["ImageID"], negatives["LabelName"], strict=True))
+
+
+def test_files_parse_with_the_readers(tiny, tmp_path):
+    root, manifest = tiny
+    descriptions = read_class_descriptions(root / "class-descriptions.csv")
+    hierarchy = Hierarchy.from_json(root / "hierarchy.json", subset_mids=list(descriptions))
+    for split in ("train", "validation"):
+        files = split_files(root, split)
+        boxes = read_bbox_csv(files["bbox_csv"], known_mids=hierarchy.mids, strict=True)
+        labels = read_image_labels_csv(
+            files["image_labels_csv"], known_mids=hierarchy.mids, strict=True
+        )
+        assert boxes.report.rows_skipped == 0 and labels.report.rows_skipped == 0
+        assert len(boxes) == manifest["summary"][split]["num_boxes"]
+        objects = pd.read_csv(files["objects_csv"])
+        assert int(boxes.is_group_of.sum()) == int(
+            (objects["IsGroupOf"] * objects["LabelNames"].str.count(";").add(1)).sum()
+        )
+    index = AnnotationIndex.build_or_open(
+        split_files(root, "train")["bbox_csv"], hierarchy, tmp_path / "cache"
+    )
+    objects = pd.read_csv(split_files(root, "train")["objects_csv"])
+    assert index.num_boxes == manifest["summary"]["train"]["num_boxes"]
+    assert index.num_images == objects["ImageID"].nunique()
 
 
 def test_long_tail_imbalance_as_configured(tiny):

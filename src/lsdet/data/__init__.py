@@ -11,7 +11,11 @@ from lsdet.data.formats import (
 )
 from lsdet.data.hierarchy import Hierarchy, HierarchyError
 from lsdet.data.index import AnnotationIndex, ImageAnnotations
-from lsdet.data.rates import concurrent_rates_from_boxes, estimate_concurrent_rates
+from lsdet.data.rates import (
+    concurrent_rates_from_boxes,
+    concurrent_rates_from_index,
+    estimate_concurrent_rates,
+)
 from lsdet.data.synth import ensure_synthetic_benchmark, generate_synthetic_benchmark
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "read_class_descriptions",
     "read_image_labels_csv",
     "concurrent_rates_from_boxes",
+    "concurrent_rates_from_index",
     "estimate_concurrent_rates",
     "ensure_synthetic_benchmark",
     "generate_synthetic_benchmark",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lsdet.boxes import box_iou_paired
 from lsdet.data.formats import read_bbox_csv
 from lsdet.data.hierarchy import Hierarchy
+from lsdet.data.index import AnnotationIndex
 
 # Pairs scored at once; bounds the temporaries to a few hundred MB.
 DEFAULT_PAIRS_PER_CHUNK = 8_000_000
@@ -46,6 +47,9 @@ class CoincidenceCounts:
     box_counts: np.ndarray
     pair_counts: np.ndarray
     num_pairs_scored: int  # candidate pairs inside the sweep windows
+    # Every (box, class) coincidence once: input row of the box, class it coincides with.
+    coinciding_rows: np.ndarray
+    coinciding_classes: np.ndarray
 
     def raw_rates(self) -> np.ndarray:
         """``pair_counts[i, j] / box_counts[i]`` (0 for classes without boxes), ``[C, C]``."""
@@ -76,8 +80,9 @@ def count_coincidences(
 ) -> CoincidenceCounts:
     """Counts, per ordered class pair (i, j), the boxes of i that coincide with a box of j.
 
-    ``image_codes`` [N] (any image key: integers or strings), ``class_idx`` [N] in ``0..num_classes-1``,
-    ``boxes`` [N, 4] (xmin, ymin, xmax, ymax). Pairs of the same class are not counted.
+    ``image_codes`` [N] (any image key: integers or strings), ``class_idx`` [N] in
+    ``0..num_classes-1``, ``boxes`` [N, 4] (xmin, ymin, xmax, ymax). Pairs of the same class
+    are not counted.
     """
     image_codes = np.asarray(image_codes)
     class_idx = np.asarray(class_idx, dtype=np.int64)
@@ -95,7 +100,10 @@ def count_coincidences(
     pair_counts = np.zeros(num_classes * num_classes, dtype=np.int64)
     num_rows = len(class_idx)
     if num_rows == 0:
-        return CoincidenceCounts(box_counts, pair_counts.reshape(num_classes, num_classes), 0)
+        empty = np.zeros(0, dtype=np.int64)
+        return CoincidenceCounts(
+            box_counts, pair_counts.reshape(num_classes, num_classes), 0, empty, empty
+        )
 
     # Sort by (image, xmin). A pair with IoU >= tau has |xmin_p - xmin_q| <= (1 - tau) *
     # max(width_p, width_q): IoU >= tau gives intersection >= tau * area_p, so the overlap
@@ -148,7 +156,13 @@ def count_coincidences(
     keys = np.unique(np.concatenate(found_keys))  # a box counts once per coinciding class
     rows, coinciding = np.divmod(keys, num_classes)
     np.add.at(pair_counts, labels[rows] * num_classes + coinciding, 1)
-    return CoincidenceCounts(box_counts, pair_counts.reshape(num_classes, num_classes), num_pairs)
+    return CoincidenceCounts(
+        box_counts,
+        pair_counts.reshape(num_classes, num_classes),
+        num_pairs,
+        coinciding_rows=order[rows],
+        coinciding_classes=coinciding,
+    )
 
 
 def concurrent_rates_from_boxes(
@@ -175,6 +189,35 @@ def concurrent_rates_from_boxes(
         progress=progress,
     )
     return rates_from_counts(counts, hierarchy, floor=floor, hierarchy_rate=hierarchy_rate)
+
+
+def concurrent_rates_from_index(
+    index: AnnotationIndex,
+    hierarchy: Hierarchy,
+    *,
+    iou_threshold: float = 0.9,
+    floor: float = 0.01,
+    hierarchy_rate: float = 1.0,
+    progress: bool = True,
+) -> np.ndarray:
+    """The ``[C+1, C+1]`` float32 rates from an :class:`AnnotationIndex` built over
+    ``hierarchy`` (no second read of the CSV)."""
+    if list(index.mids) != list(hierarchy.mids):
+        raise ValueError(
+            f"the annotation index {index.directory} was built over other classes than the "
+            f"hierarchy ({index.num_classes} vs {hierarchy.num_classes})"
+        )
+    image_codes = np.repeat(np.arange(index.num_images), index.num_boxes_per_image())
+    return concurrent_rates_from_boxes(
+        image_codes,
+        np.asarray(index.class_ids),
+        np.asarray(index.boxes),
+        hierarchy,
+        iou_threshold=iou_threshold,
+        floor=floor,
+        hierarchy_rate=hierarchy_rate,
+        progress=progress,
+    )
 
 
 def rates_from_counts(
