@@ -1,5 +1,12 @@
 """Open Images data layer: hierarchy, file readers, annotation index, training dataset."""
 
+from lsdet.data.dataset import (
+    ImageLoadError,
+    MergedObjects,
+    OpenImagesDetection,
+    collate_fn,
+    merge_coincident_boxes,
+)
 from lsdet.data.formats import (
     BoxTable,
     DataFormatError,
@@ -21,6 +28,11 @@ from lsdet.data.synth import ensure_synthetic_benchmark, generate_synthetic_benc
 __all__ = [
     "AnnotationIndex",
     "ImageAnnotations",
+    "ImageLoadError",
+    "MergedObjects",
+    "OpenImagesDetection",
+    "collate_fn",
+    "merge_coincident_boxes",
     "BoxTable",
     "DataFormatError",
     "Hierarchy",

@@ -197,7 +197,8 @@ def read_bbox_csv(
     if confidence is not None:
         problems.add(np.isnan(confidence) | (confidence < 0) | (confidence > 1), "bad Confidence")
     for name in flag_columns:
-        problems.add(~np.isin(raw.numbers[name], (-1, 0, 1)), f"{name} not in -1/0/1")
+        values = raw.numbers[name]
+        problems.add(~((values == 0) | (values == 1) | (values == -1)), f"{name} not in -1/0/1")
 
     keep, report = problems.resolve(path, header, raw, strict)
     boxes = np.stack([coordinates[name][keep] for name in COORDINATE_COLUMNS], axis=1)
@@ -229,7 +230,7 @@ def read_image_labels_csv(
     problems = _Problems(len(raw.image_codes))
     label_codes, label_values = _check_labels(raw, known_mids, problems)
     confidence = raw.numbers["Confidence"]
-    problems.add(~np.isin(confidence, (0, 1)), "Confidence not 0 or 1")
+    problems.add(~((confidence == 0) | (confidence == 1)), "Confidence not 0 or 1")
     keep, report = problems.resolve(path, header, raw, strict)
     return ImageLabelTable(
         path=path,
@@ -268,13 +269,15 @@ class _Problems:
 
     def resolve(
         self, path: Path, header: list[str], raw: _RawTable, strict: bool
-    ) -> tuple[np.ndarray, ReadReport]:
+    ) -> tuple[np.ndarray | slice, ReadReport]:
+        """The rows to keep (a plain slice when all are good: no copies) and the report;
+        raises on the first bad line when ``strict``."""
+        num_rows = len(self.reason_of_row)
+        report = ReadReport(path, rows_read=num_rows + len(raw.malformed), rows_kept=num_rows)
+        if not self.reasons and not raw.malformed:
+            return slice(None), report
         keep = self.reason_of_row < 0
         bad_rows = np.flatnonzero(~keep)
-        num_rows = len(keep)
-        report = ReadReport(path, rows_read=num_rows + len(raw.malformed), rows_kept=num_rows)
-        if len(bad_rows) == 0 and not raw.malformed:
-            return keep, report
 
         counts = np.bincount(self.reason_of_row[bad_rows], minlength=len(self.reasons))
         if raw.malformed:

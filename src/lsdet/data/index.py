@@ -172,7 +172,10 @@ class AnnotationIndex:
         image_id_bytes = np.array([image_id.encode() for image_id in image_ids])
         if len(image_id_bytes) == 0:
             image_id_bytes = np.zeros(0, dtype="S1")
-        image_order = np.argsort(image_id_bytes, kind="stable")
+        if np.all(image_id_bytes[1:] >= image_id_bytes[:-1]):
+            image_order = np.arange(len(image_id_bytes))
+        else:
+            image_order = np.argsort(image_id_bytes, kind="stable")
         image_id_bytes = image_id_bytes[image_order]
         num_images = len(image_id_bytes)
 
@@ -188,15 +191,20 @@ class AnnotationIndex:
         box_image = position_of_code[table.image_codes]
         del position_of_code
 
-        box_order = np.argsort(box_image, kind="stable")
-        box_image = box_image[box_order]
+        # Group the boxes by image, keeping file order within an image. Open Images files are
+        # sorted by ImageID already: then this is the identity and nothing is copied.
+        if np.all(box_image[1:] >= box_image[:-1]):
+            box_order = slice(None)
+        else:
+            box_order = np.argsort(box_image, kind="stable")
+            box_image = box_image[box_order]
         image_offsets = np.zeros(num_images + 1, dtype=np.int64)
         np.cumsum(np.bincount(box_image, minlength=num_images), out=image_offsets[1:])
         class_ids = table.label_codes[box_order].astype(np.int16)
-        flags = np.zeros(len(box_order), dtype=np.uint8)
+        flags = np.zeros(len(class_ids), dtype=np.uint8)
         for name, bit in FLAG_BITS.items():
             if name in table.flags:
-                flags |= np.where(table.flags[name][box_order] == 1, bit, 0).astype(np.uint8)
+                flags |= (table.flags[name][box_order] == 1).astype(np.uint8) * np.uint8(bit)
         boxes = table.boxes[box_order]
         del table, box_order
 
