@@ -268,3 +268,25 @@ def test_class_descriptions_restrict_the_classes(files, tmp_path):
     )
     assert result.mids == ["/m/cat", "/m/dog", "/m/elephant"]
     assert sorted(result.per_class_ap) == ["/m/cat", "/m/dog", "/m/elephant"]
+
+
+def test_real_open_images_boxes_predicted_exactly_score_one(openimages_dir, tmp_path):
+    from lsdet.data import read_bbox_csv
+
+    gt_csv = openimages_dir / "samples" / "v4-humanparts-test-annotations-bbox.csv"
+    hierarchy = load_hierarchy(openimages_dir / "bbox_labels_600_hierarchy.json")
+    boxes = read_bbox_csv(gt_csv)
+    scores = np.random.default_rng(0).random(len(boxes))
+    kept = boxes.mids != "/m/0k65p"  # no Human hand detections at all
+    predictions = write_predictions_csv(
+        tmp_path / "submission.csv",
+        boxes.image_ids[kept],
+        boxes.mids[kept],
+        scores[kept],
+        boxes.boxes[kept],
+    )
+    result = oid_challenge_map(hierarchy, gt_csv, None, predictions)
+    assert len(result.per_class_ap) == 6  # the six human-part classes of the sample
+    assert result.per_class_ap["/m/0k65p"] == 0.0
+    assert all(ap == 1.0 for mid, ap in result.per_class_ap.items() if mid != "/m/0k65p")
+    assert result.map == pytest.approx(5 / 6)
