@@ -139,3 +139,12 @@ def test_real_sample_index(tmp_path, openimages_dir):
         assert np.all(np.diff(members) > 0)  # sorted, unique
         for i in members[:3]:
             assert k in index.annotations(i).class_ids
+
+
+def test_data_layer_imports_without_torch():
+    """Readers, index and hierarchy stay usable by tools that never train (no torch import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lsdet.data; assert 'torch' not in sys.modules; lsdet.data.collate_fn"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,8 @@ runs, each in a fresh subprocess so that peak RSS is its own:
 * ``build``   -- ``AnnotationIndex.build`` (read + validate + sort + write the cache);
 * ``open``    -- opening the built index and reading one image's boxes.
 
-Prints time, peak RSS and the build/read ratios, the cache size on disk, and writes the
+Steps run in ``--repeats`` rounds (best time, largest peak RSS). Prints time, peak RSS and
+the build/read ratios, the cache size on disk, and writes the
 figures to ``<workdir>/annotation_index_bench.json``. Goals: build <= 2x the read time,
 peak RSS <= 4 GB, cache <= 400 MB, open < 1 s.
 
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=1_743_042)
     parser.add_argument("--boxes", type=int, default=12_195_144)
     parser.add_argument("--classes", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; the best time counts")
     parser.add_argument("--workdir", type=Path, default=Path("data/bench/annotation_index"))
     parser.add_argument("--child", choices=["pandas", "pyarrow", "build", "open"])
     parser.add_argument("--csv", type=Path)
@@ -187,10 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     csv_bytes = csv_path.stat().st_size
     print(f"CSV: {args.images} images, {args.boxes} boxes, {csv_bytes / 1e6:.0f} MB")
 
-    results = {}
-    for task in ("pandas", "pyarrow", "build", "open"):
-        results[task] = _run_child(task, csv_path, cache_dir)
-        print(f"  {task:8s} done in {results[task]['seconds']:.2f} s", flush=True)
+    # The machine is shared: run the steps in rounds and keep each step's fastest time.
+    results: dict[str, dict] = {}
+    for round_number in range(args.repeats):
+        for task in ("pandas", "pyarrow", "build", "open"):
+            result = _run_child(task, csv_path, cache_dir)
+            print(f"  round {round_number + 1} {task:8s} {result['seconds']:.2f} s", flush=True)
+            best = results.get(task)
+            if best is None or result["seconds"] < best["seconds"]:
+                result["peak_rss"] = max(result["peak_rss"], (best or result)["peak_rss"])
+                results[task] = result
+            else:
+                best["peak_rss"] = max(best["peak_rss"], result["peak_rss"])
     cache_bytes = _folder_bytes(cache_dir)
 
     print(f"\n{'step':<34}{'seconds':>10}{'peak RSS GB':>14}")

@@ -1,12 +1,5 @@
 """Open Images data layer: hierarchy, file readers, annotation index, training dataset."""
 
-from lsdet.data.dataset import (
-    ImageLoadError,
-    MergedObjects,
-    OpenImagesDetection,
-    collate_fn,
-    merge_coincident_boxes,
-)
 from lsdet.data.formats import (
     BoxTable,
     DataFormatError,
@@ -48,3 +41,21 @@ __all__ = [
     "ensure_synthetic_benchmark",
     "generate_synthetic_benchmark",
 ]
+
+# The dataset needs torch (seconds to import); load it on first use so that the readers, the
+# index and the rates stay light for tools that do not train.
+_DATASET_NAMES = {
+    "ImageLoadError",
+    "MergedObjects",
+    "OpenImagesDetection",
+    "collate_fn",
+    "merge_coincident_boxes",
+}
+
+
+def __getattr__(name: str):
+    if name in _DATASET_NAMES:
+        from lsdet.data import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'lsdet.data' has no attribute {name!r}")
