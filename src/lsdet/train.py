@@ -1,0 +1,29 @@
+"""Train a detector: ``python -m lsdet.train +experiment=NAME [key=value ...]``.
+
+Hydra (version_base 1.3) composes conf/train.yaml with the groups data, model, loss,
+sampler, schedule, optim, logger, trainer and an optional +experiment preset. Multirun
+sweeps work as usual: ``python -m lsdet.train -m +experiment=t3_soft_balance
+sampler.lam=0.3,0.5,0.7 loss=softmax,concurrent_softmax``. Distributed: launch with
+``torchrun --nproc_per_node N -m lsdet.train ...`` (NCCL on GPUs, gloo on CPU).
+The run's files (resolved config, checkpoints, evaluations, plots, wandb) go to the Hydra
+run folder, ``runs/<name>`` by default.
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lsdet.engine.trainer import run_training
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = run_training(cfg, HydraConfig.get().runtime.output_dir)
+    evaluated = [h["map"] for h in summary["history"] if "map" in h]
+    return evaluated[-1] if evaluated else None
+
+
+if __name__ == "__main__":
+    main()
