@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lsdet.boxes import box_iou
@@ -195,3 +196,25 @@ def test_index_entry_point_equals_csv_entry_point(tmp_path):
     other = Hierarchy.from_json(hierarchy_json, subset_mids=["/m/a1", "/m/B"])
     with pytest.raises(ValueError, match="other classes"):
         concurrent_rates_from_index(index, other)
+
+
+def test_real_open_images_rows(openimages_dir):
+    """Real V4 rows (six human-part classes) under the real 600-class hierarchy."""
+    bbox_csv = openimages_dir / "samples" / "v4-humanparts-train-annotations-bbox.csv"
+    hierarchy_json = openimages_dir / "bbox_labels_600_hierarchy.json"
+    rates, mids = estimate_concurrent_rates(
+        bbox_csv, hierarchy_json, iou_threshold=0.5, floor=0.0, progress=False
+    )
+    hierarchy = Hierarchy.from_json(hierarchy_json)
+    assert mids == hierarchy.mids and rates.shape == (602, 602)
+    table = pd.read_csv(bbox_csv)
+    label = hierarchy.indices(table["LabelName"])
+    boxes = table[["XMin", "YMin", "XMax", "YMax"]].to_numpy()
+    expected = reference_counts(table["ImageID"].to_numpy(), label, boxes, 601, 0.5)
+    assert expected.sum() > 0
+    box_counts = np.bincount(label, minlength=601)
+    expected_rates = expected / np.maximum(box_counts, 1)[:, None]
+    related = hierarchy.ancestors | hierarchy.descendants
+    expected_rates[related] = 1.0
+    np.fill_diagonal(expected_rates, 0.0)
+    np.testing.assert_allclose(rates[1:, 1:], expected_rates, atol=1e-6)

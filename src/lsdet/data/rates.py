@@ -252,6 +252,9 @@ def estimate_concurrent_rates(
     ``mids`` are the hierarchy's classes (``subset_mids`` selects e.g. the 500 Challenge
     classes) in column order 1..C; row/column 0 is the background. Boxes of classes outside
     the hierarchy are an error (``strict``) or skipped and reported by the reader.
+
+    Ancestor/descendant pairs get ``hierarchy_rate`` (default 1.0: a class never suppresses
+    its ancestors or descendants; 0.0 is the paper's literal wording), see the module docs.
     """
     hierarchy = Hierarchy.from_json(hierarchy_json, subset_mids=subset_mids)
     table = read_bbox_csv(bbox_csv, known_mids=hierarchy.mids, strict=strict)
