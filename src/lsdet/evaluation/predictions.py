@@ -94,7 +94,10 @@ class _BadRows:
         if len(lines) == 0:
             return
         if self.strict:
-            raise PredictionFormatError(f"{self.path}, line {lines[0]}: {reason}: {details[0]}")
+            raise PredictionFormatError(
+                f"{self.path}, line {lines[0]}: {reason}: {details[0]}"
+                "; pass strict=False to skip and count bad rows"
+            )
         self.report.skipped_bad_rows[reason] = self.report.skipped_bad_rows.get(reason, 0) + len(
             lines
         )
