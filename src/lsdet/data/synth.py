@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from lsdet.boxes import box_iou
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 1  # part of the settings hash: bump it when the bytes written change
 ROOT_MID = "/m/0bl9f"  # the root MID of the Open Images hierarchy ("Entity")
 SPLITS = ("train", "validation")
 TEXTURES = ("plain", "stripes", "dots", "checker")
@@ -344,10 +344,11 @@ def build_taxonomy(settings: SynthSettings) -> Taxonomy:
 def target_image_counts(settings: SynthSettings, taxonomy: Taxonomy) -> dict[str, np.ndarray]:
     """Images per leaf in each split: a power law over frequency ranks.
 
-    Train: ``n(rank) = n_max * (rank + 1)^-alpha`` with ``alpha = ln(imbalance) / ln(L)``
-    and ``n_max`` chosen so that the counts sum to about ``num_train_images *
-    mean_objects_per_image``. Validation: the same shape scaled to the validation size,
-    with at least ``val_min_images_per_class`` per leaf.
+    Train: ``n(rank) = n_max * (rank + 1)^-alpha`` with ``alpha = ln(imbalance) / ln(L)``,
+    so that the L-th leaf gets ``n_min = n_max / imbalance``; ``n_min`` is the integer that
+    makes the counts sum to about ``num_train_images * mean_objects_per_image``, and
+    ``n_max = n_min * imbalance`` (the imbalance is exact). Validation: the same shape scaled
+    to the validation size, with at least ``val_min_images_per_class`` per leaf.
     """
     s = settings
     num_leaves = len(taxonomy.leaves)
