@@ -16,7 +16,6 @@ from lsdet.data.rates import (
     concurrent_rates_from_index,
     estimate_concurrent_rates,
 )
-from lsdet.data.synth import ensure_synthetic_benchmark, generate_synthetic_benchmark
 
 __all__ = [
     "AnnotationIndex",
@@ -53,9 +52,17 @@ _DATASET_NAMES = {
 }
 
 
+# The generator is lazy too: `python -m lsdet.data.synth` must not find it imported already.
+_SYNTH_NAMES = {"ensure_synthetic_benchmark", "generate_synthetic_benchmark"}
+
+
 def __getattr__(name: str):
     if name in _DATASET_NAMES:
         from lsdet.data import dataset
 
         return getattr(dataset, name)
+    if name in _SYNTH_NAMES:
+        from lsdet.data import synth
+
+        return getattr(synth, name)
     raise AttributeError(f"module 'lsdet.data' has no attribute {name!r}")
