@@ -290,3 +290,23 @@ def test_real_open_images_boxes_predicted_exactly_score_one(openimages_dir, tmp_
     assert result.per_class_ap["/m/0k65p"] == 0.0
     assert all(ap == 1.0 for mid, ap in result.per_class_ap.items() if mid != "/m/0k65p")
     assert result.map == pytest.approx(5 / 6)
+
+
+def test_submission_rows_parsed_in_slices_keep_their_line_numbers(tmp_path, monkeypatch):
+    from lsdet.evaluation import predictions as predictions_module
+
+    monkeypatch.setattr(predictions_module, "_ROWS_PER_SLICE", 2)
+    path = tmp_path / "submission.csv"
+    rows = [f"i{k},/m/cat 0.{k + 1} 0 0 1 1 /m/dog 0.5 0 0 1 1" for k in range(5)]
+    rows[3] = "i3,/m/cat 0.5 0 0 1 x"  # line 5, in the second slice
+    path.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    table = read_predictions_csv(path, MIDS, strict=False)
+    assert len(table) == 8
+    assert table.report.bad_row_examples == [
+        "line 5: value is not a number: detection 1, LabelName='/m/cat' Score=0.5 "
+        "box(xmin,ymin,xmax,ymax)=(0.0, 0.0, 1.0, nan)"
+    ]
+    np.testing.assert_allclose(table.scores[table.class_indices == 0], [0.1, 0.2, 0.3, 0.5])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("ImageId,PredictionString\n")
+    assert len(read_predictions_csv(empty, MIDS)) == 0

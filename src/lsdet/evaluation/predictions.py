@@ -31,6 +31,7 @@ from lsdet.evaluation.core import EvaluationReport
 TF_COLUMNS = ("ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax")
 SUBMISSION_COLUMNS = ("ImageId", "PredictionString")
 _MAX_EXAMPLES = 20
+_ROWS_PER_SLICE = 5_000  # submission rows parsed at a time (about 500k detections)
 
 
 class PredictionFormatError(DataFormatError):
@@ -267,7 +268,7 @@ def _validate(
             label = labels[code] if code >= 0 else None
             where = f"detection {group_numbers[row] + 1}, " if group_numbers is not None else ""
             details.append(
-                f"{where}LabelName={label!r} Score={scores[row]!r} "
+                f"{where}LabelName={label!r} Score={float(scores[row])!r} "
                 f"box(xmin,ymin,xmax,ymax)={tuple(float(v) for v in boxes[row])}"
             )
         details += [""] * (len(rows) - len(shown))
@@ -284,35 +285,29 @@ def _read_submission_layout(path: Path, mids: Sequence[str], strict: bool) -> Pr
         bad,
     )
     image_codes_per_row, image_ids = _dictionary_codes(table.column("ImageId"))
-    strings = pc.utf8_trim_whitespace(table.column("PredictionString").combine_chunks())
-    strings = pc.if_else(pc.equal(strings, ""), pa.scalar(None, strings.type), strings)
-    tokens = pc.utf8_split_whitespace(strings)
-    num_tokens = pc.list_value_length(tokens).fill_null(0).to_numpy().astype(np.int64)
+    # Parse the strings a slice of rows at a time: the split tokens of all rows at once
+    # would take several times the file's size in memory.
+    strings = table.column("PredictionString")
+    parts = [
+        _parse_prediction_strings(strings.slice(start, _ROWS_PER_SLICE))
+        for start in range(0, max(len(strings), 1), _ROWS_PER_SLICE)
+    ]
+    num_tokens = np.concatenate([part[0] for part in parts])
     malformed = np.flatnonzero(num_tokens % 6 != 0)
-    rows_all = np.arange(len(num_tokens))
     bad.add(
         "malformed PredictionString (token count not a multiple of 6)",
         _line_numbers(malformed, invalid_lines),
         [f"{num_tokens[row]} tokens" for row in malformed],
     )
-    num_tokens[malformed] = 0
-    flat = pc.list_flatten(tokens.filter(pa.array(num_tokens > 0)))
-    num_detections = num_tokens // 6
-    det_row = np.repeat(rows_all, num_detections)
-    token_index = np.arange(len(flat)).reshape(-1, 6)
-    labels_text = flat.take(pa.array(token_index[:, 0]))
-    number_text = flat.take(pa.array(token_index[:, 1:].ravel()))
-    try:
-        numbers = pc.cast(number_text, pa.float64()).to_numpy()
-        not_numbers = None
-    except pa.ArrowInvalid:
-        text = number_text.to_pandas()
-        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
-        not_numbers = np.isnan(numbers).reshape(-1, 5).any(1)
-    numbers = numbers.reshape(-1, 5)
+    num_detections = np.where(num_tokens % 6 == 0, num_tokens // 6, 0)
+    det_row = np.repeat(np.arange(len(num_tokens)), num_detections)
+    labels_text = pa.chunked_array([part[1] for part in parts], type=pa.large_string())
+    numbers = np.concatenate([part[2] for part in parts])
+    not_numbers = np.concatenate([part[3] for part in parts])
     scores = numbers[:, 0].copy()
     boxes = numbers[:, 1:].copy()  # XMin YMin XMax YMax, already our order
-    label_codes, labels = _dictionary_codes(pa.chunked_array([pc.dictionary_encode(labels_text)]))
+    del numbers
+    label_codes, labels = _dictionary_codes(pc.dictionary_encode(labels_text))
     first_of_row = np.cumsum(num_detections) - num_detections
     group_numbers = np.arange(len(det_row)) - first_of_row[det_row]
     image_codes = image_codes_per_row[det_row]
@@ -339,6 +334,35 @@ def _read_submission_layout(path: Path, mids: Sequence[str], strict: bool) -> Pr
         layout="submission",
         report=report,
     )
+
+
+def _parse_prediction_strings(
+    strings: pa.ChunkedArray,
+) -> tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]:
+    """Split PredictionStrings into detections.
+
+    Returns per row the token count, and for the rows whose count is a multiple of 6 the
+    label tokens, the numbers ``[D, 5]`` (score, xmin, ymin, xmax, ymax; NaN where a token
+    is not a number) and the mask of detections with such a token.
+    """
+    strings = pc.utf8_trim_whitespace(strings.combine_chunks())
+    strings = pc.if_else(pc.equal(strings, ""), pa.scalar(None, strings.type), strings)
+    tokens = pc.utf8_split_whitespace(strings)
+    num_tokens = pc.list_value_length(tokens).fill_null(0).to_numpy().astype(np.int64)
+    well_formed = (num_tokens % 6 == 0) & (num_tokens > 0)
+    flat = pc.list_flatten(tokens.filter(pa.array(well_formed)))
+    token_index = np.arange(len(flat)).reshape(-1, 6)
+    labels_text = flat.take(pa.array(token_index[:, 0]))
+    number_text = flat.take(pa.array(token_index[:, 1:].ravel()))
+    try:
+        numbers = pc.cast(number_text, pa.float64()).to_numpy(zero_copy_only=False)
+        not_numbers = np.zeros(len(token_index), dtype=bool)
+    except pa.ArrowInvalid:
+        text = number_text.to_pandas()
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        spelled_nan = text.str.lower().eq("nan").to_numpy(dtype=bool, na_value=False)
+        not_numbers = (np.isnan(numbers) & ~spelled_nan).reshape(-1, 5).any(1)
+    return num_tokens, labels_text, numbers.reshape(-1, 5), not_numbers
 
 
 def write_predictions_csv(
