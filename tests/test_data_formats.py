@@ -205,3 +205,15 @@ def test_real_image_label_sample(openimages_dir):
         openimages_dir / "samples" / "annotations-human-imagelabels-boxable.onerow.csv"
     )
     assert table.mids[0] == "/m/0cmf2" and table.confidence[0] == 1
+
+
+def test_bom_and_windows_line_endings(tmp_path):
+    path = tmp_path / "crlf.csv"
+    rows = [CHALLENGE_HEADER, "a,/m/1,0.1,0.2,0.1,0.2,0", "b,/m/1,0.1,0.2,0.3,0.2,0"]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+    table = read_bbox_csv(path, strict=False)
+    assert list(table.image_ids) == ["a"]
+    assert table.report.examples[0][:2] == (3, "YMin > YMax")
+    descriptions = tmp_path / "d.csv"
+    descriptions.write_bytes(b'\xef\xbb\xbf/m/1,"One, two"\r\n/m/2,Two\r\n')
+    assert read_class_descriptions(descriptions) == {"/m/1": "One, two", "/m/2": "Two"}
