@@ -402,7 +402,7 @@ class Trainer:
         stop_after = cfg.train.stop_after_iters
         start = time.perf_counter()
         images_seen = 0
-        data_iter = iter(loader)
+        data_iter = iter(loader) if self.position.iteration < iters else None
         while self.position.iteration < iters:
             images, targets = next(data_iter)
             lr = self.schedule.lr_at(

@@ -1,0 +1,100 @@
+"""Interrupted and resumed training ends exactly where an uninterrupted run ends."""
+
+import os
+import signal
+
+import pytest
+import torch
+from train_helpers import compose_train, tiny_overrides
+
+from lsdet.engine import trainer as trainer_module
+from lsdet.engine.checkpoint import load_checkpoint
+from lsdet.engine.trainer import NonFiniteLossError, run_training
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synth") / "synth"
+
+
+def final_model(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(data_root, tmp_path):
+    # 6 training images, batch 2: 3 iterations per epoch, 2 epochs; stop after iteration 4.
+    base = tiny_overrides(data_root)
+    full = run_training(compose_train(base), tmp_path / "full")
+    assert full["status"] == "finished" and full["global_step"] == 6
+
+    stopped = run_training(compose_train(base + ["train.stop_after_iters=4"]), tmp_path / "cut")
+    assert stopped["status"] == "stopped" and stopped["global_step"] == 4
+    state = final_model(tmp_path / "cut")
+    assert state["position"]["epoch"] == 1 and state["position"]["iteration"] == 1
+    assert state["sampler"]["num_yielded"] == 2
+    assert not (tmp_path / "cut" / "checkpoints" / "last.pt.tmp").exists()
+
+    resumed = run_training(compose_train(base + ["train.resume=true"]), tmp_path / "cut")
+    assert resumed["status"] == "finished" and resumed["global_step"] == 6
+
+    a, b = final_model(tmp_path / "full"), final_model(tmp_path / "cut")
+    assert_same_state(a["model"], b["model"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(data_root, tmp_path):
+    cfg = compose_train(tiny_overrides(data_root) + ["train.resume=true"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_training(cfg, tmp_path / "empty")
+
+
+def test_sigterm_checkpoints_and_stops(data_root, tmp_path, monkeypatch):
+    original = trainer_module.Trainer.train_step
+
+    def step_then_sigterm(self, images, targets):
+        out = original(self, images, targets)
+        if self.position.global_step == 1:  # the step in flight is iteration 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_sigterm)
+    summary = run_training(compose_train(tiny_overrides(data_root)), tmp_path / "run")
+    assert summary["status"] == "stopped" and summary["global_step"] == 2
+    assert final_model(tmp_path / "run")["position"]["global_step"] == 2
+    # the handler is removed afterwards
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_the_run(data_root, tmp_path, monkeypatch):
+    original = trainer_module.build_model
+
+    def model_with_a_nan_step(cfg, data, device):
+        model = original(cfg, data, device)
+        forward = model.forward
+        calls = {"n": 0}
+
+        def nan_on_second_call(images, targets=None):
+            losses = forward(images, targets)
+            calls["n"] += 1
+            if calls["n"] == 2:
+                losses["loss_classifier"] = losses["loss_classifier"] * float("nan")
+            return losses
+
+        model.forward = nan_on_second_call
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", model_with_a_nan_step)
+    summary = run_training(compose_train(tiny_overrides(data_root)), tmp_path / "a")
+    assert summary["status"] == "finished" and summary["nonfinite_steps"] == 1
+    with pytest.raises(NonFiniteLossError, match="max_nonfinite=0"):
+        run_training(
+            compose_train(tiny_overrides(data_root) + ["train.max_nonfinite=0"]), tmp_path / "b"
+        )

@@ -1,0 +1,57 @@
+"""Tiny training configs for the training-application tests (64-px images, a handful of
+images, a small backbone, 1-3 iterations per epoch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def tiny_overrides(data_root: Path, run_name: str = "tiny") -> list[str]:
+    """Hydra overrides of a tiny CPU run on a 6-leaf synthetic benchmark under data_root."""
+    return [
+        f"name={run_name}",
+        f"data.root={data_root}",
+        "data.image_size=64",
+        "data.generate.num_train_images=6",
+        "data.generate.num_val_images=4",
+        "data.generate.num_families=2",
+        "data.generate.shapes_per_family=1",
+        "data.generate.hues_per_shape=3",
+        "data.generate.textures_per_shape=1",
+        "data.generate.imbalance=2",
+        "data.generate.val_min_images_per_class=1",
+        "data.generate.mean_objects_per_image=1.5",
+        "data.generate.max_objects_per_image=2",
+        "model.backbone.out_indices=[3,4]",
+        "model.fpn_channels=16",
+        "model.roi.representation_size=32",
+        "model.roi.batch_size_per_image=16",
+        "model.rpn.pre_nms_top_n_train=50",
+        "model.rpn.post_nms_top_n_train=20",
+        "model.rpn.pre_nms_top_n_test=50",
+        "model.rpn.post_nms_top_n_test=20",
+        "model.rpn.batch_size_per_image=32",
+        "optim=adamw",
+        "schedule.phases.main.epochs=2",
+        "schedule.phases.main.lr.warmup_iters=2",
+        "schedule.phases.main.lr.milestones=[1]",
+        "train.device=cpu",
+        "train.batch_size=2",
+        "train.eval_batch_size=2",
+        "train.num_workers=0",
+        "train.eval_every=never",
+        "train.progress=false",
+        "train.checkpoint_every=0",
+        "logger.mode=disabled",
+    ]
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml composed with overrides, as `python -m lsdet.train` would."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
