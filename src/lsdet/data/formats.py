@@ -400,22 +400,23 @@ def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 def _check_labels(
     raw: _RawTable, known_mids: Iterable[str] | None, problems: _Problems
 ) -> tuple[np.ndarray, np.ndarray]:
-    problems.add(raw.image_codes < 0, "missing ImageID")
-    problems.add(
-        (raw.image_codes >= 0) & (raw.image_id_values.astype(str) == "")[raw.image_codes],
-        "missing ImageID",
-    )
+    problems.add(_missing(raw.image_codes, raw.image_id_values), "missing ImageID")
+    problems.add(_missing(raw.label_codes, raw.label_values), "missing LabelName")
     if known_mids is None:
-        problems.add(raw.label_codes < 0, "missing LabelName")
         return raw.label_codes, raw.label_values
     known = list(dict.fromkeys(known_mids))
     position = {mid: k for k, mid in enumerate(known)}
     # Map the file's few distinct MIDs to positions in known_mids; -1 = unknown.
     lookup = np.array([position.get(mid, -1) for mid in raw.label_values] + [-1], dtype=np.int32)
     label_codes = lookup[raw.label_codes]  # code -1 (missing) maps to the trailing -1
-    problems.add(raw.label_codes < 0, "missing LabelName")
     problems.add(label_codes < 0, "unknown MID")
     return label_codes, np.array(known, dtype=object)
+
+
+def _missing(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Rows whose dictionary value is empty or null (code -1)."""
+    empty = np.append(values.astype(str) == "", True)  # index -1 -> the trailing True
+    return empty[codes]
 
 
 def _locate_rows(
