@@ -262,6 +262,8 @@ def reference_challenge_ap(gt_rows, det_rows, verified, num_classes, weight=1.0,
         area = (det[2] - det[0]) * (det[3] - det[1])
         return iw * ih / area if area > 0 else 0.0
 
+    # TF's _remove_invalid_boxes: detections need xmin < xmax and ymin < ymax.
+    det_rows = [d for d in det_rows if d[3][0] < d[3][2] and d[3][1] < d[3][3]]
     entries = {k: [] for k in range(num_classes)}
     num_gt = np.zeros(num_classes)
     for _, cls, _, group_of in gt_rows:
@@ -364,3 +366,12 @@ def test_vectorised_metric_matches_a_loop_transcription_of_tf(seed):
         )
         np.testing.assert_allclose(result.ap, expected, rtol=1e-12, atol=1e-12)
     assert 0.05 < result.map < 0.95  # the case exercises both hits and misses
+
+
+def test_detections_without_area_are_dropped_like_tf_does():
+    gt = one_class_gt([[0, 0, 1, 1]], [False])
+    boxes = [[0.5, 0, 0.5, 1], [0, 0, 1, 1], [0, 0.2, 1, 0.2]]
+    result = evaluate(gt, ["a"] * 3, [0] * 3, [0.9, 0.5, 0.8], boxes)
+    assert result.per_class_ap == {"c0": 1.0}  # not false positives ahead of the TP
+    assert result.report.ignored_degenerate_box == 2
+    assert result.num_detections[0] == 1

@@ -3,6 +3,7 @@
 Semantics are those of the TF Object Detection API's ``OpenImagesChallengeEvaluator``
 (``object_detection_evaluation.py`` with ``per_image_evaluation.py``):
 
+* Detections without area (xmin >= xmax or ymin >= ymax) are dropped, as TF does.
 * Per image, a class is evaluated only when it is verified there (a positive or negative
   image-level label) or has a GT box; detections of any other class are ignored.
 * Per (image, class), detections in descending score order each take the non-group-of box
@@ -166,6 +167,7 @@ class EvaluationReport:
     bad_row_examples: list[str] = field(default_factory=list)
     ignored_image_not_in_ground_truth: int = 0
     images_not_in_ground_truth: int = 0
+    ignored_degenerate_box: int = 0
     ignored_class_not_verified: int = 0
     ignored_in_group_of: int = 0
     added_by_expansion: int = 0
@@ -179,6 +181,7 @@ class EvaluationReport:
             "bad_row_examples": list(self.bad_row_examples),
             "ignored_image_not_in_ground_truth": self.ignored_image_not_in_ground_truth,
             "images_not_in_ground_truth": self.images_not_in_ground_truth,
+            "ignored_degenerate_box": self.ignored_degenerate_box,
             "ignored_class_not_verified": self.ignored_class_not_verified,
             "ignored_in_group_of": self.ignored_in_group_of,
             "added_by_expansion": self.added_by_expansion,
@@ -305,7 +308,11 @@ def evaluate(
     report.ignored_image_not_in_ground_truth = int(not_in_gt.sum())
     if image_ids.dtype.kind not in "iu":  # with indices the caller knows the ids
         report.images_not_in_ground_truth = len(pd.unique(image_ids[not_in_gt]))
-    keep = ~not_in_gt
+    # TF drops detections without area (xmin >= xmax or ymin >= ymax) before matching.
+    with np.errstate(invalid="ignore"):
+        has_area = (det_boxes[:, 0] < det_boxes[:, 2]) & (det_boxes[:, 1] < det_boxes[:, 3])
+    report.ignored_degenerate_box = int((~has_area & ~not_in_gt).sum())
+    keep = ~not_in_gt & has_area
     det_image, det_class = det_image[keep], det_class[keep]
     det_scores, det_boxes = det_scores[keep], det_boxes[keep]
 
