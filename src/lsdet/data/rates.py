@@ -32,8 +32,8 @@ from lsdet.data.formats import read_bbox_csv
 from lsdet.data.hierarchy import Hierarchy
 from lsdet.data.index import AnnotationIndex
 
-# Pairs scored at once; bounds the temporaries to a few hundred MB.
-DEFAULT_PAIRS_PER_CHUNK = 8_000_000
+# Pairs scored at once: bounds the temporaries (about 0.2 GB); larger chunks are no faster.
+DEFAULT_PAIRS_PER_CHUNK = 2_000_000
 
 
 @dataclass
