@@ -347,9 +347,11 @@ def _print_summary(summary: dict, pairs: pd.DataFrame, parents: pd.DataFrame) ->
         f"images), leaves only {stats['leaf_imbalance']:.1f}"
     )
     print("\ntop confused pairs (share of the first class's boxes):")
-    print(pairs[["name", "coinciding_name", "rate", "coinciding_boxes"]].head(10).to_string())
+    columns = ["name", "coinciding_name", "rate", "coinciding_boxes"]
+    print(pairs[columns].head(10).to_string() if len(pairs) else "  (none)")
     print("\nparent boxes without a leaf label:")
-    print(parents[["name", "boxes", "ratio_without_leaf"]].head(10).to_string())
+    columns = ["name", "boxes", "ratio_without_leaf"]
+    print(parents[columns].head(10).to_string() if len(parents) else "  (no parent boxes)")
     print("\nsampling, one epoch:")
     for lam, row in summary["sampling_exposure"].items():
         print(
