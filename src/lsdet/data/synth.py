@@ -95,6 +95,10 @@ class LabelNoise:
     sibling_swap:    labelled with its confusable sibling instead of its own leaf.
     sibling_both:    boxed as its leaf and as its confusable sibling.
     parent_only:     labelled with one of its ancestors only (no leaf label).
+
+    An object whose leaf has no partner (``two_leaves`` with a single family; the sibling
+    problems for the unpaired variant of a shape with an odd number of variants) stays
+    clean, so the realised rate is then lower; the manifest's summary reports it.
     """
 
     leaf_and_parent: float = 0.08
