@@ -67,26 +67,57 @@ def concurrent_softmax_loss_reference(
         S = (E * (1 - Y)) Q^T,   x = log S + m - z,   loss_i = w_i softplus(x_i)  (i positive)
         dL/dz_k = -w_k sigmoid(x_k)  (k positive),   E_k (A Q)_k  (k negative),
         A_i = y_i w_i / (S_i + e^{z_i - m}).
+    S is only needed at the positive columns and A is zero elsewhere, so both products run
+    over the positive (row, class) pairs, one "slot" at a time (slot s = every row's s-th
+    positive): O(P C) work for P positives instead of the dense O(N C^2) of the Triton
+    kernel's tiled products, and exact (no cancellation).
     """
     dtype = _compute_dtype(logits)
     z = logits.to(dtype)
-    positive = targets != 0
-    negative = ~positive
+    n = z.shape[0]
+    positive = targets if targets.dtype == torch.bool else targets != 0
     q = q.to(dtype)
     w = weights.to(dtype)
-    neg_max = z.masked_fill(positive, float("-inf")).amax(dim=1, keepdim=True)
-    shift = torch.where(torch.isinf(neg_max), z.amax(dim=1, keepdim=True), neg_max)
-    shift = torch.nan_to_num(shift, neginf=0.0)
-    exp_shifted = torch.exp(z - shift)
-    # exp_shifted may be inf at a positive far above every negative: mask, don't multiply.
-    competitors = torch.where(negative, exp_shifted, 0.0) @ q.t()  # S
-    x = torch.log(competitors) + shift - z
-    row_loss = torch.where(positive, w * torch.nn.functional.softplus(x), 0.0).sum(dim=1)
-    denom = competitors + exp_shifted
-    a = torch.where(positive & (denom > 0), w / denom, 0.0)
-    grad_negative = exp_shifted * (a @ q)
-    grad_positive = -w * torch.sigmoid(x)
-    grad = torch.where(positive, grad_positive, grad_negative)
+    negative_logits = torch.where(positive, float("-inf"), z)
+    shift = negative_logits.amax(dim=1)
+    if bool(torch.isinf(shift).any()):  # rows without a negative (or empty rows)
+        shift = torch.where(torch.isinf(shift), z.amax(dim=1), shift)
+        shift = torch.nan_to_num(shift, neginf=0.0)
+    # E at the negatives, 0 at the positives (exp(-inf)); in place, to spare [N, C] passes.
+    exp_negative = negative_logits.sub_(shift[:, None]).exp_()
+
+    rows, cols = positive.nonzero(as_tuple=True)  # sorted by row
+    counts = torch.bincount(rows, minlength=n)
+    slot = torch.arange(rows.numel(), device=z.device) - (counts.cumsum(0) - counts)[rows]
+    num_slots = int(counts.max()) if rows.numel() else 0
+    row_loss = z.new_zeros(n)
+    a_q = None  # A Q, [N, C]
+    grad_positive = torch.empty_like(rows, dtype=dtype)
+    for s in range(num_slots):
+        in_slot = (slot == s).nonzero()[:, 0]
+        rows_s, cols_s = rows[in_slot], cols[in_slot]
+        every_row = rows_s.numel() == n  # then rows_s == arange(n)
+        # index_select copies whole rows: much faster on CPU than advanced indexing.
+        q_s = q.index_select(0, cols_s)  # [P_s, C]
+        exp_s = exp_negative if every_row else exp_negative.index_select(0, rows_s)
+        competitors = torch.linalg.vecdot(exp_s, q_s)  # S at the slot's pairs
+        z_s, shift_s, w_s = z[rows_s, cols_s], shift[rows_s], w[cols_s]
+        x = torch.log(competitors) + shift_s - z_s
+        # rows_s holds each row at most once: plain indexed updates (index_add_ is slow on CPU).
+        row_loss[rows_s] += w_s * torch.nn.functional.softplus(x)
+        grad_positive[in_slot] = -w_s * torch.sigmoid(x)
+        denom = competitors + torch.exp(z_s - shift_s)
+        a = torch.where(denom > 0, w_s / denom, 0.0)
+        contribution = q_s.mul_(a[:, None])
+        if a_q is None and every_row:
+            a_q = contribution
+        else:
+            a_q = torch.zeros_like(z) if a_q is None else a_q
+            a_q.index_copy_(0, rows_s, a_q.index_select(0, rows_s) + contribution)
+    if a_q is None:
+        a_q = torch.zeros_like(z)
+    grad = exp_negative.mul_(a_q)
+    grad[rows, cols] = grad_positive
     return row_loss, grad
 
 

@@ -1,0 +1,306 @@
+"""Benchmark: the concurrent softmax loss (forward, backward, both) against its baselines.
+
+Side by side, for each size N x C (rows x logit columns):
+  lsdet                 ``lsdet.ops.concurrent_softmax_loss`` (Triton kernel on a GPU; on CPU
+                        the PyTorch path, which is the reference run through the custom op)
+  reference eager       the PyTorch reference (``concurrent_softmax_loss_reference``), eager
+  reference compiled    the same under ``torch.compile``
+  F.cross_entropy       plain softmax cross-entropy on the primary label: the floor
+The ratios printed are reference/lsdet (speed-up over each reference) and lsdet/CE (cost over
+the floor). Timing: ``triton.testing.do_bench`` on a GPU (median, 20% and 80% quantiles),
+``torch.utils.benchmark`` on CPU (median, 20%/80% of the measured blocks). Peak memory is the
+largest extra allocation during one forward+backward, beyond the inputs (CUDA allocator
+statistics on a GPU, the profiler's allocation events on CPU).
+
+The problem: logits ~ 3 N(0, 1); one primary label per row (a quarter of the rows
+background), a second positive on a fifth of the foreground rows; rates with 2% non-zero
+entries in [0.01, 1] (row/col 0 = 0); weights in [0.5, 1.5].
+
+    python -m lsdet.bench.kernels                    # N in {2048, 8192, 32768} x C in {501, 602, 1204}
+    python -m lsdet.bench.kernels --small            # 2048 x 501 and 8192 x 501
+    python -m lsdet.bench.kernels --sizes 8192x501 --out outputs/bench_kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lsdet import ops
+
+FULL_SIZES = list(itertools.product([2048, 8192, 32768], [501, 602, 1204]))
+SMALL_SIZES = [(2048, 501), (8192, 501)]
+MODES = ("fwd", "bwd", "fwd+bwd")
+METHODS = ("lsdet", "reference eager", "reference compiled", "F.cross_entropy")
+
+
+def make_problem(n: int, c: int, device: str, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=gen) * 3
+    labels = torch.randint(1, c, (n,), generator=gen)
+    labels[torch.rand(n, generator=gen) < 0.25] = 0
+    targets = torch.zeros(n, c, dtype=torch.bool)
+    targets[torch.arange(n), labels] = True
+    second = torch.randint(1, c, (n,), generator=gen)
+    extra = (torch.rand(n, generator=gen) < 0.2) & (labels > 0)
+    targets[torch.arange(n)[extra], second[extra]] = True
+    rates = torch.rand(c, c, generator=gen) * 0.99 + 0.01
+    rates *= torch.rand(c, c, generator=gen) < 0.02
+    rates[0] = 0
+    rates[:, 0] = 0
+    weights = torch.rand(c, generator=gen) + 0.5
+    return (
+        logits.to(device, dtype),
+        targets.to(device),
+        labels.to(device),
+        rates.to(device),
+        weights.to(device),
+    )
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Autograd around a function returning (row losses, dL/dz), as the custom op has."""
+
+    @staticmethod
+    def forward(ctx, logits, loss_and_grad, targets, q, weights):
+        rows, grad = loss_and_grad(logits, targets, q, weights)
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype = logits.dtype
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_rows[:, None]).to(ctx.logits_dtype), None, None, None, None
+
+
+def method_forwards(problem) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Each method as logits -> scalar loss (differentiable)."""
+    _, targets, labels, rates, weights = problem
+    q = ops._rates_complement(rates, torch.float32)
+    compiled_reference = torch.compile(ops.concurrent_softmax_loss_reference)
+
+    def reference(fn):
+        return lambda z: _PrecomputedGradient.apply(z, fn, targets, q, weights).mean()
+
+    return {
+        "lsdet": lambda z: ops.concurrent_softmax_loss(z, targets, rates, weights),
+        "reference eager": reference(ops.concurrent_softmax_loss_reference),
+        "reference compiled": reference(compiled_reference),
+        "F.cross_entropy": lambda z: F.cross_entropy(z, labels),
+    }
+
+
+def time_ms(fn: Callable[[], object], device: str, grad_to_none: list[torch.Tensor]) -> tuple:
+    """(median, 20% quantile, 80% quantile) in milliseconds."""
+    if device == "cuda":
+        import triton.testing
+
+        values = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)
+        return tuple(float(v) for v in values)
+    from torch.utils import benchmark
+
+    def step():
+        for tensor in grad_to_none:
+            tensor.grad = None
+        fn()
+
+    measurement = benchmark.Timer("step()", globals={"step": step}).blocked_autorange(
+        min_run_time=1.0
+    )
+    times = np.array(measurement.raw_times) / measurement.number_per_run * 1e3
+    return float(np.median(times)), float(np.quantile(times, 0.2)), float(np.quantile(times, 0.8))
+
+
+def peak_memory_mb(fn: Callable[[], object], device: str) -> float:
+    """Largest extra memory held while fn runs (beyond what was allocated before), MiB."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    if not events:
+        return float("nan")
+    return float(np.cumsum([nbytes for _, nbytes in events]).max()) / 2**20
+
+
+def benchmark_size(n: int, c: int, device: str, dtype: torch.dtype) -> list[dict]:
+    problem = make_problem(n, c, device, dtype)
+    logits = problem[0].clone().requires_grad_(True)
+    rows = []
+    for method, forward in method_forwards(problem).items():
+        forward(logits).backward()  # warm-up: compilation, autotuning
+        logits.grad = None
+        loss = forward(logits)
+
+        def full(forward=forward):
+            forward(logits).backward()
+
+        timings = {
+            "fwd": time_ms(lambda forward=forward: forward(logits), device, [logits]),
+            "bwd": time_ms(lambda loss=loss: loss.backward(retain_graph=True), device, [logits]),
+            "fwd+bwd": time_ms(full, device, [logits]),
+        }
+        del loss
+        logits.grad = None
+        peak = peak_memory_mb(full, device)
+        logits.grad = None
+        for mode, (median, low, high) in timings.items():
+            rows.append(
+                dict(
+                    N=n,
+                    C=c,
+                    method=method,
+                    mode=mode,
+                    ms=median,
+                    ms_p20=low,
+                    ms_p80=high,
+                    peak_mb=peak,
+                )
+            )
+    return rows
+
+
+def ratio_table(rows: list[dict]) -> list[dict]:
+    """Per size and mode: each method's ms and the ratios against lsdet."""
+    table = []
+
+    def key(row):
+        return row["N"], row["C"], MODES.index(row["mode"])
+
+    for (n, c, _), group in itertools.groupby(sorted(rows, key=key), key=key):
+        mode = next(iter(group_list := list(group)))["mode"]
+        group = group_list
+        by_method = {r["method"]: r for r in group}
+        lsdet = by_method["lsdet"]["ms"]
+        table.append(
+            dict(
+                N=n,
+                C=c,
+                mode=mode,
+                **{f"{m} ms": by_method[m]["ms"] for m in METHODS},
+                **{"eager/lsdet": by_method["reference eager"]["ms"] / lsdet},
+                **{"compiled/lsdet": by_method["reference compiled"]["ms"] / lsdet},
+                **{"lsdet/CE": lsdet / by_method["F.cross_entropy"]["ms"]},
+                **{f"{m} peak MiB": by_method[m]["peak_mb"] for m in METHODS},
+            )
+        )
+    return table
+
+
+def print_table(table: list[dict]) -> None:
+    columns = list(table[0])
+    widths = [max(len(col), 9) for col in columns]
+    print("  ".join(col.rjust(w) for col, w in zip(columns, widths, strict=True)))
+    for row in table:
+        cells = []
+        for col, w in zip(columns, widths, strict=True):
+            value = row[col]
+            cells.append((f"{value:.2f}" if isinstance(value, float) else str(value)).rjust(w))
+        print("  ".join(cells))
+
+
+def plot(table: list[dict], path: Path, device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = [r for r in table if r["mode"] == "fwd+bwd"]
+    labels = [f"{r['N']}x{r['C']}" for r in full]
+    x = np.arange(len(full))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(full)), 4))
+    for k, method in enumerate(METHODS):
+        ax.bar(x + (k - 1.5) * 0.2, [r[f"{method} ms"] for r in full], 0.2, label=method)
+    ax.set_xticks(x, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("forward + backward, ms (log)")
+    ax.set_title(f"concurrent softmax loss vs baselines ({device})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            n, c = item.lower().split("x")
+            sizes.append((int(n), int(c)))
+        except ValueError:
+            raise SystemExit(f"--sizes: {item!r} is not NxC (e.g. 8192x501)") from None
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=parse_sizes, help="comma-separated NxC, e.g. 8192x501")
+    parser.add_argument("--small", action="store_true", help="2048x501 and 8192x501 only")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/bench_kernels"),
+        help="folder for results.csv, ratios.csv and fwd_bwd.png",
+    )
+    args = parser.parse_args(argv)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    sizes = args.sizes or (SMALL_SIZES if args.small else FULL_SIZES)
+    dtype = getattr(torch, args.dtype)
+    name = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {name}; dtype {args.dtype}; lsdet runs "
+        f"{'the Triton kernel' if device == 'cuda' else 'the PyTorch path'}"
+    )
+
+    rows = []
+    for n, c in tqdm(sizes, desc="sizes", unit="size"):
+        rows.extend(benchmark_size(n, c, device, dtype))
+    table = ratio_table(rows)
+    print_table(table)
+    if device == "cuda":
+        print("goals (fwd+bwd): eager/lsdet >= 3, compiled/lsdet >= 1.5, lsdet/CE <= 2")
+    else:
+        print("goal (CPU, fwd+bwd, 8192x501): lsdet/CE <= 3")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for filename, data in (("results.csv", rows), ("ratios.csv", table)):
+        with open(args.out / filename, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(data[0]))
+            writer.writeheader()
+            writer.writerows(data)
+    plot(table, args.out / "fwd_bwd.png", name)
+    print(
+        f"wrote {args.out / 'results.csv'}, {args.out / 'ratios.csv'}, {args.out / 'fwd_bwd.png'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
