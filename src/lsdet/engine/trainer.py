@@ -14,6 +14,7 @@ optimizer state, sampler position and random state an uninterrupted run would ha
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -55,6 +56,9 @@ from lsdet.engine.run_logger import RunLogger
 from lsdet.models import build_detector
 
 OPTIMIZERS = ("sgd", "adamw")
+EVAL_WHEN = ("epoch", "phase", "never")
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -199,11 +203,17 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
+        if cfg.train.eval_every not in EVAL_WHEN:
+            raise ValueError(f"train.eval_every={cfg.train.eval_every!r}; expected {EVAL_WHEN}")
         self.seed = int(cfg.seed)
         ckpt.seed_everything(self.seed + self.dist.rank)
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
 
+        if cfg.model.backbone.norm == "sync_bn" and self.device.type != "cuda":
+            # SyncBatchNorm synchronises over NCCL only; on CPU it is plain batch norm.
+            log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", self.device)
+            cfg.model.backbone.norm = "bn"
         self.schedule = Schedule.from_config(cfg.schedule)
         self.data = build_training_data(cfg.data, hflip_prob=float(cfg.train.hflip_prob))
         self.model = build_model(cfg, self.data, self.device)
