@@ -220,3 +220,18 @@ def test_bom_and_windows_line_endings(tmp_path):
     descriptions = tmp_path / "d.csv"
     descriptions.write_bytes(b'\xef\xbb\xbf/m/1,"One, two"\r\n/m/2,Two\r\n')
     assert read_class_descriptions(descriptions) == {"/m/1": "One, two", "/m/2": "Two"}
+
+
+def test_ignore_mids_drops_and_counts_without_error(tmp_path):
+    rows = [CHALLENGE_HEADER, "i1,/m/a,0.1,0.2,0.3,0.4,0", "i2,/m/x,0.1,0.2,0.3,0.4,0"]
+    path = write(tmp_path, "subset.csv", rows)
+    table = read_bbox_csv(path, known_mids=["/m/a"], ignore_mids=["/m/x"])
+    assert list(table.image_ids) == ["i1"]
+    assert table.report.excluded == 1 and table.report.skipped == {}
+    assert "excluded 1" in table.report.summary()
+    unknown = write(tmp_path, "unknown.csv", [*rows, "i3,/m/zzz,0.1,0.2,0.3,0.4,0"])
+    with pytest.raises(DataFormatError, match=r"unknown\.csv, line 4: unknown MID"):
+        read_bbox_csv(unknown, known_mids=["/m/a"], ignore_mids=["/m/x"])
+    labels = write(tmp_path, "labels.csv", ["ImageID,LabelName,Confidence", "i1,/m/x,1"])
+    table = read_image_labels_csv(labels, known_mids=["/m/a"], ignore_mids=["/m/x"])
+    assert len(table) == 0 and table.report.excluded == 1

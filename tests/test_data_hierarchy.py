@@ -43,6 +43,7 @@ def _ancestor_names(h, mid):
 
 def test_small_tree_structure(small):
     h, _ = small
+    assert h.excluded_mids == []
     assert h.mids == ["A", "B", "D", "C", "E", "F"]
     assert h.num_classes == 6
     assert _ancestor_names(h, "D") == {"A", "B", "C"}
@@ -93,6 +94,7 @@ def test_subset_lifts_children_of_dropped_nodes(small):
     _, path = small
     h = Hierarchy.from_json(path, subset_mids=["E", "D", "A"])
     assert h.mids == ["E", "D", "A"]
+    assert h.excluded_mids == ["B", "C", "F"]
     assert _ancestor_names(h, "D") == {"A"}  # B and C dropped: lifted to A
     assert _ancestor_names(h, "E") == {"A"}
     assert h.children["A"] == ["D", "E"]

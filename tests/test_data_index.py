@@ -148,3 +148,19 @@ def test_data_layer_imports_without_torch():
 
     code = "import sys, lsdet.data; assert 'torch' not in sys.modules; lsdet.data.collate_fn"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rows_of_classes_outside_the_subset_are_excluded(tmp_path, bbox_csv):
+    tree = {
+        "LabelName": "root",
+        "Subcategory": [
+            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
+            {"LabelName": "C"},
+        ],
+    }
+    (tmp_path / "h.json").write_text(json.dumps(tree))
+    subset = Hierarchy.from_json(tmp_path / "h.json", subset_mids=["C", "A"])
+    index = AnnotationIndex.build_or_open(bbox_csv, subset, tmp_path / "cache")
+    assert index.num_boxes == 4  # the B box is dropped (B is outside the subset), not an error
+    assert index.reports[0]["excluded"] == 1
+    np.testing.assert_array_equal(index.class_box_counts(), [3, 1])  # C, A

@@ -49,6 +49,7 @@ class ReadReport:
     rows_read: int = 0
     rows_kept: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    excluded: int = 0  # rows of classes in ``ignore_mids``: dropped on request, not errors
     examples: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, text)
 
     @property
@@ -57,6 +58,8 @@ class ReadReport:
 
     def summary(self) -> str:
         text = f"{self.path}: read {self.rows_read} rows, kept {self.rows_kept}"
+        if self.excluded:
+            text += f", excluded {self.excluded} of unselected classes"
         if self.skipped:
             reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
             text += f", skipped {self.rows_skipped} ({reasons})"
@@ -70,6 +73,7 @@ class ReadReport:
             "rows_read": self.rows_read,
             "rows_kept": self.rows_kept,
             "skipped": dict(self.skipped),
+            "excluded": self.excluded,
             "examples": [list(example) for example in self.examples],
         }
 
@@ -172,12 +176,18 @@ def _looks_like_header(row: list[str]) -> bool:
 
 # ---------------------------------------------------------------------------- boxes
 def read_bbox_csv(
-    path: str | Path, *, known_mids: Iterable[str] | None = None, strict: bool = True
+    path: str | Path,
+    *,
+    known_mids: Iterable[str] | None = None,
+    ignore_mids: Iterable[str] | None = None,
+    strict: bool = True,
 ) -> BoxTable:
     """Read a bbox CSV: the 13-column V4-V6 layout or the 7-column Challenge validation layout.
 
     The layout is recognised by the header; columns may come in any order and extra columns
-    (e.g. the XClick columns of V5/V6) are ignored.
+    (e.g. the XClick columns of V5/V6) are ignored. Rows of a MID in ``ignore_mids`` (e.g.
+    ``hierarchy.excluded_mids``: classes of the full hierarchy outside the selected subset) are
+    dropped and counted in ``report.excluded``, not treated as unknown.
     """
     path = Path(path)
     header = _read_header(path, BOX_REQUIRED_COLUMNS)
@@ -186,7 +196,7 @@ def read_bbox_csv(
     raw = _read_table(path, header, ["ImageID", "LabelName"], numeric, flag_columns)
 
     problems = _Problems(len(raw.image_codes))
-    label_codes, label_values = _check_labels(raw, known_mids, problems)
+    label_codes, label_values = _check_labels(raw, known_mids, ignore_mids, problems)
     coordinates = {name: raw.numbers[name] for name in COORDINATE_COLUMNS}
     for name, values in coordinates.items():
         problems.add(np.isnan(values), f"missing or non-numeric {name}")
@@ -218,17 +228,22 @@ def read_bbox_csv(
 
 
 def read_image_labels_csv(
-    path: str | Path, *, known_mids: Iterable[str] | None = None, strict: bool = True
+    path: str | Path,
+    *,
+    known_mids: Iterable[str] | None = None,
+    ignore_mids: Iterable[str] | None = None,
+    strict: bool = True,
 ) -> ImageLabelTable:
     """Read an image-level labels CSV (``ImageID,Source,LabelName,Confidence``).
 
-    Confidence must be 0 (verified absent) or 1 (verified present).
+    Confidence must be 0 (verified absent) or 1 (verified present). ``known_mids`` and
+    ``ignore_mids`` as in :func:`read_bbox_csv`.
     """
     path = Path(path)
     header = _read_header(path, IMAGE_LABEL_REQUIRED_COLUMNS)
     raw = _read_table(path, header, ["ImageID", "LabelName"], ["Confidence"], [])
     problems = _Problems(len(raw.image_codes))
-    label_codes, label_values = _check_labels(raw, known_mids, problems)
+    label_codes, label_values = _check_labels(raw, known_mids, ignore_mids, problems)
     confidence = raw.numbers["Confidence"]
     problems.add(~((confidence == 0) | (confidence == 1)), "Confidence not 0 or 1")
     keep, report = problems.resolve(path, header, raw, strict)
@@ -260,6 +275,7 @@ class _Problems:
     def __init__(self, num_rows: int):
         self.reason_of_row = np.full(num_rows, -1, dtype=np.int16)
         self.reasons: list[str] = []
+        self.excluded: np.ndarray | None = None  # rows dropped on request (ignore_mids)
 
     def add(self, mask: np.ndarray, reason: str) -> None:
         new = mask & (self.reason_of_row < 0)
@@ -274,10 +290,16 @@ class _Problems:
         raises on the first bad line when ``strict``."""
         num_rows = len(self.reason_of_row)
         report = ReadReport(path, rows_read=num_rows + len(raw.malformed), rows_kept=num_rows)
-        if not self.reasons and not raw.malformed:
+        excluded = self.excluded if self.excluded is not None else np.zeros(num_rows, bool)
+        if not self.reasons and not raw.malformed and not excluded.any():
             return slice(None), report
-        keep = self.reason_of_row < 0
-        bad_rows = np.flatnonzero(~keep)
+        good = self.reason_of_row < 0
+        keep = good & ~excluded
+        report.rows_kept = int(keep.sum())
+        report.excluded = int((good & excluded).sum())
+        if not self.reasons and not raw.malformed:
+            return keep, report
+        bad_rows = np.flatnonzero(~good)
 
         counts = np.bincount(self.reason_of_row[bad_rows], minlength=len(self.reasons))
         if raw.malformed:
@@ -285,7 +307,6 @@ class _Problems:
         for reason, count in zip(self.reasons, counts, strict=True):
             if count:
                 report.skipped[reason] = int(count)
-        report.rows_kept = int(keep.sum())
         limit = 1 if strict else MAX_EXAMPLES
         located = _locate_rows(path, len(header), bad_rows[:limit], min(limit, len(raw.malformed)))
         examples = []
@@ -296,6 +317,8 @@ class _Problems:
             examples.append((line, reason, text))
         examples.sort()
         report.examples = examples[:MAX_EXAMPLES]
+        if strict and not examples:  # the csv module and pyarrow disagree on the rows
+            raise DataFormatError(f"{report.summary()}; pass strict=False to skip bad rows")
         if strict:
             line, reason, text = examples[0]
             more = report.rows_skipped - 1
@@ -398,10 +421,19 @@ def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_labels(
-    raw: _RawTable, known_mids: Iterable[str] | None, problems: _Problems
+    raw: _RawTable,
+    known_mids: Iterable[str] | None,
+    ignore_mids: Iterable[str] | None,
+    problems: _Problems,
 ) -> tuple[np.ndarray, np.ndarray]:
     problems.add(_missing(raw.image_codes, raw.image_id_values), "missing ImageID")
     problems.add(_missing(raw.label_codes, raw.label_values), "missing LabelName")
+    ignored = np.zeros(len(raw.label_codes), dtype=bool)
+    if ignore_mids is not None:
+        ignore = set(ignore_mids)
+        ignored_value = np.array([mid in ignore for mid in raw.label_values] + [False])
+        ignored = ignored_value[raw.label_codes]
+        problems.excluded = ignored
     if known_mids is None:
         return raw.label_codes, raw.label_values
     known = list(dict.fromkeys(known_mids))
@@ -409,7 +441,7 @@ def _check_labels(
     # Map the file's few distinct MIDs to positions in known_mids; -1 = unknown.
     lookup = np.array([position.get(mid, -1) for mid in raw.label_values] + [-1], dtype=np.int32)
     label_codes = lookup[raw.label_codes]  # code -1 (missing) maps to the trailing -1
-    problems.add(label_codes < 0, "unknown MID")
+    problems.add((label_codes < 0) & ~ignored, "unknown MID")
     return label_codes, np.array(known, dtype=object)
 
 

@@ -31,10 +31,18 @@ class Hierarchy:
     (0 = background). All ``[C, C]`` matrices are over ``mids`` order.
     """
 
-    def __init__(self, mids: list[str], children: dict[str, list[str]], root: str | None = None):
-        """``children`` maps each node (and the root, if any) to its direct children."""
+    def __init__(
+        self,
+        mids: list[str],
+        children: dict[str, list[str]],
+        root: str | None = None,
+        excluded_mids: Iterable[str] = (),
+    ):
+        """``children`` maps each node (and the root, if any) to its direct children;
+        ``excluded_mids`` lists classes of the source file left out of a subset."""
         self.mids: list[str] = list(mids)
         self.root = root
+        self.excluded_mids: list[str] = list(excluded_mids)
         self._index = {mid: k for k, mid in enumerate(self.mids)}
         if len(self._index) != len(self.mids):
             raise HierarchyError("duplicate MIDs in the class list")
@@ -81,8 +89,9 @@ class Hierarchy:
 
         ``subset_mids`` (e.g. the keys of the 500-class Challenge descriptions file) keeps only
         those classes, in that order; the kept descendants of a dropped node are lifted to its
-        nearest kept ancestor (or the root). Without it, ``mids`` lists every non-root MID in
-        the order of first appearance in the file.
+        nearest kept ancestor (or the root), and the classes left out are listed in
+        ``excluded_mids`` (readers can drop their rows with ``ignore_mids=``). Without it,
+        ``mids`` lists every non-root MID in the order of first appearance in the file.
         """
         path = Path(path)
         try:
@@ -131,7 +140,7 @@ class Hierarchy:
 
         for mid in [root, *subset]:
             lifted[mid] = kept_below(mid)
-        return cls(subset, lifted, root)
+        return cls(subset, lifted, root, excluded_mids=[mid for mid in order if mid not in keep])
 
     # ------------------------------------------------------------------ queries
     @property

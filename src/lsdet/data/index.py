@@ -123,6 +123,7 @@ class AnnotationIndex:
                 "version": INDEX_FORMAT_VERSION,
                 "sources": [str(path.resolve()) for path in sources],
                 "mids": hierarchy.mids,
+                "excluded_mids": hierarchy.excluded_mids,
                 "strict": strict,
             }
         )
@@ -159,7 +160,12 @@ class AnnotationIndex:
         if num_classes > np.iinfo(np.int16).max:
             raise ValueError(f"{num_classes} classes do not fit the int16 class ids")
 
-        table = read_bbox_csv(bbox_csv, known_mids=hierarchy.mids, strict=strict)
+        table = read_bbox_csv(
+            bbox_csv,
+            known_mids=hierarchy.mids,
+            ignore_mids=hierarchy.excluded_mids,
+            strict=strict,
+        )
         reports = [table.report.to_dict()]
         used = np.bincount(table.image_codes, minlength=len(table.image_id_values)) > 0
         image_ids = table.image_id_values[used]
