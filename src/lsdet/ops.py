@@ -91,16 +91,17 @@ def concurrent_softmax_loss_reference(
     slot = torch.arange(rows.numel(), device=z.device) - (counts.cumsum(0) - counts)[rows]
     num_slots = int(counts.max()) if rows.numel() else 0
     row_loss = z.new_zeros(n)
-    a_q = None  # A Q, [N, C]
+    grad = None
     grad_positive = torch.empty_like(rows, dtype=dtype)
     for s in range(num_slots):
         in_slot = (slot == s).nonzero()[:, 0]
         rows_s, cols_s = rows[in_slot], cols[in_slot]
         every_row = rows_s.numel() == n  # then rows_s == arange(n)
-        # index_select copies whole rows: much faster on CPU than advanced indexing.
-        q_s = q.index_select(0, cols_s)  # [P_s, C]
-        exp_s = exp_negative if every_row else exp_negative.index_select(0, rows_s)
-        competitors = torch.linalg.vecdot(exp_s, q_s)  # S at the slot's pairs
+        # P = E * q_i for each pair (row, i): S_i = sum(P) and the pair's share of the
+        # negatives' gradient is a_i P. index_select copies whole rows (fast on CPU).
+        products = q.index_select(0, cols_s)
+        products.mul_(exp_negative if every_row else exp_negative.index_select(0, rows_s))
+        competitors = products.sum(dim=1)  # S at the slot's pairs
         z_s, shift_s, w_s = z[rows_s, cols_s], shift[rows_s], w[cols_s]
         x = torch.log(competitors) + shift_s - z_s
         # rows_s holds each row at most once: plain indexed updates (index_add_ is slow on CPU).
@@ -108,16 +109,15 @@ def concurrent_softmax_loss_reference(
         grad_positive[in_slot] = -w_s * torch.sigmoid(x)
         denom = competitors + torch.exp(z_s - shift_s)
         a = torch.where(denom > 0, w_s / denom, 0.0)
-        contribution = q_s.mul_(a[:, None])
-        if a_q is None and every_row:
-            a_q = contribution
+        contribution = products.mul_(a[:, None])
+        if grad is None and every_row:
+            grad = contribution
         else:
-            a_q = torch.zeros_like(z) if a_q is None else a_q
-            a_q.index_copy_(0, rows_s, a_q.index_select(0, rows_s) + contribution)
-    if a_q is None:
-        a_q = torch.zeros_like(z)
-    grad = exp_negative.mul_(a_q)
-    grad[rows, cols] = grad_positive
+            grad = torch.zeros_like(z) if grad is None else grad
+            grad.index_copy_(0, rows_s, grad.index_select(0, rows_s) + contribution)
+    if grad is None:
+        grad = torch.zeros_like(z)
+    grad[rows, cols] = grad_positive  # E = 0 there, so grad holds 0 before this
     return row_loss, grad
 
 
