@@ -85,11 +85,15 @@ class _PrecomputedGradient(torch.autograd.Function):
         return (grad * grad_rows[:, None]).to(ctx.logits_dtype), None, None, None, None
 
 
-def method_forwards(problem) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def method_forwards(
+    problem, compile_backend: str = "inductor"
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Each method as logits -> scalar loss (differentiable)."""
     _, targets, labels, rates, weights = problem
     q = ops._rates_complement(rates, torch.float32)
-    compiled_reference = torch.compile(ops.concurrent_softmax_loss_reference)
+    compiled_reference = torch.compile(
+        ops.concurrent_softmax_loss_reference, backend=compile_backend
+    )
 
     def reference(fn):
         return lambda z: _PrecomputedGradient.apply(z, fn, targets, q, weights).mean()
@@ -166,10 +170,12 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float:
     return float(np.cumsum([nbytes for _, nbytes in events]).max()) / 2**20
 
 
-def benchmark_size(n: int, c: int, device: str, dtype: torch.dtype) -> list[dict]:
+def benchmark_size(
+    n: int, c: int, device: str, dtype: torch.dtype, compile_backend: str = "inductor"
+) -> list[dict]:
     problem = make_problem(n, c, device, dtype)
     logits = problem[0].clone().requires_grad_(True)
-    forwards = method_forwards(problem)
+    forwards = method_forwards(problem, compile_backend)
     fns, losses, peaks = {}, {}, {}
     for method, forward in forwards.items():
         forward(logits).backward()  # warm-up: compilation, autotuning
@@ -290,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("outputs/bench_kernels"),
         help="folder for results.csv, ratios.csv and fwd_bwd.png",
     )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend of the reference"
+    )
     args = parser.parse_args(argv)
     device = args.device
     if device == "auto":
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for n, c in tqdm(sizes, desc="sizes", unit="size"):
-        rows.extend(benchmark_size(n, c, device, dtype))
+        rows.extend(benchmark_size(n, c, device, dtype, args.compile_backend))
     table = ratio_table(rows)
     print_table(table)
     if device == "cuda":
