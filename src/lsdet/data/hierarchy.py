@@ -9,6 +9,9 @@ Ancestor sets follow the TF Object Detection API (``oid_hierarchical_labels_expa
 ``j`` is an ancestor of ``i`` iff ``i`` occurs somewhere in the subtree of an occurrence of
 ``j``. Box labels and verified-positive image-level labels expand to all ancestors,
 verified-negative image-level labels to all descendants. The root itself is not a class.
+Where a class occurs several times with different children listed, the union of those
+children is used (the Open Images files list each subtree the same way at every occurrence;
+tested against an occurrence-by-occurrence walk on the 600-class file).
 """
 
 from __future__ import annotations

@@ -115,7 +115,9 @@ class AnnotationIndex:
         """Open the cached index of ``bbox_csv``, (re)building it when missing or stale.
 
         ``image_labels_csv`` (optional) adds the images that have image-level labels but no
-        box, so that they are part of the index with zero boxes.
+        box, so that they are part of the index with zero boxes. Box rows of classes outside
+        a subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted in the
+        report; MIDs the hierarchy does not know at all are errors (``strict``).
         """
         sources = [Path(bbox_csv)] + ([Path(image_labels_csv)] if image_labels_csv else [])
         key_text = json.dumps(
