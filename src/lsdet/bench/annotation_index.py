@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from lsdet.bench import peak_rss_bytes
 
 HEADER = [
     "ImageID",
@@ -112,18 +113,6 @@ def generate_bbox_csv(
 
 
 # ---------------------------------------------------------------------------- children
-def _peak_rss_bytes() -> int:
-    """Peak resident set size of this process. VmHWM (Linux) starts afresh at exec, unlike
-    ru_maxrss, which keeps the parent's peak from before the fork."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def _child(task: str, csv_path: Path, cache_dir: Path) -> dict:
     started = time.perf_counter()
     if task == "pandas":
@@ -149,7 +138,7 @@ def _child(task: str, csv_path: Path, cache_dir: Path) -> dict:
         rows = len(index.annotations(index.num_images // 2).class_ids)
     else:
         raise ValueError(task)
-    return {"seconds": time.perf_counter() - started, "peak_rss": _peak_rss_bytes(), "rows": rows}
+    return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes(), "rows": rows}
 
 
 def _run_child(task: str, csv_path: Path, cache_dir: Path) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from lsdet.bench import peak_rss_bytes
 from lsdet.bench.sampling import class_sizes
 from lsdet.boxes import box_iou
 from lsdet.data.formats import read_bbox_csv
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     rates = concurrent_rates_from_boxes(image, label, boxes, hierarchy)
     vectorised_s = time.perf_counter() - start
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak_rss = peak_rss_bytes()
 
     leaf_rows = hierarchy.leaf_mask[label]
     sample_images = min(args.baseline_images, args.images)

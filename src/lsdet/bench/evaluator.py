@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdet.bench.annotation_index import _peak_rss_bytes
+from lsdet.bench import peak_rss_bytes
 
 NUM_PARENTS, LEAVES_PER_PARENT = 50, 9
 
@@ -198,7 +198,7 @@ def _child(task: str, paths: dict[str, Path]) -> dict:
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
-        "peak_rss": _peak_rss_bytes(),
+        "peak_rss": peak_rss_bytes(),
         "rows": rows,
         "phases": phases,
         **result,

@@ -397,8 +397,8 @@ def _read_table(
             )
             for name in numeric_columns + int_columns
         }
-    image_codes, image_id_values = _dictionary_codes(table.column("ImageID"))
-    label_codes, label_values = _dictionary_codes(table.column("LabelName"))
+    image_codes, image_id_values = dictionary_codes(table.column("ImageID"))
+    label_codes, label_values = dictionary_codes(table.column("LabelName"))
     return _RawTable(image_codes, image_id_values, label_codes, label_values, numbers, malformed)
 
 
@@ -410,7 +410,7 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return values.astype(np.float32, copy=False) if values.dtype.kind == "f" else values
 
 
-def _dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def dictionary_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """int32 codes per row and the distinct values (object array), for a dictionary column."""
     chunks = pa.table({"column": column}).unify_dictionaries().column(0).chunks
     if not chunks:

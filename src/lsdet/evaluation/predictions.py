@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lsdet.data import DataFormatError
-from lsdet.data.formats import _dictionary_codes
+from lsdet.data.formats import dictionary_codes
 from lsdet.evaluation.core import EvaluationReport
 
 TF_COLUMNS = ("ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax")
@@ -177,8 +177,8 @@ def _read_tf_layout(path: Path, mids: Sequence[str], strict: bool) -> Prediction
         )
         table, not_numbers = _coerce_numbers(table, list(numeric))
 
-    image_codes, image_ids = _dictionary_codes(table.column("ImageID"))
-    label_codes, labels = _dictionary_codes(table.column("LabelName"))
+    image_codes, image_ids = dictionary_codes(table.column("ImageID"))
+    label_codes, labels = dictionary_codes(table.column("LabelName"))
     scores = _float_column(table, "Score")
     boxes = np.stack([_float_column(table, name) for name in ("XMin", "YMin", "XMax", "YMax")], 1)
     rows = np.arange(len(scores))
@@ -284,7 +284,7 @@ def _read_submission_layout(path: Path, mids: Sequence[str], strict: bool) -> Pr
         {"ImageId": pa.dictionary(pa.int32(), pa.string()), "PredictionString": pa.large_string()},
         bad,
     )
-    image_codes_per_row, image_ids = _dictionary_codes(table.column("ImageId"))
+    image_codes_per_row, image_ids = dictionary_codes(table.column("ImageId"))
     # Parse the strings a slice of rows at a time: the split tokens of all rows at once
     # would take several times the file's size in memory.
     strings = table.column("PredictionString")
@@ -307,7 +307,7 @@ def _read_submission_layout(path: Path, mids: Sequence[str], strict: bool) -> Pr
     scores = numbers[:, 0].copy()
     boxes = numbers[:, 1:].copy()  # XMin YMin XMax YMax, already our order
     del numbers
-    label_codes, labels = _dictionary_codes(pc.dictionary_encode(labels_text))
+    label_codes, labels = dictionary_codes(pc.dictionary_encode(labels_text))
     first_of_row = np.cumsum(num_detections) - num_detections
     group_numbers = np.arange(len(det_row)) - first_of_row[det_row]
     image_codes = image_codes_per_row[det_row]
