@@ -1,26 +1,27 @@
 """Triton kernels of the concurrent softmax (GUIDE §1; paper eq. 3-5).
 
-Both kernels take Q = 1 - R with its diagonal set to 1 (r_ii = 0), as fp32 [C, C], and its
-transpose, so that every tile load is contiguous. Every matrix product is a tiled ``tl.dot``
-with fp32 accumulation; no [N, C, C] intermediate exists.
+Both kernels take Q = 1 - R with its diagonal set to 1 (r_ii = 0), as fp32 [C, C]. Every sum
+is accumulated in fp32 whatever the logits' dtype; no [N, C, C] intermediate exists.
 
-Training (one program per block of BLOCK_M rows, column tiles of BLOCK_C, so any C works):
+Training (one program per block of BLOCK_M rows, column tiles of BLOCK_C, so any C works).
+A row's positives are given as "slots": slot_cols [N, K] holds each row's positive columns,
+padded with -1 (K = a power of two >= the most positives of any row). Then
     m   = max over the row's negative columns (the row max when it has none)
-    S_i = sum_j (1 - y_j) q_ij e^{z_j - m}              (S = (E * (1 - Y)) Q^T, a tl.dot)
-    x_i = log S_i + m - z_i,   loss_i = w_i softplus(x_i) = -w_i log s*_i      (i positive)
-    dL/dz_k = -w_k sigmoid(x_k)                                              (k positive)
-    dL/dz_k = e^{z_k - m} sum_i A_i q_ik,  A_i = y_i w_i / (S_i + e^{z_i - m})  (k negative;
-              A Q, a second tl.dot)
-Shifting by the largest *negative* logit rather than the row max keeps a positive far below
-another positive finite (D_i = e^m S_i + e^{z_i} never underflows to 0 through the shift).
+    S_i = sum_j (1 - y_j) q_ij e^{z_j - m}          for each positive i (a gathered row of Q)
+    x_i = log S_i + m - z_i,   loss_i = w_i softplus(x_i) = -w_i log s*_i
+    dL/dz_i = -w_i sigmoid(x_i)                                          (i positive)
+    dL/dz_k = e^{z_k - m} sum_i A_i q_ik,  A_i = w_i / (S_i + e^{z_i - m})   (k negative)
+D_i = e^m S_i + e^{z_i} is only needed at the positives, and A is zero elsewhere, so the work
+is O(N K C) (the dense products E (1 - R)^T and A (1 - R) would be O(N C^2)). Three passes
+over the row block's logits: the shift, S (and the positives' loss and gradient), the
+negatives' gradient. Shifting by the largest *negative* logit rather than the row max keeps a
+positive far below another positive finite.
 
-The gradient is written into a fresh fp32 buffer that the kernel also uses as scratch: pass 2
-stores S at the positive columns, pass 3 writes the negatives' gradients (reading S only at
-positive columns), pass 4 turns S into the positives' gradients. Nothing autograd saved is
-ever written.
+The gradient goes to a fresh fp32 buffer: nothing autograd saved is ever written.
 
-Inference: s+_i = e^{z_i - m} / sum_j q_ij e^{z_j - m} (m = row max), one program per
-(row block, column tile); a denominator that underflows to 0 gives 0, not NaN.
+Inference: s+_i = e^{z_i - m} / sum_j q_ij e^{z_j - m} (m = row max) for every class, a dense
+[N, C] x [C, C] product: tiled ``tl.dot`` with fp32 accumulation, one program per (row block,
+column tile); a denominator that underflows to 0 gives 0, not NaN.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import triton.language as tl
 # cost seconds of interpretation): use one config there.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Matrix products on tensor cores: "tf32x3" keeps close to fp32 accuracy (all summands are
-# non-negative, so there is no cancellation) at a fraction of the cost of plain fp32 FMA.
+# The inference kernel's products on tensor cores: "tf32x3" keeps close to fp32 accuracy
+# (all summands are non-negative, so there is no cancellation) at a fraction of the cost of
+# plain fp32 FMA.
 DOT_PRECISION = "tf32x3"
 
 if _INTERPRET:
@@ -44,15 +46,8 @@ if _INTERPRET:
     _INFER_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_C": 64}, num_warps=4)]
 else:
     _TRAIN_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w, num_stages=s)
-        for bm, bc, w, s in [
-            (32, 64, 4, 3),
-            (64, 64, 4, 3),
-            (64, 64, 8, 3),
-            (64, 128, 8, 3),
-            (128, 64, 8, 3),
-            (128, 128, 8, 2),
-        ]
+        triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w)
+        for bm, bc, w in [(4, 256, 4), (8, 128, 4), (8, 256, 8), (16, 128, 8), (32, 64, 8)]
     ]
     _INFER_CONFIGS = [
         triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w, num_stages=s)
@@ -90,19 +85,19 @@ def _negative_row_max(
     return tl.where(shift == float("-inf"), 0.0, shift)
 
 
-@triton.autotune(configs=_TRAIN_CONFIGS, key=["C"])
+@triton.autotune(configs=_TRAIN_CONFIGS, key=["C", "NUM_SLOTS"])
 @triton.jit
 def _concurrent_softmax_loss_kernel(
     z_ptr,  # [N, C] logits, any float dtype
     y_ptr,  # [N, C] uint8 multi-hot
+    slot_ptr,  # [N, NUM_SLOTS] int32: each row's positive columns, -1 = padding
     q_ptr,  # [C, C] fp32, q_ij = 1 - r_ij
-    qt_ptr,  # [C, C] fp32, the transpose of q
     w_ptr,  # [C] fp32 per-class weights
     loss_ptr,  # [N] fp32 out: per-row loss
-    grad_ptr,  # [N, C] fp32 out: dL/dz (also scratch, see the module docstring)
+    grad_ptr,  # [N, C] fp32 out: dL/dz
     N,
     C,
-    DOT_PRECISION: tl.constexpr,
+    NUM_SLOTS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -111,70 +106,56 @@ def _concurrent_softmax_loss_kernel(
     row_mask = rows < N
     shift = _negative_row_max(z_ptr, y_ptr, rows, row_mask, C, BLOCK_M, BLOCK_C)
 
-    # Pass 2: S = (E * (1 - Y)) Q^T, tile by tile; S is kept at the positive columns.
-    for i0 in range(0, C, BLOCK_C):
-        cols_i = i0 + tl.arange(0, BLOCK_C)
-        acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-        for j0 in range(0, C, BLOCK_C):
-            cols_j = j0 + tl.arange(0, BLOCK_C)
-            mask_j = row_mask[:, None] & (cols_j[None, :] < C)
-            offs_j = rows[:, None] * C + cols_j[None, :]
-            z_j = tl.load(z_ptr + offs_j, mask=mask_j, other=float("-inf")).to(tl.float32)
-            y_j = tl.load(y_ptr + offs_j, mask=mask_j, other=1)
-            e_neg = tl.where(y_j == 0, tl.exp(z_j - shift[:, None]), 0.0)
-            qt_mask = (cols_j[:, None] < C) & (cols_i[None, :] < C)
-            qt = tl.load(qt_ptr + cols_j[:, None] * C + cols_i[None, :], mask=qt_mask, other=0.0)
-            acc += tl.dot(e_neg, qt, input_precision=DOT_PRECISION)
-        mask_i = row_mask[:, None] & (cols_i[None, :] < C)
-        offs_i = rows[:, None] * C + cols_i[None, :]
-        y_i = tl.load(y_ptr + offs_i, mask=mask_i, other=0)
-        tl.store(grad_ptr + offs_i, acc, mask=mask_i & (y_i != 0))
-    # Pass 3 reads what other threads of this program stored in pass 2.
-    tl.debug_barrier()
+    slots = tl.arange(0, NUM_SLOTS)
+    slot_cols = tl.load(
+        slot_ptr + rows[:, None] * NUM_SLOTS + slots[None, :], mask=row_mask[:, None], other=-1
+    )
+    valid = slot_cols >= 0  # [BLOCK_M, NUM_SLOTS]
+    slot_cols = tl.where(valid, slot_cols, 0)
+    q_rows = q_ptr + slot_cols.to(tl.int64) * C  # start of each positive's row of Q
 
-    # Pass 3: negatives' gradient e^{z_k - m} (A Q)_k with A_i = y_i w_i / (S_i + e^{z_i - m}).
-    for k0 in range(0, C, BLOCK_C):
-        cols_k = k0 + tl.arange(0, BLOCK_C)
-        acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-        for i0 in range(0, C, BLOCK_C):
-            cols_i = i0 + tl.arange(0, BLOCK_C)
-            mask_i = row_mask[:, None] & (cols_i[None, :] < C)
-            offs_i = rows[:, None] * C + cols_i[None, :]
-            y_i = tl.load(y_ptr + offs_i, mask=mask_i, other=0)
-            pos_i = mask_i & (y_i != 0)
-            s_i = tl.load(grad_ptr + offs_i, mask=pos_i, other=0.0)
-            z_i = tl.load(z_ptr + offs_i, mask=pos_i, other=0.0).to(tl.float32)
-            w_i = tl.load(w_ptr + cols_i, mask=cols_i < C, other=0.0)
-            denom = s_i + tl.exp(z_i - shift[:, None])
-            usable = pos_i & (denom > 0)
-            a_i = tl.where(usable, w_i[None, :] / tl.where(usable, denom, 1.0), 0.0)
-            q_mask = (cols_i[:, None] < C) & (cols_k[None, :] < C)
-            q = tl.load(q_ptr + cols_i[:, None] * C + cols_k[None, :], mask=q_mask, other=0.0)
-            acc += tl.dot(a_i, q, input_precision=DOT_PRECISION)
-        mask_k = row_mask[:, None] & (cols_k[None, :] < C)
-        offs_k = rows[:, None] * C + cols_k[None, :]
-        y_k = tl.load(y_ptr + offs_k, mask=mask_k, other=1)
-        z_k = tl.load(z_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        grad_neg = tl.exp(z_k - shift[:, None]) * acc
-        tl.store(grad_ptr + offs_k, grad_neg, mask=mask_k & (y_k == 0))
-    tl.debug_barrier()
+    # Pass 2: S at every slot, [BLOCK_M, NUM_SLOTS].
+    competitors = tl.zeros([BLOCK_M, NUM_SLOTS], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = row_mask[:, None] & (cols[None, :] < C)
+        offs = rows[:, None] * C + cols[None, :]
+        z = tl.load(z_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=mask, other=1)
+        exp_negative = tl.where(y == 0, tl.exp(z - shift[:, None]), 0.0)  # [BM, BC]
+        q_mask = valid[:, :, None] & (cols[None, None, :] < C)
+        q = tl.load(q_rows[:, :, None] + cols[None, None, :], mask=q_mask, other=0.0)
+        competitors += tl.sum(exp_negative[:, None, :] * q, axis=2)
 
-    # Pass 4: positives' loss and gradient from S.
-    loss = tl.zeros([BLOCK_M], tl.float32)
-    for i0 in range(0, C, BLOCK_C):
-        cols_i = i0 + tl.arange(0, BLOCK_C)
-        mask_i = row_mask[:, None] & (cols_i[None, :] < C)
-        offs_i = rows[:, None] * C + cols_i[None, :]
-        y_i = tl.load(y_ptr + offs_i, mask=mask_i, other=0)
-        pos_i = mask_i & (y_i != 0)
-        s_i = tl.load(grad_ptr + offs_i, mask=pos_i, other=1.0)
-        z_i = tl.load(z_ptr + offs_i, mask=pos_i, other=0.0).to(tl.float32)
-        w_i = tl.load(w_ptr + cols_i, mask=cols_i < C, other=0.0)
-        x = tl.log(s_i) + shift[:, None] - z_i
-        loss += tl.sum(tl.where(pos_i, w_i[None, :] * _softplus(x), 0.0), axis=1)
-        grad_pos = -w_i[None, :] / (1.0 + tl.exp(-x))
-        tl.store(grad_ptr + offs_i, grad_pos, mask=pos_i)
+    z_pos = tl.load(
+        z_ptr + rows[:, None] * C + slot_cols, mask=valid & row_mask[:, None], other=0.0
+    ).to(tl.float32)
+    w_pos = tl.load(w_ptr + slot_cols, mask=valid, other=0.0)
+    x = tl.log(tl.where(valid, competitors, 1.0)) + shift[:, None] - z_pos
+    loss = tl.sum(tl.where(valid, w_pos * _softplus(x), 0.0), axis=1)
     tl.store(loss_ptr + rows, loss, mask=row_mask)
+    tl.store(
+        grad_ptr + rows[:, None] * C + slot_cols,
+        -w_pos / (1.0 + tl.exp(-x)),
+        mask=valid & row_mask[:, None],
+    )
+    denom = competitors + tl.exp(z_pos - shift[:, None])
+    usable = valid & (denom > 0)
+    a = tl.where(usable, w_pos / tl.where(usable, denom, 1.0), 0.0)  # [BM, NUM_SLOTS]
+
+    # Pass 3: the negatives' gradient e^{z_k - m} sum_i A_i q_ik.
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = row_mask[:, None] & (cols[None, :] < C)
+        offs = rows[:, None] * C + cols[None, :]
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=mask, other=1)
+        q_mask = valid[:, :, None] & (cols[None, None, :] < C)
+        q = tl.load(q_rows[:, :, None] + cols[None, None, :], mask=q_mask, other=0.0)
+        a_q = tl.sum(a[:, :, None] * q, axis=1)  # [BM, BC]
+        negative = mask & (y == 0)
+        grad = tl.exp(tl.where(negative, z - shift[:, None], float("-inf"))) * a_q
+        tl.store(grad_ptr + offs, grad, mask=negative)
 
 
 @triton.autotune(configs=_INFER_CONFIGS, key=["C"])
@@ -220,25 +201,29 @@ def _concurrent_softmax_kernel(
 
 
 def concurrent_softmax_loss_triton(
-    logits: torch.Tensor, targets: torch.Tensor, q: torch.Tensor, weights: torch.Tensor
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    slot_cols: torch.Tensor,
+    q: torch.Tensor,
+    weights: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row losses [N] fp32 and dL/dz [N, C] fp32 (for unit upstream gradient), in one launch.
 
-    logits [N, C] (fp32/fp16/bf16), targets [N, C] uint8 multi-hot, q = 1 - R [C, C] fp32
-    with a diagonal of 1, weights [C] fp32. All on the same device, contiguous.
+    logits [N, C] (fp32/fp16/bf16), targets [N, C] uint8 multi-hot, slot_cols [N, K] int32
+    (each row's positive columns, -1 padding, K a power of two), q = 1 - R [C, C] fp32 with a
+    diagonal of 1, weights [C] fp32. All on the same device, contiguous.
     """
     n, c = logits.shape
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
     grad = torch.empty(n, c, dtype=torch.float32, device=logits.device)
     if n == 0:
         return loss, grad
-    qt = q.t().contiguous()
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]),)
 
     _concurrent_softmax_loss_kernel[grid](
-        logits, targets, q, qt, weights, loss, grad, n, c, DOT_PRECISION=DOT_PRECISION
+        logits, targets, slot_cols, q, weights, loss, grad, n, c, NUM_SLOTS=slot_cols.shape[1]
     )
     return loss, grad
 

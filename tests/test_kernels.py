@@ -95,6 +95,22 @@ def test_scores_kernel_matches_reference(n, c, dtype):
     torch.testing.assert_close(grads[0], grads[1], **TOLERANCES[dtype])
 
 
+def test_loss_kernel_rows_with_many_or_all_positives():
+    c = 40
+    logits, targets, rates, weights = make_problem(5, c, seed=3, dtype=torch.float32)
+    targets[:] = False
+    targets[0, [1, 4, 9, 16, 25]] = True  # five positives: eight slots, three padding
+    targets[1, 7] = True
+    targets[2] = True  # no negative at all: loss 0, gradient 0
+    targets[3, [0, 39]] = True
+    targets[4, 20:23] = True
+    loss, grad = loss_and_grad(logits, targets, rates, weights, "triton")
+    loss_ref, grad_ref = loss_and_grad(logits, targets, rates, weights, "torch")
+    torch.testing.assert_close(loss, loss_ref, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(grad, grad_ref, **TOLERANCES[torch.float32])
+    assert loss[2] == 0 and torch.all(grad[2] == 0)
+
+
 # exp overflows at masked-out columns inside the interpreted kernel (numpy warns; the values
 # are discarded by the masks).
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")

@@ -54,6 +54,16 @@ def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
+def _positive_slots(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The positive pairs (rows, cols), sorted by row, each with its slot (0 for a row's first
+    positive, 1 for its second, ...), and the number of slots (the most positives in a row)."""
+    rows, cols = positive.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=positive.shape[0])
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    num_slots = int(counts.max()) if rows.numel() else 0
+    return rows, cols, slot, num_slots
+
+
 def concurrent_softmax_loss_reference(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -86,10 +96,7 @@ def concurrent_softmax_loss_reference(
     # E at the negatives, 0 at the positives (exp(-inf)); in place, to spare [N, C] passes.
     exp_negative = negative_logits.sub_(shift[:, None]).exp_()
 
-    rows, cols = positive.nonzero(as_tuple=True)  # sorted by row
-    counts = torch.bincount(rows, minlength=n)
-    slot = torch.arange(rows.numel(), device=z.device) - (counts.cumsum(0) - counts)[rows]
-    num_slots = int(counts.max()) if rows.numel() else 0
+    rows, cols, slot, num_slots = _positive_slots(positive)
     row_loss = z.new_zeros(n)
     grad = None
     grad_positive = torch.empty_like(rows, dtype=dtype)
@@ -151,9 +158,15 @@ def _loss_op(
     impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if impl == "triton":
+        positive = targets != 0
+        rows, cols, slot, num_slots = _positive_slots(positive)
+        width = 1 << max(num_slots - 1, 0).bit_length()  # a power of two >= num_slots
+        slot_cols = torch.full((logits.shape[0], width), -1, dtype=torch.int32, device=rows.device)
+        slot_cols[rows, slot] = cols.to(torch.int32)
         return _triton_kernels().concurrent_softmax_loss_triton(
             logits.contiguous(),
-            (targets != 0).to(torch.uint8).contiguous(),
+            positive.to(torch.uint8),
+            slot_cols,
             q.float().contiguous(),
             weights.float().contiguous(),
         )
