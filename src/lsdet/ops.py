@@ -7,7 +7,9 @@ labelled j (its diagonal is ignored); ``weights`` [C] per-column loss weights.
 
 Two implementations compute the same thing: Triton kernels (``lsdet.kernels``) and a PyTorch
 reference. Both compute the loss and its exact gradient (GUIDE §1) in one forward pass; the
-backward only scales that gradient. Both are wrapped in ``torch.library`` custom ops
+backward only scales that gradient. The loss's denominators D_i are only needed at a row's
+positives, so both work over each row's positive columns (O(N K C) for at most K positives a
+row, not the O(N C^2) of the dense products); finding them costs one device sync per call. Both are wrapped in ``torch.library`` custom ops
 (``lsdet::concurrent_softmax_loss``, ``lsdet::concurrent_softmax``) with fake implementations
 and autograd formulas, so ``torch.compile(fullgraph=True)`` traces through them.
 
