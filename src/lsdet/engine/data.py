@@ -18,7 +18,10 @@ class TrainingData:
     """The class hierarchy, the training and validation datasets and the training statistics.
 
     ``class_offsets``/``class_images`` are the CSR lists of training images per class (the
-    samplers' input); ``image_counts``/``box_counts`` are per class [C] on the training split.
+    samplers' input); ``image_counts``/``box_counts`` are per class [C] on the training split,
+    as annotated (the samplers' and loss weightings' n_i); ``expanded_image_counts`` counts
+    an image for a class when it holds the class or a descendant (what reports call the
+    class's frequency: a parent is as frequent as its leaves together).
     ``val_gt`` is the evaluator's ground truth of the validation split (expanded to the
     hierarchy as the Open Images metric does).
     """
@@ -31,6 +34,7 @@ class TrainingData:
     class_images: np.ndarray
     image_counts: np.ndarray
     box_counts: np.ndarray
+    expanded_image_counts: np.ndarray
     val_gt: Any
     collate_fn: Any
 
@@ -90,6 +94,8 @@ def build_training_data(
     val_set = split("val", False)
     index = train_set.index
     class_offsets, class_images = index.class_to_images()
+    class_offsets = np.asarray(class_offsets)
+    class_images = np.asarray(class_images)
     val_gt = load_ground_truth(
         hierarchy,
         data_cfg.val.bbox_csv,
@@ -101,13 +107,30 @@ def build_training_data(
         class_names=class_names,
         train_set=train_set,
         val_set=val_set,
-        class_offsets=np.asarray(class_offsets),
-        class_images=np.asarray(class_images),
+        class_offsets=class_offsets,
+        class_images=class_images,
         image_counts=np.asarray(index.class_image_counts()),
         box_counts=np.asarray(index.class_box_counts()),
+        expanded_image_counts=expanded_image_counts(
+            class_offsets, class_images, hierarchy.ancestors.T
+        ),
         val_gt=val_gt,
         collate_fn=collate_fn,
     )
+
+
+def expanded_image_counts(
+    class_offsets: np.ndarray, class_images: np.ndarray, descendants: np.ndarray
+) -> np.ndarray:
+    """[C] images holding class k or any descendant of k (``descendants[k, j]``: j below k),
+    from the CSR lists of images per class."""
+    offsets = np.asarray(class_offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    for k in np.flatnonzero(np.asarray(descendants).any(axis=1)):
+        members = np.concatenate([[k], np.flatnonzero(descendants[k])])
+        images = np.concatenate([class_images[offsets[m] : offsets[m + 1]] for m in members])
+        counts[k] = len(np.unique(images))
+    return counts
 
 
 def concurrent_rates(data_cfg: Any, rates_cfg: Any, hierarchy: Hierarchy) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,3 +93,94 @@ def evaluate_detections(val_gt: Any, detections: Detections, **options: Any) -> 
         detections.boxes,
         **options,
     )
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Every ``*<suffix>`` image of a folder, sorted by name; the image id is the file stem.
+    Items are ``(image float [3, H, W] in [0, 1], {"image_id": str})`` like the training set's."""
+
+    def __init__(
+        self, image_dir: str | Path, *, image_size: int | None = None, suffix: str = ".jpg"
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.image_dir}")
+        self.paths = sorted(self.image_dir.glob(f"*{suffix}"))
+        if not self.paths:
+            raise FileNotFoundError(f"no *{suffix} images in {self.image_dir}")
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        from torchvision.transforms.v2.functional import resize
+
+        path = self.paths[i]
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as exc:
+            raise RuntimeError(f"image {path.stem}: cannot decode {path}: {exc}") from exc
+        if self.image_size is not None:
+            image = resize(image, [int(self.image_size)] * 2, antialias=True)
+        return image.float().div_(255.0), {"image_id": path.stem}
+
+
+def load_detector(
+    checkpoint_path: str | Path,
+    device: torch.device,
+    *,
+    scoring: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[nn.Module, Any, Any]:
+    """The detector of a training checkpoint, ready for inference; returns
+    (model, hierarchy, training config). ``scoring`` replaces the trained model's scoring
+    (softmax | concurrent_softmax | sigmoid); ``overrides`` other ``model.roi`` settings
+    (e.g. score_thresh, detections_per_img)."""
+    from omegaconf import OmegaConf
+
+    from lsdet.engine.checkpoint import load_checkpoint
+    from lsdet.evaluation import load_hierarchy
+    from lsdet.models import build_detector
+
+    state = load_checkpoint(checkpoint_path)
+    if "config" not in state or "model" not in state:
+        raise ValueError(f"{checkpoint_path} is not a checkpoint written by lsdet.train")
+    cfg = OmegaConf.create(state["config"])
+    hierarchy = load_hierarchy(cfg.data.hierarchy_json, cfg.data.class_descriptions_csv)
+    weights = {k: v for k, v in state["model"].items() if not k.startswith("roi_heads.loss_fn.")}
+    num_classes = hierarchy.num_classes + 1
+    classifier = weights["roi_heads.box_predictor.cls_score.weight"]
+    if classifier.shape[0] != num_classes:
+        raise ValueError(
+            f"{checkpoint_path}: the model has {classifier.shape[0] - 1} classes, the hierarchy "
+            f"{cfg.data.hierarchy_json} has {hierarchy.num_classes}"
+        )
+    model_cfg = cfg.model
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            OmegaConf.update(model_cfg, f"roi.{key}", value)
+    if model_cfg.backbone.norm == "sync_bn":
+        model_cfg.backbone.norm = "bn"  # same weights; no process group at inference
+    model_cfg.backbone.pretrained = False
+    model_cfg.backbone.checkpoint_path = None
+    model = build_detector(
+        model_cfg,
+        num_classes=num_classes,
+        loss_fn=nn.Identity(),
+        loss_name=cfg.loss.name,
+        rates=weights["roi_heads.rates"],
+        descendants=weights["roi_heads.descendants"],
+    )
+    model.load_state_dict(weights)
+    # The trained scoring is recorded in the config (auto -> the loss's), unless replaced.
+    if scoring is not None:
+        model.roi_heads.scoring = scoring
+    else:
+        from lsdet.losses import LOSSES
+        from lsdet.models import resolve_scoring
+
+        sigmoid = bool(LOSSES[cfg.loss.name].sigmoid_classifier)
+        model.roi_heads.scoring = resolve_scoring(model_cfg.scoring, cfg.loss.name, sigmoid)
+    return model.to(device).eval(), hierarchy, cfg

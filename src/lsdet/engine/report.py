@@ -1,5 +1,6 @@
-"""Training-side summaries and plots: sampler draws per class, AP against class frequency,
-and the side-by-side table of finished runs (``python -m lsdet.engine.report RUN_DIR ...``)."""
+"""Training-side summaries: sampler draws per class (plot) and the side-by-side table of
+finished runs (``python -m lsdet.engine.report RUN_DIR ...``). Per-class AP tables, frequency
+buckets and the AP-vs-frequency plot are the evaluator's (lsdet.evaluate)."""
 
 from __future__ import annotations
 
@@ -24,54 +25,6 @@ def sampled_class_counts(
     cumulative = np.concatenate([[0], np.cumsum(per_pair)])
     offsets = np.asarray(class_offsets, dtype=np.int64)
     return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
-
-
-def frequency_buckets(image_counts: np.ndarray) -> np.ndarray:
-    """Bucket per class (0 rare, 1 common, 2 frequent): thirds of the classes ordered by the
-    number of training images (ties broken by class index)."""
-    counts = np.asarray(image_counts)
-    order = np.lexsort((np.arange(len(counts)), counts))
-    buckets = np.empty(len(counts), dtype=np.int64)
-    buckets[order] = np.arange(len(counts)) * 3 // max(len(counts), 1)
-    return buckets
-
-
-BUCKET_NAMES = ("rare", "common", "frequent")
-
-
-def frequency_bucket_summary(ap: np.ndarray, image_counts: np.ndarray) -> dict[str, float]:
-    """Mean AP of the rare / common / frequent third of the classes (classes without GT,
-    AP NaN, left out)."""
-    ap = np.asarray(ap, dtype=np.float64)
-    buckets = frequency_buckets(image_counts)
-    out = {}
-    for b, name in enumerate(BUCKET_NAMES):
-        values = ap[(buckets == b) & ~np.isnan(ap)]
-        out[name] = float(values.mean()) if len(values) else float("nan")
-    return out
-
-
-def plot_ap_vs_frequency(
-    ap: np.ndarray, image_counts: np.ndarray, path: str | Path, title: str = ""
-) -> Path:
-    """Per-class AP against training images of the class (log x), the paper's Figure 5."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ap = np.asarray(ap, dtype=np.float64)
-    counts = np.maximum(np.asarray(image_counts), 1)
-    keep = ~np.isnan(ap)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(counts[keep], ap[keep], s=12, alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images of the class")
-    ax.set_ylabel("AP (OID metric)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_sampler_histogram(
@@ -125,6 +78,56 @@ def comparison_table(run_dirs: list[str | Path]) -> str:
     return "\n".join(lines)
 
 
+def plot_run_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Plots of finished runs side by side: mAP by frequency bucket per run
+    (``map_by_bucket.png``) and, with two or more runs, each class's AP in a run against the
+    first run's (``per_class_ap_vs_<first>.png``)."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [Path(d).name for d in run_dirs]
+    metrics = [final_metrics(d) for d in run_dirs]
+    groups = ["map_rare", "map_common", "map_frequent", "map"]
+    labels = ["rare", "common", "frequent", "all"]
+    width = 0.8 / len(run_dirs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, m) in enumerate(zip(names, metrics, strict=True)):
+        values = [m.get(g, float("nan")) for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(run_dirs) - 1) / 2, labels)
+    ax.set_ylabel("mAP (OID metric)")
+    ax.set_title("mAP by class-frequency bucket (thirds of the classes by training images)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    paths = [out_dir / "map_by_bucket.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    if len(run_dirs) >= 2:
+        tables = [
+            pd.read_csv(Path(d) / m["eval_dir"] / "per_class.csv")
+            for d, m in zip(run_dirs, metrics, strict=True)
+        ]
+        base = tables[0][["mid", "ap"]]
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for name, table in zip(names[1:], tables[1:], strict=True):
+            joined = base.merge(table[["mid", "ap"]], on="mid", suffixes=("", "_other"))
+            joined = joined.dropna(subset=["ap", "ap_other"])
+            ax.scatter(joined["ap"], joined["ap_other"], s=12, alpha=0.7, label=name)
+        ax.plot([0, 1], [0, 1], color="black", linewidth=1)
+        ax.set_xlabel(f"per-class AP, {names[0]}")
+        ax.set_ylabel("per-class AP, other run")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths.append(out_dir / f"per_class_ap_vs_{names[0]}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         prog="python -m lsdet.engine.report",
@@ -133,9 +136,13 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("run_dirs", nargs="+", help="run folders holding summary.json")
     parser.add_argument("--out", default=None, help="also write the table to this .md file")
+    parser.add_argument("--plots", default=None, help="write comparison plots to this folder")
     args = parser.parse_args(argv)
     table = comparison_table(args.run_dirs)
     print(table)
+    if args.plots:
+        for path in plot_run_comparison(args.run_dirs, args.plots):
+            print(f"wrote {path}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table + "\n")

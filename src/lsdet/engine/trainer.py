@@ -46,12 +46,7 @@ from lsdet.engine.distributed import (
     init_distributed,
 )
 from lsdet.engine.inference import evaluate_detections, gather_detections, predict
-from lsdet.engine.report import (
-    frequency_bucket_summary,
-    plot_ap_vs_frequency,
-    plot_sampler_histogram,
-    sampled_class_counts,
-)
+from lsdet.engine.report import plot_sampler_histogram, sampled_class_counts
 from lsdet.engine.run_logger import RunLogger
 from lsdet.models import build_detector
 
@@ -552,28 +547,30 @@ class Trainer:
         return broadcast_object(metrics, self.dist)
 
     def record_evaluation(self, result: Any, tag: str, seconds: float) -> dict[str, Any]:
-        """Writes per-class AP CSV, the AP-vs-frequency plot and the metrics; logs them."""
-        eval_dir = self.run_dir / "eval" / tag
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        frame = result.per_class_frame()
-        frame.insert(1, "name", self.data.class_names)
-        frame.insert(2, "train_images", self.data.image_counts)
-        frame.to_csv(eval_dir / "per_class_ap.csv", index=False)
-        buckets = frequency_bucket_summary(result.ap, self.data.image_counts)
+        """Writes the evaluator's files (metrics.json, per_class.csv, frequency_buckets.csv,
+        ap_vs_frequency.png) under <run_dir>/eval/<tag>/ and logs them."""
+        from lsdet.evaluate import bucket_summary, per_class_table, write_evaluation_outputs
+
+        names = dict(zip(self.data.hierarchy.mids, self.data.class_names, strict=True))
+        counts = self.data.expanded_image_counts
+        paths = write_evaluation_outputs(
+            result,
+            self.run_dir / "eval" / tag,
+            names=names,
+            train_image_counts=counts,
+            extra={"run": self.cfg.name, "tag": tag, "eval_seconds": round(seconds, 2)},
+        )
+        table = per_class_table(result, names=names, train_image_counts=counts)
+        buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
         metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
         metrics["eval_seconds"] = round(seconds, 2)
-        (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        plot_path = plot_ap_vs_frequency(
-            result.ap,
-            self.data.image_counts,
-            eval_dir / "ap_vs_frequency.png",
-            title=f"{self.cfg.name} {tag}: mAP {result.map:.3f}",
-        )
+        metrics["eval_dir"] = str(Path("eval") / tag)  # relative to the run folder
         step = self.position.global_step
         self.logger.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-        rows = frame[["mid", "name", "train_images", "ap"]].values.tolist()
-        self.logger.log_table("val/per_class_ap", ["mid", "name", "train_images", "ap"], rows, step)
-        self.logger.log_image("val/ap_vs_frequency", plot_path, step)
+        columns = ["mid", "name", "train_images", "bucket", "ap"]
+        self.logger.log_table("val/per_class_ap", columns, table[columns].values.tolist(), step)
+        if "plot" in paths:
+            self.logger.log_image("val/ap_vs_frequency", paths["plot"], step)
         tqdm.write(
             f"[{tag}] mAP {result.map:.4f} | "
             + " | ".join(f"{k} {v:.4f}" for k, v in buckets.items())

@@ -1,0 +1,140 @@
+"""Engine pieces: checkpoints, guards, optimizer, sampler counts, reports, image folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from lsdet.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from lsdet.engine.data import ShardedSequence, expanded_image_counts
+from lsdet.engine.inference import Detections, ImageFolder
+from lsdet.engine.report import comparison_table, plot_run_comparison, sampled_class_counts
+from lsdet.engine.trainer import NonFiniteGuard, NonFiniteLossError, build_optimizer
+
+
+def test_save_atomic_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_atomic({"step": 1, "w": torch.ones(2)}, path)
+    save_atomic({"step": 2, "w": torch.zeros(2)}, path)
+    state = load_checkpoint(path)
+    assert state["step"] == 2 and torch.equal(state["w"], torch.zeros(2))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"step": 1}, path)
+    with pytest.raises(Exception):  # noqa: B017 - a lambda cannot be pickled
+        save_atomic({"step": 2, "bad": lambda: None}, path)
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    first = (torch.rand(3), np.random.rand(3))
+    set_rng_state(state)
+    second = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+def test_non_finite_guard_counts_and_stops():
+    guard = NonFiniteGuard(max_count=2)
+    assert guard.step_ok(True, "it 0")
+    assert not guard.step_ok(False, "it 1")
+    assert not guard.step_ok(False, "it 2")
+    with pytest.raises(NonFiniteLossError, match="it 3"):
+        guard.step_ok(False, "it 3")
+    assert guard.count == 3
+
+
+def test_build_optimizer_scales_lr_with_total_batch():
+    model = torch.nn.Linear(3, 2)
+    sgd = OmegaConf.load("conf/optim/sgd.yaml")
+    optimizer, lr = build_optimizer(sgd, model, total_batch_size=16)
+    assert lr == pytest.approx(0.02)  # the paper: 0.00125 x 16
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-4
+    adamw = OmegaConf.load("conf/optim/adamw.yaml")
+    optimizer, lr = build_optimizer(adamw, model, total_batch_size=16)
+    assert lr == 1e-3 and isinstance(optimizer, torch.optim.AdamW)
+    sgd.name = "lamb"
+    with pytest.raises(ValueError, match="optim.name"):
+        build_optimizer(sgd, model, 16)
+
+
+def test_sampled_class_counts_by_hand():
+    # classes: 0 -> images {0, 1}, 1 -> {}, 2 -> {1, 2}
+    offsets = np.array([0, 2, 2, 4])
+    images = np.array([0, 1, 1, 2])
+    stream = np.array([1, 1, 2, 0, 1])  # image 1 drawn three times
+    assert sampled_class_counts(stream, offsets, images, 3).tolist() == [4, 0, 4]
+
+
+def test_expanded_image_counts_include_descendants():
+    # class 0 is the parent of 1 and 2; class 0 itself annotated on image 5
+    offsets = np.array([0, 1, 3, 5])
+    images = np.array([5, 0, 1, 1, 2])
+    descendants = np.zeros((3, 3), dtype=bool)
+    descendants[0, 1] = descendants[0, 2] = True
+    assert expanded_image_counts(offsets, images, descendants).tolist() == [4, 2, 2]
+
+
+def test_sharded_sequence_splits_in_order():
+    assert list(ShardedSequence(5, 0, 2)) == [0, 2, 4]
+    assert list(ShardedSequence(5, 1, 2)) == [1, 3] and len(ShardedSequence(5, 1, 2)) == 2
+
+
+def test_detections_concat():
+    a = Detections(np.array(["x"], object), np.array([1]), np.array([0.5]), np.zeros((1, 4)))
+    b = Detections(np.array(["y", "y"], object), np.array([0, 2]), np.ones(2), np.ones((2, 4)))
+    both = Detections.concat([a, b])
+    assert len(both) == 3 and both.image_ids.tolist() == ["x", "y", "y"]
+    assert both.boxes.shape == (3, 4)
+
+
+def test_image_folder_reads_sorted_jpegs_with_ids(tmp_path):
+    for name in ("b", "a"):
+        Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / f"{name}.jpg")
+    folder = ImageFolder(tmp_path, image_size=16)
+    assert len(folder) == 2
+    image, target = folder[0]
+    assert target == {"image_id": "a"} and image.shape == (3, 16, 16)
+    assert 0.9 < float(image[0].mean()) <= 1.0
+    with pytest.raises(FileNotFoundError, match="no \\*.png"):
+        ImageFolder(tmp_path, suffix=".png")
+
+
+def write_run(run_dir, map_value, rare, aps):
+    (run_dir / "eval" / "final").mkdir(parents=True)
+    history = [
+        {"epoch": 1},
+        {
+            "epoch": 2,
+            "map": map_value,
+            "map_rare": rare,
+            "map_common": 0.5,
+            "map_frequent": 0.9,
+            "eval_dir": "eval/final",
+        },
+    ]
+    (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "history": history}))
+    lines = ["mid,ap"] + [f"/m/{i},{ap}" for i, ap in enumerate(aps)]
+    (run_dir / "eval" / "final" / "per_class.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_comparison_table_and_plots(tmp_path):
+    write_run(tmp_path / "base", 0.5, 0.1, [0.2, 0.8])
+    write_run(tmp_path / "ours", 0.55, 0.2, [0.3, 0.8])
+    table = comparison_table([tmp_path / "base", tmp_path / "ours"])
+    lines = table.splitlines()
+    assert lines[2].startswith("| base | 0.5000 | 0.1000 |")
+    assert lines[3].endswith("| +0.0500 |")
+    paths = plot_run_comparison([tmp_path / "base", tmp_path / "ours"], tmp_path / "plots")
+    assert [p.name for p in paths] == ["map_by_bucket.png", "per_class_ap_vs_base.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
