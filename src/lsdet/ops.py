@@ -61,7 +61,8 @@ def _positive_slots(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     positive, 1 for its second, ...), and the number of slots (the most positives in a row)."""
     rows, cols = positive.nonzero(as_tuple=True)
     counts = torch.bincount(rows, minlength=positive.shape[0])
-    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    starts = counts.cumsum(0) - counts
+    slot = torch.arange(rows.numel(), device=rows.device) - starts.index_select(0, rows)
     num_slots = int(counts.max()) if rows.numel() else 0
     return rows, cols, slot, num_slots
 
@@ -102,20 +103,25 @@ def concurrent_softmax_loss_reference(
     row_loss = z.new_zeros(n)
     grad = None
     grad_positive = torch.empty_like(rows, dtype=dtype)
+    flat_z = z.reshape(-1)
+    # index_select / index_copy_ throughout: advanced indexing (t[idx]) is ~1000x slower on
+    # CPU for these sizes (milliseconds per call).
     for s in range(num_slots):
         in_slot = (slot == s).nonzero()[:, 0]
-        rows_s, cols_s = rows[in_slot], cols[in_slot]
+        rows_s, cols_s = rows.index_select(0, in_slot), cols.index_select(0, in_slot)
         every_row = rows_s.numel() == n  # then rows_s == arange(n)
         # P = E * q_i for each pair (row, i): S_i = sum(P) and the pair's share of the
-        # negatives' gradient is a_i P. index_select copies whole rows (fast on CPU).
+        # negatives' gradient is a_i P.
         products = q.index_select(0, cols_s)
         products.mul_(exp_negative if every_row else exp_negative.index_select(0, rows_s))
         competitors = products.sum(dim=1)  # S at the slot's pairs
-        z_s, shift_s, w_s = z[rows_s, cols_s], shift[rows_s], w[cols_s]
+        z_s = flat_z.index_select(0, rows_s * z.shape[1] + cols_s)
+        shift_s, w_s = shift.index_select(0, rows_s), w.index_select(0, cols_s)
         x = torch.log(competitors) + shift_s - z_s
-        # rows_s holds each row at most once: plain indexed updates (index_add_ is slow on CPU).
-        row_loss[rows_s] += w_s * torch.nn.functional.softplus(x)
-        grad_positive[in_slot] = -w_s * torch.sigmoid(x)
+        # rows_s holds each row at most once: gather, add, scatter back.
+        slot_loss = w_s * torch.nn.functional.softplus(x)
+        row_loss.index_copy_(0, rows_s, row_loss.index_select(0, rows_s) + slot_loss)
+        grad_positive.index_copy_(0, in_slot, -w_s * torch.sigmoid(x))
         denom = competitors + torch.exp(z_s - shift_s)
         a = torch.where(denom > 0, w_s / denom, 0.0)
         contribution = products.mul_(a[:, None])
@@ -126,7 +132,8 @@ def concurrent_softmax_loss_reference(
             grad.index_copy_(0, rows_s, grad.index_select(0, rows_s) + contribution)
     if grad is None:
         grad = torch.zeros_like(z)
-    grad[rows, cols] = grad_positive  # E = 0 there, so grad holds 0 before this
+    # E = 0 at the positives, so grad holds 0 there before this.
+    grad.view(-1).index_copy_(0, rows * z.shape[1] + cols, grad_positive)
     return row_loss, grad
 
 
@@ -164,7 +171,7 @@ def _loss_op(
         rows, cols, slot, num_slots = _positive_slots(positive)
         width = 1 << max(num_slots - 1, 0).bit_length()  # a power of two >= num_slots
         slot_cols = torch.full((logits.shape[0], width), -1, dtype=torch.int32, device=rows.device)
-        slot_cols[rows, slot] = cols.to(torch.int32)
+        slot_cols.view(-1).index_copy_(0, rows * width + slot, cols.to(torch.int32))
         return _triton_kernels().concurrent_softmax_loss_triton(
             logits.contiguous(),
             positive.to(torch.uint8),
