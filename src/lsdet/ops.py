@@ -193,10 +193,15 @@ def _loss_setup_context(ctx, inputs, output):
     logits = inputs[0]
     ctx.logits_dtype = logits.dtype
     ctx.save_for_backward(output[1])
+    # The gradient output is not differentiated: no [N, C] zeros for its incoming gradient.
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _loss_backward(ctx, grad_loss, grad_of_grad_output):
     (grad_unit,) = ctx.saved_tensors
+    if grad_loss is None:  # only the (non-differentiable) gradient output was used
+        return None, None, None, None, None
     # Out of place: the saved gradient stays intact (backward may run again, retain_graph).
     grad_logits = (grad_unit * grad_loss.to(grad_unit.dtype)[:, None]).to(ctx.logits_dtype)
     return grad_logits, None, None, None, None
