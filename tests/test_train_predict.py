@@ -1,0 +1,47 @@
+"""After a tiny run: the submission CSV of lsdet.predict, scored by the evaluator from the
+files, gives the mAP the trainer computed in memory."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from train_helpers import CONF_DIR, compose_train, tiny_overrides
+
+from lsdet.engine.trainer import run_training
+from lsdet.evaluation import oid_challenge_map, read_predictions_csv
+from lsdet.evaluation.challenge import load_hierarchy
+from lsdet.predict import write_submission
+
+
+def test_submission_scores_like_the_trainers_evaluation(tmp_path):
+    data_root = tmp_path / "synth"
+    cfg = compose_train(
+        tiny_overrides(data_root)
+        + [
+            "train.eval_every=phase",
+            "model.roi.score_thresh=0.0",
+            "model.roi.detections_per_img=30",
+        ]
+    )
+    summary = run_training(cfg, tmp_path / "run")
+    trained_map = summary["history"][-1]["map"]
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        predict_cfg = compose(
+            "predict",
+            overrides=[
+                f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
+                f"output_csv={tmp_path / 'submission.csv'}",
+                "device=cpu",
+                "num_workers=0",
+            ],
+        )
+    path = write_submission(predict_cfg)
+    hierarchy = load_hierarchy(cfg.data.hierarchy_json, cfg.data.class_descriptions_csv)
+    table = read_predictions_csv(path, hierarchy.mids)
+    # every validation image has a row (4 images), at most 30 detections each
+    assert path.read_text().splitlines()[0] == "ImageId,PredictionString"
+    assert len(path.read_text().splitlines()) == 1 + 4
+    assert 0 < len(table) <= 4 * 30
+    result = oid_challenge_map(
+        hierarchy, cfg.data.val.bbox_csv, cfg.data.val.image_labels_csv, path
+    )
+    assert result.map == pytest.approx(trained_map, abs=1e-4)
