@@ -39,7 +39,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # The inference kernel's products on tensor cores: "tf32x3" keeps close to fp32 accuracy
 # (all summands are non-negative, so there is no cancellation) at a fraction of the cost of
 # plain fp32 FMA.
-DOT_PRECISION = "tf32x3"
+# (ROCm offers only "ieee" and, on CDNA3, "tf32".)
+DOT_PRECISION = "tf32x3" if torch.version.hip is None else "ieee"
 
 if _INTERPRET:
     _TRAIN_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_C": 64}, num_warps=4)]

@@ -31,3 +31,10 @@ def test_problem_is_a_valid_multilabel_batch():
     assert targets[bench.torch.arange(200), labels].all()
     assert (rates[0] == 0).all() and (rates[:, 0] == 0).all()
     assert ((rates >= 0) & (rates <= 1)).all() and weights.shape == (11,)
+
+
+def test_useful_bytes_by_hand():
+    # fwd: 2x3 fp32 logits + 2x3 uint8 targets + 2 fp32 losses; bwd: 2x3 fp32 gradients.
+    assert bench.useful_bytes(2, 3, "fwd", 4) == 24 + 6 + 8
+    assert bench.useful_bytes(2, 3, "bwd", 2) == 12
+    assert bench.useful_bytes(2, 3, "fwd+bwd", 4) == 38 + 24

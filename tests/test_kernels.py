@@ -68,6 +68,21 @@ def test_loss_kernel_matches_reference(n, c, dtype):
     torch.testing.assert_close(grad.float(), grad_ref.float(), **TOLERANCES[dtype])
 
 
+def test_loss_kernel_one_label_zero_rates_is_cross_entropy():
+    n, c = 19, 30
+    gen = torch.Generator().manual_seed(2)
+    logits = (torch.randn(n, c, generator=gen) * 4).to(DEVICE).requires_grad_(True)
+    labels = torch.randint(0, c, (n,), generator=gen).to(DEVICE)
+    targets = torch.nn.functional.one_hot(labels, c).bool()  # a single slot per row
+    rates = torch.zeros(c, c, device=DEVICE)
+    loss = ops.concurrent_softmax_loss(logits, targets, rates, impl="triton")
+    (grad,) = torch.autograd.grad(loss, logits)
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    (grad_expected,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(loss, expected, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(grad, grad_expected, **TOLERANCES[torch.float32])
+
+
 @pytest.mark.parametrize(
     "n, c, dtype",
     [

@@ -10,7 +10,9 @@ The ratios printed are reference/lsdet (speed-up over each reference) and lsdet/
 the floor). Timing: ``triton.testing.do_bench`` on a GPU (median, 20% and 80% quantiles),
 ``torch.utils.benchmark`` on CPU (median, 20%/80% of the measured blocks). Peak memory is the
 largest extra allocation during one forward+backward, beyond the inputs (CUDA allocator
-statistics on a GPU, the profiler's allocation events on CPU).
+statistics on a GPU, the profiler's allocation events on CPU). "lsdet GB/s" is the least
+traffic of the step (``useful_bytes``) over lsdet's time; with --peak-gbs it is also printed
+as a share of the card's bandwidth.
 
 The problem: logits ~ 3 N(0, 1); one primary label per row (a quarter of the rows
 background), a second positive on a fifth of the foreground rows; rates with 2% non-zero
@@ -208,16 +210,25 @@ def benchmark_size(
     return rows
 
 
-def ratio_table(rows: list[dict]) -> list[dict]:
-    """Per size and mode: each method's ms and the ratios against lsdet."""
+def useful_bytes(n: int, c: int, mode: str, element_size: int) -> int:
+    """The least memory traffic of a loss step: fwd reads the logits and targets (1 byte) and
+    writes the row losses; bwd writes dL/dz (the logits' dtype); fwd+bwd does both."""
+    forward = n * c * (element_size + 1) + n * 4
+    backward = n * c * element_size
+    return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[mode]
+
+
+def ratio_table(rows: list[dict], element_size: int = 4) -> list[dict]:
+    """Per size and mode: each method's ms, the ratios against lsdet, and lsdet's effective
+    bandwidth (``useful_bytes`` / time)."""
     table = []
 
     def key(row):
         return row["N"], row["C"], MODES.index(row["mode"])
 
     for (n, c, _), group in itertools.groupby(sorted(rows, key=key), key=key):
-        mode = next(iter(group_list := list(group)))["mode"]
-        group = group_list
+        group = list(group)
+        mode = group[0]["mode"]
         by_method = {r["method"]: r for r in group}
         lsdet = by_method["lsdet"]["ms"]
         table.append(
@@ -229,6 +240,7 @@ def ratio_table(rows: list[dict]) -> list[dict]:
                 **{"eager/lsdet": by_method["reference eager"]["ms"] / lsdet},
                 **{"compiled/lsdet": by_method["reference compiled"]["ms"] / lsdet},
                 **{"lsdet/CE": lsdet / by_method["F.cross_entropy"]["ms"]},
+                **{"lsdet GB/s": useful_bytes(n, c, mode, element_size) / lsdet / 1e6},
                 **{f"{m} peak MiB": by_method[m]["peak_mb"] for m in METHODS},
             )
         )
@@ -299,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend of the reference"
     )
+    parser.add_argument(
+        "--peak-gbs",
+        type=float,
+        help="the card's memory bandwidth in GB/s (e.g. 3350 for an H100 SXM), to print the "
+        "share lsdet reaches (the goal is 60%%)",
+    )
     args = parser.parse_args(argv)
     device = args.device
     if device == "auto":
@@ -318,10 +336,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for n, c in tqdm(sizes, desc="sizes", unit="size"):
         rows.extend(benchmark_size(n, c, device, dtype, args.compile_backend))
-    table = ratio_table(rows)
+    table = ratio_table(rows, element_size=torch.finfo(dtype).bits // 8)
     print_table(table)
     if device == "cuda":
         print("goals (fwd+bwd): eager/lsdet >= 3, compiled/lsdet >= 1.5, lsdet/CE <= 2")
+        if args.peak_gbs:
+            for row in table:
+                share = row["lsdet GB/s"] / args.peak_gbs
+                print(f"{row['N']}x{row['C']} {row['mode']}: {share:.0%} of {args.peak_gbs:g} GB/s")
     else:
         print("goal (CPU, fwd+bwd, 8192x501): lsdet/CE <= 3")
 
