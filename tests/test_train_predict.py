@@ -1,10 +1,11 @@
 """After a tiny run: the submission CSV of lsdet.predict, scored by the evaluator from the
-files, gives the mAP the trainer computed in memory."""
+files, and `lsdet.evaluate checkpoint=...` give the mAP the trainer computed in memory."""
 
 import pytest
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF_DIR, compose_train, tiny_overrides
 
+from lsdet.engine.inference import evaluate_checkpoint
 from lsdet.engine.trainer import run_training
 from lsdet.evaluation import oid_challenge_map, read_predictions_csv
 from lsdet.evaluation.challenge import load_hierarchy
@@ -45,3 +46,20 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
         hierarchy, cfg.data.val.bbox_csv, cfg.data.val.image_labels_csv, path
     )
     assert result.map == pytest.approx(trained_map, abs=1e-4)
+
+    # python -m lsdet.evaluate checkpoint=... gives the same number from memory
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        eval_cfg = compose(
+            "evaluate",
+            overrides=[
+                f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
+                f"data.root={data_root}",
+                "data.image_size=64",
+                f"output_dir={tmp_path / 'eval'}",
+                "device=cpu",
+                "+num_workers=0",
+            ],
+        )
+    result, paths = evaluate_checkpoint(eval_cfg)
+    assert result.map == pytest.approx(trained_map, abs=1e-9)
+    assert paths["per_class"].is_file() and paths["buckets"].is_file()

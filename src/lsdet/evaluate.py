@@ -235,7 +235,12 @@ def evaluate_csv(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Path]]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate_csv(cfg)
+    if cfg.get("checkpoint"):  # a training checkpoint: predict in memory, then evaluate
+        from lsdet.engine.inference import evaluate_checkpoint
+
+        evaluate_checkpoint(cfg)
+    else:
+        evaluate_csv(cfg)
 
 
 if __name__ == "__main__":

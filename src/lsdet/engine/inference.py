@@ -184,3 +184,74 @@ def load_detector(
         sigmoid = bool(LOSSES[cfg.loss.name].sigmoid_classifier)
         model.roi_heads.scoring = resolve_scoring(model_cfg.scoring, cfg.loss.name, sigmoid)
     return model.to(device).eval(), hierarchy, cfg
+
+
+def evaluate_checkpoint(cfg: Any) -> tuple[Any, dict[str, Path]]:
+    """``python -m lsdet.evaluate checkpoint=PATH``: predict the evaluation images
+    (``data.val.image_dir``) with a training checkpoint in memory and score them against the
+    evaluate config's ground truth; writes the evaluator's files to ``cfg.output_dir``."""
+    from lsdet.data import read_class_descriptions
+    from lsdet.data.dataset import collate_fn
+    from lsdet.engine.data import make_loader
+    from lsdet.engine.trainer import resolve_device
+    from lsdet.evaluate import train_image_counts_from_csv, write_evaluation_outputs
+    from lsdet.evaluation import evaluate, load_ground_truth, load_hierarchy
+
+    device = resolve_device(cfg.device)
+    model, trained_hierarchy, _ = load_detector(cfg.checkpoint, device, scoring=cfg.scoring)
+    hierarchy = load_hierarchy(cfg.hierarchy_json, cfg.get("class_descriptions_csv"))
+    if list(hierarchy.mids) != list(trained_hierarchy.mids):
+        raise ValueError(
+            f"checkpoint {cfg.checkpoint} was trained on other classes than {cfg.hierarchy_json} "
+            "lists; pass the data config it was trained with (data=...)"
+        )
+    gt = load_ground_truth(
+        hierarchy,
+        cfg.gt_bbox_csv,
+        cfg.get("image_labels_csv"),
+        expand_gt=cfg.expand_gt,
+        strict=cfg.strict,
+    )
+    dataset = ImageFolder(cfg.data.val.image_dir, image_size=cfg.data.get("image_size"))
+    loader = make_loader(
+        dataset,
+        range(len(dataset)),
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.get("num_workers", 2)),
+        collate_fn=collate_fn,
+    )
+    detections = predict(model, loader, device, desc="evaluate checkpoint")
+    result = evaluate(
+        gt,
+        detections.image_ids,
+        detections.class_indices,
+        detections.scores,
+        detections.boxes,
+        group_of_weight=cfg.group_of_weight,
+        iou_threshold=cfg.iou_threshold,
+        expand_predictions=cfg.expand_predictions,
+    )
+    counts = None
+    if cfg.get("train_bbox_csv") and Path(cfg.train_bbox_csv).is_file():
+        counts = train_image_counts_from_csv(
+            hierarchy,
+            cfg.train_bbox_csv,
+            cfg.cache_dir,
+            train_image_labels_csv=cfg.get("train_image_labels_csv"),
+            strict=cfg.strict,
+        )
+    names = (
+        read_class_descriptions(cfg.class_descriptions_csv)
+        if cfg.get("class_descriptions_csv")
+        else None
+    )
+    paths = write_evaluation_outputs(
+        result,
+        cfg.output_dir,
+        names=names,
+        train_image_counts=counts,
+        plot=cfg.plot,
+        extra={"checkpoint": str(cfg.checkpoint), "scoring": model.roi_heads.scoring},
+    )
+    print(f"mAP {result.map:.4f} ({model.roi_heads.scoring} scoring); outputs in {cfg.output_dir}")
+    return result, paths
