@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-from-pyproject
 PY := $(VENV)/bin/python
 
-.PHONY: venv test lint format bench-kernels clean-venv
+.PHONY: venv demo test lint format bench-kernels clean-venv
 
 venv: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
+
+# Generates data/synth if missing, trains the demo experiment with the softmax baseline and
+# with concurrent softmax on CPU, evaluates both with the OID metric and prints the table
+# (runs/demo/summary.md, plots in runs/demo/ and runs/demo_<loss>/eval/).
+demo: $(STAMP)
+	$(PY) -m lsdet.engine.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
