@@ -38,8 +38,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # The inference kernel's products on tensor cores: "tf32x3" keeps close to fp32 accuracy
 # (all summands are non-negative, so there is no cancellation) at a fraction of the cost of
-# plain fp32 FMA.
-# (ROCm offers only "ieee" and, on CDNA3, "tf32".)
+# plain fp32 FMA. ROCm offers only "ieee" (and "tf32" on CDNA3).
 DOT_PRECISION = "tf32x3" if torch.version.hip is None else "ieee"
 
 if _INTERPRET:
@@ -103,7 +102,8 @@ def _concurrent_softmax_loss_kernel(
     BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    # int64 row indices: rows * C overflows int32 past 2^31 logits.
+    rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     shift = _negative_row_max(z_ptr, y_ptr, rows, row_mask, C, BLOCK_M, BLOCK_C)
 
@@ -173,7 +173,7 @@ def _concurrent_softmax_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_i = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for c0 in range(0, C, BLOCK_C):
