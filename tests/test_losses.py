@@ -185,9 +185,9 @@ def test_build_loss_errors():
 @pytest.mark.parametrize("config", sorted(CONF_LOSS.glob("*.yaml")), ids=lambda p: p.stem)
 @pytest.mark.parametrize("weighting", ["none", "soft_balance", "effective_number"])
 def test_every_config_builds_and_trains(config, weighting):
-    cfg = OmegaConf.to_container(OmegaConf.load(config))
-    assert cfg["name"] == config.stem
-    cfg["weighting"] = weighting
+    cfg = OmegaConf.load(config)  # a DictConfig, as the trainer passes it
+    assert cfg.name == config.stem
+    cfg.weighting = weighting
     num_classes = 5
     gen = torch.Generator().manual_seed(1)
     rates = torch.rand(num_classes, num_classes, generator=gen) * 0.3
