@@ -248,3 +248,17 @@ def test_soft_balance_weights_by_hand():
     np.testing.assert_allclose(with_unseen.numpy(), [12 / 7, 1.0, 6 / 7, 3 / 7], rtol=1e-6)
     with pytest.raises(ValueError, match="box_counts"):
         ops.soft_balance_weights(counts, 0.5, box_counts=[1, 2])
+
+
+def test_non_contiguous_logits_and_a_row_without_positive():
+    logits, targets, rates, weights = random_problem(6, 5, seed=11)
+    logits = logits.t().contiguous().t().requires_grad_(True)  # column-major
+    assert not logits.is_contiguous()
+    targets[2] = False  # slot 0 no longer covers every row
+    loss = ops.concurrent_softmax_loss(logits, targets, rates, weights, "none", impl="torch")
+    expected = literal_loss(logits, targets, rates, weights)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, grad_expected)
+    assert loss[2] == 0 and torch.all(grad[2] == 0)

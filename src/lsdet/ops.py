@@ -82,8 +82,8 @@ def concurrent_softmax_loss_reference(
         A_i = y_i w_i / (S_i + e^{z_i - m}).
     S is only needed at the positive columns and A is zero elsewhere, so both products run
     over the positive (row, class) pairs, one "slot" at a time (slot s = every row's s-th
-    positive): O(P C) work for P positives instead of the dense O(N C^2) of the Triton
-    kernel's tiled products, and exact (no cancellation).
+    positive): O(P C) work for P positives instead of the O(N C^2) of the dense products,
+    and exact (no cancellation). The Triton kernel works the same way, row block by row block.
     """
     dtype = _compute_dtype(logits)
     z = logits.to(dtype)
@@ -128,10 +128,10 @@ def concurrent_softmax_loss_reference(
         if grad is None and every_row:
             grad = contribution
         else:
-            grad = torch.zeros_like(z) if grad is None else grad
+            grad = z.new_zeros(z.shape) if grad is None else grad
             grad.index_copy_(0, rows_s, grad.index_select(0, rows_s) + contribution)
     if grad is None:
-        grad = torch.zeros_like(z)
+        grad = z.new_zeros(z.shape)  # contiguous, whatever the logits' strides
     # E = 0 at the positives, so grad holds 0 there before this.
     grad.view(-1).index_copy_(0, rows * z.shape[1] + cols, grad_positive)
     return row_loss, grad
