@@ -227,6 +227,8 @@ def test_bad_input_gets_clear_errors():
         ops.concurrent_softmax(logits, rates, impl="cuda")
     with pytest.raises(ValueError, match="logits must be"):
         ops.concurrent_softmax(logits[0], rates)
+    with pytest.raises(ValueError, match="weights on meta"):
+        ops.concurrent_softmax_loss(logits, targets, rates, weights.to("meta"))
 
 
 def test_soft_balance_weights_by_hand():

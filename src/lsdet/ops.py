@@ -319,6 +319,9 @@ def concurrent_softmax_loss(
         weights = torch.ones(c, dtype=torch.float32, device=logits.device)
     elif tuple(weights.shape) != (c,):
         raise ValueError(f"weights must be [C] = [{c}], got shape {tuple(weights.shape)}")
+    for name, tensor in (("targets", targets), ("weights", weights)):
+        if tensor.device != logits.device:
+            raise ValueError(f"{name} on {tensor.device}, logits on {logits.device}")
     resolved = _resolve_impl(impl, logits)
     q = _rates_complement(rates, _compute_dtype(logits))
     row_loss, _ = _loss_op(logits, targets, q, weights, resolved)
