@@ -67,7 +67,7 @@ def test_sigterm_checkpoints_and_stops(data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_sigterm)
     summary = run_training(compose_train(tiny_overrides(data_root)), tmp_path / "run")
-    assert summary["status"] == "stopped" and summary["global_step"] == 2
+    assert summary["status"] == "interrupted" and summary["global_step"] == 2
     assert final_model(tmp_path / "run")["position"]["global_step"] == 2
     # the handler is removed afterwards
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -21,6 +21,8 @@ from lsdet.engine.trainer import run_training
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     summary = run_training(cfg, HydraConfig.get().runtime.output_dir)
+    if summary["status"] == "interrupted":  # SIGTERM/SIGINT: checkpointed, resume later
+        raise SystemExit(130)
     evaluated = [h["map"] for h in summary["history"] if "map" in h]
     return evaluated[-1] if evaluated else None
 

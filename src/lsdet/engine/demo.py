@@ -21,7 +21,9 @@ from lsdet.engine.report import comparison_table, plot_run_comparison
 
 def run(command: list[str]) -> None:
     print("+ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise SystemExit(f"demo stopped: `{' '.join(command)}` exited with {result.returncode}")
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -348,7 +348,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-        status = "finished"
+        status = "finished"  # or "stopped" (train.stop_after_iters) / "interrupted" (a signal)
         while self.position.phase < len(self.schedule.phases):
             self.start_phase(self.position.phase)
             if self.resume_state is not None:
@@ -360,10 +360,10 @@ class Trainer:
             phase = self.schedule.phases[self.position.phase]
             while self.position.epoch < phase.epochs:
                 if not self.train_one_epoch():
-                    status = "stopped"
+                    status = "interrupted" if self.stop.flag else "stopped"
                     break
                 self.end_of_epoch(phase)
-            if status == "stopped":
+            if status != "finished":
                 break
             self.position.phase += 1
             self.position.epoch = 0
