@@ -13,6 +13,7 @@ optimizer state, sampler position and random state an uninterrupted run would ha
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -155,12 +156,14 @@ def build_optimizer(optim_cfg: Any, model: nn.Module, total_batch_size: int):
 
 def build_model(cfg: DictConfig, data: TrainingData, device: torch.device) -> nn.Module:
     """Loss (by name, with class weights and rates when it needs them) + detector."""
-    from lsdet.losses import loss_from_config
+    from lsdet.losses import LOSSES, loss_from_config
 
     num_classes = data.num_classes + 1
     loss_name = cfg.loss.name
-    scoring = cfg.model.scoring
-    needs_rates = loss_name in ("concurrent_softmax", "co_bce") or scoring == "concurrent_softmax"
+    if loss_name not in LOSSES:
+        raise ValueError(f"loss.name={loss_name!r}; registered losses: {sorted(LOSSES)}")
+    loss_takes_rates = "rates" in inspect.signature(LOSSES[loss_name].__init__).parameters
+    needs_rates = loss_takes_rates or cfg.model.scoring == "concurrent_softmax"
     rates = concurrent_rates(cfg.data, cfg.rates, data.hierarchy) if needs_rates else None
     ancestors = torch.as_tensor(data.hierarchy.ancestors, dtype=torch.bool)
     loss_fn = loss_from_config(
@@ -210,7 +213,12 @@ class Trainer:
             log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", self.device)
             cfg.model.backbone.norm = "bn"
         self.schedule = Schedule.from_config(cfg.schedule)
+        # Rank 0 generates the synthetic data / builds the index caches; the others wait.
+        if not self.dist.is_main:
+            barrier(self.dist)
         self.data = build_training_data(cfg.data, hflip_prob=float(cfg.train.hflip_prob))
+        if self.dist.is_main:
+            barrier(self.dist)
         self.model = build_model(cfg, self.data, self.device)
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
