@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-from-pyproject
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint format bench-kernels clean-venv
+.PHONY: venv demo test lint format bench-kernels experiments clean-venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test: lint
 
 bench-kernels: $(STAMP)
 	$(PY) -m lsdet.bench.kernels
+
+# The paper's Tables 1-4 and Figures 4-5 on the synthetic benchmark (experiments/README.md):
+# trains every run of experiments/sweeps.yaml (re-running skips finished runs), then writes the
+# tables and figures to experiments/results/small/. ARGS e.g. "--size full --jobs 2 --threads 1".
+experiments: $(STAMP)
+	$(PY) experiments/run_all.py $(or $(ARGS),--size small --jobs 2 --threads 1)
 
 clean-venv:
 	rm -rf $(VENV)
