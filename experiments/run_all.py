@@ -54,9 +54,22 @@ def load_sweeps(path: Path = SWEEPS) -> dict:
         return yaml.safe_load(f)
 
 
+def dotted(mapping: dict, prefix: str = "") -> list[str]:
+    """key=value overrides of a nested mapping ({"a": {"b": [1, 2]}} -> ["a.b=[1,2]"])."""
+    out = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out += dotted(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            out.append(f"{prefix}{key}=[{','.join(str(v) for v in value)}]")
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
+
+
 def data_overrides(size_cfg: dict) -> list[str]:
     """Hydra overrides (data.*) of a size."""
-    return [f"data.{key}={value}" for key, value in size_cfg["data"].items()]
+    return dotted(size_cfg["data"], "data.")
 
 
 def build_tasks(
@@ -200,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     # Generate the benchmark once up front, so that parallel runs do not race to write it.
     size_data = sweeps["sizes"][args.size]["data"]
     generate = [sys.executable, "-m", "lsdet.data.synth"]
-    subprocess.run(generate + [f"{k}={v}" for k, v in size_data.items()], check=True)
+    subprocess.run(generate + dotted(size_data), check=True)
     start = time.time()
     jobs_file = Path(args.jobs_file) if args.jobs_file else None
     failed = run_tasks(

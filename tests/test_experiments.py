@@ -219,3 +219,25 @@ def test_run_tasks_respects_dependencies_and_skips_after_failure(tmp_path):
     assert "raise SystemExit(3)" in (tmp_path / "logs" / "bad_s0.log").read_text()
     # a second call finds everything done except the failures and their dependants
     assert run_all.run_tasks(tasks[:1] + tasks[2:3], tmp_path / "logs", jobs=1, threads=None) == []
+
+
+def test_dotted_overrides_of_nested_settings():
+    settings = {"root": "data/x", "generate": {"seed": 0, "size": [0.1, 0.5], "noise": {"a": 0.08}}}
+    assert run_all.dotted(settings, "data.") == [
+        "data.root=data/x",
+        "data.generate.seed=0",
+        "data.generate.size=[0.1,0.5]",
+        "data.generate.noise.a=0.08",
+    ]
+
+
+def test_sweeps_yaml_pins_every_generator_setting_of_the_data_config():
+    from omegaconf import OmegaConf
+
+    sweeps = run_all.load_sweeps()
+    defaults = OmegaConf.load(EXPERIMENTS.parent / "conf" / "data" / "synth.yaml")
+    for size, spec in sweeps["sizes"].items():
+        assert set(spec["data"]["generate"]) == set(defaults.generate), size
+    assert sweeps["sizes"]["small"]["data"]["generate"]["num_train_images"] == 1500
+    table_runs = {r["run"] for t in sweeps["tables"].values() for r in t["rows"]}
+    assert table_runs <= set(sweeps["runs"]) | set(sweeps["rescoring"])
