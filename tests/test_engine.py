@@ -123,7 +123,8 @@ def write_run(run_dir, map_value, rare, aps):
             "eval_dir": "eval/final",
         },
     ]
-    (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "history": history}))
+    summary = {"status": "finished", "seconds": 90.0, "history": history}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
     lines = ["mid,ap"] + [f"/m/{i},{ap}" for i, ap in enumerate(aps)]
     (run_dir / "eval" / "final" / "per_class.csv").write_text("\n".join(lines) + "\n")
 
@@ -134,7 +135,7 @@ def test_comparison_table_and_plots(tmp_path):
     table = comparison_table([tmp_path / "base", tmp_path / "ours"])
     lines = table.splitlines()
     assert lines[2].startswith("| base | 0.5000 | 0.1000 |")
-    assert lines[3].endswith("| +0.0500 |")
+    assert lines[3].endswith("| +0.0500 | 1.5 |")
     paths = plot_run_comparison([tmp_path / "base", tmp_path / "ours"], tmp_path / "plots")
     assert [p.name for p in paths] == ["map_by_bucket.png", "per_class_ap_vs_base.png"]
     assert all(p.stat().st_size > 1000 for p in paths)

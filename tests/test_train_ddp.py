@@ -51,4 +51,4 @@ def test_two_process_gloo_run_completes_checkpoints_and_evaluates(tmp_path):
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     # the two ranks' random states differ (seed + rank) and both were saved
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
-    assert (run_dir / "eval" / "main_epoch2" / "per_class_ap.csv").is_file()
+    assert (run_dir / "eval" / "main_epoch2" / "per_class.csv").is_file()

@@ -56,24 +56,28 @@ def final_metrics(run_dir: str | Path) -> dict:
     evaluated = [h for h in summary["history"] if "map" in h]
     if not evaluated:
         raise ValueError(f"{run_dir}: the run has no evaluation (train.eval_every=never?)")
-    return {**evaluated[-1], "status": summary["status"]}
+    return {**evaluated[-1], "status": summary["status"], "seconds": summary.get("seconds")}
 
 
 def comparison_table(run_dirs: list[str | Path]) -> str:
-    """Markdown table: mAP overall and by frequency bucket per run, and the difference of
-    each run to the first (the baseline)."""
+    """Markdown table: mAP overall and by frequency bucket per run, the difference of each
+    run to the first (the baseline) and the run's wall time (training + evaluation)."""
     rows = []
     for run_dir in run_dirs:
         metrics = final_metrics(run_dir)
         rows.append((Path(run_dir).name, metrics))
-    header = "| run | mAP | rare | common | frequent | vs first |\n|---|---|---|---|---|---|"
+    header = (
+        "| run | mAP | rare | common | frequent | vs first | minutes |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     lines = [header]
     base = rows[0][1]["map"]
     for name, m in rows:
         diff = "" if m is rows[0][1] else f"{m['map'] - base:+.4f}"
+        minutes = f"{m['seconds'] / 60:.1f}" if m.get("seconds") is not None else ""
         lines.append(
             f"| {name} | {m['map']:.4f} | {m['map_rare']:.4f} | {m['map_common']:.4f} | "
-            f"{m['map_frequent']:.4f} | {diff} |"
+            f"{m['map_frequent']:.4f} | {diff} | {minutes} |"
         )
     return "\n".join(lines)
 

@@ -339,6 +339,7 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        start = time.perf_counter()
         if cfg.train.resume:
             self.load_resume_state()
         run_id = self.resume_state["wandb_run_id"] if self.resume_state else None
@@ -379,6 +380,7 @@ class Trainer:
             "status": status,
             "global_step": self.position.global_step,
             "nonfinite_steps": self.guard.count,
+            "seconds": round(time.perf_counter() - start, 1),  # this process's wall time
             "history": self.position.history,
             "run_dir": str(self.run_dir),
         }
