@@ -238,6 +238,6 @@ def test_sweeps_yaml_pins_every_generator_setting_of_the_data_config():
     defaults = OmegaConf.load(EXPERIMENTS.parent / "conf" / "data" / "synth.yaml")
     for size, spec in sweeps["sizes"].items():
         assert set(spec["data"]["generate"]) == set(defaults.generate), size
-    assert sweeps["sizes"]["small"]["data"]["generate"]["num_train_images"] == 1500
+    assert sweeps["sizes"]["small"]["data"]["generate"]["num_train_images"] == 1000
     table_runs = {r["run"] for t in sweeps["tables"].values() for r in t["rows"]}
     assert table_runs <= set(sweeps["runs"]) | set(sweeps["rescoring"])
