@@ -247,3 +247,24 @@ def test_tiny_detector_overfits_one_image():
         total.backward()
         optimizer.step()
     assert losses["loss_classifier"].item() < 0.3 * first
+
+
+@pytest.mark.parametrize("model_name", ["resnet50_fpn", "resnext50_32x4d_fpn", "efficientnet_fpn"])
+def test_model_configs_build_and_train_a_step(model_name):
+    """The shipped model configs: levels, anchors and pooler fit together (64-px image)."""
+    from hydra import compose, initialize_config_dir
+    from train_helpers import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model_name}"]).model
+    cfg.min_size = cfg.max_size = 64
+    cfg.rpn.pre_nms_top_n_train = cfg.rpn.post_nms_top_n_train = 50
+    cfg.roi.batch_size_per_image = 16
+    torch.manual_seed(0)
+    model = build_detector(cfg, num_classes=6, loss_fn=PrimaryCrossEntropy())
+    backbone = model.backbone
+    assert len(model.rpn.anchor_generator.sizes) == backbone.num_levels
+    assert model.roi_heads.box_roi_pool.featmap_names == backbone.level_names
+    model.train()
+    losses = model([torch.rand(3, 64, 64)], tiny_targets(5)[:1])
+    assert all(torch.isfinite(v) for v in losses.values())
