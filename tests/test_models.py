@@ -268,3 +268,16 @@ def test_model_configs_build_and_train_a_step(model_name):
     model.train()
     losses = model([torch.rand(3, 64, 64)], tiny_targets(5)[:1])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_detector_benchmark_smoke():
+    from lsdet.bench.detector import main
+
+    rows = main(
+        ["--device", "cpu", "--size", "64", "--iters", "1", "--warmup", "0", "--batch", "1"]
+    )
+    assert [r["model"] for r in rows] == [
+        "lsdet resnet50_fpn",
+        "torchvision fasterrcnn_resnet50_fpn",
+    ]
+    assert all(r["images_per_s"] > 0 for r in rows)
