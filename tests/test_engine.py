@@ -12,7 +12,12 @@ from lsdet.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set
 from lsdet.engine.data import ShardedSequence, expanded_image_counts
 from lsdet.engine.inference import Detections, ImageFolder
 from lsdet.engine.report import comparison_table, plot_run_comparison, sampled_class_counts
-from lsdet.engine.trainer import NonFiniteGuard, NonFiniteLossError, build_optimizer
+from lsdet.engine.trainer import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    build_optimizer,
+    config_differences,
+)
 
 
 def test_save_atomic_replaces_and_leaves_no_temporary(tmp_path):
@@ -139,3 +144,16 @@ def test_comparison_table_and_plots(tmp_path):
     paths = plot_run_comparison([tmp_path / "base", tmp_path / "ours"], tmp_path / "plots")
     assert [p.name for p in paths] == ["map_by_bucket.png", "per_class_ap_vs_base.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_config_differences_only_in_the_settings_that_must_match():
+    saved = {
+        "optim": {"lr": 0.1, "betas": [0.9, 0.99]},
+        "train": {"batch_size": 2, "eval_every": "epoch"},
+    }
+    current = {
+        "optim": {"lr": 0.1, "betas": [0.9, 0.999]},
+        "train": {"batch_size": 4, "eval_every": "never"},
+    }
+    assert config_differences(saved, current) == ["optim.betas.1", "train.batch_size"]
+    assert config_differences(saved, saved) == []

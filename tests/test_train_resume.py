@@ -43,6 +43,9 @@ def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(data_root, tmp_path)
     resumed = run_training(compose_train(base + ["train.resume=true"]), tmp_path / "cut")
     assert resumed["status"] == "finished" and resumed["global_step"] == 6
 
+    with pytest.raises(ValueError, match=r"\['optim.lr'\]"):  # a changed setting is refused
+        run_training(compose_train(base + ["train.resume=true", "optim.lr=0.1"]), tmp_path / "cut")
+
     a, b = final_model(tmp_path / "full"), final_model(tmp_path / "cut")
     assert_same_state(a["model"], b["model"])
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()

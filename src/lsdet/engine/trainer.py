@@ -57,6 +57,45 @@ EVAL_WHEN = ("epoch", "phase", "never")
 log = logging.getLogger(__name__)
 
 
+# Settings a resumed run must share with the checkpoint (the others, e.g. evaluation or
+# logging settings, may change on resume).
+RESUME_MUST_MATCH = (
+    "data",
+    "model",
+    "loss",
+    "sampler",
+    "schedule",
+    "optim",
+    "rates",
+    "seed",
+    "train.batch_size",
+)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for a nested dict/list config."""
+    if isinstance(config, dict):
+        items = config.items()
+    elif isinstance(config, list):
+        items = ((str(i), v) for i, v in enumerate(config))
+    else:
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
+    """Dotted keys under ``keys`` whose values differ between two resolved configs."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if any(k == p or k.startswith(p + ".") for p in keys) and a.get(k) != b.get(k)
+    )
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many iterations with a NaN/inf loss: training stopped."""
 
@@ -312,6 +351,14 @@ class Trainer:
             raise ValueError(
                 f"checkpoint {path} was written by {state['world_size']} processes, this run "
                 f"has {self.dist.world_size}: the sampler shards would not continue"
+            )
+        changed = config_differences(
+            state["config"], OmegaConf.to_container(self.cfg, resolve=True)
+        )
+        if changed:
+            raise ValueError(
+                f"train.resume=true: the config differs from the checkpoint {path} in "
+                f"{changed}; resume with the run's settings (or start a new run name)"
             )
         unwrap(self.model).load_state_dict(state["model"])
         pos = state["position"]
