@@ -80,6 +80,28 @@ def collect_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=columns), unfinished
 
 
+def align_rescored_buckets(runs: pd.DataFrame, rescoring: dict) -> pd.DataFrame:
+    """Frequency-bucket mAPs of the evaluation-only runs recomputed with the buckets of the
+    training run they re-score (same seed): lsdet.evaluate buckets classes by their training
+    images as annotated, the trainer by hierarchy-expanded counts, so the two bucketings
+    differ for parent classes. Runs without their training run get no bucket mAPs."""
+    runs = runs.copy()
+    for index, row in runs[runs["run"].isin(list(rescoring))].iterrows():
+        source = runs[
+            (runs["run"] == rescoring[row["run"]]["from"]) & (runs["seed"] == row["seed"])
+        ]
+        for metric in METRICS[1:]:
+            runs.at[index, metric] = np.nan
+        if source.empty:
+            continue
+        buckets = pd.read_csv(source["per_class_csv"].iloc[0]).set_index("mid")["bucket"]
+        per_class = pd.read_csv(row["per_class_csv"]).set_index("mid")["ap"]
+        means = per_class.groupby(buckets.reindex(per_class.index)).mean()
+        for bucket, value in means.items():
+            runs.at[index, f"map_{bucket}"] = value
+    return runs
+
+
 def summarize_table(runs: pd.DataFrame, table: dict) -> pd.DataFrame:
     """One row per table row: mean and sample standard deviation (ddof 1) over seeds of every
     metric (in %), the number of seeds, and the difference to the baseline row, paired over
@@ -239,6 +261,7 @@ def aggregate(runs_dir: Path, out_dir: Path, sweeps: dict) -> str:
     missing.txt to out_dir; returns the markdown of all tables."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, unfinished = collect_runs(runs_dir)
+    runs = align_rescored_buckets(runs, sweeps.get("rescoring") or {})
     runs.drop(columns=["history"]).to_csv(out_dir / "all_runs.csv", index=False)
     texts = []
     for key, table in sweeps["tables"].items():

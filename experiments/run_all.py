@@ -109,13 +109,11 @@ def build_tasks(
                 rescore_dir = out / f"{rescore_id}_s{seed}"
                 command = [
                     python,
-                    "-m",
-                    "lsdet.evaluate",
-                    f"checkpoint={run_dir / 'checkpoints' / rescore['checkpoint']}",
-                    f"scoring={rescore['scoring']}",
+                    str(HERE / "rescore.py"),
+                    str(run_dir / "checkpoints" / rescore["checkpoint"]),
+                    rescore["scoring"],
+                    str(rescore_dir),
                     *size_data,
-                    f"output_dir={rescore_dir}",
-                    f"hydra.run.dir={rescore_dir}",
                 ]
                 tasks.append(Task(f"{rescore_id}_s{seed}", command, rescore_dir, [name]))
     return tasks
