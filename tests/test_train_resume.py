@@ -27,30 +27,48 @@ def assert_same_state(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+HYBRID = [
+    "schedule=hybrid",
+    "schedule.phases.pretrain.epochs=1",
+    "schedule.phases.pretrain.lr.warmup_iters=2",
+    "schedule.phases.pretrain.lr.milestones=[]",
+    "schedule.phases.finetune.epochs=1",
+    "schedule.phases.finetune.lr.warmup_iters=1",
+    "schedule.phases.finetune.lr.milestones=[]",
+]
+
+
 def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(data_root, tmp_path):
-    # 6 training images, batch 2: 3 iterations per epoch, 2 epochs; stop after iteration 4.
-    base = tiny_overrides(data_root)
+    # Hybrid schedule: phase 1 sequential, phase 2 soft-balance from phase 1's weights.
+    # 6 training images, batch 2: 3 iterations per epoch, 1 epoch each; stop after
+    # iteration 4 = mid-epoch of phase 2, with its fresh optimizer and other sampler.
+    base = [o for o in tiny_overrides(data_root) if not o.startswith("schedule.")] + HYBRID
     full = run_training(compose_train(base), tmp_path / "full")
     assert full["status"] == "finished" and full["global_step"] == 6
+    assert [h["phase"] for h in full["history"]] == ["pretrain", "finetune"]
+    for phase in ("pretrain", "finetune"):
+        assert (tmp_path / "full" / "checkpoints" / f"phase_{phase}.pt").is_file()
 
     stopped = run_training(compose_train(base + ["train.stop_after_iters=4"]), tmp_path / "cut")
     assert stopped["status"] == "stopped" and stopped["global_step"] == 4
     state = final_model(tmp_path / "cut")
-    assert state["position"]["epoch"] == 1 and state["position"]["iteration"] == 1
-    assert state["sampler"]["num_yielded"] == 2
+    assert state["phase_name"] == "finetune"
+    assert (state["position"]["phase"], state["position"]["iteration"]) == (1, 1)
+    assert state["sampler"]["name"] == "soft_balance" and state["sampler"]["num_yielded"] == 2
     assert not (tmp_path / "cut" / "checkpoints" / "last.pt.tmp").exists()
-
-    resumed = run_training(compose_train(base + ["train.resume=true"]), tmp_path / "cut")
-    assert resumed["status"] == "finished" and resumed["global_step"] == 6
 
     with pytest.raises(ValueError, match=r"\['optim.lr'\]"):  # a changed setting is refused
         run_training(compose_train(base + ["train.resume=true", "optim.lr=0.1"]), tmp_path / "cut")
+    resumed = run_training(compose_train(base + ["train.resume=true"]), tmp_path / "cut")
+    assert resumed["status"] == "finished" and resumed["global_step"] == 6
 
     a, b = final_model(tmp_path / "full"), final_model(tmp_path / "cut")
     assert_same_state(a["model"], b["model"])
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for key, value in a["optimizer"]["state"].items():
         assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    # phase 2 has its own optimizer (3 steps), started on phase 1's weights
+    assert all(int(v["step"]) == 3 for v in a["optimizer"]["state"].values())
 
 
 def test_resume_without_checkpoint_is_a_clear_error(data_root, tmp_path):
