@@ -11,6 +11,7 @@ Extra arguments after ``--`` are passed to every training run as Hydra overrides
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +21,14 @@ from lsdet.engine.report import comparison_table, plot_run_comparison
 
 
 def run(command: list[str]) -> None:
+    """Run a step; Ctrl-C reaches the step (a training run checkpoints and exits 130), and
+    this driver then stops with a message instead of a traceback."""
     print("+ " + " ".join(command), flush=True)
-    result = subprocess.run(command)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        result = subprocess.run(command)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if result.returncode != 0:
         raise SystemExit(f"demo stopped: `{' '.join(command)}` exited with {result.returncode}")
 
