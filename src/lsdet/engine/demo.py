@@ -42,15 +42,20 @@ def main(argv: list[str] | None = None) -> str:
         help="losses to train, the first is the baseline",
     )
     parser.add_argument("--out", default="runs/demo", help="folder for the table and plots")
+    parser.add_argument("--runs", default="runs", help="folder of the training runs")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every training run")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     python = sys.executable
-    run([python, "-m", "lsdet.data.synth"])
+    # data.* overrides (e.g. data.root=...) reach the generator too, without the prefix
+    run(
+        [python, "-m", "lsdet.data.synth"]
+        + [o[5:] for o in args.overrides if o.startswith("data.")]
+    )
     run_dirs = []
     for loss in args.losses:
-        run_dir = Path("runs") / f"demo_{loss}"
+        run_dir = Path(args.runs) / f"demo_{loss}"
         run(
             [python, "-m", "lsdet.train", "+experiment=demo", f"loss={loss}"]
             + [f"hydra.run.dir={run_dir}"]
