@@ -170,3 +170,28 @@ def test_demo_driver_trains_both_losses_and_prints_the_table(tmp_path):
     assert "| demo_softmax |" in text and "| demo_concurrent_softmax |" in text
     assert (tmp_path / "demo" / "summary.md").read_text() == text
     assert (tmp_path / "demo" / "map_by_bucket.png").is_file()
+
+
+def test_seeded_items_do_not_depend_on_order_or_the_global_rng():
+    from lsdet.engine.data import SeededDataset, SeededSampler
+
+    class RandomItems(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, index):
+            return index, float(torch.rand(()))
+
+    data = SeededDataset(RandomItems())
+    pairs = list(SeededSampler([4, 7, 4], seed=1, rank=0, epoch=2, start=0))
+    assert [i for i, _ in pairs] == [4, 7, 4] and len({s for _, s in pairs}) == 3
+    resumed = list(SeededSampler([7, 4], seed=1, rank=0, epoch=2, start=1))
+    assert resumed == pairs[1:]  # position-based: a resumed epoch continues the same seeds
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = [data[p] for p in pairs]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
+    assert [data[p] for p in pairs] == first
+    assert first[0][1] != first[2][1]  # same image, other position: other draw
+    other_rank = list(SeededSampler([4], seed=1, rank=1, epoch=2, start=0))
+    assert other_rank[0][1] != pairs[0][1]

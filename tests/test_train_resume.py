@@ -43,6 +43,7 @@ def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(data_root, tmp_path)
     # 6 training images, batch 2: 3 iterations per epoch, 1 epoch each; stop after
     # iteration 4 = mid-epoch of phase 2, with its fresh optimizer and other sampler.
     base = [o for o in tiny_overrides(data_root) if not o.startswith("schedule.")] + HYBRID
+    base += ["train.num_workers=1"]  # augmentation seeded per item: exact with workers too
     full = run_training(compose_train(base), tmp_path / "full")
     assert full["status"] == "finished" and full["global_step"] == 6
     assert [h["phase"] for h in full["history"]] == ["pretrain", "finetune"]

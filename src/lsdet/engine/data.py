@@ -153,6 +153,42 @@ def concurrent_rates(data_cfg: Any, rates_cfg: Any, hierarchy: Hierarchy) -> tor
     return torch.as_tensor(np.asarray(rates), dtype=torch.float32)
 
 
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Wraps an epoch sampler: yields (image index, seed), the seed a function of (seed, rank,
+    epoch, position in the epoch). With :class:`SeededDataset` every item's augmentation draws
+    from its own seed, so the data of a run resumed mid-epoch is the uninterrupted run's,
+    whatever the number of DataLoader workers. ``start`` = items already consumed."""
+
+    def __init__(self, sampler: Sampler[int], *, seed: int, rank: int, epoch: int, start: int):
+        self.sampler = sampler
+        self.base = ((int(seed) * 1_000_003 + int(rank)) * 1_000_033 + int(epoch)) * 10_000_019
+        self.start = int(start)
+
+    def __iter__(self):
+        for position, index in enumerate(self.sampler, start=self.start):
+            yield int(index), (self.base + position) % 2**63
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededDataset(Dataset):
+    """Items ``(index, seed)``: the wrapped dataset's item drawn under ``torch.manual_seed(seed)``
+    in a forked RNG (the caller's torch RNG is left as it was)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 class ShardedSequence(Sampler[int]):
     """Indices rank, rank + world_size, ... of range(n): evaluation shards, in order."""
 

@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 from lsdet.engine import checkpoint as ckpt
 from lsdet.engine.data import (
+    SeededDataset,
+    SeededSampler,
     ShardedSequence,
     TrainingData,
     build_training_data,
@@ -444,8 +446,14 @@ class Trainer:
             self.log_sampler_histogram()
         iters = self.iters_per_epoch()
         loader = make_loader(
-            self.data.train_set,
-            self.sampler,
+            SeededDataset(self.data.train_set),
+            SeededSampler(
+                self.sampler,
+                seed=self.seed,
+                rank=self.dist.rank,
+                epoch=self.global_epoch(),
+                start=self.position.iteration * self.batch_size,
+            ),
             batch_size=self.batch_size,
             num_workers=int(cfg.train.num_workers),
             collate_fn=self.data.collate_fn,
