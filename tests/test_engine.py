@@ -165,7 +165,7 @@ def test_demo_driver_trains_both_losses_and_prints_the_table(tmp_path):
     from lsdet.engine.demo import main
 
     overrides = [o for o in tiny_overrides(tmp_path / "synth") if not o.startswith("name=")]
-    overrides += ["train.max_iters_per_epoch=1", "train.eval_every=phase", "train.threads=1"]
+    overrides += ["train.max_iters_per_epoch=1", "train.eval_every=phase"]
     text = main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo"), *overrides])
     assert "| demo_softmax |" in text and "| demo_concurrent_softmax |" in text
     assert (tmp_path / "demo" / "summary.md").read_text() == text

@@ -23,6 +23,15 @@ from lsdet.models.detector import anchor_sizes_for
 MODEL_YAML = "conf/model/resnet18_fpn.yaml"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, and does not stall when other work busies a core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class PrimaryCrossEntropy(torch.nn.Module):
     """Plain softmax CE on the primary label, records what the head passed in."""
 

@@ -19,7 +19,6 @@ def test_two_process_gloo_run_completes_checkpoints_and_evaluates(tmp_path):
     overrides = tiny_overrides(tmp_path / "synth", run_name="ddp") + [
         "train.batch_size=1",
         "train.eval_every=phase",
-        "train.threads=1",
         f"hydra.run.dir={run_dir}",
     ]
     # Data first (one process), so that the two ranks do not both generate it.

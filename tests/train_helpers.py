@@ -44,6 +44,7 @@ def tiny_overrides(data_root: Path, run_name: str = "tiny") -> list[str]:
         "train.batch_size=2",
         "train.eval_batch_size=2",
         "train.num_workers=0",
+        "train.threads=1",  # tiny ops: one thread is as fast, and immune to busy cores
         "train.eval_every=never",
         "train.progress=false",
         "train.checkpoint_every=0",

@@ -246,6 +246,7 @@ class Trainer:
             raise ValueError(f"train.eval_every={cfg.train.eval_every!r}; expected {EVAL_WHEN}")
         self.seed = int(cfg.seed)
         ckpt.seed_everything(self.seed + self.dist.rank)
+        self.previous_threads = torch.get_num_threads()
         if cfg.train.threads:
             torch.set_num_threads(int(cfg.train.threads))
 
@@ -382,6 +383,7 @@ class Trainer:
             return self._fit()
         finally:
             self.stop.restore()
+            torch.set_num_threads(self.previous_threads)
             if self.logger:
                 self.logger.finish()
             cleanup(self.dist)
