@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -437,6 +438,7 @@ class Trainer:
         }
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        self.write_progress(status)
         return summary
 
     def train_one_epoch(self) -> bool:
@@ -498,6 +500,8 @@ class Trainer:
                     img_s=f"{images_seen / (time.perf_counter() - start):.1f}",
                 )
             step = self.position.global_step
+            if step % int(cfg.train.log_every) == 0 or self.position.iteration == iters:
+                self.write_progress("training", iters, images_seen / (time.perf_counter() - start))
             if self.dist.is_main and step % int(cfg.train.log_every) == 0 and self.loss_ema:
                 self.logger.log(
                     {
@@ -558,6 +562,26 @@ class Trainer:
             prev = self.loss_ema.get(key)
             self.loss_ema[key] = value if prev is None else decay * prev + (1 - decay) * value
 
+    def write_progress(self, status: str, iters: int = 0, images_per_s: float = 0.0) -> None:
+        """<run_dir>/progress.json (atomically): where the run stands, for a watcher such as
+        the demo driver. ``fraction`` = epochs done (with the current one's share) / total."""
+        if not self.dist.is_main:
+            return
+        done = self.global_epoch() + (self.position.iteration / iters if iters else 0.0)
+        state = {
+            "status": status,
+            "phase": self.schedule.phases[
+                min(self.position.phase, len(self.schedule.phases) - 1)
+            ].name,
+            "global_step": self.position.global_step,
+            "fraction": min(done / self.schedule.total_epochs, 1.0),
+            "images_per_s": round(images_per_s, 2),
+        }
+        path = self.run_dir / "progress.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
     # ----------------------------------------------------------------- epoch ends
     def end_of_epoch(self, phase) -> None:
         self.position.epoch += 1
@@ -570,6 +594,7 @@ class Trainer:
             "global_step": self.position.global_step,
         }
         if when == "epoch" or (when == "phase" and last_of_phase):
+            self.write_progress("evaluating")
             record.update(self.evaluate(tag=f"{phase.name}_epoch{self.position.epoch}"))
         self.position.history.append(record)
         self.save_checkpoint()
