@@ -1,5 +1,6 @@
 """Interrupted and resumed training ends exactly where an uninterrupted run ends."""
 
+import json
 import os
 import signal
 
@@ -49,9 +50,13 @@ def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(data_root, tmp_path)
     assert [h["phase"] for h in full["history"]] == ["pretrain", "finetune"]
     for phase in ("pretrain", "finetune"):
         assert (tmp_path / "full" / "checkpoints" / f"phase_{phase}.pt").is_file()
+    progress = json.loads((tmp_path / "full" / "progress.json").read_text())
+    assert progress["status"] == "finished" and progress["fraction"] == 1.0
 
     stopped = run_training(compose_train(base + ["train.stop_after_iters=4"]), tmp_path / "cut")
     assert stopped["status"] == "stopped" and stopped["global_step"] == 4
+    progress = json.loads((tmp_path / "cut" / "progress.json").read_text())
+    assert progress["status"] == "stopped" and progress["fraction"] == pytest.approx(4 / 6)
     state = final_model(tmp_path / "cut")
     assert state["phase_name"] == "finetune"
     assert (state["position"]["phase"], state["position"]["iteration"]) == (1, 1)

@@ -281,6 +281,7 @@ class Trainer:
         self.resume_state: dict[str, Any] | None = None
         self.logger: RunLogger | None = None
         self.loss_ema: dict[str, float] = {}
+        self.current_iters = 0  # iterations of the epoch in progress
 
     # ----------------------------------------------------------------- set-up per phase
     def start_phase(self, phase_index: int) -> None:
@@ -449,6 +450,7 @@ class Trainer:
         if self.position.iteration == 0:
             self.log_sampler_histogram()
         iters = self.iters_per_epoch()
+        self.current_iters = iters
         loader = make_loader(
             SeededDataset(self.data.train_set),
             SeededSampler(
@@ -567,6 +569,7 @@ class Trainer:
         the demo driver. ``fraction`` = epochs done (with the current one's share) / total."""
         if not self.dist.is_main:
             return
+        iters = iters or self.current_iters
         done = self.global_epoch() + (self.position.iteration / iters if iters else 0.0)
         state = {
             "status": status,
