@@ -156,6 +156,35 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
+# train.* values checked before anything is built: key -> (type, lowest allowed value)
+TRAIN_NUMBERS = {
+    "batch_size": (int, 1),
+    "eval_batch_size": (int, 1),
+    "num_workers": (int, 0),
+    "max_nonfinite": (int, 0),
+    "log_every": (int, 1),
+    "checkpoint_every": (int, 0),
+    "hflip_prob": (float, 0.0),
+}
+
+
+def check_train_config(train_cfg: Any) -> None:
+    """ValueError naming the ``train.`` key whose value has the wrong type or range."""
+    for key, (kind, lowest) in TRAIN_NUMBERS.items():
+        value = train_cfg.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok = ok and float(value) == int(value)
+        if not ok or value < lowest or (key == "hflip_prob" and value > 1):
+            bound = "in [0, 1]" if key == "hflip_prob" else f">= {lowest}"
+            raise ValueError(
+                f"train.{key}={value!r}: expected a{'n integer' if kind is int else ' number'} {bound}"
+            )
+    when = train_cfg.get("eval_every")
+    if when not in EVAL_WHEN:
+        raise ValueError(f"train.eval_every={when!r}; expected one of {EVAL_WHEN}")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,13 +267,12 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        check_train_config(cfg.train)
         self.device = resolve_device(cfg.train.device)
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
-        if cfg.train.eval_every not in EVAL_WHEN:
-            raise ValueError(f"train.eval_every={cfg.train.eval_every!r}; expected {EVAL_WHEN}")
         self.seed = int(cfg.seed)
         ckpt.seed_everything(self.seed + self.dist.rank)
         self.previous_threads = torch.get_num_threads()
