@@ -2,10 +2,11 @@
 files, and `lsdet.evaluate checkpoint=...` give the mAP the trainer computed in memory."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF_DIR, compose_train, tiny_overrides
 
-from lsdet.engine.inference import evaluate_checkpoint
+from lsdet.engine.inference import evaluate_checkpoint, load_detector
 from lsdet.engine.trainer import run_training
 from lsdet.evaluation import oid_challenge_map, read_predictions_csv
 from lsdet.evaluation.challenge import load_hierarchy
@@ -63,3 +64,15 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
     result, paths = evaluate_checkpoint(eval_cfg)
     assert result.map == pytest.approx(trained_map, abs=1e-9)
     assert paths["per_class"].is_file() and paths["buckets"].is_file()
+
+    # a softmax-trained checkpoint scored with eq. 5: the rates are estimated from its
+    # training data (the checkpoint holds none), so the scores differ from softmax
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    softmax_model, _, _ = load_detector(checkpoint, torch.device("cpu"))
+    cs_model, _, _ = load_detector(checkpoint, torch.device("cpu"), scoring="concurrent_softmax")
+    assert not softmax_model.roi_heads.rates.any()
+    assert cs_model.roi_heads.rates.any() and cs_model.roi_heads.scoring == "concurrent_softmax"
+    logits = torch.randn(5, softmax_model.roi_heads.rates.shape[0])
+    assert not torch.allclose(
+        cs_model.roi_heads.class_scores(logits), softmax_model.roi_heads.class_scores(logits)
+    )

@@ -165,12 +165,20 @@ def load_detector(
         model_cfg.backbone.norm = "bn"  # same weights; no process group at inference
     model_cfg.backbone.pretrained = False
     model_cfg.backbone.checkpoint_path = None
+    rates = weights["roi_heads.rates"]
+    if scoring == "concurrent_softmax" and not bool(rates.any()):
+        # Trained without concurrent softmax: the trainer did not need the rates then, and
+        # eq. 5 with R = 0 would be plain softmax. Estimate them as the trainer would.
+        from lsdet.engine.data import concurrent_rates
+
+        rates = concurrent_rates(cfg.data, cfg.rates, hierarchy)
+        weights["roi_heads.rates"] = rates
     model = build_detector(
         model_cfg,
         num_classes=num_classes,
         loss_fn=nn.Identity(),
         loss_name=cfg.loss.name,
-        rates=weights["roi_heads.rates"],
+        rates=rates,
         descendants=weights["roi_heads.descendants"],
     )
     model.load_state_dict(weights)
