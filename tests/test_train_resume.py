@@ -125,3 +125,13 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run(data_root, tmp_p
         run_training(
             compose_train(tiny_overrides(data_root) + ["train.max_nonfinite=0"]), tmp_path / "b"
         )
+
+
+def test_resume_after_a_stop_on_an_epochs_short_last_batch(data_root, tmp_path):
+    # batch 4 over 6 images: 2 iterations per epoch, the second one of 2 images; stop there
+    base = tiny_overrides(data_root) + ["train.batch_size=4"]
+    stopped = run_training(compose_train(base + ["train.stop_after_iters=2"]), tmp_path / "r")
+    assert stopped["status"] == "stopped"
+    assert final_model(tmp_path / "r")["sampler"]["num_yielded"] == 6
+    resumed = run_training(compose_train(base + ["train.resume=true"]), tmp_path / "r")
+    assert resumed["status"] == "finished" and resumed["global_step"] == 4

@@ -345,7 +345,9 @@ class Trainer:
         rng_states = gather_objects(ckpt.rng_state(), self.dist)
         sampler_state = self.sampler.state_dict()
         sampler_state["epoch"] = self.global_epoch()
-        sampler_state["num_yielded"] = self.position.iteration * self.batch_size
+        # consumed by finished steps (the last batch of an epoch may be short)
+        consumed = self.position.iteration * self.batch_size
+        sampler_state["num_yielded"] = min(consumed, len(self.sampler))
         return {
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
