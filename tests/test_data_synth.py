@@ -245,3 +245,13 @@ def test_config_drives_ensure_and_cli(tmp_path, capsys):
     args += [f"generate.label_noise.{k}={v}" for k, v in small["label_noise"].items()]
     assert not main(args)["generated"]
     assert "up to date" in capsys.readouterr().out
+
+
+def test_generator_defaults_equal_the_shipped_data_config():
+    """The dataclass defaults and conf/data/synth.yaml describe one benchmark, not two."""
+    from omegaconf import OmegaConf
+
+    from lsdet.data.synth import SynthSettings, settings_from_data_config
+
+    data_cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "synth.yaml")
+    assert settings_from_data_config(data_cfg) == SynthSettings()

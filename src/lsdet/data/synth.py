@@ -125,9 +125,9 @@ class SynthSettings:
     shapes_per_family: int = 5
     hues_per_shape: int = 3
     textures_per_shape: int = 2
-    hue_step_deg: float = 20.0
-    hue_jitter_deg: float = 4.0
-    texture_contrast: float = 0.3
+    hue_step_deg: float = 12.0
+    hue_jitter_deg: float = 5.0
+    texture_contrast: float = 0.2
     imbalance: float = 500.0
     mean_objects_per_image: float = 2.5
     max_objects_per_image: int = 6
