@@ -125,6 +125,34 @@ def summarize_table(runs: pd.DataFrame, table: dict) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def leaf_parent_table(
+    runs: pd.DataFrame, leaf_mids: set[str], labels: dict[str, str]
+) -> pd.DataFrame:
+    """Mean AP (%) over leaf classes and over parent classes per run id (mean ± std over
+    seeds): where a method's mAP change comes from in the hierarchy."""
+    records = []
+    for run_id, label in labels.items():
+        per_seed = []
+        for _, r in runs[runs["run"] == run_id].iterrows():
+            t = pd.read_csv(r["per_class_csv"])
+            is_leaf = t["mid"].isin(leaf_mids)
+            per_seed.append((t.loc[is_leaf, "ap"].mean() * 100, t.loc[~is_leaf, "ap"].mean() * 100))
+        values = np.array(per_seed, dtype=float).reshape(-1, 2)
+        std = values.std(axis=0, ddof=1) if len(values) > 1 else np.full(2, np.nan)
+        records.append(
+            {
+                "row": label,
+                "run": run_id,
+                "seeds": len(values),
+                "leaf_map_mean": values[:, 0].mean() if len(values) else np.nan,
+                "leaf_map_std": std[0],
+                "parent_map_mean": values[:, 1].mean() if len(values) else np.nan,
+                "parent_map_std": std[1],
+            }
+        )
+    return pd.DataFrame(records)
+
+
 def _pm(mean: float, std: float, digits: int = 1) -> str:
     if pd.isna(mean):
         return "n/a"
@@ -282,6 +310,22 @@ def aggregate(runs_dir: Path, out_dir: Path, sweeps: dict) -> str:
     plot_figure4(runs, sweeps["figure4"], out_dir / "figure4_map_per_lambda.png")
     _, binned = plot_figure5(runs, sweeps["figure5"], out_dir / "figure5_ap_vs_frequency.png")
     binned.to_csv(out_dir / "figure5_ap_by_frequency_bin.csv", index=False, float_format="%.3f")
+    leaf_mids = _leaf_mids(runs_dir)
+    if leaf_mids:
+        labels: dict[str, str] = {}  # run id -> its label in the first table that has it
+        for table in sweeps["tables"].values():
+            for row in table["rows"]:
+                labels.setdefault(row["run"], row["label"])
+        levels = leaf_parent_table(runs, leaf_mids, labels)
+        levels.to_csv(out_dir / "leaf_parent_map.csv", index=False, float_format="%.3f")
+        lines = ["| row | seeds | leaf classes mAP | parent classes mAP |", "|---|---|---|---|"]
+        for _, r in levels.iterrows():
+            leaf = _pm(r["leaf_map_mean"], r["leaf_map_std"])
+            parent = _pm(r["parent_map_mean"], r["parent_map_std"])
+            lines.append(f"| {r['row']} | {r['seeds']} | {leaf} | {parent} |")
+        text = "**AP of leaf and of parent classes** (%, mean ± std over seeds)\n\n"
+        texts.append(text + "\n".join(lines) + "\n")
+        (out_dir / "leaf_parent_map.md").write_text(texts[-1])
     expected = {f"{r}_s{s}" for r in _all_run_ids(sweeps) for s in sweeps["seeds"]}
     present = {f"{r}_s{s}" for r, s in zip(runs["run"], runs["seed"], strict=True)}
     missing = sorted(expected - present)
@@ -290,6 +334,19 @@ def aggregate(runs_dir: Path, out_dir: Path, sweeps: dict) -> str:
     all_md = "\n".join(texts)
     (out_dir / "tables.md").write_text(all_md)
     return all_md + "\n" + note
+
+
+def _leaf_mids(runs_dir: Path) -> set[str]:
+    """Leaf classes of the hierarchy the runs were trained on (from a run's config.yaml);
+    empty when no run folder has a config."""
+    from omegaconf import OmegaConf
+
+    from lsdet.data import Hierarchy
+
+    for config in sorted(Path(runs_dir).glob("*/config.yaml")):
+        hierarchy = Hierarchy.from_json(OmegaConf.load(config).data.hierarchy_json)
+        return {m for m, leaf in zip(hierarchy.mids, hierarchy.leaf_mask, strict=True) if leaf}
+    return set()
 
 
 def _all_run_ids(sweeps: dict) -> list[str]:

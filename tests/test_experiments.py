@@ -333,3 +333,15 @@ def test_align_rescored_buckets_uses_the_training_runs_buckets(tmp_path):
     assert aligned.loc["rescored", "map"] == pytest.approx(0.5)
     assert np.isnan(aligned.loc["orphan", "map_rare"])  # seed 1 has no training run
     assert aligned.loc["base", "map_rare"] == pytest.approx(0.2)  # training runs unchanged
+
+
+def test_leaf_parent_table_splits_the_classes(tmp_path):
+    write_training_run(tmp_path, "base_s0", [0.3], aps=(0.2, 0.8))  # /a leaf, /b parent
+    write_training_run(tmp_path, "base_s1", [0.3], aps=(0.4, 0.6))
+    runs, _ = aggregate.collect_runs(tmp_path)
+    table = aggregate.leaf_parent_table(runs, {"/a"}, {"base": "baseline", "none": "absent"})
+    base = table.set_index("run").loc["base"]
+    assert base["leaf_map_mean"] == pytest.approx(30.0)
+    assert base["parent_map_mean"] == pytest.approx(70.0)
+    assert base["leaf_map_std"] == pytest.approx(np.sqrt(200.0))
+    assert table.set_index("run").loc["none", "seeds"] == 0
