@@ -72,6 +72,21 @@ def test_index_layout(tmp_path, hierarchy, bbox_csv):
         index.find_image("img_zz")
 
 
+def test_class_image_counts_with_descendants(tmp_path, hierarchy, bbox_csv):
+    index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    # A is boxed on img_b, its child B on img_c; C on img_a and img_c
+    assert index.class_image_counts().tolist() == [1, 1, 2]
+    assert index.class_image_counts_with_descendants(hierarchy.descendants).tolist() == [2, 1, 2]
+
+
+def test_class_image_counts_with_descendants_counts_an_image_once(tmp_path, hierarchy):
+    path = tmp_path / "boxes.csv"
+    rows = ["img_a,x,A,1,0.1,0.2,0.1,0.2,0,0,0,0,0", "img_a,x,B,1,0.5,0.6,0.5,0.6,0,0,0,0,0"]
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    index = AnnotationIndex.build_or_open(path, hierarchy, tmp_path / "cache")
+    assert index.class_image_counts_with_descendants(hierarchy.descendants).tolist() == [1, 1, 0]
+
+
 def test_pickle_sends_only_the_path(tmp_path, hierarchy, bbox_csv):
     index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
     payload = pickle.dumps(index)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lsdet.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from lsdet.engine.data import ShardedSequence, expanded_image_counts
+from lsdet.engine.data import ShardedSequence
 from lsdet.engine.inference import Detections, ImageFolder
 from lsdet.engine.report import comparison_table, plot_run_comparison, sampled_class_counts
 from lsdet.engine.trainer import (
@@ -79,15 +79,6 @@ def test_sampled_class_counts_by_hand():
     images = np.array([0, 1, 1, 2])
     stream = np.array([1, 1, 2, 0, 1])  # image 1 drawn three times
     assert sampled_class_counts(stream, offsets, images, 3).tolist() == [4, 0, 4]
-
-
-def test_expanded_image_counts_include_descendants():
-    # class 0 is the parent of 1 and 2; class 0 itself annotated on image 5
-    offsets = np.array([0, 1, 3, 5])
-    images = np.array([5, 0, 1, 1, 2])
-    descendants = np.zeros((3, 3), dtype=bool)
-    descendants[0, 1] = descendants[0, 2] = True
-    assert expanded_image_counts(offsets, images, descendants).tolist() == [4, 2, 2]
 
 
 def test_sharded_sequence_splits_in_order():

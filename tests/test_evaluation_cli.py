@@ -139,8 +139,10 @@ def test_csv_mode_writes_metrics_table_buckets_and_plot(files, tmp_path):
     assert metrics["report"]["ignored_image_not_in_ground_truth"] == 1
     table = pd.read_csv(paths["per_class"])
     assert table["name"].tolist() == ["Animal", "Cat", "Dog", "Elephant"]
-    assert table["train_images"].tolist() == [0, 6, 3, 1]  # boxes as annotated
-    assert table["bucket"].tolist() == ["rare", "frequent", "common", "rare"]
+    # a parent counts the images of its descendants: t0..t5 hold a cat, dog or elephant
+    assert table["train_images"].tolist() == [6, 6, 3, 1]
+    # sorted by count (stable): Elephant 1, Dog 3, Animal 6, Cat 6; thirds of sizes 2, 1, 1
+    assert table["bucket"].tolist() == ["common", "frequent", "rare", "rare"]
     assert [row["bucket"] for row in metrics["frequency_buckets"]] == ["rare", "common", "frequent"]
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
 

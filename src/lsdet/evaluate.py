@@ -165,7 +165,8 @@ def train_image_counts_from_csv(
     train_image_labels_csv: str | Path | None = None,
     strict: bool = True,
 ) -> np.ndarray:
-    """Training images per class (boxes as annotated) from the data layer's cached index."""
+    """Training images per class, a class counted with its descendants (as the trainer's
+    reports count it), from the data layer's cached index."""
     from lsdet.data.index import AnnotationIndex
 
     index = AnnotationIndex.build_or_open(
@@ -175,7 +176,7 @@ def train_image_counts_from_csv(
         image_labels_csv=train_image_labels_csv,
         strict=strict,
     )
-    return index.class_image_counts()
+    return index.class_image_counts_with_descendants(hierarchy.descendants)
 
 
 def evaluate_csv(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Path]]:

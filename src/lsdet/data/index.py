@@ -306,6 +306,20 @@ class AnnotationIndex:
         """Number of images with at least one box of each class (as annotated), int64 [C]."""
         return np.diff(self._class_offsets)
 
+    def class_image_counts_with_descendants(self, descendants: np.ndarray) -> np.ndarray:
+        """Images holding class k or any descendant of k, int64 [C] (``descendants[k, j]``:
+        j is below k). This is a class's frequency in reports: a parent is as frequent as its
+        leaves together, whereas parents are rarely boxed as such."""
+        offsets = np.asarray(self._class_offsets, dtype=np.int64)
+        counts = np.diff(offsets)
+        for k in np.flatnonzero(np.asarray(descendants).any(axis=1)):
+            members = np.concatenate([[k], np.flatnonzero(descendants[k])])
+            images = np.concatenate(
+                [self._class_images[offsets[m] : offsets[m + 1]] for m in members]
+            )
+            counts[k] = len(np.unique(images))
+        return counts
+
     def class_box_counts(self) -> np.ndarray:
         """Number of boxes of each class (as annotated, not expanded), int64 [C]."""
         return np.asarray(self._class_box_counts)

@@ -111,26 +111,10 @@ def build_training_data(
         class_images=class_images,
         image_counts=np.asarray(index.class_image_counts()),
         box_counts=np.asarray(index.class_box_counts()),
-        expanded_image_counts=expanded_image_counts(
-            class_offsets, class_images, hierarchy.ancestors.T
-        ),
+        expanded_image_counts=index.class_image_counts_with_descendants(hierarchy.descendants),
         val_gt=val_gt,
         collate_fn=collate_fn,
     )
-
-
-def expanded_image_counts(
-    class_offsets: np.ndarray, class_images: np.ndarray, descendants: np.ndarray
-) -> np.ndarray:
-    """[C] images holding class k or any descendant of k (``descendants[k, j]``: j below k),
-    from the CSR lists of images per class."""
-    offsets = np.asarray(class_offsets, dtype=np.int64)
-    counts = np.diff(offsets)
-    for k in np.flatnonzero(np.asarray(descendants).any(axis=1)):
-        members = np.concatenate([[k], np.flatnonzero(descendants[k])])
-        images = np.concatenate([class_images[offsets[m] : offsets[m + 1]] for m in members])
-        counts[k] = len(np.unique(images))
-    return counts
 
 
 def concurrent_rates(data_cfg: Any, rates_cfg: Any, hierarchy: Hierarchy) -> torch.Tensor:
