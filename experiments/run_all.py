@@ -107,13 +107,17 @@ def build_tasks(
             tasks.append(Task(name, command, run_dir))
             for rescore_id, rescore in rescoring_of.get(run_id, []):
                 rescore_dir = out / f"{rescore_id}_s{seed}"
+                # lsdet.evaluate estimates the concurrent rates of a checkpoint trained
+                # without them (eq. 5 with R = 0 would be plain softmax).
                 command = [
                     python,
-                    str(HERE / "rescore.py"),
-                    str(run_dir / "checkpoints" / rescore["checkpoint"]),
-                    rescore["scoring"],
-                    str(rescore_dir),
+                    "-m",
+                    "lsdet.evaluate",
+                    f"checkpoint={run_dir / 'checkpoints' / rescore['checkpoint']}",
+                    f"scoring={rescore['scoring']}",
                     *size_data,
+                    f"output_dir={rescore_dir}",
+                    f"hydra.run.dir={rescore_dir}",
                 ]
                 tasks.append(Task(f"{rescore_id}_s{seed}", command, rescore_dir, [name]))
     return tasks

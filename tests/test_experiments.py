@@ -193,13 +193,15 @@ def test_build_tasks_orders_by_seed_and_adds_rescoring(tmp_path):
         assert arg in b0
     rescore = tasks[1]
     assert rescore.depends_on == ["a_s0"]
-    assert rescore.command[1].endswith("rescore.py")
-    assert rescore.command[2:5] == [
-        str(tmp_path / "a_s0" / "checkpoints" / "phase_main.pt"),
-        "concurrent_softmax",
-        str(tmp_path / "a_cs_s0"),
-    ]
-    assert "data.root=data/x" in rescore.command
+    assert rescore.command[:3] == ["py", "-m", "lsdet.evaluate"]
+    checkpoint = tmp_path / "a_s0" / "checkpoints" / "phase_main.pt"
+    for arg in [
+        f"checkpoint={checkpoint}",
+        "scoring=concurrent_softmax",
+        "data.root=data/x",
+        f"output_dir={tmp_path / 'a_cs_s0'}",
+    ]:
+        assert arg in rescore.command
     with pytest.raises(ValueError, match="no size 'huge'"):
         run_all.build_tasks(sweeps, "huge", tmp_path, [0])
 
@@ -246,63 +248,6 @@ def test_sweeps_yaml_pins_every_generator_setting_of_the_data_config():
     assert sweeps["sizes"]["small"]["data"]["generate"]["num_train_images"] == 1000
     table_runs = {r["run"] for t in sweeps["tables"].values() for r in t["rows"]}
     assert table_runs <= set(sweeps["runs"]) | set(sweeps["rescoring"])
-
-
-def test_with_training_rates_fills_an_all_zero_rates_matrix(tmp_path):
-    import rescore
-    import torch
-    from omegaconf import OmegaConf
-
-    from lsdet.data.synth import generate_synthetic_benchmark
-    from lsdet.engine.data import concurrent_rates
-    from lsdet.evaluation import load_hierarchy
-
-    root = tmp_path / "synth"
-    generate_synthetic_benchmark(
-        root,
-        {
-            "seed": 1,
-            "image_size": 32,
-            "num_train_images": 60,
-            "num_val_images": 20,
-            "num_families": 2,
-            "shapes_per_family": 2,
-            "hues_per_shape": 2,
-            "textures_per_shape": 1,
-            "val_min_images_per_class": 1,
-            "imbalance": 5.0,
-            "label_noise": {
-                "two_leaves": 0.4,
-                "sibling_both": 0.3,
-                "sibling_swap": 0,
-                "parent_only": 0,
-            },
-        },
-    )
-    data = OmegaConf.load(EXPERIMENTS.parent / "conf" / "data" / "synth.yaml")
-    data.root = str(root)
-    rates_cfg = {"iou_threshold": 0.9, "floor": 0.01, "hierarchy_rate": 1.0}
-    config = {"data": OmegaConf.to_container(data, resolve=True), "rates": rates_cfg}
-    hierarchy = load_hierarchy(config["data"]["hierarchy_json"], None)
-    size = hierarchy.num_classes + 1
-    checkpoint = tmp_path / "trained.pt"
-    torch.save(
-        {"model": {"roi_heads.rates": torch.zeros(size, size)}, "config": config}, checkpoint
-    )
-
-    path, estimated = rescore.with_training_rates(checkpoint, tmp_path / "out" / "copy.pt")
-    assert estimated and path == tmp_path / "out" / "copy.pt"
-    written = torch.load(path, weights_only=False)["model"]["roi_heads.rates"]
-    expected = concurrent_rates(
-        OmegaConf.create(config["data"]), OmegaConf.create(rates_cfg), hierarchy
-    )
-    assert float(expected[1:, 1:].sum()) > 0  # the label noise makes concurrent pairs
-    assert torch.equal(written, expected)
-    assert torch.load(checkpoint, weights_only=False)["model"]["roi_heads.rates"].sum() == 0
-
-    # a checkpoint that has rates is used as it is
-    assert rescore.with_training_rates(path, tmp_path / "other.pt") == (path, False)
-    assert not (tmp_path / "other.pt").exists()
 
 
 def test_align_rescored_buckets_uses_the_training_runs_buckets(tmp_path):
