@@ -156,3 +156,19 @@ def test_module_runs_from_the_command_line(files, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["map"] == pytest.approx(0.5)
     assert not (run_dir / "ap_vs_frequency.png").exists()
+
+
+def test_train_image_counts_none_without_a_training_csv(tmp_path):
+    from omegaconf import OmegaConf
+
+    from lsdet.data.hierarchy import Hierarchy
+    from lsdet.evaluate import train_image_counts
+
+    hierarchy_json = tmp_path / "h.json"
+    hierarchy_json.write_text(
+        json.dumps({"LabelName": "root", "Subcategory": [{"LabelName": "A"}]})
+    )
+    hierarchy = Hierarchy.from_json(hierarchy_json)
+    assert train_image_counts(OmegaConf.create({"train_bbox_csv": None}), hierarchy) is None
+    missing = OmegaConf.create({"train_bbox_csv": str(tmp_path / "absent.csv")})
+    assert train_image_counts(missing, hierarchy) is None

@@ -157,24 +157,23 @@ def write_evaluation_outputs(
     return paths
 
 
-def train_image_counts_from_csv(
-    hierarchy: Hierarchy,
-    train_bbox_csv: str | Path,
-    cache_dir: str | Path,
-    *,
-    train_image_labels_csv: str | Path | None = None,
-    strict: bool = True,
-) -> np.ndarray:
+def train_image_counts(cfg: DictConfig, hierarchy: Hierarchy) -> np.ndarray | None:
     """Training images per class, a class counted with its descendants (as the trainer's
-    reports count it), from the data layer's cached index."""
+    reports count it), from the data layer's cached index of ``cfg.train_bbox_csv``; None
+    (no frequency buckets) when the config names no training CSV or it does not exist."""
     from lsdet.data.index import AnnotationIndex
 
+    if not cfg.get("train_bbox_csv"):
+        return None
+    if not Path(cfg.train_bbox_csv).is_file():
+        logger.warning("train_bbox_csv %s not found: no frequency buckets", cfg.train_bbox_csv)
+        return None
     index = AnnotationIndex.build_or_open(
-        train_bbox_csv,
+        cfg.train_bbox_csv,
         hierarchy,
-        cache_dir,
-        image_labels_csv=train_image_labels_csv,
-        strict=strict,
+        cfg.cache_dir,
+        image_labels_csv=cfg.get("train_image_labels_csv"),
+        strict=cfg.strict,
     )
     return index.class_image_counts_with_descendants(hierarchy.descendants)
 
@@ -199,18 +198,7 @@ def evaluate_csv(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Path]]:
         iou_threshold=cfg.iou_threshold,
         strict=cfg.strict,
     )
-    counts = None
-    if cfg.get("train_bbox_csv"):
-        if Path(cfg.train_bbox_csv).is_file():
-            counts = train_image_counts_from_csv(
-                hierarchy,
-                cfg.train_bbox_csv,
-                cfg.cache_dir,
-                train_image_labels_csv=cfg.get("train_image_labels_csv"),
-                strict=cfg.strict,
-            )
-        else:
-            logger.warning("train_bbox_csv %s not found: no frequency buckets", cfg.train_bbox_csv)
+    counts = train_image_counts(cfg, hierarchy)
     paths = write_evaluation_outputs(
         result,
         cfg.output_dir,

@@ -202,7 +202,7 @@ def evaluate_checkpoint(cfg: Any) -> tuple[Any, dict[str, Path]]:
     from lsdet.data.dataset import collate_fn
     from lsdet.engine.data import make_loader
     from lsdet.engine.trainer import resolve_device
-    from lsdet.evaluate import train_image_counts_from_csv, write_evaluation_outputs
+    from lsdet.evaluate import train_image_counts, write_evaluation_outputs
     from lsdet.evaluation import evaluate, load_ground_truth, load_hierarchy
 
     device = resolve_device(cfg.device)
@@ -239,15 +239,7 @@ def evaluate_checkpoint(cfg: Any) -> tuple[Any, dict[str, Path]]:
         iou_threshold=cfg.iou_threshold,
         expand_predictions=cfg.expand_predictions,
     )
-    counts = None
-    if cfg.get("train_bbox_csv") and Path(cfg.train_bbox_csv).is_file():
-        counts = train_image_counts_from_csv(
-            hierarchy,
-            cfg.train_bbox_csv,
-            cfg.cache_dir,
-            train_image_labels_csv=cfg.get("train_image_labels_csv"),
-            strict=cfg.strict,
-        )
+    counts = train_image_counts(cfg, hierarchy)
     names = (
         read_class_descriptions(cfg.class_descriptions_csv)
         if cfg.get("class_descriptions_csv")
