@@ -108,7 +108,8 @@ def test_cache_reused_then_invalidated_when_source_changes(tmp_path, hierarchy, 
     os.utime(bbox_csv, ns=(stamp + 10**9, stamp + 10**9))
     rebuilt = AnnotationIndex.build_or_open(bbox_csv, hierarchy, cache)
     assert rebuilt.num_images == 4 and rebuilt.image_id(3) == "img_d"
-    assert [p.name for p in cache.iterdir()] == [first.directory.name]  # no leftovers
+    leftovers = [p.name for p in cache.iterdir() if p.suffix != ".lock"]  # the lock file stays
+    assert leftovers == [first.directory.name]  # no temporary build folders
 
 
 def test_images_without_boxes_from_image_labels(tmp_path, hierarchy, bbox_csv):
@@ -179,3 +180,20 @@ def test_rows_of_classes_outside_the_subset_are_excluded(tmp_path, bbox_csv):
     assert index.num_boxes == 4  # the B box is dropped (B is outside the subset), not an error
     assert index.reports[0]["excluded"] == 1
     np.testing.assert_array_equal(index.class_box_counts(), [3, 1])  # C, A
+
+
+def _open_index_in_subprocess(args):
+    bbox_csv, hierarchy_json, cache_dir = args
+    hierarchy = Hierarchy.from_json(hierarchy_json)
+    return AnnotationIndex.build_or_open(bbox_csv, hierarchy, cache_dir).num_boxes
+
+
+def test_processes_building_the_same_index_at_once_all_get_it(tmp_path, bbox_csv):
+    from concurrent.futures import ProcessPoolExecutor
+
+    hierarchy_json = tmp_path / "h2.json"
+    tree = {"LabelName": "root", "Subcategory": [{"LabelName": m} for m in ("A", "B", "C")]}
+    hierarchy_json.write_text(json.dumps(tree))
+    args = [(bbox_csv, hierarchy_json, tmp_path / "shared-cache")] * 4
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(_open_index_in_subprocess, args)) == [5, 5, 5, 5]

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from lsdet.data.formats import read_bbox_csv, read_image_labels_csv
 from lsdet.data.hierarchy import Hierarchy
@@ -131,17 +132,23 @@ class AnnotationIndex:
         )
         key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
         directory = Path(cache_dir) / f"annotation-index-{key}"
-        if directory.is_dir():
-            try:
-                index = cls(directory)
-            except (FileNotFoundError, OSError, ValueError, KeyError):
-                index = None
-            if index is not None and index.manifest.get("sources") == _describe_sources(sources):
-                return index
-            logger.info("annotation index at %s is stale or incomplete: rebuilding", directory)
-        return cls.build(
-            bbox_csv, hierarchy, directory, image_labels_csv=image_labels_csv, strict=strict
-        )
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        # Processes that start together (side-by-side runs, DataLoader set-up) must not build
+        # the same index at once: one would replace the folder the other is opening.
+        with FileLock(str(directory) + ".lock"):
+            if directory.is_dir():
+                try:
+                    index = cls(directory)
+                except (FileNotFoundError, OSError, ValueError, KeyError):
+                    index = None
+                if index is not None and index.manifest.get("sources") == _describe_sources(
+                    sources
+                ):
+                    return index
+                logger.info("annotation index at %s is stale or incomplete: rebuilding", directory)
+            return cls.build(
+                bbox_csv, hierarchy, directory, image_labels_csv=image_labels_csv, strict=strict
+            )
 
     @classmethod
     def build(
