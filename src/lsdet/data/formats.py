@@ -78,8 +78,30 @@ class ReadReport:
         }
 
 
+class _DictionaryCodedRows:
+    """Per-row image ids and MIDs of a table that stores them as dictionary codes."""
+
+    image_codes: np.ndarray
+    image_id_values: np.ndarray
+    label_codes: np.ndarray
+    label_values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label_codes)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """Per-row image id (object array of str)."""
+        return self.image_id_values[self.image_codes]
+
+    @property
+    def mids(self) -> np.ndarray:
+        """Per-row MID (object array of str)."""
+        return self.label_values[self.label_codes]
+
+
 @dataclass
-class BoxTable:
+class BoxTable(_DictionaryCodedRows):
     """Box annotations, one row per box, columnar.
 
     ``boxes`` is float32 ``[N, 4]`` (xmin, ymin, xmax, ymax), normalised. ``label_values``
@@ -100,22 +122,9 @@ class BoxTable:
     flags: dict[str, np.ndarray]
     report: ReadReport
 
-    def __len__(self) -> int:
-        return len(self.label_codes)
-
-    @property
-    def image_ids(self) -> np.ndarray:
-        """Per-row image id (object array of str)."""
-        return self.image_id_values[self.image_codes]
-
-    @property
-    def mids(self) -> np.ndarray:
-        """Per-row MID (object array of str)."""
-        return self.label_values[self.label_codes]
-
 
 @dataclass
-class ImageLabelTable:
+class ImageLabelTable(_DictionaryCodedRows):
     """Image-level labels, one row per (image, class): ``confidence`` 1 = verified present,
     0 = verified absent (int8). Code conventions as in :class:`BoxTable`."""
 
@@ -126,17 +135,6 @@ class ImageLabelTable:
     label_values: np.ndarray
     confidence: np.ndarray
     report: ReadReport
-
-    def __len__(self) -> int:
-        return len(self.label_codes)
-
-    @property
-    def image_ids(self) -> np.ndarray:
-        return self.image_id_values[self.image_codes]
-
-    @property
-    def mids(self) -> np.ndarray:
-        return self.label_values[self.label_codes]
 
 
 # ---------------------------------------------------------------------------- descriptions

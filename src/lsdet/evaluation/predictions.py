@@ -193,16 +193,8 @@ def _read_tf_layout(path: Path, mids: Sequence[str], strict: bool) -> Prediction
         boxes=boxes,
         not_numbers=not_numbers,
     )
-    report.num_predictions = int(keep.sum())
-    class_of_label = pd.Index(list(mids)).get_indexer(labels)
-    return PredictionTable(
-        image_ids=image_ids,
-        image_index=image_codes[keep],
-        class_indices=class_of_label[label_codes[keep]].astype(np.int64),
-        scores=scores[keep],
-        boxes=boxes[keep],
-        layout="tf",
-        report=report,
+    return _kept_predictions(
+        keep, image_ids, image_codes, label_codes, labels, mids, scores, boxes, "tf", report
     )
 
 
@@ -323,16 +315,8 @@ def _read_submission_layout(path: Path, mids: Sequence[str], strict: bool) -> Pr
         not_numbers=not_numbers,
         group_numbers=group_numbers,
     )
-    report.num_predictions = int(keep.sum())
-    class_of_label = pd.Index(list(mids)).get_indexer(labels)
-    return PredictionTable(
-        image_ids=image_ids,
-        image_index=image_codes[keep],
-        class_indices=class_of_label[label_codes[keep]].astype(np.int64),
-        scores=scores[keep],
-        boxes=boxes[keep],
-        layout="submission",
-        report=report,
+    return _kept_predictions(
+        keep, image_ids, image_codes, label_codes, labels, mids, scores, boxes, "submission", report
     )
 
 
@@ -430,3 +414,29 @@ def write_predictions_csv(
         )
     frame.to_csv(path, index=False)
     return path
+
+
+def _kept_predictions(
+    keep: np.ndarray,
+    image_ids: np.ndarray,
+    image_codes: np.ndarray,
+    label_codes: np.ndarray,
+    labels: np.ndarray,
+    mids: Sequence[str],
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    layout: str,
+    report: EvaluationReport,
+) -> PredictionTable:
+    """The table of the rows that passed validation, labels turned into class indices."""
+    report.num_predictions = int(keep.sum())
+    class_of_label = pd.Index(list(mids)).get_indexer(labels)
+    return PredictionTable(
+        image_ids=image_ids,
+        image_index=image_codes[keep],
+        class_indices=class_of_label[label_codes[keep]].astype(np.int64),
+        scores=scores[keep],
+        boxes=boxes[keep],
+        layout=layout,
+        report=report,
+    )
