@@ -158,3 +158,22 @@ def test_command_line(tmp_path):
     assert "imbalance magnitude" in result.stdout
     assert len(pd.read_csv(out / "confused_pairs.csv")) <= 5
     assert (out / "summary.json").is_file()
+
+
+def test_analyze_never_generates_into_a_user_folder(tmp_path):
+    """A data.root of the user's (no manifest of the generator) is an error; nothing changes."""
+    from lsdet.data.synth import NotAGeneratedFolderError
+
+    root = tmp_path / "mine"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "img.jpg").write_bytes(b"user data")
+    overrides = [f"data.root={root}", *TINY_DATA]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=overrides)
+    with pytest.raises(NotAGeneratedFolderError, match="data.root="):
+        analyze(cfg, tmp_path / "out")
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "train",
+        "train/img.jpg",
+    ]
+    assert (root / "train" / "img.jpg").read_bytes() == b"user data"

@@ -17,6 +17,7 @@ from lsdet.data.hierarchy import Hierarchy
 from lsdet.data.index import AnnotationIndex
 from lsdet.data.synth import (
     LABEL_PROBLEMS,
+    NotAGeneratedFolderError,
     SynthSettings,
     build_taxonomy,
     ensure_synthetic_benchmark,
@@ -255,3 +256,133 @@ def test_generator_defaults_equal_the_shipped_data_config():
 
     data_cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "synth.yaml")
     assert settings_from_data_config(data_cfg) == SynthSettings()
+
+
+# --------------------------------------------------------------------------------------------
+# The generator never deletes or overwrites what it did not write.
+
+MINI = {
+    "seed": 1,
+    "image_size": 16,
+    "num_train_images": 24,
+    "num_val_images": 8,
+    "num_families": 2,
+    "shapes_per_family": 1,
+    "hues_per_shape": 2,
+    "textures_per_shape": 1,
+    "imbalance": 4.0,
+    "mean_objects_per_image": 1.5,
+    "object_size": [0.4, 0.6],
+    "val_min_images_per_class": 1,
+}
+
+
+def mini_config(root: Path, **generate):
+    cfg = OmegaConf.load(REPO_ROOT / "conf" / "data" / "synth.yaml")
+    small = {k: v for k, v in MINI.items() if k != "image_size"}
+    return OmegaConf.merge(
+        cfg, {"root": str(root), "image_size": 16, "generate": {**small, **generate}}
+    )
+
+
+def test_refuses_a_user_folder_without_a_manifest(tmp_path):
+    root = tmp_path / "mydata"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "photo.jpg").write_bytes(b"mine")
+    (root / "train-annotations-bbox.csv").write_text("my annotations\n")
+    before = file_digests(root)
+    with pytest.raises(NotAGeneratedFolderError, match=r"mydata.*data\.root=") as error:
+        ensure_synthetic_benchmark(mini_config(root))
+    assert "nothing in" in str(error.value) and "was changed" in str(error.value)
+    assert file_digests(root) == before
+    # Another tool's manifest.json does not make the folder the generator's.
+    (root / "manifest.json").write_text(json.dumps({"files_written": ["train/photo.jpg"]}))
+    with pytest.raises(NotAGeneratedFolderError):
+        generate_synthetic_benchmark(root, MINI)
+    assert (root / "train" / "photo.jpg").read_bytes() == b"mine"
+
+
+def test_writes_into_a_missing_or_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "missing" / "deeper"):
+        manifest = generate_synthetic_benchmark(root, MINI)
+        assert manifest["complete"] and manifest["generator"] == "lsdet.data.synth"
+        written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+        assert written == {*manifest["files_written"], "manifest.json"}
+
+
+def test_regeneration_removes_only_its_own_files(tmp_path):
+    root = tmp_path / "synth"
+    cfg = mini_config(root)
+    first = ensure_synthetic_benchmark(cfg)
+    assert first["generated"]
+    # A user's files inside the generated folder, and one listed file gone missing.
+    (root / "train" / "notes.txt").write_text("mine")
+    (root / "mine").mkdir()
+    (root / "mine" / "a.csv").write_text("x\n")
+    (root / "validation" / "va0000001.jpg").unlink()
+    second = ensure_synthetic_benchmark(cfg)
+    assert second["generated"]
+    assert (root / "validation" / "va0000001.jpg").is_file()
+    assert (root / "train" / "notes.txt").read_text() == "mine"
+    assert (root / "mine" / "a.csv").read_text() == "x\n"
+    # Fewer images: the surplus images it wrote go, the user's files stay.
+    third = ensure_synthetic_benchmark(mini_config(root, num_train_images=20))
+    assert third["generated"]
+    assert not (root / "train" / "tr0000023.jpg").exists()
+    assert len(list((root / "train").glob("*.jpg"))) == 20
+    assert (root / "train" / "notes.txt").read_text() == "mine"
+    # A file of the user's where a new image would go: refuse, touch nothing.
+    (root / "train" / "tr0000021.jpg").write_bytes(b"mine")
+    before = file_digests(root)
+    with pytest.raises(NotAGeneratedFolderError, match="tr0000021.jpg"):
+        ensure_synthetic_benchmark(mini_config(root, num_train_images=24))
+    assert file_digests(root) == before
+
+
+def test_an_interrupted_or_older_generation_is_regenerated(tmp_path):
+    root = tmp_path / "synth"
+    manifest = generate_synthetic_benchmark(root, MINI)
+    # Interrupted: the manifest written before the files still says "incomplete".
+    manifest_path = root / "manifest.json"
+    saved = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**saved, "complete": False}))
+    again = ensure_synthetic_benchmark(mini_config(root))
+    assert again["generated"] and again["settings_hash"] == manifest["settings_hash"]
+    # A folder written by generator version 1 (no file list: its settings number the
+    # images) is recognised, and only its files are replaced.
+    (root / "train" / "tr0000030.jpg").write_bytes(b"user")  # beyond v1's 24 images
+    manifest_path.write_text(
+        json.dumps(
+            {
+                "generator_version": 1,
+                "settings_hash": "0" * 16,
+                "settings": {"num_train_images": 24, "num_val_images": 8},
+                "files": {},
+                "summary": {},
+            }
+        )
+    )
+    assert ensure_synthetic_benchmark(mini_config(root))["generated"]
+    assert (root / "train" / "tr0000030.jpg").read_bytes() == b"user"
+
+
+def test_a_manifest_naming_files_outside_its_folder_deletes_nothing_there(tmp_path):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    root = tmp_path / "synth"
+    generate_synthetic_benchmark(root, MINI)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files_written"].append("../precious.txt")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    generate_synthetic_benchmark(root, {**MINI, "seed": 2})
+    assert outside.read_text() == "keep"
+
+
+def test_cli_refusal_is_a_message_not_a_traceback(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "x.txt").write_text("x")
+    with pytest.raises(SystemExit, match="refusing to write"):
+        main([f"root={root}"])
+    assert (root / "x.txt").read_text() == "x"

@@ -27,7 +27,13 @@ Everything is drawn from ``seed``; the same settings give the same bytes. Files 
     {train,validation}-objects.csv                  one row per drawn object: its true class,
                                                     box and the label problem applied to it
     {train,validation}/<ImageID>.jpg
-    manifest.json                                   settings, their hash and a summary
+    manifest.json                                   settings, their hash, a summary and
+                                                    every file written
+
+The generator writes only into a folder that is missing, empty, or that it wrote itself (its
+``manifest.json``); anything else is refused with an error and left as it was. When it
+regenerates its own folder (settings or generator version changed, a file missing) it removes
+only the files its manifest lists: files anyone else put there stay.
 
 Run ``python -m lsdet.data.synth [key=value ...]`` (keys of the ``generate`` block of
 ``conf/data/synth.yaml``, plus ``root`` and ``image_size``).
@@ -40,7 +46,7 @@ import colorsys
 import hashlib
 import json
 import math
-import shutil
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -54,6 +60,7 @@ from tqdm import tqdm
 
 from lsdet.boxes import box_iou
 
+GENERATOR_NAME = "lsdet.data.synth"  # written into manifest.json: marks a folder as its own
 GENERATOR_VERSION = 1  # part of the settings hash: bump it when the bytes written change
 ROOT_MID = "/m/0bl9f"  # the root MID of the Open Images hierarchy ("Entity")
 SPLITS = ("train", "validation")
@@ -84,6 +91,16 @@ def split_files(root: str | Path, split: str) -> dict[str, Path]:
         "objects_csv": root / f"{split}-objects.csv",
         "image_dir": root / split,
     }
+
+
+def image_ids(split: str, num_images: int) -> list[str]:
+    """The ImageIDs (and ``<ImageID>.jpg`` file stems) of a split of ``num_images`` images."""
+    prefix = "tr" if split == "train" else "va"
+    return [f"{prefix}{i:07d}" for i in range(num_images)]
+
+
+class NotAGeneratedFolderError(FileExistsError):
+    """The folder holds files the generator did not write; it refuses to touch any of them."""
 
 
 @dataclass(frozen=True)
@@ -661,8 +678,7 @@ def _write_split(
     per_image = _assign_leaves_to_images(
         counts, num_images, s.max_objects_per_image, layout_rng, split
     )
-    prefix = "tr" if split == "train" else "va"
-    image_ids = [f"{prefix}{i:07d}" for i in range(num_images)]
+    ids = image_ids(split, num_images)
     scenes: list[list[SceneObject]] = []
     for i, leaves in enumerate(per_image):
         rng = np.random.default_rng([s.seed, split_code, 2, i])
@@ -678,7 +694,7 @@ def _write_split(
             taxonomy=taxonomy,
             seed_key=[s.seed, split_code, 3, i],
         )
-        for i, (image_id, objects) in enumerate(zip(image_ids, scenes, strict=True))
+        for i, (image_id, objects) in enumerate(zip(ids, scenes, strict=True))
     ]
     progress = dict(total=len(jobs), desc=f"synth {split}", unit="img", mininterval=1.0)
     if s.num_workers > 1:
@@ -698,9 +714,7 @@ def _write_split(
     )
     num_leaves = len(taxonomy.leaves)
     leaf_index = {mid: k for k, mid in enumerate(taxonomy.leaves)}
-    for i, (image_id, objects, tight) in enumerate(
-        zip(image_ids, scenes, tight_boxes, strict=True)
-    ):
+    for i, (image_id, objects, tight) in enumerate(zip(ids, scenes, tight_boxes, strict=True)):
         visible = [(o, b) for o, b in zip(objects, tight, strict=True) if b is not None]
         dropped += len(objects) - len(visible)
         pixel_boxes = np.asarray([b for _, b in visible], dtype=np.float64).reshape(-1, 4)
@@ -763,21 +777,145 @@ def _write_split(
 # Public entry points
 
 
+def planned_files(settings: SynthSettings) -> list[str]:
+    """Every file the generator writes for ``settings`` except manifest.json, relative to the
+    root (POSIX separators), in a fixed order."""
+    files = [HIERARCHY_JSON, CLASS_DESCRIPTIONS_CSV]
+    sizes = {"train": settings.num_train_images, "validation": settings.num_val_images}
+    for split in SPLITS:
+        paths = split_files(Path(), split)
+        files += [paths[key].as_posix() for key in ("bbox_csv", "image_labels_csv", "objects_csv")]
+        files += [f"{split}/{image_id}.jpg" for image_id in image_ids(split, sizes[split])]
+    return files
+
+
+def read_own_manifest(root: str | Path) -> dict[str, Any] | None:
+    """``root/manifest.json`` if the generator wrote it (this version or an earlier one),
+    else None (no manifest, unreadable, or another tool's)."""
+    path = Path(root) / MANIFEST_JSON
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    if manifest.get("generator") == GENERATOR_NAME and isinstance(
+        manifest.get("files_written"), list
+    ):
+        return manifest
+    # Version 1 wrote neither the generator's name nor its file list; its keys identify it.
+    settings = manifest.get("settings")
+    if (
+        manifest.get("generator_version") == 1
+        and {"settings_hash", "files", "summary"} <= manifest.keys()
+        and isinstance(settings, dict)
+        and {"num_train_images", "num_val_images"} <= settings.keys()
+    ):
+        return manifest
+    return None
+
+
+def _files_of_manifest(manifest: Mapping[str, Any]) -> list[str]:
+    """The files an own manifest says the generator wrote (relative to the root)."""
+    if "files_written" in manifest:
+        return [str(rel) for rel in manifest["files_written"]]
+    # Version 1: its fixed file names and the images its settings numbered.
+    settings = manifest["settings"]
+    sizes = {"train": settings["num_train_images"], "validation": settings["num_val_images"]}
+    files = [HIERARCHY_JSON, CLASS_DESCRIPTIONS_CSV]
+    for split in SPLITS:
+        files += [f"{split}-annotations-bbox.csv", f"{split}-annotations-image-labels.csv"]
+        files += [f"{split}-objects.csv"]
+        files += [f"{split}/{image_id}.jpg" for image_id in image_ids(split, int(sizes[split]))]
+    return files
+
+
+def _inside(root: Path, relative: str) -> bool:
+    """Whether ``root/relative`` stays inside ``root`` (a manifest could name ``../x``)."""
+    root_path = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(root_path, relative))
+    return os.path.commonpath([root_path, path]) == root_path and path != root_path
+
+
+def _refusal(root: Path, reason: str) -> NotAGeneratedFolderError:
+    return NotAGeneratedFolderError(
+        f"refusing to write the synthetic benchmark into {root}: {reason}. The generator "
+        f"writes only into a folder that is missing, empty, or that it wrote itself (with its "
+        f"own {MANIFEST_JSON}), and never deletes anything else; nothing in {root} was "
+        f"changed. Generate it elsewhere with data.root=<a new or empty folder> (for "
+        f"`python -m lsdet.data.synth`: root=<folder>), or, to use your own data in the Open "
+        f"Images layout, pass data=openimages data.root={root}."
+    )
+
+
+def _claim_folder(root: Path, settings: SynthSettings) -> list[str]:
+    """Makes ``root`` ready for writing ``settings``' files, or raises
+    :class:`NotAGeneratedFolderError` without touching anything. In a folder the generator
+    wrote, only the files its manifest lists are removed; returns the files to write."""
+    if root.exists() and not root.is_dir():
+        raise _refusal(root, "it is a file, not a folder")
+    planned = planned_files(settings)
+    manifest = read_own_manifest(root) if root.is_dir() else None
+    if manifest is None:
+        if root.is_dir() and any(root.iterdir()):
+            raise _refusal(
+                root, f"it is not empty and holds no {MANIFEST_JSON} written by the generator"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        return planned
+    own = {rel for rel in _files_of_manifest(manifest) if _inside(root, rel)}
+    foreign = [
+        rel
+        for rel in planned
+        if rel not in own and ((root / rel).exists() or (root / rel).is_symlink())
+    ]
+    if foreign:
+        raise _refusal(
+            root,
+            f"{len(foreign)} file(s) it would write exist but are not listed in its "
+            f"{MANIFEST_JSON} (e.g. {root / foreign[0]})",
+        )
+    for rel in sorted(own):
+        path = root / rel
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    return planned
+
+
+def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    """Writes manifest.json atomically (a reader sees the old or the new one, never half)."""
+    tmp = root / (MANIFEST_JSON + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, root / MANIFEST_JSON)
+
+
 def generate_synthetic_benchmark(
     root: str | Path, settings: SynthSettings | Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Writes the synthetic benchmark under ``root``; returns the manifest (paths, settings,
-    settings hash, summary). Existing split files are overwritten; the manifest is written
-    last, so an interrupted run is regenerated by :func:`ensure_synthetic_benchmark`."""
+    settings hash, summary, every file written).
+
+    ``root`` must be missing, empty, or a folder the generator wrote (its manifest.json):
+    anything else raises :class:`NotAGeneratedFolderError` and nothing is changed. In its own
+    folder it removes only the files its manifest lists; files of anyone else stay. Before
+    writing it records, in the manifest, the files it is about to write (marked incomplete),
+    so an interrupted run leaves a folder that a later run recognises and regenerates."""
     if settings is None:
         settings = SynthSettings()
     elif not isinstance(settings, SynthSettings):
         settings = SynthSettings.from_mapping(settings)
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MANIFEST_JSON).unlink(missing_ok=True)
-    for split in SPLITS:  # stale images of a larger earlier set must not linger
-        shutil.rmtree(split_files(root, split)["image_dir"], ignore_errors=True)
+    files_written = _claim_folder(root, settings)
+    header = {
+        "generator": GENERATOR_NAME,
+        "generator_version": GENERATOR_VERSION,
+        "settings_hash": settings.content_hash(),
+        "settings": settings.to_dict(),
+        "files_written": files_written,
+    }
+    _write_manifest(root, {**header, "complete": False})
     start = time.perf_counter()
     taxonomy = build_taxonomy(settings)
     (root / HIERARCHY_JSON).write_text(json.dumps(taxonomy.hierarchy_json(), indent=1) + "\n")
@@ -794,9 +932,8 @@ def generate_synthetic_benchmark(
     for split in SPLITS:
         summary[split] = _write_split(root, split, counts[split], sizes[split], settings, taxonomy)
     manifest = {
-        "generator_version": GENERATOR_VERSION,
-        "settings_hash": settings.content_hash(),
-        "settings": settings.to_dict(),
+        **header,
+        "complete": True,
         "files": {
             "hierarchy_json": HIERARCHY_JSON,
             "class_descriptions_csv": CLASS_DESCRIPTIONS_CSV,
@@ -808,7 +945,7 @@ def generate_synthetic_benchmark(
         },
         "summary": summary,
     }
-    (root / MANIFEST_JSON).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    _write_manifest(root, manifest)
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     return manifest
 
@@ -830,12 +967,13 @@ def settings_from_data_config(data_cfg: Any) -> SynthSettings:
 
 
 def ensure_synthetic_benchmark(data_cfg: Any, *, force: bool = False) -> dict[str, Any]:
-    """Generates the benchmark under ``data_cfg.root`` unless it is already there with the
-    same settings (manifest hash) and every file the config names exists; returns the
-    manifest with ``generated`` telling whether it wrote anything."""
+    """Generates the benchmark under ``data_cfg.root`` unless the generator's complete
+    manifest there has the same settings hash (settings and generator version) and every file
+    it lists and the config names exists; returns the manifest with ``generated`` telling
+    whether it wrote anything. A folder the generator did not write raises
+    :class:`NotAGeneratedFolderError` (see :func:`generate_synthetic_benchmark`)."""
     settings = settings_from_data_config(data_cfg)
     root = Path(str(data_cfg["root"]))
-    manifest_path = root / MANIFEST_JSON
     configured = [
         data_cfg["hierarchy_json"],
         data_cfg["class_descriptions_csv"],
@@ -845,13 +983,17 @@ def ensure_synthetic_benchmark(data_cfg: Any, *, force: bool = False) -> dict[st
             for key in ("bbox_csv", "image_labels_csv", "image_dir")
         ),
     ]
-    if not force and manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("settings_hash") == settings.content_hash() and all(
-            Path(str(p)).exists() for p in configured
-        ):
-            manifest["generated"] = False
-            return manifest
+    manifest = read_own_manifest(root)
+    if (
+        not force
+        and manifest is not None
+        and manifest.get("complete") is True
+        and manifest.get("settings_hash") == settings.content_hash()
+        and all((root / rel).is_file() for rel in _files_of_manifest(manifest))
+        and all(Path(str(p)).exists() for p in configured)
+    ):
+        manifest["generated"] = False
+        return manifest
     manifest = generate_synthetic_benchmark(root, settings)
     missing = [str(p) for p in configured if not Path(str(p)).exists()]
     if missing:
@@ -888,7 +1030,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not config_path.is_file():
         parser.error(f"data config not found: {config_path}")
     cfg = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(args.overrides))
-    manifest = ensure_synthetic_benchmark(cfg, force=args.force)
+    try:
+        manifest = ensure_synthetic_benchmark(cfg, force=args.force)
+    except NotAGeneratedFolderError as error:
+        raise SystemExit(f"error: {error}") from None
     if manifest["generated"]:
         print(f"wrote the synthetic benchmark to {cfg.root} in {manifest['seconds']} s")
     else:
