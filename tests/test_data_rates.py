@@ -62,7 +62,7 @@ def write_inputs(tmp_path, rows=ROWS):
 
 def test_rates_by_hand(tmp_path):
     bbox_csv, hierarchy_json = write_inputs(tmp_path)
-    rates, mids = estimate_concurrent_rates(bbox_csv, hierarchy_json, progress=False)
+    rates, mids = estimate_concurrent_rates(bbox_csv, hierarchy_json, prior_count=0, progress=False)
     assert mids == ["/m/A", "/m/a1", "/m/a2", "/m/B", "/m/C"]
     assert rates.dtype == np.float32 and rates.shape == (6, 6)
     expected = np.zeros((5, 5))
@@ -82,7 +82,7 @@ def test_rates_by_hand(tmp_path):
 def test_floor_threshold_and_hierarchy_rate(tmp_path):
     bbox_csv, hierarchy_json = write_inputs(tmp_path)
     rates, _ = estimate_concurrent_rates(
-        bbox_csv, hierarchy_json, floor=0.3, hierarchy_rate=0.0, progress=False
+        bbox_csv, hierarchy_json, floor=0.3, hierarchy_rate=0.0, prior_count=0, progress=False
     )
     r = rates[1:, 1:]
     assert r[A1, A2] == 0 and r[B, C] == 0  # 0.25 < floor
@@ -90,7 +90,7 @@ def test_floor_threshold_and_hierarchy_rate(tmp_path):
     assert r[A, A1] == 0 and r[A1, A] == 0  # the literal reading of the paper
 
     strict_iou, _ = estimate_concurrent_rates(
-        bbox_csv, hierarchy_json, iou_threshold=0.97, progress=False
+        bbox_csv, hierarchy_json, iou_threshold=0.97, prior_count=0, progress=False
     )
     r = strict_iou[1:, 1:]
     assert r[A1, A2] == 0 and r[A2, A1] == 0  # IoU 0.96 no longer counts
@@ -103,7 +103,9 @@ def test_unknown_class_names_the_file(tmp_path):
     bbox_csv, hierarchy_json = write_inputs(tmp_path, [*ROWS, ("img5", "/m/zzz", 0, 0, 1, 1)])
     with pytest.raises(ValueError, match="boxes.csv"):
         estimate_concurrent_rates(bbox_csv, hierarchy_json, progress=False)
-    rates, _ = estimate_concurrent_rates(bbox_csv, hierarchy_json, strict=False, progress=False)
+    rates, _ = estimate_concurrent_rates(
+        bbox_csv, hierarchy_json, strict=False, prior_count=0, progress=False
+    )
     assert rates[1 + A1, 1 + B] == pytest.approx(0.5)
 
 
@@ -203,7 +205,7 @@ def test_real_open_images_rows(openimages_dir):
     bbox_csv = openimages_dir / "samples" / "v4-humanparts-train-annotations-bbox.csv"
     hierarchy_json = openimages_dir / "bbox_labels_600_hierarchy.json"
     rates, mids = estimate_concurrent_rates(
-        bbox_csv, hierarchy_json, iou_threshold=0.5, floor=0.0, progress=False
+        bbox_csv, hierarchy_json, iou_threshold=0.5, floor=0.0, prior_count=0, progress=False
     )
     hierarchy = Hierarchy.from_json(hierarchy_json)
     assert mids == hierarchy.mids and rates.shape == (602, 602)
@@ -218,3 +220,64 @@ def test_real_open_images_rows(openimages_dir):
     expected_rates[related] = 1.0
     np.fill_diagonal(expected_rates, 0.0)
     np.testing.assert_allclose(rates[1:, 1:], expected_rates, atol=1e-6)
+
+
+def test_prior_count_shrinks_by_hand(tmp_path):
+    """r_ij = c_ij / (n_i + k): the by-hand counts of test_rates_by_hand with k = 2."""
+    bbox_csv, hierarchy_json = write_inputs(tmp_path)
+    rates, _ = estimate_concurrent_rates(bbox_csv, hierarchy_json, prior_count=2, progress=False)
+    r = rates[1:, 1:]
+    assert r[A1, B] == pytest.approx(2 / 6)  # a1: 4 boxes, 2 coincide with B
+    assert r[B, A1] == pytest.approx(3 / 6)
+    assert r[C, B] == pytest.approx(1 / 4)  # C: 2 boxes, 1 coincides with B
+    assert r[A2, A1] == pytest.approx(1 / 3)  # a2: a single box
+    assert r[A, A1] == 1.0  # hierarchy pairs are not shrunk
+    with pytest.raises(ValueError, match="prior_count"):
+        estimate_concurrent_rates(bbox_csv, hierarchy_json, prior_count=-1, progress=False)
+
+
+# root > F (frequent leaf), P (its partner), R (rare leaf), Q (its partner).
+SHRINK_TREE = {
+    "LabelName": "/m/root",
+    "Subcategory": [{"LabelName": mid} for mid in ("/m/F", "/m/P", "/m/R", "/m/Q")],
+}
+
+
+def shrink_rows() -> list[tuple]:
+    """F: 1,000 boxes, 300 of them also boxed as P; R: 2 boxes, 1 also boxed as Q."""
+    rows = []
+    for k in range(1000):
+        rows.append((f"f{k:04d}", "/m/F", 0.1, 0.1, 0.6, 0.6))
+        if k < 300:
+            rows.append((f"f{k:04d}", "/m/P", 0.1, 0.1, 0.6, 0.6))
+    rows += [("r0", "/m/R", 0.2, 0.2, 0.4, 0.4), ("r0", "/m/Q", 0.2, 0.2, 0.4, 0.4)]
+    rows += [("r1", "/m/R", 0.2, 0.2, 0.4, 0.4)]
+    return rows
+
+
+def test_default_prior_count_meets_the_rare_and_frequent_bounds_in_every_entry_point(tmp_path):
+    """With the defaults: 1 of 2 boxes -> r <= 0.1; 300 of 1,000 -> r within 0.01 of 0.3."""
+    rows = shrink_rows()
+    bbox_csv, _ = write_inputs(tmp_path, rows)
+    hierarchy_json = tmp_path / "shrink.json"
+    hierarchy_json.write_text(json.dumps(SHRINK_TREE))
+    hierarchy = Hierarchy.from_json(hierarchy_json)
+    f, p, r, q = (1 + hierarchy.index(mid) for mid in ("/m/F", "/m/P", "/m/R", "/m/Q"))
+    from_csv, _ = estimate_concurrent_rates(bbox_csv, hierarchy_json, progress=False)
+    from_boxes = concurrent_rates_from_boxes(
+        np.array([row[0] for row in rows]),
+        hierarchy.indices([row[1] for row in rows]),
+        np.array([row[2:] for row in rows], dtype=np.float32),
+        hierarchy,
+        progress=False,
+    )
+    index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    from_index = concurrent_rates_from_index(index, hierarchy, progress=False)
+    for rates in (from_csv, from_boxes, from_index):
+        assert 0 < rates[r, q] <= 0.1
+        assert rates[r, q] == pytest.approx(1 / 10)
+        assert abs(rates[f, p] - 0.3) <= 0.01
+        assert rates[f, p] == pytest.approx(300 / 1008)
+        assert rates[p, f] == pytest.approx(300 / 308)  # every P box coincides with an F box
+    unshrunk, _ = estimate_concurrent_rates(bbox_csv, hierarchy_json, prior_count=0, progress=False)
+    assert unshrunk[r, q] == pytest.approx(0.5) and unshrunk[f, p] == pytest.approx(0.3)

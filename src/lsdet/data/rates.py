@@ -1,10 +1,24 @@
 """Concurrent rates: how often an object of class i is (also) labelled j (paper, sec. 3.1).
 
-``r_ij`` is estimated from the training boxes: among the boxes of class ``i``, the fraction
-that coincide (IoU >= ``iou_threshold``, default 0.9) with a box of class ``j`` in the same
-image. It is computed between leaf classes (boxes of parent classes take no part); rates
-below ``floor`` (default 0.01) are set to 0, the diagonal is 0, and the background row and
+``r_ij`` is estimated from the training boxes (the matrix R of the loss, eq. 3, and of the
+inference scores, eq. 5): among the ``n_i`` boxes of class ``i``, the number ``c_ij`` that
+coincide (IoU >= ``iou_threshold``, default 0.9) with a box of class ``j`` in the same image,
+shrunk towards 0 by a prior count ``k`` (``prior_count``, default 8)::
+
+    r_ij = c_ij / (n_i + k)
+
+It is computed between leaf classes (boxes of parent classes take no part); rates below
+``floor`` (default 0.01) are then set to 0, the diagonal is 0, and the background row and
 column (index 0 of the ``[C+1, C+1]`` matrix) are 0.
+
+Why shrink. A rare class's plain fraction ``c_ij / n_i`` comes from one or two boxes: one
+box of a two-box class coinciding with another class gives r = 0.5, and eq. 3 then stops
+penalising that class on half of the rare class's objects. ``k`` is a pseudo-count of boxes
+that coincide with nothing (a Beta(0, k) prior on r_ij), so a rate needs evidence: with the
+default k = 8, a pair seen on 1 of a class's 2 boxes gets 1 / 10 = 0.1, while a frequent
+class keeps its rate (300 of 1,000 boxes: 300 / 1008 = 0.298). k = 8 is the smallest prior
+with r <= 0.1 for the 1-of-2 case; any k up to 34 keeps the 300-of-1,000 rate within 0.01 of
+0.3. ``prior_count=0`` gives the unshrunk fraction.
 
 Hierarchy pairs. The paper says ``r_ij`` "is set 0 when i is leaf node with j as its
 parent, and vice versa", yet also that at inference "scores of categories in a hierarchy
@@ -34,6 +48,8 @@ from lsdet.data.index import AnnotationIndex
 
 # Pairs scored at once: bounds the temporaries (about 0.2 GB); larger chunks are no faster.
 DEFAULT_PAIRS_PER_CHUNK = 2_000_000
+# The prior count k of r_ij = c_ij / (n_i + k); see the module docstring for the choice.
+DEFAULT_PRIOR_COUNT = 8.0
 
 
 @dataclass
@@ -51,9 +67,12 @@ class CoincidenceCounts:
     coinciding_rows: np.ndarray
     coinciding_classes: np.ndarray
 
-    def raw_rates(self) -> np.ndarray:
-        """``pair_counts[i, j] / box_counts[i]`` (0 for classes without boxes), ``[C, C]``."""
-        denominator = np.maximum(self.box_counts, 1)[:, None]
+    def raw_rates(self, prior_count: float = 0.0) -> np.ndarray:
+        """``pair_counts[i, j] / (box_counts[i] + prior_count)``, ``[C, C]`` (0 for classes
+        without boxes); ``prior_count`` 0 gives the plain fractions."""
+        if not (np.isfinite(prior_count) and prior_count >= 0):
+            raise ValueError(f"prior_count must be a finite number >= 0, got {prior_count}")
+        denominator = np.maximum(self.box_counts + float(prior_count), 1e-12)[:, None]
         return (self.pair_counts / denominator).astype(np.float64)
 
 
@@ -174,6 +193,7 @@ def concurrent_rates_from_boxes(
     iou_threshold: float = 0.9,
     floor: float = 0.01,
     hierarchy_rate: float = 1.0,
+    prior_count: float = DEFAULT_PRIOR_COUNT,
     progress: bool = True,
 ) -> np.ndarray:
     """The ``[C+1, C+1]`` float32 rates from boxes already in memory (e.g. the annotation
@@ -188,7 +208,9 @@ def concurrent_rates_from_boxes(
         iou_threshold=iou_threshold,
         progress=progress,
     )
-    return rates_from_counts(counts, hierarchy, floor=floor, hierarchy_rate=hierarchy_rate)
+    return rates_from_counts(
+        counts, hierarchy, floor=floor, hierarchy_rate=hierarchy_rate, prior_count=prior_count
+    )
 
 
 def concurrent_rates_from_index(
@@ -198,6 +220,7 @@ def concurrent_rates_from_index(
     iou_threshold: float = 0.9,
     floor: float = 0.01,
     hierarchy_rate: float = 1.0,
+    prior_count: float = DEFAULT_PRIOR_COUNT,
     progress: bool = True,
 ) -> np.ndarray:
     """The ``[C+1, C+1]`` float32 rates from an :class:`AnnotationIndex` built over
@@ -216,17 +239,24 @@ def concurrent_rates_from_index(
         iou_threshold=iou_threshold,
         floor=floor,
         hierarchy_rate=hierarchy_rate,
+        prior_count=prior_count,
         progress=progress,
     )
 
 
 def rates_from_counts(
-    counts: CoincidenceCounts, hierarchy: Hierarchy, *, floor: float, hierarchy_rate: float
+    counts: CoincidenceCounts,
+    hierarchy: Hierarchy,
+    *,
+    floor: float,
+    hierarchy_rate: float,
+    prior_count: float = DEFAULT_PRIOR_COUNT,
 ) -> np.ndarray:
-    """Floor, hierarchy pairs, zero diagonal and the background row/column: ``[C+1, C+1]``."""
+    """Shrunk rates ``c_ij / (n_i + prior_count)``, then the floor, the hierarchy pairs, the
+    zero diagonal and the background row/column: ``[C+1, C+1]``."""
     if not 0.0 <= hierarchy_rate <= 1.0:
         raise ValueError(f"hierarchy_rate must lie in [0, 1], got {hierarchy_rate}")
-    rates = counts.raw_rates()
+    rates = counts.raw_rates(prior_count)
     rates[rates < floor] = 0.0
     related = hierarchy.ancestors | hierarchy.descendants
     rates[related] = hierarchy_rate
@@ -243,6 +273,7 @@ def estimate_concurrent_rates(
     iou_threshold: float = 0.9,
     floor: float = 0.01,
     hierarchy_rate: float = 1.0,
+    prior_count: float = DEFAULT_PRIOR_COUNT,
     subset_mids: list[str] | None = None,
     strict: bool = True,
     progress: bool = True,
@@ -254,7 +285,8 @@ def estimate_concurrent_rates(
     the hierarchy are an error (``strict``) or skipped and reported by the reader.
 
     Ancestor/descendant pairs get ``hierarchy_rate`` (default 1.0: a class never suppresses
-    its ancestors or descendants; 0.0 is the paper's literal wording), see the module docs.
+    its ancestors or descendants; 0.0 is the paper's literal wording); ``prior_count`` shrinks
+    the rates of classes with few boxes. See the module docs.
     """
     hierarchy = Hierarchy.from_json(hierarchy_json, subset_mids=subset_mids)
     table = read_bbox_csv(bbox_csv, known_mids=hierarchy.mids, strict=strict)
@@ -266,6 +298,7 @@ def estimate_concurrent_rates(
         iou_threshold=iou_threshold,
         floor=floor,
         hierarchy_rate=hierarchy_rate,
+        prior_count=prior_count,
         progress=progress,
     )
     return rates, list(hierarchy.mids)
