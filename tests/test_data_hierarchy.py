@@ -165,3 +165,20 @@ def test_subset_of_600_matches_the_derived_500(openimages_dir):
     order = derived.indices(cut.mids)
     np.testing.assert_array_equal(cut.ancestors, derived.ancestors[np.ix_(order, order)])
     np.testing.assert_array_equal(cut.depth, derived.depth[order])
+
+
+def test_load_hierarchy_lives_in_the_data_layer_and_selects_the_described_classes(tmp_path):
+    import lsdet.evaluation
+    from lsdet.data import load_hierarchy
+
+    assert lsdet.evaluation.load_hierarchy is load_hierarchy
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps(SMALL_TREE))
+    descriptions = tmp_path / "descriptions.csv"
+    descriptions.write_text("D,Dee\nA,Ay\n")
+    full = load_hierarchy(path)
+    assert load_hierarchy(full) is full and len(full.mids) == 6
+    subset = load_hierarchy(path, descriptions)
+    assert subset.mids == ["D", "A"]
+    assert subset.ancestors[subset.index("D"), subset.index("A")]  # B and C looked through
+    assert "B" in subset.excluded_mids

@@ -9,7 +9,7 @@ from lsdet.data.formats import (
     read_class_descriptions,
     read_image_labels_csv,
 )
-from lsdet.data.hierarchy import Hierarchy, HierarchyError
+from lsdet.data.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 from lsdet.data.index import AnnotationIndex, ImageAnnotations
 from lsdet.data.rates import (
     concurrent_rates_from_boxes,
@@ -29,6 +29,7 @@ __all__ = [
     "DataFormatError",
     "Hierarchy",
     "HierarchyError",
+    "load_hierarchy",
     "ImageLabelTable",
     "ReadReport",
     "read_bbox_csv",

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lsdet.data.formats import read_class_descriptions
+
 
 class HierarchyError(ValueError):
     """A hierarchy file that cannot be read as a class tree."""
@@ -219,3 +221,16 @@ class Hierarchy:
             f"Hierarchy({self.num_classes} classes, {int(self.leaf_mask.sum())} leaves, "
             f"{self.num_levels} levels)"
         )
+
+
+def load_hierarchy(
+    hierarchy: str | Path | Hierarchy, class_descriptions_csv: str | Path | None = None
+) -> Hierarchy:
+    """A Hierarchy from a JSON path, restricted to the classes of a descriptions CSV (e.g. the
+    500 Challenge classes) when one is given; a Hierarchy is returned as it is."""
+    if isinstance(hierarchy, Hierarchy):
+        return hierarchy
+    subset = None
+    if class_descriptions_csv is not None:
+        subset = list(read_class_descriptions(class_descriptions_csv))
+    return Hierarchy.from_json(hierarchy, subset_mids=subset)

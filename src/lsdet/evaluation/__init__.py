@@ -4,10 +4,10 @@
 in-memory path (ground truth read once, detections as arrays).
 """
 
+from lsdet.data.hierarchy import load_hierarchy  # re-exported: it moved to the data layer
 from lsdet.evaluation.challenge import (
     evaluate_predictions_csv,
     load_ground_truth,
-    load_hierarchy,
     oid_challenge_map,
 )
 from lsdet.evaluation.core import (

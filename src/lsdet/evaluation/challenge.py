@@ -6,21 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdet.data import Hierarchy, read_bbox_csv, read_class_descriptions, read_image_labels_csv
+from lsdet.data import Hierarchy, read_bbox_csv, read_image_labels_csv
+from lsdet.data.hierarchy import load_hierarchy
 from lsdet.evaluation.core import ChallengeResult, EvaluationGroundTruth, evaluate, expand_rows
 from lsdet.evaluation.predictions import read_predictions_csv
-
-
-def load_hierarchy(
-    hierarchy: str | Path | Hierarchy, class_descriptions_csv: str | Path | None = None
-) -> Hierarchy:
-    """A Hierarchy from a JSON path (restricted to the classes of a descriptions CSV)."""
-    if isinstance(hierarchy, Hierarchy):
-        return hierarchy
-    subset = None
-    if class_descriptions_csv is not None:
-        subset = list(read_class_descriptions(class_descriptions_csv))
-    return Hierarchy.from_json(hierarchy, subset_mids=subset)
 
 
 def load_ground_truth(
