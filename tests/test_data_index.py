@@ -197,3 +197,76 @@ def test_processes_building_the_same_index_at_once_all_get_it(tmp_path, bbox_csv
     args = [(bbox_csv, hierarchy_json, tmp_path / "shared-cache")] * 4
     with ProcessPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(_open_index_in_subprocess, args)) == [5, 5, 5, 5]
+
+
+def test_image_level_labels_are_kept_with_their_confidence(tmp_path, hierarchy, bbox_csv):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "ImageID,Source,LabelName,Confidence\nimg_c,h,C,1\nimg_0,h,A,0\nimg_c,h,A,0\nimg_a,h,B,1\n"
+    )
+    index = AnnotationIndex.build_or_open(
+        bbox_csv, hierarchy, tmp_path / "cache", image_labels_csv=labels
+    )
+    assert list(index.image_ids) == ["img_0", "img_a", "img_b", "img_c"]
+    assert index.num_image_labels == 4
+    classes, confidence = index.image_labels(3)  # img_c: file order kept
+    np.testing.assert_array_equal(classes, [2, 0])
+    np.testing.assert_array_equal(confidence, [1, 0])
+    np.testing.assert_array_equal(index.image_labels(0)[0], [0])
+    assert len(index.image_labels(2)[0]) == 0  # img_b: boxes only
+    no_labels = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    assert no_labels.num_image_labels == 0 and len(no_labels.image_labels(0)[0]) == 0
+
+
+def test_unknown_mid_in_the_image_labels_is_an_error_or_a_counted_skip(
+    tmp_path, hierarchy, bbox_csv
+):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\nimg_a,h,C,1\nimg_x,h,/m/nope,1\n")
+    with pytest.raises(DataFormatError, match=r"labels\.csv, line 3: unknown MID"):
+        AnnotationIndex.build_or_open(
+            bbox_csv, hierarchy, tmp_path / "cache", image_labels_csv=labels
+        )
+    index = AnnotationIndex.build_or_open(
+        bbox_csv, hierarchy, tmp_path / "cache", image_labels_csv=labels, strict=False
+    )
+    assert "img_x" not in list(index.image_ids) and index.num_image_labels == 1
+    assert index.read_report["files"][1]["skipped"] == {"unknown MID": 1}
+
+
+def test_read_report_survives_the_cache(tmp_path, hierarchy, bbox_csv):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([HEADER, *ROWS, "img_e,x,Q,1,0.1,0.2,0.1,0.2,0,0,0,0,0"]) + "\n")
+    built = AnnotationIndex.build_or_open(bad, hierarchy, tmp_path / "cache", strict=False)
+    stamp = (built.directory / "manifest.json").stat().st_mtime_ns
+    cached = AnnotationIndex.build_or_open(bad, hierarchy, tmp_path / "cache", strict=False)
+    assert (cached.directory / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt
+    assert cached.read_report == built.read_report
+    report = cached.read_report
+    assert report["rows_skipped"] == 1 and report["strict"] is False
+    assert report["files"][0]["skipped"] == {"unknown MID": 1}
+    assert report["files"][0]["examples"][0][:2] == [7, "unknown MID"]
+    json.dumps(report)  # JSON-ready for a run's records
+
+
+def test_content_fingerprint_follows_the_content_not_the_place(tmp_path, hierarchy, bbox_csv):
+    import shutil
+
+    index = AnnotationIndex.build_or_open(bbox_csv, hierarchy, tmp_path / "cache")
+    assert set(index.source_sha256) == {"bbox_csv"}
+    moved = tmp_path / "staged" / "boxes.csv"
+    moved.parent.mkdir()
+    shutil.copy(bbox_csv, moved)
+    staged = AnnotationIndex.build_or_open(moved, hierarchy, tmp_path / "cache2")
+    assert staged.directory != index.directory  # another path: another cache entry
+    assert staged.content_fingerprint == index.content_fingerprint
+    moved.write_text("\n".join([HEADER, *ROWS[:-1], ROWS[-1].replace("0.3", "0.35")]) + "\n")
+    changed = AnnotationIndex.build_or_open(moved, hierarchy, tmp_path / "cache2")
+    assert changed.content_fingerprint != index.content_fingerprint
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID,Source,LabelName,Confidence\nimg_a,h,C,1\n")
+    with_labels = AnnotationIndex.build_or_open(
+        bbox_csv, hierarchy, tmp_path / "cache", image_labels_csv=labels
+    )
+    assert set(with_labels.source_sha256) == {"bbox_csv", "image_labels_csv"}
+    assert with_labels.content_fingerprint != index.content_fingerprint

@@ -16,10 +16,21 @@ one image contiguous and in file order)::
     class_offsets.npy   int64  [C + 1]  CSR: images of class k are
     class_images.npy    int32  [P]        class_images[class_offsets[k]:class_offsets[k+1]]
     class_box_counts.npy int64 [C]
-    manifest.json       sources (path, size, mtime), classes, counts, read report
+    label_offsets.npy   int64  [I + 1]  image-level labels of image i (file order) are rows
+    label_class_ids.npy int16  [L]        label_offsets[i]:label_offsets[i+1] of these two
+    label_confidence.npy int8  [L]      1 = verified present, 0 = verified absent
+    manifest.json       sources (path, size, mtime, sha256), classes, counts, read reports
+
+The index holds everything the Open Images metric needs of a split (boxes, group-of flags,
+verified image-level labels), so the evaluator's ground truth is built from the index the
+loader uses (``lsdet.evaluation.load_ground_truth_from_index``) without a second read.
 
 The key hashes the source paths, the class list and the reader settings; the index is rebuilt
-when a source file's size or modification time differs from the manifest.
+when a source file's size or modification time differs from the manifest. The manifest also
+keeps the readers' reports (rows skipped with ``strict=False``, per reason, with examples:
+:attr:`AnnotationIndex.read_report`) and a SHA-256 of each source file's content
+(:attr:`AnnotationIndex.source_sha256`, :attr:`AnnotationIndex.content_fingerprint`), so a
+cached index still says what was skipped and what data it was built from.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from lsdet.data.hierarchy import Hierarchy
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: image-level labels, source hashes
 FLAG_GROUP_OF = 1
 FLAG_OCCLUDED = 2
 FLAG_TRUNCATED = 4
@@ -64,7 +75,11 @@ _ARRAYS = (
     "class_offsets",
     "class_images",
     "class_box_counts",
+    "label_offsets",
+    "label_class_ids",
+    "label_confidence",
 )
+_HASH_CHUNK_BYTES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,9 @@ class AnnotationIndex:
         self._class_offsets: np.ndarray = arrays["class_offsets"]
         self._class_images: np.ndarray = arrays["class_images"]
         self._class_box_counts: np.ndarray = arrays["class_box_counts"]
+        self.label_offsets: np.ndarray = arrays["label_offsets"]
+        self.label_class_ids: np.ndarray = arrays["label_class_ids"]
+        self.label_confidence: np.ndarray = arrays["label_confidence"]
         self._image_ids: np.ndarray | None = None
 
     # ------------------------------------------------------------------ building
@@ -115,10 +133,11 @@ class AnnotationIndex:
     ) -> AnnotationIndex:
         """Open the cached index of ``bbox_csv``, (re)building it when missing or stale.
 
-        ``image_labels_csv`` (optional) adds the images that have image-level labels but no
-        box, so that they are part of the index with zero boxes. Box rows of classes outside
-        a subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted in the
-        report; MIDs the hierarchy does not know at all are errors (``strict``).
+        ``image_labels_csv`` (optional) adds the verified image-level labels (and so the
+        images that have labels but no box, with zero boxes). Rows of classes outside a
+        subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted in the report;
+        MIDs the hierarchy does not know at all are errors naming the file and line, or with
+        ``strict=False`` skipped and counted (:attr:`read_report`).
         """
         sources = [Path(bbox_csv)] + ([Path(image_labels_csv)] if image_labels_csv else [])
         key_text = json.dumps(
@@ -141,11 +160,23 @@ class AnnotationIndex:
                     index = cls(directory)
                 except (FileNotFoundError, OSError, ValueError, KeyError):
                     index = None
-                if index is not None and index.manifest.get("sources") == _describe_sources(
-                    sources
-                ):
+                current = _describe_sources(sources)
+                if index is not None and _same_stats(index.manifest.get("sources"), current):
                     return index
-                logger.info("annotation index at %s is stale or incomplete: rebuilding", directory)
+                if index is None:
+                    logger.warning("annotation index at %s is incomplete: rebuilding", directory)
+                else:
+                    changed = [
+                        source["path"]
+                        for source, old in zip(current, index.manifest["sources"], strict=False)
+                        if not _same_stats([old], [source])
+                    ]
+                    logger.warning(
+                        "annotation index at %s: %s changed (size or modification time): "
+                        "rebuilding",
+                        directory,
+                        ", ".join(changed) or "a source file",
+                    )
             return cls.build(
                 bbox_csv, hierarchy, directory, image_labels_csv=image_labels_csv, strict=strict
             )
@@ -165,6 +196,8 @@ class AnnotationIndex:
         directory = Path(directory)
         sources = [Path(bbox_csv)] + ([Path(image_labels_csv)] if image_labels_csv else [])
         source_stats = _describe_sources(sources)  # before reading: a later edit => stale
+        for described, path in zip(source_stats, sources, strict=True):
+            described["sha256"] = _sha256_of_file(path)  # also warms the page cache for pyarrow
         num_classes = hierarchy.num_classes
         if num_classes > np.iinfo(np.int16).max:
             raise ValueError(f"{num_classes} classes do not fit the int16 class ids")
@@ -179,7 +212,12 @@ class AnnotationIndex:
         used = np.bincount(table.image_codes, minlength=len(table.image_id_values)) > 0
         image_ids = table.image_id_values[used]
         if image_labels_csv is not None:
-            labels = read_image_labels_csv(image_labels_csv, strict=strict)
+            labels = read_image_labels_csv(
+                image_labels_csv,
+                known_mids=hierarchy.mids,
+                ignore_mids=hierarchy.excluded_mids,
+                strict=strict,
+            )
             reports.append(labels.report.to_dict())
             labelled = np.bincount(labels.image_codes, minlength=len(labels.image_id_values)) > 0
             image_ids = np.union1d(image_ids, labels.image_id_values[labelled])
@@ -205,6 +243,25 @@ class AnnotationIndex:
             )
         box_image = position_of_code[table.image_codes]
         del position_of_code
+
+        # Image-level labels grouped by image, file order within an image.
+        if image_labels_csv is None:
+            label_offsets = np.zeros(num_images + 1, dtype=np.int64)
+            label_class_ids = np.zeros(0, dtype=np.int16)
+            label_confidence = np.zeros(0, dtype=np.int8)
+        else:
+            label_code_position = np.full(len(labels.image_id_values), -1, dtype=np.int64)
+            labelled_codes = np.flatnonzero(labelled)
+            label_code_position[labelled_codes] = _positions(
+                image_id_bytes, labels.image_id_values[labelled_codes]
+            )
+            label_image = label_code_position[labels.image_codes]
+            label_order = np.argsort(label_image, kind="stable")
+            label_offsets = np.zeros(num_images + 1, dtype=np.int64)
+            np.cumsum(np.bincount(label_image, minlength=num_images), out=label_offsets[1:])
+            label_class_ids = labels.label_codes[label_order].astype(np.int16)
+            label_confidence = labels.confidence[label_order].astype(np.int8)
+            del labels, label_image, label_order, label_code_position
 
         # Group the boxes by image, keeping file order within an image. Open Images files are
         # sorted by ImageID already: then this is the identity and nothing is copied.
@@ -252,6 +309,9 @@ class AnnotationIndex:
             "class_offsets": class_offsets,
             "class_images": class_images,
             "class_box_counts": class_box_counts,
+            "label_offsets": label_offsets,
+            "label_class_ids": label_class_ids,
+            "label_confidence": label_confidence,
         }
         manifest = {
             "version": INDEX_FORMAT_VERSION,
@@ -259,6 +319,7 @@ class AnnotationIndex:
             "mids": hierarchy.mids,
             "num_images": num_images,
             "num_boxes": len(class_ids),
+            "strict": strict,
             "reports": reports,
             "build_seconds": round(time.perf_counter() - started, 3),
         }
@@ -335,10 +396,47 @@ class AnnotationIndex:
         """CSR ``(offsets [C + 1] int64, image_indices int32)``: sorted, unique per class."""
         return self._class_offsets, self._class_images
 
+    def image_labels(self, image_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The verified image-level labels of one image: ``(class_ids int16, confidence int8)``
+        (1 = present, 0 = absent), in file order; empty without an image-labels CSV."""
+        start, stop = self.label_offsets[image_index], self.label_offsets[image_index + 1]
+        return self.label_class_ids[start:stop], self.label_confidence[start:stop]
+
+    @property
+    def num_image_labels(self) -> int:
+        return len(self.label_class_ids)
+
     @property
     def reports(self) -> list[dict]:
-        """The readers' reports of the build (rows read, skipped per reason, examples)."""
+        """The readers' reports of the build, one per source file (rows read, kept, skipped
+        per reason, examples); kept in the manifest, so a cached index returns them too."""
         return self.manifest["reports"]
+
+    @property
+    def read_report(self) -> dict:
+        """JSON-ready summary of what the build read and skipped (``strict=False``), the same
+        whether the index was just built or opened from the cache: ``rows_skipped`` (all
+        files), ``strict`` and ``files`` (:attr:`reports`). Copy it into a run's records."""
+        return {
+            "index": str(self.directory),
+            "strict": self.manifest.get("strict"),
+            "rows_skipped": int(sum(sum(r["skipped"].values()) for r in self.reports)),
+            "files": self.reports,
+        }
+
+    @property
+    def source_sha256(self) -> dict[str, str]:
+        """SHA-256 of each source file's content at build time, by role (``bbox_csv``,
+        ``image_labels_csv``); independent of where the files are."""
+        return {source["role"]: source["sha256"] for source in self.manifest["sources"]}
+
+    @property
+    def content_fingerprint(self) -> str:
+        """One SHA-256 over :attr:`source_sha256`: equal for the same annotation content
+        wherever the files lie (e.g. data staged to a node's local disk), different when a
+        file changed. Compare it to refuse resuming a run on changed training data."""
+        text = json.dumps(self.source_sha256, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
@@ -355,13 +453,38 @@ class AnnotationIndex:
 
 
 def _describe_sources(paths: list[Path]) -> list[dict]:
+    """Role, path, size and modification time of each source (the staleness check)."""
     described = []
-    for path in paths:
+    for role, path in zip(("bbox_csv", "image_labels_csv"), paths, strict=False):
         stat = path.stat()
         described.append(
-            {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            {
+                "role": role,
+                "path": str(path.resolve()),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+            }
         )
     return described
+
+
+def _same_stats(recorded: list[dict] | None, current: list[dict]) -> bool:
+    """Whether the recorded sources have the current paths, sizes and modification times."""
+    keys = ("path", "size", "mtime_ns")
+    if recorded is None or len(recorded) != len(current):
+        return False
+    return all(
+        all(old.get(key) == new[key] for key in keys)
+        for old, new in zip(recorded, current, strict=True)
+    )
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _positions(sorted_bytes: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
