@@ -26,8 +26,30 @@ def sigmoid(x):
 
 
 def test_registry_names():
-    assert set(LOSSES) == {"softmax", "concurrent_softmax", "bce", "focal", "co_bce", "dist_ce"}
-    assert {n for n, cls in LOSSES.items() if cls.sigmoid_classifier} == {"bce", "focal", "co_bce"}
+    assert set(LOSSES) == {
+        "softmax",
+        "concurrent_softmax",
+        "bce",
+        "focal",
+        "co_bce",
+        "dist_ce",
+        "seesaw",
+        "eqlv2",
+        "federated",
+    }
+    sigmoid = {n for n, cls in LOSSES.items() if cls.sigmoid_classifier}
+    assert sigmoid == {"bce", "focal", "co_bce", "eqlv2", "federated"}
+    assert {n: cls.default_scoring for n, cls in LOSSES.items()} == {
+        "softmax": "softmax",
+        "concurrent_softmax": "concurrent_softmax",
+        "bce": "sigmoid",
+        "focal": "sigmoid",
+        "co_bce": "sigmoid",
+        "dist_ce": "softmax",
+        "seesaw": "softmax_objectness",
+        "eqlv2": "sigmoid_objectness",
+        "federated": "sigmoid",
+    }
 
 
 def test_softmax_by_hand():
@@ -87,29 +109,57 @@ def test_focal_by_hand():
     )
 
 
-def test_co_bce_ignores_ancestors_and_frequent_co_occurrences():
-    # Classes (mids order) 0, 1, 2 -> columns 1, 2, 3. 1 is an ancestor of 0; 0 co-occurs
-    # with 2 at rate 0.5.
-    ancestors = np.zeros((3, 3), dtype=bool)
-    ancestors[0, 1] = True
-    rates = torch.zeros(4, 4)
-    rates[1, 3] = 0.5
-    logits = torch.zeros(2, 4)
-    multi = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    labels = torch.tensor([1, 3])
-    loss_fn = build_loss("co_bce", num_classes=4, rates=rates, ancestors=ancestors)
-    # Row 0: only its positive term (log 2) is left; row 1: all three terms.
-    assert loss_fn(logits, multi, labels).item() == pytest.approx(
-        (math.log(2) + 3 * math.log(2)) / 2, rel=1e-6
+def test_co_bce_ignores_descendants_of_parent_only_labels_and_partners():
+    # Hierarchy over classes 0..4 (columns 1..5): 0 is the parent of 1 and 2; 3, 4 are leaves.
+    # Leaf 1 co-occurs with leaf 3 (rate 0.5) and with leaf 4 (0.05); the rates matrix also
+    # carries hierarchy_rate 1 for the pairs (0, 1) and (0, 2), which must not count.
+    ancestors = np.zeros((5, 5), dtype=bool)
+    ancestors[1, 0] = ancestors[2, 0] = True
+    rates = torch.zeros(6, 6)
+    rates[2, 4] = 0.5
+    rates[2, 5] = 0.05
+    rates[1, 2] = rates[2, 1] = rates[1, 3] = rates[3, 1] = 1.0
+    logits = torch.zeros(3, 6)
+    multi = torch.tensor(
+        [
+            [0.0, 1.0, 0.0, 0.0, 0.0, 0.0],  # parent-only box: 1 and 2 may be present
+            [0.0, 1.0, 1.0, 0.0, 0.0, 0.0],  # leaf 1 with its expanded parent 0
+            [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],  # leaf 3 alone
+        ]
     )
-    strict = build_loss(
-        "co_bce", num_classes=4, rates=rates, ancestors=ancestors, cooccur_threshold=0.6
+    labels = torch.tensor([1, 2, 4])
+    loss_fn = build_loss("co_bce", num_classes=6, rates=rates, ancestors=ancestors)
+    ignored = loss_fn.ignore_mask(multi)
+    expected = torch.zeros(3, 5, dtype=torch.bool)
+    expected[0, 1] = expected[0, 2] = True  # descendants of the parent-only label
+    expected[1, 3] = True  # partner of leaf 1 (0.5 >= 0.1); leaf 2, its sibling, stays negative
+    assert torch.equal(ignored, expected)
+    # every term of a zero logit is log 2: rows keep 3, 4 and 5 of their 5 terms
+    value = loss_fn(logits, multi, labels).item()
+    assert value == pytest.approx((3 + 4 + 5) * math.log(2) / 3, rel=1e-6)
+
+    descendants_only = build_loss(
+        "co_bce", num_classes=6, rates=rates, ancestors=ancestors, cooccur_threshold=None
     )
-    assert strict(logits, multi, labels).item() == pytest.approx(
-        (2 * math.log(2) + 3 * math.log(2)) / 2, rel=1e-6
+    assert descendants_only.ignore_mask(multi).sum() == 2
+    partners_only = build_loss(
+        "co_bce", num_classes=6, rates=rates, ancestors=ancestors, ignore_descendants=False
     )
-    no_rules = build_loss("co_bce", num_classes=4, ignore_ancestors=False, cooccur_threshold=None)
-    bce = build_loss("bce", num_classes=4)
+    only_partner = torch.zeros(3, 5, dtype=torch.bool)
+    only_partner[1, 3] = True
+    assert torch.equal(partners_only.ignore_mask(multi), only_partner)
+    lenient = build_loss(
+        "co_bce", num_classes=6, rates=rates, ancestors=ancestors, cooccur_threshold=0.04
+    )
+    assert bool(lenient.ignore_mask(multi)[1, 4])  # rate 0.05 now counts
+    no_rules = build_loss(
+        "co_bce",
+        num_classes=6,
+        ancestors=ancestors,
+        ignore_descendants=False,
+        cooccur_threshold=None,
+    )
+    bce = build_loss("bce", num_classes=6)
     torch.testing.assert_close(no_rules(logits, multi, labels), bce(logits, multi, labels))
 
 
@@ -150,14 +200,16 @@ def test_class_weights():
     np.testing.assert_allclose(
         soft[1:].numpy(), ops.soft_balance_weights(image_counts, 0.5).numpy()
     )
-    # beta = 0.5: (1 - b) / (1 - b^n) = 1 for n = 1, 2/3 for n = 2 -> mean 5/6 -> 6/5, 4/5.
+    # beta = 0.5: (1 - b) / (1 - b^n) = 1 for n = 1, 2/3 for n = 2; box-weighted mean
+    # (1 x 1 + 2 x 2/3) / 3 = 7/9 -> 9/7, 6/7; the class without boxes keeps 1.
     effective = class_weights(
         "effective_number", image_counts=[9, 9, 9], box_counts=[1, 2, 0], beta=0.5
     )
-    np.testing.assert_allclose(effective.numpy(), [1.0, 1.2, 0.8, 1.0], rtol=1e-6)
-    # beta close to 1 is exact (no cancellation) and tends to 1/n.
+    np.testing.assert_allclose(effective.numpy(), [1.0, 9 / 7, 6 / 7, 1.0], rtol=1e-6)
+    # beta close to 1 is exact (no cancellation) and tends to 1/n: w ~ (1, 0.1), mean over
+    # the 11 boxes (1 + 10 x 0.1) / 11 = 2/11.
     close = effective_number_weights([1, 10], beta=1 - 1e-9)
-    np.testing.assert_allclose(close.numpy(), np.array([1, 0.1]) / 0.55, rtol=1e-5)
+    np.testing.assert_allclose(close.numpy(), np.array([1, 0.1]) * 11 / 2, rtol=1e-5)
     with pytest.raises(ValueError, match="weighting"):
         class_weights("inverse", image_counts=image_counts)
     with pytest.raises(ValueError, match="beta"):
@@ -175,6 +227,10 @@ def test_build_loss_errors():
         build_loss("concurrent_softmax", num_classes=3, rates=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="ancestors"):
         build_loss("co_bce", num_classes=3, rates=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="no option"):  # the removed, ineffective option
+        build_loss("co_bce", num_classes=3, ignore_ancestors=True)
+    with pytest.raises(ValueError, match="image counts"):
+        build_loss("federated", num_classes=3)
     with pytest.raises(ValueError, match="class_weights"):
         build_loss("bce", num_classes=3, class_weights=torch.ones(2))
     loss_fn = build_loss("softmax", num_classes=3)
@@ -202,7 +258,7 @@ def test_every_config_builds_and_trains(config, weighting):
         rates=rates,
         ancestors=ancestors,
     )
-    logits = torch.randn(6, num_classes, generator=gen, requires_grad=True)
+    logits = torch.randn(6, loss_fn.num_logits, generator=gen, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 3, 4, 1])
     multi = torch.nn.functional.one_hot(labels, num_classes).float()
     multi[1, 2] = 1.0

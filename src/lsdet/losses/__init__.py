@@ -3,6 +3,10 @@
 loss_fn = build_loss("concurrent_softmax", num_classes=C + 1, rates=rates,
                      class_weights=class_weights("soft_balance", image_counts=n, lam=0.7))
 loss = loss_fn(logits [R, C+1], multilabels [R, C+1], labels [R])
+
+The registry is a plain dict from the config's ``loss.name`` to the class: each class says
+which training-data inputs it takes (``inputs``) and what it needs from the detector, so that
+the trainer, ``lsdet.models.build_detector`` and the inference code all read one place.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import torch
 from numpy.typing import ArrayLike
 
 from lsdet.losses.classification import (
-    LOSSES,
     BinaryCrossEntropy,
     ClassificationLoss,
     ConcurrentSoftmaxLoss,
@@ -24,6 +27,7 @@ from lsdet.losses.classification import (
     FocalLoss,
     SoftmaxCrossEntropy,
 )
+from lsdet.losses.longtail import EQLv2Loss, FederatedLoss, SeesawLoss, sum_over_ranks
 from lsdet.losses.weighting import WEIGHTINGS, class_weights, effective_number_weights
 
 __all__ = [
@@ -34,16 +38,34 @@ __all__ = [
     "CoOccurrenceBCE",
     "ConcurrentSoftmaxLoss",
     "DistributedCrossEntropy",
+    "EQLv2Loss",
+    "FederatedLoss",
     "FocalLoss",
+    "SeesawLoss",
     "SoftmaxCrossEntropy",
     "build_loss",
     "class_weights",
     "effective_number_weights",
     "loss_from_config",
+    "sum_over_ranks",
 ]
 
+LOSSES: dict[str, type[ClassificationLoss]] = {
+    "softmax": SoftmaxCrossEntropy,
+    "concurrent_softmax": ConcurrentSoftmaxLoss,
+    "bce": BinaryCrossEntropy,
+    "focal": FocalLoss,
+    "co_bce": CoOccurrenceBCE,
+    "dist_ce": DistributedCrossEntropy,
+    "seesaw": SeesawLoss,
+    "eqlv2": EQLv2Loss,
+    "federated": FederatedLoss,
+}
+
+# Inputs build_loss can pass, by name (a loss takes those listed in its ``inputs``).
+_INPUTS = ("rates", "ancestors", "image_counts")
 # Keys of conf/loss/*.yaml that are not options of the loss module itself.
-_CONFIG_KEYS = ("name", "weighting", "weight_lam", "beta")
+_CONFIG_KEYS = ("name", "weighting", "weight_lam", "beta", "parent_scores")
 
 
 def build_loss(
@@ -52,35 +74,36 @@ def build_loss(
     num_classes: int,
     rates: ArrayLike | torch.Tensor | None = None,
     ancestors: ArrayLike | torch.Tensor | None = None,
+    image_counts: ArrayLike | torch.Tensor | None = None,
     class_weights: torch.Tensor | None = None,
     **options: Any,
 ) -> ClassificationLoss:
     """The loss registered as ``name`` in ``LOSSES``.
 
     Args:
-        name: one of ``LOSSES`` (softmax, concurrent_softmax, bce, focal, co_bce, dist_ce).
+        name: one of ``LOSSES``.
         num_classes: C + 1, counting the background.
         rates: [C+1, C+1] concurrent rates (row/col 0 = background); used by
             concurrent_softmax and co_bce, ignored by the others.
         ancestors: [C, C] bool, ancestors[k, j] = j is a strict ancestor of k; used by co_bce.
+        image_counts: [C] training images per class (mids order); used by federated.
         class_weights: [C+1] per-column weights (see ``class_weights``), or None for 1.
         options: the loss's own settings (e.g. gamma/alpha for focal, cooccur_threshold).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
     loss_cls = LOSSES[name]
-    accepted = inspect.signature(loss_cls.__init__).parameters
-    own_options = [p for p in accepted if p not in ("self", "num_classes", "class_weights")]
-    unknown = sorted(set(options) - set(own_options) - {"rates", "ancestors"})
+    own_options = [
+        p
+        for p in inspect.signature(loss_cls.__init__).parameters
+        if p not in ("self", "num_classes", "class_weights", *_INPUTS)
+    ]
+    unknown = sorted(set(options) - set(own_options))
     if unknown:
-        settable = [p for p in own_options if p not in ("rates", "ancestors")]
-        raise ValueError(f"loss {name!r} has no option(s) {unknown}; its options: {settable}")
-    kwargs = dict(options)
-    if "rates" in accepted:
-        kwargs["rates"] = rates
-    if "ancestors" in accepted:
-        kwargs["ancestors"] = ancestors
-    return loss_cls(num_classes, class_weights, **kwargs)
+        raise ValueError(f"loss {name!r} has no option(s) {unknown}; its options: {own_options}")
+    available = {"rates": rates, "ancestors": ancestors, "image_counts": image_counts}
+    inputs = {key: available[key] for key in loss_cls.inputs}
+    return loss_cls(num_classes, class_weights, **inputs, **options)
 
 
 def loss_from_config(
@@ -95,7 +118,7 @@ def loss_from_config(
     """Build the loss of a conf/loss/*.yaml node: its class weighting and its options.
 
     ``image_counts`` / ``box_counts`` ([C], mids order) are needed when ``cfg.weighting`` is
-    not "none".
+    not "none" (and image_counts by the federated loss).
     """
     weighting = cfg.get("weighting", "none")
     weights = None
@@ -115,6 +138,7 @@ def loss_from_config(
         num_classes=num_classes,
         rates=rates,
         ancestors=ancestors,
+        image_counts=image_counts,
         class_weights=weights,
         **options,
     )

@@ -37,9 +37,21 @@ def _as_tensor(values: ArrayLike | torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 class ClassificationLoss(nn.Module):
-    """Shared plumbing: the class-weight buffer and input checks."""
+    """Shared plumbing: the class-weight buffer and input checks.
 
+    Class attributes say what a loss needs from the training data and the detector:
+    ``inputs`` (what ``build_loss`` passes besides the class weights: "rates", "ancestors",
+    "image_counts"), ``sigmoid_classifier`` (prior-probability bias init),
+    ``classifier_temperature`` (None: a linear classifier; a number: a normalised (cosine)
+    classifier with that temperature), ``objectness_logit`` (the detector adds a foreground
+    objectness logit: logits [R, C+2]) and ``default_scoring`` (``model.scoring=auto``).
+    """
+
+    inputs: ClassVar[tuple[str, ...]] = ()
     sigmoid_classifier: ClassVar[bool] = False
+    classifier_temperature: float | None = None
+    objectness_logit: ClassVar[bool] = False
+    default_scoring: ClassVar[str] = "softmax"
 
     def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -59,10 +71,15 @@ class ClassificationLoss(nn.Module):
                 )
         self.register_buffer("class_weights", weights, persistent=False)
 
+    @property
+    def num_logits(self) -> int:
+        """Columns of the logits this loss takes (C + 1, or C + 2 with an objectness logit)."""
+        return self.num_classes
+
     def _check(self, logits: torch.Tensor, multilabels: torch.Tensor, labels: torch.Tensor):
+        if logits.dim() != 2 or tuple(logits.shape) != (logits.shape[0], self.num_logits):
+            raise ValueError(f"logits must be [R, {self.num_logits}], got {tuple(logits.shape)}")
         expected = (logits.shape[0], self.num_classes)
-        if logits.dim() != 2 or tuple(logits.shape) != expected:
-            raise ValueError(f"logits must be [R, {self.num_classes}], got {tuple(logits.shape)}")
         if tuple(multilabels.shape) != expected:
             raise ValueError(
                 f"multilabels must be [R, {self.num_classes}] like the logits, "
@@ -88,8 +105,11 @@ class ConcurrentSoftmaxLoss(ClassificationLoss):
     """The paper's concurrent softmax (eq. 3) over the multi-hot targets, via ``lsdet.ops``.
 
     ``rates`` [C+1, C+1] (row/column 0 = background, zero). ``impl`` picks the op's
-    implementation ("auto": Triton on CUDA, PyTorch on CPU).
+    implementation ("auto": Triton on CUDA, PyTorch on CPU). Scored with eq. 5.
     """
+
+    inputs: ClassVar[tuple[str, ...]] = ("rates",)
+    default_scoring: ClassVar[str] = "concurrent_softmax"
 
     def __init__(self, num_classes, class_weights=None, *, rates, impl: str = "auto"):
         super().__init__(num_classes, class_weights)
@@ -114,7 +134,8 @@ class ConcurrentSoftmaxLoss(ClassificationLoss):
 class BinaryCrossEntropy(ClassificationLoss):
     """Sigmoid BCE over the C foreground columns of the multi-hot, summed over classes."""
 
-    sigmoid_classifier = True
+    sigmoid_classifier: ClassVar[bool] = True
+    default_scoring: ClassVar[str] = "sigmoid"
 
     def per_element(self, logits, multilabels):
         return F.binary_cross_entropy_with_logits(
@@ -122,6 +143,7 @@ class BinaryCrossEntropy(ClassificationLoss):
         )
 
     def ignore_mask(self, multilabels: torch.Tensor) -> torch.Tensor | None:
+        """[R, C] bool: the terms that get no loss (None: none)."""
         return None
 
     def forward(self, logits, multilabels, labels):
@@ -157,13 +179,22 @@ class FocalLoss(BinaryCrossEntropy):
 
 
 class CoOccurrenceBCE(BinaryCrossEntropy):
-    """Co-BCE (PFDet, arXiv 1809.00778): BCE that ignores the negative term of class j for a
-    RoI with a positive class k when j is an ancestor of k or j co-occurs with k often
-    (rates[k, j] >= cooccur_threshold): such a j is likely present but unannotated.
+    """Co-BCE (PFDet, Akiba et al., arXiv:1809.00778, Sec. 3): BCE without the negative terms
+    of classes that are likely present but unannotated on a RoI:
+
+    - ``ignore_descendants``: the descendants of a RoI's parent-only label (a positive class
+      none of whose descendants is positive: the object may be any of them);
+    - ``cooccur_threshold``: the frequent co-occurrence partners j of a positive class k,
+      rates[k, j] >= the threshold, hierarchy pairs excluded (an ancestor of a positive is
+      itself positive after label expansion, and a descendant is covered by the first rule;
+      the rates matrix gives hierarchy pairs ``rates.hierarchy_rate``, 1 by default, which
+      would otherwise drop every sibling negative of a leaf under its expanded parent).
 
     ``ancestors`` [C, C] bool over mids (ancestors[k, j]: j is a strict ancestor of k; the
-    Hierarchy's matrix, no background) and/or ``rates`` [C+1, C+1] (row/col 0 = background).
+    Hierarchy's matrix, no background) and ``rates`` [C+1, C+1] (row/col 0 = background).
     """
+
+    inputs: ClassVar[tuple[str, ...]] = ("rates", "ancestors")
 
     def __init__(
         self,
@@ -172,22 +203,20 @@ class CoOccurrenceBCE(BinaryCrossEntropy):
         *,
         ancestors=None,
         rates=None,
-        cooccur_threshold: float = 0.1,
-        ignore_ancestors: bool = True,
+        cooccur_threshold: float | None = 0.1,
+        ignore_descendants: bool = True,
     ):
         super().__init__(num_classes, class_weights)
         c = num_classes - 1
-        ignore = torch.zeros(c, c, dtype=torch.bool)
-        if ignore_ancestors:
-            if ancestors is None:
-                raise ValueError("co_bce with ignore_ancestors=True needs the ancestors matrix")
-            ancestors = _as_tensor(ancestors, torch.bool)
-            if tuple(ancestors.shape) != (c, c):
-                raise ValueError(
-                    f"ancestors must be [C, C] = [{c}, {c}] over the classes (no background), "
-                    f"got {tuple(ancestors.shape)}"
-                )
-            ignore |= ancestors
+        if ancestors is None:
+            raise ValueError("co_bce needs the class hierarchy's ancestors matrix [C, C]")
+        ancestors = _as_tensor(ancestors, torch.bool)
+        if tuple(ancestors.shape) != (c, c):
+            raise ValueError(
+                f"ancestors must be [C, C] = [{c}, {c}] over the classes (no background), "
+                f"got {tuple(ancestors.shape)}"
+            )
+        partners = torch.zeros(c, c, dtype=torch.bool)
         if cooccur_threshold is not None:
             if rates is None:
                 raise ValueError("co_bce with a cooccur_threshold needs the rates matrix")
@@ -197,20 +226,31 @@ class CoOccurrenceBCE(BinaryCrossEntropy):
                     f"rates must be [num_classes, num_classes] = [{num_classes}, {num_classes}] "
                     f"(row/col 0 = background), got {tuple(rates.shape)}"
                 )
-            ignore |= rates[1:, 1:] >= cooccur_threshold
-        ignore.fill_diagonal_(False)
-        # ignore_matrix[k, j]: a positive k makes the negative term of j ignored.
-        self.register_buffer("ignore_matrix", ignore, persistent=False)
+            partners = rates[1:, 1:] >= cooccur_threshold
+            partners &= ~(ancestors | ancestors.T)
+            partners.fill_diagonal_(False)
+        self.ignore_descendants = bool(ignore_descendants)
+        # descendants[k, j]: j is below k; partners[k, j]: a positive k ignores j's negative.
+        self.register_buffer("descendants", ancestors.T.contiguous(), persistent=False)
+        self.register_buffer("partners", partners, persistent=False)
 
     def ignore_mask(self, multilabels):
         positive = multilabels[:, 1:] > 0
-        hit = positive.float() @ self.ignore_matrix.float()
-        return (hit > 0) & ~positive
+        pos = positive.float()
+        ignore = (pos @ self.partners.float()) > 0
+        if self.ignore_descendants:
+            below = self.descendants.float()
+            has_positive_below = (pos @ below.T) > 0
+            parent_only = positive & ~has_positive_below & self.descendants.any(dim=1)
+            ignore |= (parent_only.float() @ below) > 0
+        return ignore & ~positive
 
 
 class DistributedCrossEntropy(ClassificationLoss):
     """Softmax cross-entropy with target 1/k on each of a RoI's k positives (Mahajan et al.
     2018); each positive's term scaled by its class weight."""
+
+    default_scoring: ClassVar[str] = "softmax"
 
     def forward(self, logits, multilabels, labels):
         self._check(logits, multilabels, labels)
@@ -220,13 +260,3 @@ class DistributedCrossEntropy(ClassificationLoss):
         terms = torch.where(targets > 0, targets * self.class_weights * log_probs, 0.0)
         per_roi = -terms.sum(dim=1)
         return per_roi.mean()
-
-
-LOSSES: dict[str, type[ClassificationLoss]] = {
-    "softmax": SoftmaxCrossEntropy,
-    "concurrent_softmax": ConcurrentSoftmaxLoss,
-    "bce": BinaryCrossEntropy,
-    "focal": FocalLoss,
-    "co_bce": CoOccurrenceBCE,
-    "dist_ce": DistributedCrossEntropy,
-}

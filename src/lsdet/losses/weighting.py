@@ -12,10 +12,15 @@ WEIGHTINGS = ("none", "soft_balance", "effective_number")
 
 
 def effective_number_weights(counts: ArrayLike, beta: float) -> torch.Tensor:
-    """Class-balanced weights of Cui et al. (2019): w_i proportional to (1 - beta) / (1 - beta^n_i).
+    """Class-balanced weights of Cui et al. (CVPR 2019, eq. 4): w_i proportional to
+    (1 - beta) / (1 - beta^n_i), n_i = the training boxes (or images) of class i.
 
-    Normalised to mean 1 over the classes with n_i > 0 (Cui et al.: they sum to the number of
-    classes); a class with n_i = 0 gets weight 1. Returns float32 [C] over the given classes.
+    Normalised like the soft-balance weights: their mean over the training samples is 1,
+    sum_i n_i w_i = sum_i n_i, so that the foreground keeps its overall share of the loss
+    against the background's weight 1. (Cui et al. normalise to mean 1 over the classes, which
+    with hundreds of classes and a long tail leaves the average foreground box a small fraction
+    of the background's weight.) A class with n_i = 0 gets weight 1 (it has no sample to weight).
+    Returns float32 [C] over the given classes.
     """
     n = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
     if n.ndim != 1 or np.any(n < 0) or not np.all(np.isfinite(n)):
@@ -29,7 +34,7 @@ def effective_number_weights(counts: ArrayLike, beta: float) -> torch.Tensor:
     # 1 - beta^n = -expm1(n log beta), exact for beta close to 1 (log1p(-(1-beta)) = log beta).
     log_beta = np.log1p(-(1.0 - beta)) if beta > 0 else -np.inf
     weights[present] = -np.expm1(log_beta) / -np.expm1(n[present] * log_beta)
-    weights[present] /= weights[present].mean()
+    weights[present] /= (n[present] * weights[present]).sum() / n[present].sum()
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
@@ -46,7 +51,8 @@ def class_weights(
     Args:
         kind: "none" (all 1), "soft_balance" (``lsdet.ops.soft_balance_weights`` with lam,
             normalised over boxes when box_counts is given), or "effective_number"
-            ((1 - beta) / (1 - beta^n) with n = box_counts, or image_counts without them).
+            ((1 - beta) / (1 - beta^n) with n = box_counts, or image_counts without them;
+            mean 1 over those boxes / images).
         image_counts: [C] training images per class, in mids order.
         box_counts: [C] training boxes per class, or None.
         lam: soft-balance exponent lambda.

@@ -22,6 +22,17 @@ from lsdet.models.backbone import TimmFPNBackbone
 from lsdet.models.roi_heads import MultiLabelBoxPredictor, MultiLabelRoIHeads
 
 
+def loss_class(loss_fn: nn.Module, loss_name: str) -> type | None:
+    """The lsdet.losses class that says what the loss needs from the detector: the loss
+    module's own class, else (inference builds the detector with a placeholder loss) the one
+    registered under ``loss_name``; None for a loss outside the registry."""
+    from lsdet.losses import LOSSES, ClassificationLoss
+
+    if isinstance(loss_fn, ClassificationLoss):
+        return type(loss_fn)
+    return LOSSES.get(loss_name)
+
+
 def is_sigmoid_loss(loss_fn: nn.Module) -> bool:
     """Losses with a per-class sigmoid classifier (lsdet.losses: ``sigmoid_classifier``) need
     the prior-probability bias init and are scored with a sigmoid when model.scoring=auto."""
@@ -29,15 +40,16 @@ def is_sigmoid_loss(loss_fn: nn.Module) -> bool:
 
 
 def resolve_scoring(scoring: str, loss_name: str, sigmoid_loss: bool = False) -> str:
-    """``auto`` -> the scoring that matches the training loss (the paper scores a
-    concurrent-softmax model with eq. 5); any explicit value is kept."""
+    """``auto`` -> the scoring that matches the training loss (its ``default_scoring``: the
+    paper scores a concurrent-softmax model with eq. 5, Seesaw uses its objectness, EQLv2
+    multiplies by its background sigmoid); any explicit value is kept."""
+    from lsdet.losses import LOSSES
+
     if scoring != "auto":
         return scoring
-    if sigmoid_loss:
-        return "sigmoid"
-    if loss_name == "concurrent_softmax":
-        return "concurrent_softmax"
-    return "softmax"
+    if loss_name in LOSSES:
+        return LOSSES[loss_name].default_scoring
+    return "sigmoid" if sigmoid_loss else "softmax"
 
 
 def anchor_sizes_for(model_cfg: Mapping[str, Any], strides: list[int], num_levels: int) -> list:
@@ -64,7 +76,12 @@ def build_detector(
     descendants: torch.Tensor | None = None,
 ) -> FasterRCNN:
     """The detector. ``num_classes`` counts the background (C + 1). ``rates`` [C+1, C+1] for
-    concurrent-softmax scoring; ``descendants`` [C, C] bool for parent scoring."""
+    concurrent-softmax scoring; ``descendants`` [C, C] bool for parent scoring.
+
+    The classifier follows the loss (``loss_fn``'s class, or the one registered as
+    ``loss_name`` when ``loss_fn`` is a placeholder, as at inference): prior bias for sigmoid
+    losses, a normalised classifier and an objectness logit for Seesaw. ``loss_fn`` is a
+    submodule (``roi_heads.loss_fn``): statistics it accumulates are saved with the model."""
     bb = model_cfg["backbone"]
     backbone = TimmFPNBackbone(
         bb["name"],
@@ -87,13 +104,19 @@ def build_detector(
         sampling_ratio=int(roi["sampling_ratio"]),
     )
     box_head = TwoMLPHead(backbone.out_channels * output_size**2, int(roi["representation_size"]))
-    sigmoid_loss = is_sigmoid_loss(loss_fn)
+    spec = loss_class(loss_fn, loss_name)
+    # The loss module's settings, else its class's defaults (inference: the checkpoint's
+    # weights, the normalised classifier's temperature buffer included, replace them).
+    settings = loss_fn if spec is type(loss_fn) else spec
+    sigmoid_loss = bool(getattr(settings, "sigmoid_classifier", False))
     prior = float(model_cfg["prior_prob"]) if sigmoid_loss else None
     box_predictor = MultiLabelBoxPredictor(
         int(roi["representation_size"]),
         num_classes,
         class_agnostic_box_reg=bool(roi["class_agnostic_box_reg"]),
         prior_prob=prior,
+        temperature=getattr(settings, "classifier_temperature", None),
+        objectness_logit=bool(getattr(settings, "objectness_logit", False)),
     )
     rpn = model_cfg["rpn"]
     mean = model_cfg.get("image_mean")

@@ -3,13 +3,16 @@
 Training: each sampled proposal inherits the multi-hot label set of the object it matched
 (``targets[i]["multilabels"]``, [num_objects, C] over the hierarchy's classes), background
 proposals get the one-hot background row; the classification loss is any loss of
-``lsdet.losses`` called as ``loss_fn(logits [R, C+1], multilabels [R, C+1], labels [R])``.
+``lsdet.losses`` called as ``loss_fn(logits [R, C+1], multilabels [R, C+1], labels [R])``
+(logits [R, C+2] for a loss with an objectness logit: Seesaw).
 
-Inference: class scores from softmax, concurrent softmax (paper eq. 5) or sigmoid, and,
-optionally, every parent class scored at least as high as its best descendant, so that a
-detector whose loss only sees the most specific label still emits the parent classes the
-Open Images metric evaluates. Box regression is class-agnostic by default: parent classes
-are rarely anyone's primary label, so class-specific regressors for them would stay untrained.
+Inference: class scores [R, C+1] from the logits (``SCORINGS``), then parent classes scored
+as ``parent_scores`` says: ``own`` (the parent's own output: losses that train parents as
+positives), ``max_descendants`` (at least its best descendant) or ``subtree_sum`` (its own
+score plus its descendants', capped at 1: the probability of the subtree when the scores are
+those of one softmax, whose classes are mutually exclusive). Box regression is class-agnostic
+by default: parent classes are rarely anyone's primary label, so class-specific regressors
+for them would stay untrained.
 """
 
 from __future__ import annotations
@@ -22,8 +25,16 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-SCORINGS = ("softmax", "concurrent_softmax", "sigmoid")
-PARENT_SCORES = ("own", "max_descendants")
+# softmax_objectness: Seesaw's (softmax over the classes x the foreground probability of its
+# objectness pair); sigmoid_objectness: EQLv2's (sigmoid x (1 - the background sigmoid)).
+SCORINGS = (
+    "softmax",
+    "concurrent_softmax",
+    "sigmoid",
+    "softmax_objectness",
+    "sigmoid_objectness",
+)
+PARENT_SCORES = ("own", "max_descendants", "subtree_sum")
 
 
 def prior_bias(prior_prob: float) -> float:
@@ -33,8 +44,39 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1 - prior_prob) / prior_prob)
 
 
+class NormalizedLinear(nn.Linear):
+    """Cosine classifier: temperature x cos(x, w_k) + b_k (the normalised linear layer that
+    Seesaw loss is paired with: Wang et al., CVPR 2021; mmdetection ``NormedLinear``).
+
+    The temperature is a buffer, so a checkpoint restores the value it was trained with.
+    """
+
+    def __init__(self, in_features: int, out_features: int, temperature: float) -> None:
+        super().__init__(in_features, out_features)
+        if not temperature > 0:
+            raise ValueError(
+                f"the normalised classifier's temperature must be > 0, got {temperature}"
+            )
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        nn.init.normal_(self.weight, std=0.01)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cosine = F.linear(
+            F.normalize(x, dim=1, eps=1e-6), F.normalize(self.weight, dim=1, eps=1e-6)
+        )
+        return self.temperature * cosine + self.bias
+
+
 class MultiLabelBoxPredictor(nn.Module):
-    """Class logits [R, C+1] and box deltas [R, 4] (class-agnostic) or [R, 4 (C+1)]."""
+    """Class logits [R, C+1] (or [R, C+2] with ``objectness_logit``) and box deltas [R, 4]
+    (class-agnostic) or [R, 4 (C+1)].
+
+    ``temperature``: None = a linear classifier, a number = ``NormalizedLinear`` with it.
+    ``objectness_logit``: add a foreground objectness logit as the last column (Seesaw's
+    objectness pair is (that column, column 0)); it is a separate one-row layer of the same
+    kind, so ``cls_score`` keeps its [C+1] rows.
+    """
 
     def __init__(
         self,
@@ -43,9 +85,18 @@ class MultiLabelBoxPredictor(nn.Module):
         *,
         class_agnostic_box_reg: bool = True,
         prior_prob: float | None = None,
+        temperature: float | None = None,
+        objectness_logit: bool = False,
     ) -> None:
         super().__init__()
-        self.cls_score = nn.Linear(in_channels, num_classes)
+
+        def classifier(rows: int) -> nn.Linear:
+            if temperature is None:
+                return nn.Linear(in_channels, rows)
+            return NormalizedLinear(in_channels, rows, temperature)
+
+        self.cls_score = classifier(num_classes)
+        self.objectness_score = classifier(1) if objectness_logit else None
         self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic_box_reg else 4 * num_classes)
         self.class_agnostic_box_reg = class_agnostic_box_reg
         if prior_prob is not None:
@@ -53,25 +104,42 @@ class MultiLabelBoxPredictor(nn.Module):
             # bias 0 (p = 0.5 for hundreds of negatives) they diverge.
             nn.init.constant_(self.cls_score.bias, prior_bias(prior_prob))
 
+    @property
+    def objectness_logit(self) -> bool:
+        return self.objectness_score is not None
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.flatten(start_dim=1)
-        return self.cls_score(x), self.bbox_pred(x)
+        logits = self.cls_score(x)
+        if self.objectness_score is not None:
+            logits = torch.cat([logits, self.objectness_score(x)], dim=1)
+        return logits, self.bbox_pred(x)
 
 
 def score_logits(
     logits: torch.Tensor, scoring: str, rates: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Per-class scores [R, C+1] from logits [R, C+1] (column 0 = background)."""
+    """Per-class scores [R, C+1] (column 0 = background) from logits [R, C+1], or [R, C+2]
+    for ``softmax_objectness`` (column 0 = background objectness, C+1 = foreground
+    objectness)."""
+    logits = logits.float()
     if scoring == "softmax":
-        return F.softmax(logits.float(), dim=-1)
+        return F.softmax(logits, dim=-1)
     if scoring == "sigmoid":
-        return torch.sigmoid(logits.float())
+        return torch.sigmoid(logits)
     if scoring == "concurrent_softmax":
         if rates is None:
             raise ValueError("scoring=concurrent_softmax needs the concurrent rates matrix")
         from lsdet.ops import concurrent_softmax
 
-        return concurrent_softmax(logits.float(), rates.float())
+        return concurrent_softmax(logits, rates.float())
+    if scoring == "softmax_objectness":
+        objectness = F.softmax(torch.stack([logits[:, 0], logits[:, -1]], dim=1), dim=1)
+        classes = F.softmax(logits[:, 1:-1], dim=1) * objectness[:, 1:]
+        return torch.cat([objectness[:, :1], classes], dim=1)
+    if scoring == "sigmoid_objectness":
+        probs = torch.sigmoid(logits)
+        return torch.cat([probs[:, :1], probs[:, 1:] * (1.0 - probs[:, :1])], dim=1)
     raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
 
 
@@ -84,6 +152,34 @@ def raise_parents_to_descendants(scores: torch.Tensor, descendants: torch.Tensor
         below = torch.nonzero(descendants[parent]).flatten() + 1
         out[:, parent + 1] = torch.maximum(scores[:, parent + 1], scores[:, below].amax(dim=1))
     return out
+
+
+def sum_subtrees(scores: torch.Tensor, descendants: torch.Tensor) -> torch.Tensor:
+    """scores [R, C+1]; descendants [C, C] bool (descendants[i, j]: j is below i).
+
+    Returns scores where each class column is min(1, own score + the sum of its descendants'
+    scores), each descendant counted once (also when the hierarchy reaches it by two paths)."""
+    foreground = scores[:, 1:]
+    below = foreground @ descendants.to(foreground.dtype).T
+    return torch.cat([scores[:, :1], (foreground + below).clamp(max=1.0)], dim=1)
+
+
+def check_scoring(scoring: str, box_predictor: nn.Module) -> None:
+    """A clear error when ``scoring`` cannot read the predictor's logits: the objectness
+    scoring of Seesaw needs its objectness column, and the others cannot use it."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
+    has_objectness = bool(getattr(box_predictor, "objectness_logit", False))
+    if has_objectness and scoring != "softmax_objectness":
+        raise ValueError(
+            f"model.scoring={scoring}: this detector was trained with an objectness logit "
+            "(loss=seesaw) and is scored with model.scoring=softmax_objectness"
+        )
+    if scoring == "softmax_objectness" and not has_objectness:
+        raise ValueError(
+            "model.scoring=softmax_objectness needs a detector with an objectness logit "
+            "(trained with loss=seesaw)"
+        )
 
 
 class MultiLabelRoIHeads(RoIHeads):
@@ -101,10 +197,9 @@ class MultiLabelRoIHeads(RoIHeads):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if scoring not in SCORINGS:
-            raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
         if parent_scores not in PARENT_SCORES:
             raise ValueError(f"model.parent_scores={parent_scores!r}; expected {PARENT_SCORES}")
+        check_scoring(scoring, self.box_predictor)
         self.loss_fn = loss_fn
         self.scoring = scoring
         self.parent_scores = parent_scores
@@ -197,9 +292,14 @@ class MultiLabelRoIHeads(RoIHeads):
         return result, {}
 
     def class_scores(self, class_logits: torch.Tensor) -> torch.Tensor:
+        """Scores [R, C+1] of the box predictor's logits, parents as ``parent_scores`` says."""
+        check_scoring(self.scoring, self.box_predictor)
         scores = score_logits(class_logits, self.scoring, self.rates)
-        if self.parent_scores == "max_descendants" and bool(self.descendants.any()):
-            scores = raise_parents_to_descendants(scores, self.descendants)
+        if bool(self.descendants.any()):
+            if self.parent_scores == "max_descendants":
+                scores = raise_parents_to_descendants(scores, self.descendants)
+            elif self.parent_scores == "subtree_sum":
+                scores = sum_subtrees(scores, self.descendants)
         return scores
 
     def postprocess_detections(
@@ -209,12 +309,12 @@ class MultiLabelRoIHeads(RoIHeads):
         proposals: list[torch.Tensor],
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        num_classes = class_logits.shape[-1]
+        pred_scores = self.class_scores(class_logits)
+        num_classes = pred_scores.shape[-1]
         boxes_per_image = [len(p) for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression.float(), proposals)
         if pred_boxes.shape[1] == 1:
             pred_boxes = pred_boxes.expand(-1, num_classes, -1)
-        pred_scores = self.class_scores(class_logits)
 
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(
