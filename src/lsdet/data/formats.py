@@ -67,6 +67,20 @@ class ReadReport:
                 text += f"\n  line {line}: {reason}: {row}"
         return text
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ReadReport:
+        """The report :meth:`to_dict` wrote (e.g. kept in an annotation index's manifest)."""
+        return cls(
+            path=Path(data["path"]),
+            rows_read=int(data["rows_read"]),
+            rows_kept=int(data["rows_kept"]),
+            skipped={str(reason): int(count) for reason, count in data["skipped"].items()},
+            excluded=int(data.get("excluded", 0)),
+            examples=[
+                (int(line), str(reason), str(text)) for line, reason, text in data["examples"]
+            ],
+        )
+
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),

@@ -1,13 +1,15 @@
 """The Open Images Challenge detection metric (TF Object Detection API semantics), fast.
 
-``oid_challenge_map`` evaluates CSV files; ``load_ground_truth`` + ``evaluate`` is the
-in-memory path (ground truth read once, detections as arrays).
+``oid_challenge_map`` evaluates CSV files; ``load_ground_truth`` (from the CSVs) or
+``load_ground_truth_from_index`` (from the annotation index a loader uses) + ``evaluate`` is
+the in-memory path (ground truth read once, detections as arrays).
 """
 
 from lsdet.data.hierarchy import load_hierarchy  # re-exported: it moved to the data layer
 from lsdet.evaluation.challenge import (
     evaluate_predictions_csv,
     load_ground_truth,
+    load_ground_truth_from_index,
     oid_challenge_map,
 )
 from lsdet.evaluation.core import (
@@ -38,6 +40,7 @@ __all__ = [
     "evaluate_predictions_csv",
     "expand_rows",
     "load_ground_truth",
+    "load_ground_truth_from_index",
     "load_hierarchy",
     "oid_challenge_map",
     "read_predictions_csv",

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from lsdet.data import Hierarchy, read_bbox_csv, read_image_labels_csv
+from lsdet.data import AnnotationIndex, Hierarchy, ReadReport, read_bbox_csv, read_image_labels_csv
 from lsdet.data.hierarchy import load_hierarchy
+from lsdet.data.index import FLAG_GROUP_OF
 from lsdet.evaluation.core import ChallengeResult, EvaluationGroundTruth, evaluate, expand_rows
 from lsdet.evaluation.predictions import read_predictions_csv
 
@@ -24,41 +26,170 @@ def load_ground_truth(
 
     With ``expand_gt`` the boxes and the verified-positive labels are expanded to every
     ancestor and the verified-negative labels to every descendant, as the Open Images tools
-    expand the files before the official evaluator runs. MIDs must be classes of
-    ``hierarchy`` (the data layer's checks apply; ``strict=False`` skips and counts).
+    expand the files before the official evaluator runs (see :func:`expand_ground_truth` for
+    files that were expanded already). MIDs must be classes of ``hierarchy`` (the data
+    layer's checks apply; ``strict=False`` skips and counts); rows of classes left out of a
+    subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted as excluded.
     """
-    boxes = read_bbox_csv(gt_bbox_csv, known_mids=hierarchy.mids, strict=strict)
-    box_classes = boxes.label_codes.astype(np.int64)
-    box_rows = np.arange(len(boxes))
+    boxes = read_bbox_csv(
+        gt_bbox_csv,
+        known_mids=hierarchy.mids,
+        ignore_mids=hierarchy.excluded_mids,
+        strict=strict,
+    )
     reports = [boxes.report]
-    if expand_gt:
-        box_rows, box_classes = expand_rows(box_classes, hierarchy.expand_to_ancestors)
     label_images = np.empty(0, dtype=object)
     label_classes = np.empty(0, dtype=np.int64)
+    label_confidence = np.empty(0, dtype=np.int8)
     if image_labels_csv is not None:
-        labels = read_image_labels_csv(image_labels_csv, known_mids=hierarchy.mids, strict=strict)
+        labels = read_image_labels_csv(
+            image_labels_csv,
+            known_mids=hierarchy.mids,
+            ignore_mids=hierarchy.excluded_mids,
+            strict=strict,
+        )
         reports.append(labels.report)
-        label_classes = labels.label_codes.astype(np.int64)
-        label_rows = np.arange(len(labels))
-        if expand_gt:
-            # The key carries the sign: positives expand up, negatives down.
-            label_rows, label_classes = expand_rows(
-                label_classes * 2 + (labels.confidence == 1),
-                lambda keys: hierarchy.expand_image_labels(keys // 2, keys % 2)[:2],
-            )
-        label_images = labels.image_ids[label_rows]
-    gt = EvaluationGroundTruth.from_arrays(
-        hierarchy.mids,
-        boxes.image_ids[box_rows],
-        box_classes,
-        boxes.boxes[box_rows],
-        boxes.is_group_of[box_rows],
+        label_images = labels.image_ids
+        label_classes = labels.label_codes
+        label_confidence = labels.confidence
+    gt = expand_ground_truth(
+        hierarchy,
+        boxes.image_ids,
+        boxes.label_codes,
+        boxes.boxes,
+        boxes.is_group_of,
         label_images,
         label_classes,
-        hierarchy=hierarchy,
+        label_confidence,
+        expand_gt=expand_gt,
     )
     gt.read_reports = reports
     return gt
+
+
+def load_ground_truth_from_index(
+    index: AnnotationIndex, hierarchy: Hierarchy, *, expand_gt: bool = True
+) -> EvaluationGroundTruth:
+    """The ground truth of a split from its :class:`~lsdet.data.AnnotationIndex` (the index
+    the validation loader uses), without reading the CSVs again.
+
+    Gives the same :class:`EvaluationGroundTruth` as :func:`load_ground_truth` on the CSVs
+    the index was built from (same reader settings): boxes, group-of flags and verified
+    image-level labels are all in the index. ``gt.read_reports`` are the index's reports.
+    """
+    if list(index.mids) != list(hierarchy.mids):
+        raise ValueError(
+            f"the annotation index {index.directory} was built for other classes than the "
+            "hierarchy's (different MIDs or order)"
+        )
+    image_ids = np.asarray(index.image_ids, dtype=object)
+    box_images = np.repeat(image_ids, index.num_boxes_per_image())
+    label_images = np.repeat(image_ids, np.diff(np.asarray(index.label_offsets)))
+    gt = expand_ground_truth(
+        hierarchy,
+        box_images,
+        np.asarray(index.class_ids),
+        np.asarray(index.boxes),
+        (np.asarray(index.flags) & FLAG_GROUP_OF) != 0,
+        label_images,
+        np.asarray(index.label_class_ids),
+        np.asarray(index.label_confidence),
+        expand_gt=expand_gt,
+    )
+    gt.read_reports = [ReadReport.from_dict(report) for report in index.reports]
+    return gt
+
+
+def expand_ground_truth(
+    hierarchy: Hierarchy,
+    box_image_ids: np.ndarray,
+    box_classes: np.ndarray,
+    boxes: np.ndarray,
+    box_is_group_of: np.ndarray,
+    label_image_ids: np.ndarray,
+    label_classes: np.ndarray,
+    label_confidence: np.ndarray,
+    *,
+    expand_gt: bool = True,
+) -> EvaluationGroundTruth:
+    """Ground truth from per-row arrays as read (class indices into ``hierarchy.mids``),
+    expanded to the hierarchy when ``expand_gt``.
+
+    Files already expanded by the official tool (``oid_hierarchical_labels_expansion.py``:
+    every box copied to each ancestor, positive labels copied up, negatives down) are not
+    counted twice: a box that the expansion creates is not added where the same box (image,
+    class, coordinates, group-of flag) is already in the file, and identical boxes of one
+    class created from several labels of one object count once. Boxes duplicated in the
+    file itself, with no expansion involved, are kept as they are. So expanded and
+    unexpanded files give the same ground truth. The official tool, run on an unexpanded
+    file, would instead keep two identical ancestor boxes for an object boxed as two
+    classes (e.g. a leaf and its parent), one of which no detection can match.
+    Image-level labels only say which classes are verified per image (a set), so copies
+    there change nothing.
+    """
+    box_classes = np.asarray(box_classes, dtype=np.int64)
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    box_is_group_of = np.asarray(box_is_group_of, dtype=bool)
+    box_image_ids = np.asarray(box_image_ids, dtype=object)
+    label_classes = np.asarray(label_classes, dtype=np.int64)
+    label_image_ids = np.asarray(label_image_ids, dtype=object)
+    box_rows = np.arange(len(box_classes))
+    label_rows = np.arange(len(label_classes))
+    if expand_gt:
+        box_rows, expanded = expand_rows(box_classes, hierarchy.expand_to_ancestors)
+        keep = _without_repeated_expansion(
+            box_image_ids[box_rows],
+            expanded,
+            boxes[box_rows],
+            box_is_group_of[box_rows],
+            created=expanded != box_classes[box_rows],
+        )
+        box_rows, box_classes = box_rows[keep], expanded[keep]
+        # The key carries the sign: positives expand up, negatives down.
+        label_rows, label_classes = expand_rows(
+            label_classes * 2 + (np.asarray(label_confidence) == 1),
+            lambda keys: hierarchy.expand_image_labels(keys // 2, keys % 2)[:2],
+        )
+    return EvaluationGroundTruth.from_arrays(
+        hierarchy.mids,
+        box_image_ids[box_rows],
+        box_classes,
+        boxes[box_rows],
+        box_is_group_of[box_rows],
+        label_image_ids[label_rows],
+        label_classes,
+        hierarchy=hierarchy,
+    )
+
+
+def _without_repeated_expansion(
+    image_ids: np.ndarray,
+    classes: np.ndarray,
+    boxes: np.ndarray,
+    is_group_of: np.ndarray,
+    *,
+    created: np.ndarray,
+) -> np.ndarray:
+    """Mask of the rows to keep: of the rows with one (image, class, box, group-of) key, only
+    the first is kept where any of them was created by the expansion; keys made only of
+    rows of the file keep them all."""
+    if len(classes) == 0:
+        return np.ones(0, dtype=bool)
+    frame = pd.DataFrame(
+        {
+            "image": image_ids,
+            "class": classes,
+            "x0": boxes[:, 0],
+            "y0": boxes[:, 1],
+            "x1": boxes[:, 2],
+            "y1": boxes[:, 3],
+            "group_of": is_group_of,
+        }
+    )
+    key = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
+    key_has_created_row = np.bincount(key, weights=created.astype(np.float64)) > 0
+    first_of_key = ~pd.Series(key).duplicated().to_numpy()
+    return first_of_key | ~key_has_created_row[key]
 
 
 def evaluate_predictions_csv(

@@ -128,7 +128,8 @@ class EvaluationGroundTruth:
                 raise ValueError(f"{name} must lie in [0, {num_classes})")
 
         all_ids = np.concatenate([box_image_ids, label_image_ids])
-        codes, image_ids = pd.factorize(all_ids)
+        # Sorted ids: the same set of images gives the same arrays whatever the row order.
+        codes, image_ids = pd.factorize(all_ids, sort=True)
         box_image = codes[: len(box_image_ids)].astype(np.int64)
         label_image = codes[len(box_image_ids) :].astype(np.int64)
 
