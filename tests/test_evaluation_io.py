@@ -173,7 +173,10 @@ BAD_TF_ROWS = [
     ("a,/m/zebra,0.5,0,1,0,1", "unknown MID"),
     ("a,/m/cat,nan,0,1,0,1", "score is NaN or missing"),
     ("a,/m/cat,,0,1,0,1", "score is NaN or missing"),
-    ("a,/m/cat,-0.1,0,1,0,1", "score is negative"),
+    ("a,/m/cat,-0.1,0,1,0,1", "score outside [0, 1]"),
+    ("a,/m/cat,1.5,0,1,0,1", "score outside [0, 1]"),
+    ("a,/m/cat,inf,0,1,0,1", "score outside [0, 1]"),
+    ("a,/m/dog,0.5,0,1,0,1", "duplicate detection"),
     ("a,/m/cat,0.5,0,1.2,0,1", "outside [0, 1]"),
     ("a,/m/cat,0.5,0.6,0.5,0,1", "min > max"),
     ("a,/m/cat,0.5,0,1,0", "wrong number of fields"),
@@ -185,8 +188,9 @@ BAD_TF_ROWS = [
 @pytest.mark.parametrize(("row", "reason"), BAD_TF_ROWS)
 def test_bad_tf_row_raises_naming_the_line_or_is_skipped_and_counted(tmp_path, row, reason):
     path = tmp_path / "predictions.csv"
-    good = "a,/m/dog,0.5,0,1,0,1"
-    path.write_text(tf_rows([good, good, row, good]))
+    path.write_text(
+        tf_rows(["a,/m/dog,0.5,0,1,0,1", "a,/m/dog,0.6,0,1,0,1", row, "a,/m/dog,0.7,0,1,0,1"])
+    )
     with pytest.raises(
         PredictionFormatError, match=rf"predictions.csv, line 4: .*{re.escape(reason)}"
     ):
@@ -201,19 +205,21 @@ def test_bad_tf_row_raises_naming_the_line_or_is_skipped_and_counted(tmp_path, r
 
 def test_line_numbers_count_rows_skipped_as_malformed(tmp_path):
     path = tmp_path / "predictions.csv"
-    good = "a,/m/dog,0.5,0,1,0,1"
-    path.write_text(tf_rows([good, "a,b", good, "a,/m/dog,-1,0,1,0,1"]))
+    rows = ["a,/m/dog,0.5,0,1,0,1", "a,b", "a,/m/dog,0.6,0,1,0,1", "a,/m/dog,-1,0,1,0,1"]
+    path.write_text(tf_rows(rows))
     table = read_predictions_csv(path, MIDS, strict=False)
     assert len(table) == 2
     assert table.report.bad_row_examples[0].startswith("line 3: wrong number of fields")
-    assert table.report.bad_row_examples[1].startswith("line 5: score is negative")
+    assert table.report.bad_row_examples[1].startswith("line 5: score outside [0, 1]")
 
 
 BAD_SUBMISSION_ROWS = [
     ("b,/m/cat 0.5 0 0 1", "malformed PredictionString"),
     ("b,/m/dog 0.5 0 0 1 1 /m/zebra 0.5 0 0 1 1", "unknown MID"),
     ("b,/m/cat 0.5 0 0 1 x", "not a number"),
-    ("b,/m/cat -1 0 0 1 1", "score is negative"),
+    ("b,/m/cat -1 0 0 1 1", "score outside [0, 1]"),
+    ("b,/m/cat 1.01 0 0 1 1", "score outside [0, 1]"),
+    ("b,/m/cat 0.5 0 0 1 1 /m/cat 0.5 0 0 1 1", "duplicate detection"),
     ("b,/m/cat 0.5 0.5 0 0.4 1", "min > max"),
 ]
 
@@ -310,3 +316,72 @@ def test_submission_rows_parsed_in_slices_keep_their_line_numbers(tmp_path, monk
     empty = tmp_path / "empty.csv"
     empty.write_text("ImageId,PredictionString\n")
     assert len(read_predictions_csv(empty, MIDS)) == 0
+
+
+def test_a_file_with_every_row_twice_scores_as_the_original_with_the_copies_reported(
+    files, tmp_path
+):
+    rows = [
+        "img1,/m/cat,0.9,0.0,0.1,0.0,0.1",
+        "img1,/m/cat,0.4,0.5,0.9,0.5,0.9",
+        "img1,/m/elephant,0.8,0.0,0.2,0.0,0.2",
+        "img2,/m/dog,0.7,0.5,0.6,0.5,0.6",
+        "img2,/m/animal,0.3,0.5,0.6,0.5,0.6",
+        "img2,/m/dog,0.2,0.0,0.3,0.0,0.3",
+    ]
+    original = evaluate_rows(files, tmp_path, rows, strict=False)
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text(tf_rows(rows + rows))
+    args = (files["hierarchy"], files["boxes"], files["labels"], doubled)
+    with pytest.raises(
+        PredictionFormatError, match=r"doubled.csv, line 8: duplicate detection.*first on line 2"
+    ):
+        oid_challenge_map(*args)
+    result = oid_challenge_map(*args, strict=False)
+    assert 0 < original.map < 1
+    assert result.map == original.map and result.per_class_ap == original.per_class_ap
+    report = result.to_dict()["report"]
+    assert report["duplicate_predictions"] == len(rows)
+    assert report["num_predictions"] == len(rows)
+    assert report["bad_row_examples"][0].startswith("line 8: duplicate detection")
+    assert original.to_dict()["report"]["duplicate_predictions"] == 0
+
+
+def test_the_same_box_with_another_score_or_class_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "predictions.csv"
+    rows = ["a,/m/dog,0.5,0,1,0,1", "a,/m/dog,0.6,0,1,0,1", "a,/m/cat,0.5,0,1,0,1"]
+    path.write_text(tf_rows([*rows, "b,/m/dog,0.5,0,1,0,1"]))
+    table = read_predictions_csv(path, MIDS)
+    assert len(table) == 4 and table.report.to_dict()["duplicate_predictions"] == 0
+
+
+def test_strict_messages_name_the_command_line_key(tmp_path):
+    path = tmp_path / "predictions.csv"
+    path.write_text(tf_rows(["a,/m/dog,2,0,1,0,1"]))
+    with pytest.raises(PredictionFormatError, match=r"data\.strict=false"):
+        read_predictions_csv(path, MIDS)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_duplicates_are_found_exactly_even_when_hashes_collide(tmp_path, monkeypatch, collide):
+    from lsdet.evaluation import predictions as module
+
+    if collide:  # every row gets one hash: the exact comparison must sort it out
+        monkeypatch.setattr(module, "_row_hash", lambda columns: np.zeros(len(columns[0]), "u8"))
+    path = tmp_path / "predictions.csv"
+    rows = [
+        "a,/m/dog,0.5,0,1,0,1",
+        "a,/m/dog,0.5,0,1,0,0.9",
+        "b,/m/dog,0.5,0,1,0,1",
+        "a,/m/dog,0.5,0,1,0,1",  # line 5 = line 2
+        "a,/m/cat,0.5,0,1,0,1",
+        "b,/m/dog,0.5,0,1,0,1",  # line 7 = line 4
+        "a,/m/dog,0.5,0,1,0,1",  # line 8 = line 2
+    ]
+    path.write_text(tf_rows(rows))
+    table = read_predictions_csv(path, MIDS, strict=False)
+    assert len(table) == 4 and table.report.to_dict()["duplicate_predictions"] == 3
+    examples = table.report.bad_row_examples
+    assert [example.split(":")[0] for example in examples] == ["line 5", "line 7", "line 8"]
+    assert "first on line 2" in examples[0] and "first on line 4" in examples[1]
+    assert "first on line 2" in examples[2]

@@ -179,6 +179,9 @@ class EvaluationReport:
             "num_predictions": self.num_predictions,
             "skipped_bad_rows": dict(self.skipped_bad_rows),
             "num_skipped_bad_rows": int(sum(self.skipped_bad_rows.values())),
+            "duplicate_predictions": int(
+                sum(n for reason, n in self.skipped_bad_rows.items() if "duplicate" in reason)
+            ),
             "bad_row_examples": list(self.bad_row_examples),
             "ignored_image_not_in_ground_truth": self.ignored_image_not_in_ground_truth,
             "images_not_in_ground_truth": self.images_not_in_ground_truth,
