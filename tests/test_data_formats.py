@@ -235,3 +235,12 @@ def test_ignore_mids_drops_and_counts_without_error(tmp_path):
     labels = write(tmp_path, "labels.csv", ["ImageID,LabelName,Confidence", "i1,/m/x,1"])
     table = read_image_labels_csv(labels, known_mids=["/m/a"], ignore_mids=["/m/x"])
     assert len(table) == 0 and table.report.excluded == 1
+
+
+def test_strict_error_names_the_command_line_key(tmp_path):
+    from lsdet.data.formats import read_image_labels_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_text("ImageID,Source,LabelName,Confidence\nimg,h,/m/a,2\n")
+    with pytest.raises(DataFormatError, match=r"line 2: .*data\.strict=false on the command line"):
+        read_image_labels_csv(path)

@@ -34,6 +34,10 @@ BOX_FLAG_COLUMNS = ("IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "Is
 COORDINATE_COLUMNS = ("XMin", "YMin", "XMax", "YMax")  # the order of BoxTable.boxes columns
 IMAGE_LABEL_REQUIRED_COLUMNS = ("ImageID", "LabelName", "Confidence")
 MAX_EXAMPLES = 5
+# How a user asks for skipping, from Python and from the command line (Hydra key).
+STRICT_HINT = (
+    "to skip and count bad rows instead, pass strict=False (data.strict=false on the command line)"
+)
 _HEADER_WORDS = {"label", "labelname", "mid", "id", "name", "displayname", "display_name"}
 
 
@@ -330,14 +334,14 @@ class _Problems:
         examples.sort()
         report.examples = examples[:MAX_EXAMPLES]
         if strict and not examples:  # the csv module and pyarrow disagree on the rows
-            raise DataFormatError(f"{report.summary()}; pass strict=False to skip bad rows")
+            raise DataFormatError(f"{report.summary()}; {STRICT_HINT}")
         if strict:
             line, reason, text = examples[0]
             more = report.rows_skipped - 1
             raise DataFormatError(
                 f"{path}, line {line}: {reason}: {text!r}"
                 + (f" ({more} more bad rows)" if more else "")
-                + "; pass strict=False to skip and count bad rows"
+                + f"; {STRICT_HINT}"
             )
         logger.warning("%s", report.summary())
         return keep, report
