@@ -19,6 +19,7 @@ from lsdet.models import (
     score_logits,
 )
 from lsdet.models.detector import anchor_sizes_for
+from lsdet.models.roi_heads import sum_subtrees
 
 MODEL_YAML = "conf/model/resnet18_fpn.yaml"
 
@@ -291,3 +292,135 @@ def test_detector_benchmark_smoke():
         "torchvision fasterrcnn_resnet50_fpn",
     ]
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_subtree_sum_adds_descendants_once_and_caps_at_one():
+    # 0 is the parent of 1 and 2; 2 is the parent of 3 (so 3 is below 0 too)
+    descendants = torch.zeros(4, 4, dtype=torch.bool)
+    descendants[0, 1] = descendants[0, 2] = descendants[0, 3] = descendants[2, 3] = True
+    scores = torch.tensor([[0.1, 0.2, 0.3, 0.15, 0.25], [0.0, 0.5, 0.4, 0.3, 0.0]])
+    out = sum_subtrees(scores, descendants)
+    expected = torch.tensor(
+        [[0.1, 0.2 + 0.3 + 0.15 + 0.25, 0.3, 0.15 + 0.25, 0.25], [0.0, 1.0, 0.4, 0.3, 0.0]]
+    )
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("loss_name", "parent_scores"),
+    [
+        ("softmax", "subtree_sum"),
+        ("dist_ce", "subtree_sum"),
+        ("seesaw", "subtree_sum"),
+        ("concurrent_softmax", "own"),
+        ("bce", "own"),
+        ("focal", "own"),
+        ("co_bce", "own"),
+        ("eqlv2", "own"),
+        ("federated", "own"),
+    ],
+)
+def test_parent_scores_default_follows_the_loss(loss_name, parent_scores):
+    from hydra import compose, initialize_config_dir
+    from train_helpers import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"loss={loss_name}"])
+        assert cfg.model.parent_scores == parent_scores
+        override = [f"loss={loss_name}", "model.parent_scores=max_descendants"]
+        assert compose("train", overrides=override).model.parent_scores == "max_descendants"
+
+
+def test_parent_scores_setting_reaches_the_scores():
+    descendants = torch.zeros(5, 5, dtype=torch.bool)
+    descendants[0, 1] = descendants[0, 2] = True
+    logits = torch.randn(20, 6)
+    softmax = logits.softmax(dim=1)
+    results = {}
+    for mode in ("own", "max_descendants", "subtree_sum"):
+        cfg = tiny_cfg(parent_scores=mode)
+        model = build_detector(
+            cfg, num_classes=6, loss_fn=PrimaryCrossEntropy(), descendants=descendants
+        )
+        results[mode] = model.roi_heads.class_scores(logits)
+    torch.testing.assert_close(results["own"], softmax)
+    torch.testing.assert_close(results["max_descendants"][:, 1], softmax[:, 1:4].amax(dim=1))
+    torch.testing.assert_close(results["subtree_sum"][:, 1], softmax[:, 1:4].sum(dim=1))
+    for scores in results.values():
+        torch.testing.assert_close(scores[:, 2:], softmax[:, 2:])
+    with pytest.raises(ValueError, match="parent_scores"):
+        build_detector(tiny_cfg(parent_scores="sum"), num_classes=6, loss_fn=PrimaryCrossEntropy())
+
+
+def test_objectness_scorings_by_hand():
+    # Seesaw: [bg objectness, classes..., fg objectness]
+    logits = torch.tensor([[0.0, 0.0, math.log(3), math.log(3)]])
+    scores = score_logits(logits, "softmax_objectness")
+    # objectness softmax(0, log 3) = (1/4, 3/4); classes softmax (1/4, 3/4)
+    torch.testing.assert_close(scores, torch.tensor([[0.25, 0.75 / 4, 0.75 * 3 / 4]]))
+    # EQLv2: sigmoid x (1 - background sigmoid)
+    logits = torch.tensor([[math.log(3), 0.0, math.log(4)]])
+    scores = score_logits(logits, "sigmoid_objectness")
+    torch.testing.assert_close(scores, torch.tensor([[0.75, 0.5 * 0.25, 0.8 * 0.25]]))
+
+
+def test_seesaw_detector_normalised_classifier_objectness_and_reload():
+    from lsdet.losses import build_loss
+    from lsdet.models.roi_heads import NormalizedLinear
+
+    torch.manual_seed(0)
+    loss = build_loss("seesaw", num_classes=6, temperature=10.0)
+    model = build_detector(tiny_cfg(), num_classes=6, loss_fn=loss, loss_name="seesaw")
+    predictor = model.roi_heads.box_predictor
+    assert isinstance(predictor.cls_score, NormalizedLinear)
+    assert isinstance(predictor.objectness_score, NormalizedLinear)
+    assert model.roi_heads.scoring == "softmax_objectness"
+    features = torch.randn(5, tiny_cfg().roi.representation_size)
+    logits, _ = predictor(features)
+    assert logits.shape == (5, 7)
+    # temperature x cosine: |logit - bias| <= temperature
+    assert bool(logits.abs().le(10.0 + 1e-5).all())  # biases start at 0
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    model.train()
+    losses = model(images, tiny_targets(5))
+    sum(losses.values()).backward()
+    assert loss.class_counts.sum() == 2 * 64  # 64 RoIs sampled per image
+    state = model.state_dict()
+    assert "roi_heads.loss_fn.class_counts" in state  # saved with the model (checkpoints)
+
+    # inference builds the detector with a placeholder loss and the checkpoint's weights
+    weights = {k: v for k, v in state.items() if not k.startswith("roi_heads.loss_fn.")}
+    reloaded = build_detector(
+        tiny_cfg(**{"roi.score_thresh": 0.0}),
+        num_classes=6,
+        loss_fn=torch.nn.Identity(),
+        loss_name="seesaw",
+    )
+    reloaded.load_state_dict(weights)
+    assert reloaded.roi_heads.box_predictor.cls_score.temperature.item() == 10.0
+    reloaded.eval()
+    with torch.no_grad():
+        detections = reloaded(images)
+    for det in detections:
+        assert len(det["labels"]) > 0 and set(det["labels"].tolist()) <= {1, 2, 3, 4, 5}
+    scores = reloaded.roi_heads.class_scores(logits.detach())
+    assert scores.shape == (5, 6)
+    torch.testing.assert_close(scores.sum(dim=1), torch.ones(5))  # background + classes
+    reloaded.roi_heads.scoring = "softmax"
+    with pytest.raises(ValueError, match="softmax_objectness"):
+        reloaded.roi_heads.class_scores(logits.detach())
+    with pytest.raises(ValueError, match="objectness logit"):
+        build_detector(
+            tiny_cfg(scoring="softmax_objectness"), num_classes=6, loss_fn=PrimaryCrossEntropy()
+        )
+
+
+def test_eqlv2_detector_scores_with_its_background_sigmoid():
+    from lsdet.losses import build_loss
+
+    loss = build_loss("eqlv2", num_classes=4)
+    model = build_detector(tiny_cfg(), num_classes=4, loss_fn=loss, loss_name="eqlv2")
+    assert model.roi_heads.scoring == "sigmoid_objectness"
+    bias = model.roi_heads.box_predictor.cls_score.bias
+    assert torch.allclose(bias, torch.full_like(bias, prior_bias(0.01)))
+    assert model.roi_heads.box_predictor.objectness_score is None
