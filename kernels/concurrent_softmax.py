@@ -1,4 +1,4 @@
-"""Triton kernels of the concurrent softmax (GUIDE §1; paper eq. 3-5).
+"""Triton kernels of the concurrent softmax (Peng et al., CVPR 2020: loss eq. 3, scores eq. 5).
 
 Both kernels take Q = 1 - R with its diagonal set to 1 (r_ii = 0), as fp32 [C, C]. Every sum
 is accumulated in fp32 whatever the logits' dtype; no [N, C, C] intermediate exists.
@@ -32,8 +32,6 @@ import torch
 import triton
 import triton.language as tl
 
-# Under the interpreter, @triton.autotune with several configs fails (and each config would
-# cost seconds of interpretation): use one config there.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # The inference kernel's products on tensor cores: "tf32x3" keeps close to fp32 accuracy
@@ -41,23 +39,29 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # plain fp32 FMA. ROCm offers only "ieee" (and "tf32" on CDNA3).
 DOT_PRECISION = "tf32x3" if torch.version.hip is None else "ieee"
 
-if _INTERPRET:
-    _TRAIN_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_C": 64}, num_warps=4)]
-    _INFER_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_C": 64}, num_warps=4)]
-else:
-    _TRAIN_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w)
-        for bm, bc, w in [(4, 256, 4), (8, 128, 4), (8, 256, 8), (16, 128, 8), (32, 64, 8)]
+# The configurations autotuned on a GPU. Every one of them compiles for sm_80 and sm_90 within
+# the shared memory a block may use there (checked ahead of time without a GPU by
+# tests/test_kernels_aot.py, ``python -m lsdet.kernels.aot``).
+TRAIN_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w)
+    for bm, bc, w in [(4, 256, 4), (8, 128, 4), (8, 256, 8), (16, 128, 8), (32, 64, 8)]
+]
+# Shared memory of the inference kernel grows with the tiles and the pipeline stages (fp32,
+# sm_80 / sm_90): 32x64 3 stages 80 / 80 KB, 64x64 3 stages 112 / 128 KB, 64x128 1 stage
+# 64 / 192 KB, 128x64 2 stages 128 / 144 KB; the limits are 163 / 227 KB per block.
+# 64x128 with 2-3 stages (224-384 KB) and 128x128 with any (>= 256 KB on sm_90) cannot launch.
+INFER_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w, num_stages=s)
+    for bm, bc, w, s in [
+        (32, 64, 4, 3),
+        (64, 64, 4, 3),
+        (64, 128, 8, 1),
+        (128, 64, 8, 2),
     ]
-    _INFER_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w, num_stages=s)
-        for bm, bc, w, s in [
-            (32, 64, 4, 3),
-            (64, 64, 4, 3),
-            (64, 128, 8, 3),
-            (128, 128, 8, 3),
-        ]
-    ]
+]
+# Under the interpreter, @triton.autotune with several configs fails (and each config would
+# cost seconds of interpretation): one config there.
+_INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_C": 64}, num_warps=4)]
 
 
 @triton.jit
@@ -85,7 +89,9 @@ def _negative_row_max(
     return tl.where(shift == float("-inf"), 0.0, shift)
 
 
-@triton.autotune(configs=_TRAIN_CONFIGS, key=["C", "NUM_SLOTS"])
+@triton.autotune(
+    configs=_INTERPRETER_CONFIGS if _INTERPRET else TRAIN_CONFIGS, key=["C", "NUM_SLOTS"]
+)
 @triton.jit
 def _concurrent_softmax_loss_kernel(
     z_ptr,  # [N, C] logits, any float dtype
@@ -159,7 +165,7 @@ def _concurrent_softmax_loss_kernel(
         tl.store(grad_ptr + offs, grad, mask=negative)
 
 
-@triton.autotune(configs=_INFER_CONFIGS, key=["C"])
+@triton.autotune(configs=_INTERPRETER_CONFIGS if _INTERPRET else INFER_CONFIGS, key=["C"])
 @triton.jit
 def _concurrent_softmax_kernel(
     z_ptr,  # [N, C] logits
