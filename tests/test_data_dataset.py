@@ -108,18 +108,49 @@ def test_resize_and_flip(setup):
 def test_missing_and_corrupt_images(setup, caplog):
     hierarchy, index, root, _ = setup
     (root / "img1.png").unlink()
+    with pytest.raises(ImageLoadError, match=r"1 of the 3 images .* no file .*img1\.png") as err:
+        OpenImagesDetection(index, hierarchy, root, image_suffix=".png")
+    assert "data.strict=false" in str(err.value)
     (root / "img2.png").write_bytes(b"not an image at all")
-    dataset = OpenImagesDetection(index, hierarchy, root, image_suffix=".png")
+    unchecked = OpenImagesDetection(index, hierarchy, root, image_suffix=".png", check_files=False)
     with pytest.raises(ImageLoadError, match=r"image img1: file not found: .*img1\.png"):
-        dataset[0]
+        unchecked[0]
     with pytest.raises(ImageLoadError, match=r"image img2: cannot decode .*img2\.png"):
-        dataset[1]
-    lenient = OpenImagesDetection(index, hierarchy, root, image_suffix=".png", strict=False)
+        unchecked[1]
     with caplog.at_level(logging.WARNING):
+        lenient = OpenImagesDetection(index, hierarchy, root, image_suffix=".png", strict=False)
+        assert lenient.skipped_images.image_ids == ["img1"]  # found when built
+        np.testing.assert_array_equal(lenient.readable_indices(), [1, 2])
         _, target = lenient[0]
     assert target["image_id"] == "img3"  # the next loadable image
     assert [image_id for image_id, _ in lenient.bad_images] == ["img1", "img2"]
+    assert lenient.skipped_images.image_ids == ["img1", "img2"]
     assert "img1" in caplog.text and "img2" in caplog.text
+
+
+def test_unreadable_images_of_an_evaluation_set_are_counted_skips(setup):
+    """replace_unreadable=False: placeholders that tell the process running the model, even
+    through DataLoader workers; the counts are ready for metrics.json."""
+    hierarchy, index, root, _ = setup
+    (root / "img1.png").unlink()
+    (root / "img3.png").write_bytes(b"truncated")
+    dataset = OpenImagesDetection(
+        index, hierarchy, root, image_suffix=".png", strict=False, replace_unreadable=False
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=3, collate_fn=collate_fn, num_workers=1
+    )
+    images, targets = next(iter(loader))
+    assert [t["image_id"] for t in targets] == ["img1", "img2", "img3"]
+    assert "file not found" in targets[0]["skipped"] and "cannot decode" in targets[2]["skipped"]
+    assert "skipped" not in targets[1] and images[1].shape == (3, 40, 100)
+    assert targets[0]["boxes"].shape == (0, 4) and not images[0].any()
+    report = dataset.skipped_images  # built in this process: the missing file is known
+    report.add_from_targets(targets)  # the corrupt one came through the batch
+    assert report.count == 2
+    summary = report.to_dict()
+    assert summary["count"] == 2
+    assert [e["image_id"] for e in summary["examples"]] == ["img1", "img3"]
 
 
 def test_collate_fn(setup):

@@ -280,3 +280,40 @@ def test_ground_truth_from_the_index_on_real_open_images_rows(tmp_path, openimag
     }
     maps = [evaluate(gt, **detections).map for gt in (from_csv, from_index)]
     assert 0 < maps[0] < 1 and maps[0] == maps[1]
+
+
+def test_skipped_images_are_left_out_of_the_ground_truth_and_reported(tmp_path, hierarchy_json):
+    hierarchy = load_hierarchy(hierarchy_json)
+    gt = load_ground_truth(
+        hierarchy,
+        write_boxes(tmp_path / "b.csv", BOXES, "short"),
+        write_labels(tmp_path / "l.csv", LABELS),
+    )
+    # Detections: perfect on img1 and img3; img2 unseen (its file was missing).
+    seen = [row for row in BOXES if row[0] != "img2" and not row[6]]
+    detections = {
+        "image_ids": [row[0] for row in seen],
+        "class_indices": hierarchy.indices([row[1] for row in seen]),
+        "scores": np.linspace(0.9, 0.5, len(seen)),
+        "boxes": [[row[2], row[4], row[3], row[5]] for row in seen],
+    }
+    counted_as_misses = evaluate(gt, **detections)
+    without = gt.without_images(["img2"], ["file not found: img2.jpg"])
+    result = evaluate(without, **detections)
+    assert list(without.image_ids) == ["img1", "img3", "img4"]
+    expected = load_ground_truth(
+        hierarchy,
+        write_boxes(tmp_path / "b2.csv", [r for r in BOXES if r[0] != "img2"], "short"),
+        write_labels(tmp_path / "l2.csv", [r for r in LABELS if r[0] != "img2"]),
+    )
+    assert_same_ground_truth(without, expected)
+    assert without.left_out_boxes == len(gt.box_class) - len(expected.box_class) == 6
+    assert "/m/taxi" not in result.per_class_ap  # its only box was on img2
+    assert counted_as_misses.per_class_ap["/m/taxi"] == 0.0
+    assert result.per_class_ap["/m/dog"] > counted_as_misses.per_class_ap["/m/dog"]
+    report = result.to_dict()["report"]
+    assert report["skipped_images"] == 1 and report["ground_truth_boxes_left_out"] == 6
+    assert report["skipped_image_examples"] == [
+        {"image_id": "img2", "reason": "file not found: img2.jpg"}
+    ]
+    assert counted_as_misses.to_dict()["report"]["skipped_images"] == 0

@@ -12,16 +12,30 @@ Each item is ``(image, target)``: ``image`` a float32 tensor ``[3, H, W]`` in [0
 * ``is_group_of`` bool ``[M]``;
 * ``image_id``    str.
 
+* ``skipped``     str, only in the placeholder item of an unreadable image (see below).
+
 Boxes of one object annotated several times (same image, IoU >= ``merge_iou``, same group-of
 flag; grouping is transitive) become one object with the union of their labels and the mean of
 their coordinates. Images without boxes give ``M = 0``.
+
+Missing and unreadable images. The image folder is listed once when the dataset is built, so
+a missing file is found before any training or evaluation starts: with ``strict=True`` it is
+an :class:`ImageLoadError` naming the files; with ``strict=False`` it is recorded in
+``skipped_images`` (a :class:`SkippedImages`, complete in the process that built the
+dataset). A file that exists but cannot be decoded is found when it is loaded (possibly in a
+DataLoader worker): an error under ``strict``; otherwise, with ``replace_unreadable=True``
+(training) the next readable image takes its place, and with ``replace_unreadable=False``
+(evaluation) the item is a blank placeholder whose target carries ``skipped`` (the reason),
+so that the process that runs the model learns of it through the batch.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +48,53 @@ from lsdet.data.index import AnnotationIndex
 
 logger = logging.getLogger(__name__)
 
+# Boxes of one image at or above this IoU (and of one group-of flag) are one object annotated
+# under several labels: the same notion of "the same object" as the concurrent rates' default
+# IoU threshold (lsdet.data.rates, ``rates.iou_threshold``), kept at 0.95 for now, see
+# ``OpenImagesDetection``.
+DEFAULT_MERGE_IOU = 0.95
+
 
 class ImageLoadError(RuntimeError):
     """An image file that is missing or cannot be decoded (names the image id and path)."""
+
+
+@dataclass
+class SkippedImages:
+    """Images left out because their file is missing or cannot be decoded (``strict=False``).
+
+    ``entries`` are ``(image id, reason)`` in the order found. ``to_dict()`` is the JSON-ready
+    summary for a run's records (e.g. ``metrics.json``): the count and a few examples.
+    """
+
+    entries: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [image_id for image_id, _ in self.entries]
+
+    def add(self, image_id: str, reason: str) -> None:
+        if image_id not in self.image_ids:
+            self.entries.append((image_id, reason))
+
+    def add_from_targets(self, targets: list[dict[str, Any]]) -> None:
+        """Record the placeholders of a batch (targets that carry ``skipped``)."""
+        for target in targets:
+            if "skipped" in target:
+                self.add(str(target["image_id"]), str(target["skipped"]))
+
+    def to_dict(self, max_examples: int = 10) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "examples": [
+                {"image_id": image_id, "reason": reason}
+                for image_id, reason in self.entries[:max_examples]
+            ],
+        }
 
 
 @dataclass
@@ -55,7 +113,7 @@ def merge_coincident_boxes(
     is_group_of: np.ndarray,
     *,
     depth: np.ndarray,
-    merge_iou: float = 0.95,
+    merge_iou: float = DEFAULT_MERGE_IOU,
 ) -> MergedObjects:
     """Merge boxes of one image that overlap with IoU >= ``merge_iou`` (and share the group-of
     flag) into objects; objects come in the order of their first box."""
@@ -115,10 +173,22 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         image_size: ``None`` keeps each image's size; an int or ``(height, width)`` resizes
             every image to that fixed size (aspect ratio not kept).
         hflip_prob: probability of a horizontal flip (e.g. 0.5 for training, 0 for eval).
-        merge_iou: IoU at or above which boxes of one image are one object.
-        strict: a missing or corrupt image raises :class:`ImageLoadError`; with False it is
-            logged as a warning naming the image, counted in ``bad_images`` (of this process)
-            and the next image in index order is returned in its place.
+        merge_iou: IoU at or above which boxes of one image (with one group-of flag) are one
+            object annotated under several labels, whose labels become one multi-label
+            target (the paper's section 3.1: an object may carry several labels). It is the
+            same notion as the concurrent rates' coincidence (``rates.iou_threshold``, 0.9),
+            and nothing calls for two values: the 0.95 default is the value this project
+            started with, kept so that results do not move; pass the rates' threshold to
+            make the two one setting.
+        strict: a missing or corrupt image raises :class:`ImageLoadError` naming it (missing
+            files when the dataset is built); with False it is logged, recorded in
+            ``skipped_images`` and handled as ``replace_unreadable`` says.
+        replace_unreadable: with ``strict=False``, True returns the next readable image in
+            index order in place of an unreadable one (training); False returns a blank
+            placeholder whose target has ``skipped`` (evaluation: its ground truth must then
+            be left out, ``EvaluationGroundTruth.without_images``).
+        check_files: list the image folder when the dataset is built, to find missing files
+            up front (one directory listing); False leaves it to the first load.
     """
 
     def __init__(
@@ -129,9 +199,11 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         *,
         image_size: int | tuple[int, int] | None = None,
         hflip_prob: float = 0.0,
-        merge_iou: float = 0.95,
+        merge_iou: float = DEFAULT_MERGE_IOU,
         strict: bool = True,
         image_suffix: str = ".jpg",
+        replace_unreadable: bool = True,
+        check_files: bool = True,
     ):
         if list(index.mids) != list(hierarchy.mids):
             raise ValueError(
@@ -140,6 +212,8 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             )
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
+        if not 0.0 < merge_iou <= 1.0:
+            raise ValueError(f"merge_iou must lie in (0, 1], got {merge_iou}")
         self.index = index
         self.hierarchy = hierarchy
         self.image_root = Path(image_root)
@@ -150,7 +224,43 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         self.merge_iou = merge_iou
         self.strict = strict
         self.image_suffix = image_suffix
+        self.replace_unreadable = replace_unreadable
         self.bad_images: list[tuple[str, str]] = []  # (image id, reason), this process only
+        self.skipped_images = SkippedImages()
+        self._missing = np.zeros(len(self), dtype=bool)
+        if check_files:
+            self._find_missing_files()
+
+    def _find_missing_files(self) -> None:
+        try:
+            present = {entry.name for entry in os.scandir(self.image_root)}
+        except OSError as exc:
+            raise ImageLoadError(f"image folder {self.image_root} cannot be listed: {exc}") from exc
+        image_ids = self.index.image_ids
+        self._missing = np.array(
+            [f"{image_id}{self.image_suffix}" not in present for image_id in image_ids],
+            dtype=bool,
+        )
+        missing = np.flatnonzero(self._missing)
+        if len(missing) == 0:
+            return
+        shown = ", ".join(str(self.image_path(k)) for k in missing[:3])
+        message = (
+            f"{len(missing)} of the {len(self)} images of the annotation index have no file "
+            f"in {self.image_root}: {shown}" + (", ..." if len(missing) > 3 else "")
+        )
+        if self.strict:
+            raise ImageLoadError(
+                f"{message}; to skip them and go on, pass strict=False "
+                "(data.strict=false on the command line)"
+            )
+        for k in missing:
+            self.skipped_images.add(self.index.image_id(k), f"file not found: {self.image_path(k)}")
+        logger.warning("%s; they are skipped (strict=False)", message)
+
+    def readable_indices(self) -> np.ndarray:
+        """Positions of the images whose file was found (all of them without ``check_files``)."""
+        return np.flatnonzero(~self._missing)
 
     def __len__(self) -> int:
         return self.index.num_images
@@ -183,18 +293,42 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, image_index: int) -> tuple[torch.Tensor, dict]:
+        if self.strict:
+            return self._make_item(image_index, self.load_image(image_index))
         for attempt in range(len(self)):
             position = (image_index + attempt) % len(self)
             try:
+                if self._missing[position]:
+                    raise ImageLoadError(
+                        f"image {self.index.image_id(position)}: file not found: "
+                        f"{self.image_path(position)}"
+                    )
                 image = self.load_image(position)
             except ImageLoadError as exc:
-                if self.strict:
-                    raise
-                self.bad_images.append((self.index.image_id(position), str(exc)))
-                logger.warning("%s; using the next image instead (strict=False)", exc)
+                image_id = self.index.image_id(position)
+                self.bad_images.append((image_id, str(exc)))
+                self.skipped_images.add(image_id, str(exc))
+                if not self.replace_unreadable:
+                    return self._placeholder(position, str(exc))
+                if not self._missing[position]:  # missing files were reported when built
+                    logger.warning("%s; using the next image instead (strict=False)", exc)
                 continue
             return self._make_item(position, image)
         raise ImageLoadError(f"no image of the dataset under {self.image_root} could be loaded")
+
+    def _placeholder(self, image_index: int, reason: str) -> tuple[torch.Tensor, dict]:
+        """A blank item for an unreadable image; its target says why (``skipped``)."""
+        logger.warning("%s; skipped (strict=False)", reason)
+        height, width = self.image_size if self.image_size is not None else (32, 32)
+        target = {
+            "boxes": torch.zeros((0, 4), dtype=torch.float32),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "multilabels": torch.zeros((0, self.hierarchy.num_classes), dtype=torch.float32),
+            "is_group_of": torch.zeros(0, dtype=torch.bool),
+            "image_id": self.index.image_id(image_index),
+            "skipped": reason,
+        }
+        return torch.zeros((3, height, width), dtype=torch.float32), target
 
     def _make_item(self, image_index: int, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if self.image_size is not None:

@@ -43,6 +43,7 @@ from lsdet.data import Hierarchy
 
 # Pairs of (detection, GT box) scored per chunk; bounds the memory of the matching step.
 _PAIRS_PER_CHUNK = 2_000_000
+_MAX_EXAMPLES = 20  # examples of skipped images in a report
 
 
 @dataclass
@@ -65,6 +66,8 @@ class EvaluationGroundTruth:
         hierarchy: the class hierarchy (``mids`` order), needed only for
             ``expand_predictions``.
         read_reports: the GT readers' reports (rows read and skipped), when read from files.
+        left_out_images: images taken out by :meth:`without_images` (id -> reason).
+        left_out_boxes: their GT boxes (after expansion), which the metric does not see.
     """
 
     mids: list[str]
@@ -76,6 +79,8 @@ class EvaluationGroundTruth:
     verified_keys: np.ndarray
     hierarchy: Hierarchy | None = None
     read_reports: list = field(default_factory=list)
+    left_out_images: dict[str, str] = field(default_factory=dict)
+    left_out_boxes: int = 0
     _image_lookup: pd.Index = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +153,45 @@ class EvaluationGroundTruth:
             hierarchy=hierarchy,
         )
 
+    def without_images(self, image_ids: Any, reasons: Any = None) -> EvaluationGroundTruth:
+        """This ground truth without the given images (their boxes and verified labels).
+
+        For images the detector could not see: a missing or unreadable file skipped with
+        ``strict=False`` (``OpenImagesDetection.skipped_images``). Their boxes are left out
+        rather than counted as misses, so that the mAP stays a measure of the detector on
+        the images it was given and a data problem does not pass for a weaker detector; the
+        images and their boxes are counted in the result's report (``skipped_images``,
+        ``ground_truth_boxes_left_out`` in ``metrics.json``), so the change is never silent.
+        Detections of those images are then ignored like those of any image outside the set.
+        ``reasons`` (optional, one per id) say why each was left out; ids not in the set
+        are recorded too.
+        """
+        image_ids = [str(image_id) for image_id in image_ids]
+        reasons = ["left out"] * len(image_ids) if reasons is None else list(reasons)
+        position = self.image_index_of(image_ids)
+        drop = np.zeros(self.num_images, dtype=bool)
+        drop[position[position >= 0]] = True
+        new_index = np.cumsum(~drop) - 1
+        keep_box = ~drop[self.box_image]
+        key_image, key_class = np.divmod(self.verified_keys, self.num_classes)
+        keep_key = ~drop[key_image]
+        return EvaluationGroundTruth(
+            mids=list(self.mids),
+            image_ids=self.image_ids[~drop],
+            box_image=new_index[self.box_image[keep_box]],
+            box_class=self.box_class[keep_box],
+            boxes=self.boxes[keep_box],
+            box_is_group_of=self.box_is_group_of[keep_box],
+            verified_keys=new_index[key_image[keep_key]] * self.num_classes + key_class[keep_key],
+            hierarchy=self.hierarchy,
+            read_reports=list(self.read_reports),
+            left_out_images={
+                **self.left_out_images,
+                **dict(zip(image_ids, map(str, reasons), strict=True)),
+            },
+            left_out_boxes=self.left_out_boxes + int((~keep_box).sum()),
+        )
+
     def image_index_of(self, image_ids: Any) -> np.ndarray:
         """Index of each image id in ``image_ids`` (int64), -1 for ids not in the set."""
         return self._image_lookup.get_indexer(np.asarray(image_ids, dtype=object)).astype(np.int64)
@@ -173,6 +217,9 @@ class EvaluationReport:
     ignored_in_group_of: int = 0
     added_by_expansion: int = 0
     ground_truth_files: list[dict] = field(default_factory=list)  # the GT readers' reports
+    # Images the detector could not see (EvaluationGroundTruth.without_images): id -> reason.
+    skipped_images: dict[str, str] = field(default_factory=dict)
+    ground_truth_boxes_left_out: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,6 +237,12 @@ class EvaluationReport:
             "ignored_in_group_of": self.ignored_in_group_of,
             "added_by_expansion": self.added_by_expansion,
             "ground_truth_files": list(self.ground_truth_files),
+            "skipped_images": len(self.skipped_images),
+            "skipped_image_examples": [
+                {"image_id": image_id, "reason": reason}
+                for image_id, reason in list(self.skipped_images.items())[:_MAX_EXAMPLES]
+            ],
+            "ground_truth_boxes_left_out": self.ground_truth_boxes_left_out,
         }
 
 
@@ -308,6 +361,8 @@ def evaluate(
     elif report.num_predictions == 0:
         report.num_predictions = len(det_image)
 
+    report.skipped_images = dict(gt.left_out_images)
+    report.ground_truth_boxes_left_out = gt.left_out_boxes
     not_in_gt = det_image < 0
     report.ignored_image_not_in_ground_truth = int(not_in_gt.sum())
     if image_ids.dtype.kind not in "iu":  # with indices the caller knows the ids
