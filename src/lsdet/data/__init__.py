@@ -23,6 +23,7 @@ __all__ = [
     "ImageLoadError",
     "MergedObjects",
     "OpenImagesDetection",
+    "SkippedImages",
     "collate_fn",
     "merge_coincident_boxes",
     "BoxTable",
@@ -48,6 +49,7 @@ _DATASET_NAMES = {
     "ImageLoadError",
     "MergedObjects",
     "OpenImagesDetection",
+    "SkippedImages",
     "collate_fn",
     "merge_coincident_boxes",
 }
