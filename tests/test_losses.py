@@ -216,6 +216,26 @@ def test_class_weights():
         effective_number_weights([1, 2], beta=1.0)
 
 
+def test_effective_number_weights_keep_the_foreground_share():
+    # A long tail: with weights of mean 1 over the classes, the mean foreground box would get
+    # a small fraction of the background's weight 1; normalised over boxes it gets 1, like the
+    # soft-balance weights.
+    rng = np.random.default_rng(0)
+    boxes = np.round(5000 * np.arange(1, 201, dtype=float) ** -1.5) + 1
+    images = np.maximum(boxes // 2, 1)
+    effective = class_weights(
+        "effective_number", image_counts=images, box_counts=boxes, beta=0.999
+    ).numpy()[1:]
+    soft = class_weights("soft_balance", image_counts=images, box_counts=boxes, lam=0.7)
+    for weights in (effective, soft.numpy()[1:]):
+        assert (boxes * weights).sum() / boxes.sum() == pytest.approx(1.0, rel=1e-6)
+    assert effective[0] < 1 < effective[-1]  # the frequent class down, the rare class up
+    shuffled = rng.permutation(len(boxes))
+    np.testing.assert_allclose(
+        effective_number_weights(boxes[shuffled], beta=0.999).numpy(), effective[shuffled]
+    )
+
+
 def test_build_loss_errors():
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("hinge", num_classes=3)

@@ -307,3 +307,13 @@ def test_statistics_agree_across_ddp_ranks(tmp_path):
     seesaw = torch.load(tmp_path / "seesaw_0.pt")["last"]["class_counts"]
     labels = torch.cat([b[2] for r in (0, 1) for b in rank_batches(r, 5)])
     assert torch.equal(seesaw, torch.bincount(labels, minlength=5).double())
+
+
+def test_eqlv2_statistics_skip_a_non_finite_step():
+    loss_fn = build_loss("eqlv2", num_classes=3)
+    loss_fn(torch.zeros(2, 3), one_hot_rows([1, 2], 3), torch.tensor([1, 2]))
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    logits = torch.tensor([[float("nan"), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert not torch.isfinite(loss_fn(logits, one_hot_rows([1, 2], 3), torch.tensor([1, 2])))
+    for key, value in loss_fn.state_dict().items():
+        assert torch.equal(value, before[key]), key

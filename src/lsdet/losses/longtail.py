@@ -199,15 +199,23 @@ class EQLv2Loss(ClassificationLoss):
         weights = weights * self.row_weights(labels)[:, None]
         terms = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         loss = (terms * weights).sum(dim=1).mean()
-        self.accumulate(logits.detach(), targets, weights.detach())
+        self.accumulate(logits.detach(), targets, weights.detach(), bool(torch.isfinite(loss)))
         return loss
 
-    def accumulate(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
+    def accumulate(
+        self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, finite: bool
+    ) -> None:
         grad = (torch.sigmoid(logits) - targets).abs() * weights
         sums = torch.stack(
             [(grad * targets).sum(dim=0)[1:], (grad * (1.0 - targets)).sum(dim=0)[1:]]
         ).to(self.pos_grad)
+        if not finite:
+            sums.fill_(float("nan"))
         sums = sum_over_ranks(sums)
+        if not bool(torch.isfinite(sums).all()):
+            # A non-finite loss on any rank (a step the trainer skips) must not poison the
+            # statistics for good; after the sum every rank sees it and skips alike.
+            return
         self.pos_grad += sums[0]
         self.neg_grad += sums[1]
         self.pos_neg_ratio.copy_(self.pos_grad / (self.neg_grad + 1e-10))
