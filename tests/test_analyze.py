@@ -104,6 +104,8 @@ TINY_DATA = [
     "data.generate.val_min_images_per_class=2",
     "data.generate.label_noise.parent_only=0.15",
     "data.generate.label_noise.leaf_and_parent=0.15",
+    "data.generate.confused_pairs.num_pairs=2",
+    "data.generate.confused_pairs.min_rate=0.5",
 ]
 
 
@@ -139,6 +141,18 @@ def test_analyze_on_a_tiny_synthetic_set(tmp_path):
     pd.testing.assert_series_equal(
         parents["ratio_without_leaf"].sort_index(), expected.sort_index(), check_names=False
     )
+
+    # Figure 3a: the generator's strongly confused pairs lead the list, near their rates
+    # (about 20 boxes per class here, so within 0.2).
+    manifest = json.loads((tmp_path / "synth" / "manifest.json").read_text())
+    top = pd.read_csv(out / "confused_pairs.csv").head(4)
+    targets = {
+        frozenset(pair["mids"]): pair["target_rate"]
+        for pair in manifest["summary"]["confused_pairs"]
+    }
+    assert len(targets) == 2
+    for mid, other, rate in zip(top["mid"], top["coinciding_mid"], top["rate"], strict=True):
+        assert abs(rate - targets[frozenset((mid, other))]) < 0.2
 
     # Class-aware sampling (lam = 1) leaves more of the largest class unseen than lam = 0,
     # and repeats the smallest class's images more.

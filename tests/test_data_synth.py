@@ -17,12 +17,17 @@ from lsdet.data.hierarchy import Hierarchy
 from lsdet.data.index import AnnotationIndex
 from lsdet.data.synth import (
     LABEL_PROBLEMS,
+    LabelNoise,
     NotAGeneratedFolderError,
+    SceneObject,
     SynthSettings,
+    _apply_label_problems,
+    both_probability_for_rate,
     build_taxonomy,
     ensure_synthetic_benchmark,
     generate_synthetic_benchmark,
     main,
+    pair_rates,
     split_files,
     target_image_counts,
 )
@@ -51,6 +56,7 @@ TINY = {
         "sibling_both": 0.1,
         "parent_only": 0.1,
     },
+    "confused_pairs": {"num_pairs": 3, "top_rate": 0.7, "min_rate": 0.4},
 }
 
 
@@ -91,12 +97,16 @@ def test_files_and_hierarchy(tiny):
             assert image.size == (32, 32) and image.mode == "RGB"
         labels = pd.read_csv(files["image_labels_csv"])
         assert set(labels["Confidence"]) == {0, 1}
-        # Every boxed label is a verified positive; no verified negative is boxed.
+        # Every boxed label is a verified positive; a verified negative is neither boxed nor
+        # the true class of an object in the image.
         boxed = set(zip(boxes["ImageID"], boxes["LabelName"], strict=True))
         positives = labels[labels["Confidence"] == 1]
-        negatives = labels[labels["Confidence"] == 0]
-        assert boxed == set(zip(positives["ImageID"], positives["LabelName"], strict=True))
-        assert not boxed & set(zip(negatives["ImageID"], negatives["LabelName"], strict=True))
+        rejected = labels[labels["Confidence"] == 0]
+        negatives = set(zip(rejected["ImageID"], rejected["LabelName"], strict=True))
+        assert boxed <= set(zip(positives["ImageID"], positives["LabelName"], strict=True))
+        objects = pd.read_csv(files["objects_csv"])
+        present = set(zip(objects["ImageID"], objects["TrueLabelName"], strict=True))
+        assert negatives and not (boxed | present) & negatives
 
 
 def test_files_parse_with_the_readers(tiny, tmp_path):
@@ -135,49 +145,83 @@ def test_long_tail_imbalance_as_configured(tiny):
     assert slope == pytest.approx(-np.log(40) / np.log(24), abs=0.1)
 
 
-def test_validation_holds_every_leaf_and_is_clean(tiny):
+def test_validation_holds_every_leaf_and_is_labelled_like_training(tiny, tmp_path):
     root, _ = tiny
     objects = pd.read_csv(split_files(root, "validation")["objects_csv"])
     assert objects.groupby("TrueLabelName")["ImageID"].nunique().min() >= 3
     assert objects["TrueLabelName"].nunique() == 24
-    assert (objects["LabelProblem"] == "clean").all()
-    assert (objects["LabelNames"] == objects["TrueLabelName"]).all()
+    # By default (val_label_noise: as_train) validation carries every label problem,
+    # parent-only and leaf+parent boxes included, at the training rates (about 150 objects).
+    rates = objects["LabelProblem"].value_counts(normalize=True)
+    for problem in (*LABEL_PROBLEMS, "confused_pair"):
+        assert rates.get(problem, 0) > 0.02, problem
+    assert rates["clean"] < 0.7
+    # val_label_noise=clean: the same images and boxes, every object labelled with its truth;
+    # training is unchanged.
+    clean_root = tmp_path / "clean"
+    generate_synthetic_benchmark(clean_root, {**TINY, "val_label_noise": "clean"})
+    clean = pd.read_csv(split_files(clean_root, "validation")["objects_csv"])
+    assert (clean["LabelProblem"] == "clean").all()
+    assert (clean["LabelNames"] == clean["TrueLabelName"]).all()
+    key = ["ImageID", "TrueLabelName", "XMin", "XMax", "YMin", "YMax"]
+    pd.testing.assert_frame_equal(clean[key], objects[key])
+    digests, clean_digests = file_digests(root), file_digests(clean_root)
+    for name in digests:
+        if name.startswith(("train", "validation/")):
+            assert clean_digests[name] == digests[name], name
+    with pytest.raises(ValueError, match="val_label_noise"):
+        SynthSettings.from_mapping({"val_label_noise": "noisy"})
 
 
 def test_label_problem_rates_and_meaning(tiny):
     root, manifest = tiny
     hierarchy = Hierarchy.from_json(root / "hierarchy.json")
     objects = pd.read_csv(split_files(root, "train")["objects_csv"])
-    rates = objects["LabelProblem"].value_counts(normalize=True)
-    for problem in LABEL_PROBLEMS:  # about 1000 objects: 4 standard deviations is 0.04
-        assert rates[problem] == pytest.approx(0.1, abs=0.04), problem
+    confused = {mid for pair in manifest["summary"]["confused_pairs"] for mid in pair["mids"]}
+    assert len(confused) == 6
+    rates = objects[~objects["TrueLabelName"].isin(confused)]["LabelProblem"].value_counts(
+        normalize=True
+    )
+    for problem in LABEL_PROBLEMS:  # about 750 objects: 4 standard deviations is 0.044
+        assert rates[problem] == pytest.approx(0.1, abs=0.045), problem
+    assert "confused_pair" not in rates
     assert manifest["summary"]["train"]["label_problem_rates"]["clean"] == pytest.approx(
-        rates["clean"], abs=1e-4
+        (objects["LabelProblem"] == "clean").mean(), abs=1e-4
     )
 
     def parent(mid: str) -> int:
         return int(np.flatnonzero(hierarchy.parents[hierarchy.index(mid)])[0])
 
+    partner_of = {
+        a: b
+        for pair in manifest["summary"]["confused_pairs"]
+        for a, b in [pair["mids"], pair["mids"][::-1]]
+    }
     for row in objects.itertuples():
         true, labels = row.TrueLabelName, row.LabelNames.split(";")
         ancestors = {
             hierarchy.mids[k] for k in np.flatnonzero(hierarchy.ancestors[hierarchy.index(true)])
         }
+        others = set(labels) - {true}
         kind = row.LabelProblem
+        assert len(set(labels)) == len(labels)
         if kind == "clean":
             assert labels == [true]
         elif kind == "leaf_and_parent":
-            assert labels[0] == true and labels[1] in ancestors
+            assert len(labels) == 2 and true in labels and others <= ancestors
         elif kind == "parent_only":
             assert len(labels) == 1 and labels[0] in ancestors
+        elif kind == "confused_pair":
+            assert sorted(labels) == sorted([true, partner_of[true]])
         elif kind in ("sibling_swap", "sibling_both"):
-            sibling = labels[-1]
-            assert sibling != true and hierarchy.is_leaf(sibling)
-            assert parent(sibling) == parent(true)
-            assert labels == ([sibling] if kind == "sibling_swap" else [true, sibling])
+            (sibling,) = others
+            assert hierarchy.is_leaf(sibling) and parent(sibling) == parent(true)
+            assert len(labels) == (1 if kind == "sibling_swap" else 2)
+            if true in partner_of:  # a confused pair's sibling problems use the partner
+                assert sibling == partner_of[true]
         else:  # two_leaves: a leaf of another family
-            other = labels[1]
-            assert labels[0] == true and hierarchy.is_leaf(other)
+            (other,) = others
+            assert kind == "two_leaves" and true in labels and hierarchy.is_leaf(other)
             assert not ancestors & {
                 hierarchy.mids[k]
                 for k in np.flatnonzero(hierarchy.ancestors[hierarchy.index(other)])
@@ -218,6 +262,13 @@ def test_bad_settings_are_named():
     settings = SynthSettings.from_mapping({"num_train_images": 20, "imbalance": 300})
     with pytest.raises(ValueError, match="raise num_train_images"):
         target_image_counts(settings, build_taxonomy(settings))
+    with pytest.raises(ValueError, match="confused_pairs keys"):
+        SynthSettings.from_mapping({"confused_pairs": {"pairs": 3}})
+    with pytest.raises(ValueError, match="min_rate"):
+        SynthSettings.from_mapping({"confused_pairs": {"min_rate": 0.7, "top_rate": 0.5}})
+    # MINI has two sibling pairs: a third confused pair cannot be placed.
+    with pytest.raises(ValueError, match="confused_pairs: no sibling pair left"):
+        build_taxonomy(SynthSettings.from_mapping({**MINI, "confused_pairs": {"num_pairs": 3}}))
 
 
 def test_config_drives_ensure_and_cli(tmp_path, capsys):
@@ -274,6 +325,7 @@ MINI = {
     "mean_objects_per_image": 1.5,
     "object_size": [0.4, 0.6],
     "val_min_images_per_class": 1,
+    "confused_pairs": {"num_pairs": 0},
 }
 
 
@@ -386,3 +438,132 @@ def test_cli_refusal_is_a_message_not_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match="refusing to write"):
         main([f"root={root}"])
     assert (root / "x.txt").read_text() == "x"
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark v2: no label-order leak, Open-Images-like verified labels, confused pairs.
+
+
+def test_objects_csv_columns_and_file_order(tiny):
+    root, _ = tiny
+    for split in ("train", "validation"):
+        files = split_files(root, split)
+        objects = pd.read_csv(files["objects_csv"])
+        assert {"ImageID", "TrueLabelName", "LabelProblem", "LabelNames"} <= set(objects.columns)
+        # LabelNames lists an object's labels in the order of their rows in the bbox CSV.
+        boxes = pd.read_csv(files["bbox_csv"])
+        coords = ["XMin", "XMax", "YMin", "YMax"]
+        in_file = boxes.groupby(["ImageID", *coords], sort=False)["LabelName"].agg(list)
+        for row in objects.itertuples():
+            key = (row.ImageID, row.XMin, row.XMax, row.YMin, row.YMax)
+            assert in_file[key] == row.LabelNames.split(";")
+
+
+def test_row_order_does_not_reveal_the_true_class(tiny):
+    """Of the objects boxed with their true leaf and another label, the true leaf's row comes
+    first about half the time (version 1: always), also within the whole image."""
+    root, _ = tiny
+    objects = pd.read_csv(split_files(root, "train")["objects_csv"])
+    labels = objects["LabelNames"].str.split(";")
+    with_truth = np.array([t in ls for t, ls in zip(objects["TrueLabelName"], labels, strict=True)])
+    two = objects[(labels.str.len() == 2).to_numpy() & with_truth]
+    first = (two["LabelNames"].str.split(";").str[0] == two["TrueLabelName"]).mean()
+    assert len(two) > 150
+    assert 0.35 < first < 0.65
+    # The image's first row is not the first object's first label either: rows of different
+    # objects interleave.
+    boxes = pd.read_csv(split_files(root, "train")["bbox_csv"])
+    first_rows = boxes.groupby("ImageID", sort=False)["LabelName"].first()
+    first_objects = objects.groupby("ImageID", sort=False)["TrueLabelName"].first()
+    multi = objects.groupby("ImageID").size() > 1
+    share = (first_rows[multi[multi].index] == first_objects[multi[multi].index]).mean()
+    assert share < 0.8
+
+
+def test_verified_negatives_are_mostly_lookalikes(tiny):
+    root, manifest = tiny
+    taxonomy = build_taxonomy(SynthSettings.from_mapping(TINY))
+    leaf_index = {mid: k for k, mid in enumerate(taxonomy.leaves)}
+    for split in ("train", "validation"):
+        files = split_files(root, split)
+        labels = pd.read_csv(files["image_labels_csv"])
+        negatives = labels[labels["Confidence"] == 0]
+        objects = pd.read_csv(files["objects_csv"])
+        present = objects.groupby("ImageID")["TrueLabelName"].agg(set)
+        lookalike = [
+            any(
+                leaf_index[mid] in taxonomy.lookalikes(leaf_index[true])
+                for true in present.get(image, set())
+            )
+            for image, mid in zip(negatives["ImageID"], negatives["LabelName"], strict=True)
+        ]
+        share = float(np.mean(lookalike))
+        # 3 look-alike and 1 random candidate per image (a random one may be a look-alike).
+        assert 0.7 < share < 1.0, (split, share)
+        assert len(negatives) / labels["ImageID"].nunique() > 3
+        drawn = manifest["summary"][split]["image_level_candidates"]
+        assert drawn["negatives"] == len(negatives)
+        assert drawn["lookalike"] > 2 * drawn["random"]
+
+
+def test_lookalikes_are_siblings_and_the_two_leaves_partner():
+    taxonomy = build_taxonomy(SynthSettings.from_mapping(TINY))
+    for leaf in range(len(taxonomy.leaves)):
+        got = taxonomy.lookalikes(leaf)
+        siblings = [
+            k
+            for k in range(len(taxonomy.leaves))
+            if k != leaf
+            and taxonomy.leaf_family[k] == taxonomy.leaf_family[leaf]
+            and taxonomy.leaf_shape[k] == taxonomy.leaf_shape[leaf]
+        ]
+        assert got == [*siblings, int(taxonomy.other_family_partner[leaf])]
+        assert taxonomy.sibling_partner[leaf] in got
+
+
+def test_pair_rates_by_hand():
+    no_noise = LabelNoise(0.0, 0.0, 0.0, 0.0, 0.0)
+    # Equal counts, no other problem: both rates are 2p / (1 + p).
+    assert pair_rates(0.5, 10, 10, no_noise) == pytest.approx((2 / 3, 2 / 3))
+    # 30 objects of a, 10 of b, p = 0.2: 8 coinciding pairs; a has 30 + 2 boxes, b 10 + 6.
+    assert pair_rates(0.2, 30, 10, no_noise) == pytest.approx((8 / 32, 8 / 16))
+    # Swaps and parent-only labels: a's objects keep their box with 1 - swap - parent_only.
+    noise = LabelNoise(0.0, 0.0, 0.1, 0.1, 0.2)
+    both, swap, keep = 0.5 + 0.5 * 0.1, 0.5 * 0.1, 1 - 0.05 - 0.1
+    expected = both * 20 / (10 * keep + 10 * (both + swap))
+    assert pair_rates(0.5, 10, 10, noise) == pytest.approx((expected, expected))
+    prob = both_probability_for_rate(0.65, 30, 10, noise)
+    assert max(pair_rates(prob, 30, 10, noise)) == pytest.approx(0.65, abs=1e-6)
+    assert both_probability_for_rate(0.65, 10, 10, no_noise) == pytest.approx(0.65 / 1.35)
+    assert both_probability_for_rate(0.01, 10, 10, LabelNoise(0, 0, 0, 0.5, 0)) == 0.0
+
+
+def test_confused_pairs_follow_the_figure_3a_profile():
+    """On many drawn objects (labels only, nothing rendered), each confused pair's measured
+    rate of its less frequent class is its target; the targets fall linearly 0.65 -> 0.1."""
+    settings = SynthSettings()
+    taxonomy = build_taxonomy(settings)
+    counts = target_image_counts(settings, taxonomy)["train"]
+    rng = np.random.default_rng(0)
+    pairs = [
+        (a, int(taxonomy.sibling_partner[a]))
+        for a in range(len(taxonomy.leaves))
+        if taxonomy.confused_rate[a] > 0 and a < taxonomy.sibling_partner[a]
+    ]
+    assert len(pairs) == 10
+    targets = sorted((float(taxonomy.confused_rate[a]) for a, _ in pairs), reverse=True)
+    np.testing.assert_allclose(targets, np.linspace(0.65, 0.1, 10))
+    for a, b in pairs:
+        # At least 4,000 objects per pair and 300 of the rarer class, in the classes' ratio.
+        scale = max(4000 / (counts[a] + counts[b]), 300 / min(counts[a], counts[b]))
+        objects = [
+            SceneObject(leaf, (0, 0, 1, 1), False, [], (0, 0, 0), 0.0)
+            for leaf, n in ((a, counts[a]), (b, counts[b]))
+            for _ in range(round(n * scale))
+        ]
+        _apply_label_problems(objects, settings, taxonomy, rng, noisy=True)
+        mids = (taxonomy.leaves[a], taxonomy.leaves[b])
+        boxes = {m: sum(m in o.labels for o in objects) for m in mids}
+        coinciding = sum(set(mids) <= set(o.labels) for o in objects)
+        measured = max(coinciding / boxes[m] for m in mids)
+        assert measured == pytest.approx(taxonomy.confused_rate[a], abs=0.04), mids

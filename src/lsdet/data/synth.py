@@ -1,21 +1,34 @@
-"""The embedded synthetic benchmark: Open-Images-shaped files with Open Images' pathologies.
+"""The embedded synthetic benchmark (version 2): Open-Images-shaped files with Open Images'
+pathologies.
 
 Open Images cannot be shipped, so the main job trains and evaluates on a generated set that
 has the same files (hierarchy JSON, class descriptions, 13-column bbox CSV, image-level
-labels CSV, ``<ImageID>.jpg`` images) and the problems the method is about:
+labels CSV, ``<ImageID>.jpg`` images) and the problems the method is about. Each property
+comes from what Open Images and the paper (Peng et al., CVPR 2020) describe, not from what
+any method scores on it:
 
 * a class hierarchy of three levels (shape family > shape > variant) whose sibling leaves
   look nearly alike (same shape, close hues, a subtle texture); parents have no appearance
-  of their own, only through their leaves;
-* a long tail: the number of training images per leaf falls by a power law
-  ``n(rank) ~ rank^-alpha`` with ``alpha = ln(imbalance) / ln(num_leaves)``, so that the
-  largest / smallest image count is ``imbalance``;
-* label problems at configurable rates (training split only): an object boxed as its leaf
-  and as an ancestor, an object boxed with a second leaf of another family (like car and
-  toy), confusable sibling pairs labelled with the other sibling or with both, objects
-  labelled with an ancestor only; and group-of boxes (several small instances in one box);
-* a clean, exhaustively labelled validation split (verified positives and negatives) that
-  holds every leaf at least ``val_min_images_per_class`` times.
+  of their own, only through their leaves (Open Images' parents are unions of leaves too);
+* a long tail (the paper's Figure 2): the number of training images per leaf falls by a
+  power law ``n(rank) ~ rank^-alpha`` with ``alpha = ln(imbalance) / ln(num_leaves)``, so
+  that the largest / smallest image count is ``imbalance``;
+* the label problems of the paper's section 1 at configurable rates: an object boxed as its
+  leaf and as an ancestor, boxed with a second leaf of another family (car and toy),
+  labelled with its confusable sibling or with both, labelled with an ancestor only
+  (Figure 3b); group-of boxes (several small instances in one box);
+* strongly confused sibling pairs whose concurrent rates follow the profile of the paper's
+  Figure 3a (:class:`ConfusedPairs`: top pairs about 0.5-0.65, a tail down to 0.1);
+* validation labelled by the same processes as training (``val_label_noise: as_train``; the
+  paper: torch and flashlight are annotated as each other "in both training and validation
+  set"), holding every leaf at least ``val_min_images_per_class`` times; ``clean`` gives
+  exact labels;
+* verified image-level labels made as Open Images made them (Kuznetsova et al., IJCV 2020):
+  candidate labels, mostly look-alikes of the leaves present plus a few random ones, each
+  verified (present -> positive, absent -> verified negative); every boxed label is a
+  positive. The metric thus judges a look-alike detection as a false positive;
+* the rows of an image in random order: which label of a multi-labelled object is its true
+  class cannot be read from the file order (version 1 wrote the true leaf first).
 
 Everything is drawn from ``seed``; the same settings give the same bytes. Files under
 ``root``::
@@ -24,8 +37,10 @@ Everything is drawn from ``seed``; the same settings give the same bytes. Files 
     class-descriptions.csv                          MID,Name (no header)
     {train,validation}-annotations-bbox.csv         13-column V4-V6 layout
     {train,validation}-annotations-image-labels.csv ImageID,Source,LabelName,Confidence
-    {train,validation}-objects.csv                  one row per drawn object: its true class,
-                                                    box and the label problem applied to it
+    {train,validation}-objects.csv                  one row per drawn object: ImageID, its
+                                                    true class (TrueLabelName), box, the
+                                                    LabelProblem applied and its LabelNames
+                                                    (in the order of its rows in the bbox CSV)
     {train,validation}/<ImageID>.jpg
     manifest.json                                   settings, their hash, a summary and
                                                     every file written
@@ -61,12 +76,16 @@ from tqdm import tqdm
 from lsdet.boxes import box_iou
 
 GENERATOR_NAME = "lsdet.data.synth"  # written into manifest.json: marks a folder as its own
-GENERATOR_VERSION = 1  # part of the settings hash: bump it when the bytes written change
+GENERATOR_VERSION = 2  # part of the settings hash: bump it when the bytes written change
 ROOT_MID = "/m/0bl9f"  # the root MID of the Open Images hierarchy ("Entity")
 SPLITS = ("train", "validation")
 TEXTURES = ("plain", "stripes", "dots", "checker")
 FAMILIES = ("polygon", "star", "oval", "ring", "cross", "crescent")
 LABEL_PROBLEMS = ("leaf_and_parent", "two_leaves", "sibling_swap", "sibling_both", "parent_only")
+CONFUSED_PAIR = (
+    "confused_pair"  # the LabelProblem of an object of a confused pair given both labels
+)
+VAL_LABEL_NOISE = ("as_train", "clean")
 
 HIERARCHY_JSON = "hierarchy.json"
 CLASS_DESCRIPTIONS_CSV = "class-descriptions.csv"
@@ -105,7 +124,7 @@ class NotAGeneratedFolderError(FileExistsError):
 
 @dataclass(frozen=True)
 class LabelNoise:
-    """Per-object probabilities of the label problems (training split; they are exclusive).
+    """Per-object probabilities of the label problems (they are exclusive).
 
     leaf_and_parent: boxed as its leaf and, with an identical box, as one of its ancestors.
     two_leaves:      boxed as its leaf and as a fixed partner leaf of another family.
@@ -128,6 +147,33 @@ class LabelNoise:
         values = [getattr(self, name) for name in LABEL_PROBLEMS]
         if any(v < 0 for v in values) or sum(values) > 1:
             raise ValueError(f"label_noise rates must be >= 0 and sum to <= 1, got {values}")
+
+
+@dataclass(frozen=True)
+class ConfusedPairs:
+    """Strongly confused sibling pairs (torch and flashlight in Open Images, labelled as each
+    other in training and validation): ``num_pairs`` pairs whose concurrent rates, the share
+    of a class's boxes that coincide with a box of its partner (the paper's Figure 3a), fall
+    linearly from ``top_rate`` to ``min_rate``; the rate is reached by the pair's less
+    frequent class (the higher of its two directions), the other direction follows from the
+    pair's class frequencies."""
+
+    num_pairs: int = 10
+    top_rate: float = 0.65
+    min_rate: float = 0.10
+
+    def __post_init__(self) -> None:
+        if self.num_pairs < 0:
+            raise ValueError(f"confused_pairs.num_pairs must be >= 0, got {self.num_pairs}")
+        if not 0 < self.min_rate <= self.top_rate < 1:
+            raise ValueError(
+                "confused_pairs must satisfy 0 < min_rate <= top_rate < 1, got "
+                f"min_rate={self.min_rate}, top_rate={self.top_rate}"
+            )
+
+    def rates(self) -> np.ndarray:
+        """The target rate of each pair, strongest first."""
+        return np.linspace(self.top_rate, self.min_rate, self.num_pairs)
 
 
 @dataclass(frozen=True)
@@ -156,9 +202,11 @@ class SynthSettings:
     noise_std: float = 6.0
     jpeg_quality: int = 90
     val_min_images_per_class: int = 5
-    train_negatives_per_image: int = 2
-    val_negatives_per_image: int = 3
+    lookalike_candidates_per_image: int = 3
+    random_candidates_per_image: int = 1
     label_noise: LabelNoise = field(default_factory=LabelNoise)
+    confused_pairs: ConfusedPairs = field(default_factory=ConfusedPairs)
+    val_label_noise: str = "as_train"
     num_workers: int = 1
 
     def __post_init__(self) -> None:
@@ -175,6 +223,12 @@ class SynthSettings:
             raise ValueError(f"object_size must satisfy 0 < low <= high <= 1, got {low}, {high}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if self.val_label_noise not in VAL_LABEL_NOISE:
+            raise ValueError(
+                f"val_label_noise must be one of {VAL_LABEL_NOISE}, got {self.val_label_noise!r}"
+            )
+        if self.lookalike_candidates_per_image < 0 or self.random_candidates_per_image < 0:
+            raise ValueError("lookalike/random_candidates_per_image must be >= 0")
 
     @property
     def num_leaves(self) -> int:
@@ -202,6 +256,15 @@ class SynthSettings:
             if bad:
                 raise ValueError(f"unknown label_noise keys {bad}; known: {list(LABEL_PROBLEMS)}")
             values["label_noise"] = LabelNoise(**{k: float(v) for k, v in noise.items()})
+        if "confused_pairs" in values:
+            pairs = dict(values["confused_pairs"] or {})
+            known_pairs = [f.name for f in fields(ConfusedPairs)]
+            bad = sorted(set(pairs) - set(known_pairs))
+            if bad:
+                raise ValueError(f"unknown confused_pairs keys {bad}; known: {known_pairs}")
+            values["confused_pairs"] = ConfusedPairs(
+                **{k: (int(v) if k == "num_pairs" else float(v)) for k, v in pairs.items()}
+            )
         for key in ("object_size", "group_of_instances", "clutter_per_image"):
             if key in values:
                 values[key] = tuple(values[key])
@@ -241,6 +304,20 @@ class Taxonomy:
     leaf_rank: np.ndarray  # [L] frequency rank, 0 = most frequent
     sibling_partner: np.ndarray  # [L] leaf index of the confusable sibling, -1 if none
     other_family_partner: np.ndarray  # [L] leaf index of the "two leaves" partner, -1 if none
+    # [L] target concurrent rate of the leaf's confused pair (its sibling partner), 0 if none
+    confused_rate: np.ndarray
+    # [L] probability that an object of the leaf is labelled with its leaf and its partner
+    confused_both_prob: np.ndarray
+
+    def lookalikes(self, leaf: int) -> list[int]:
+        """The leaves a classifier would propose for an object of ``leaf``: the other variants
+        of its shape (its confusable sibling among them) and its "two leaves" partner."""
+        per_shape = len(self.children[self.parent[self.leaves[leaf]]])
+        first = leaf - leaf % per_shape
+        out = [k for k in range(first, first + per_shape) if k != leaf]
+        if self.other_family_partner[leaf] >= 0:
+            out.append(int(self.other_family_partner[leaf]))
+        return out
 
     def ancestors(self, mid: str) -> list[str]:
         out = []
@@ -346,6 +423,31 @@ def build_taxonomy(settings: SynthSettings) -> Taxonomy:
         if candidates:
             other_family_partner[leaf] = candidates[rng.integers(len(candidates))]
 
+    # Strongly confused pairs: for each rate of the profile (strongest first), a random
+    # sibling pair not chosen yet whose rate without the confusion (from the sibling label
+    # problems alone) is below it, so that every pair can reach its rate.
+    # The images per leaf follow (rank + 1)^-alpha (target_image_counts).
+    alpha = math.log(s.imbalance) / math.log(num_leaves) if num_leaves > 1 else 0.0
+    frequency = (leaf_rank + 1.0) ** -alpha
+    pairs = sorted({(min(a, b), max(a, b)) for a, b in enumerate(sibling_partner) if b >= 0})
+    baseline = [max(pair_rates(0.0, frequency[a], frequency[b], s.label_noise)) for a, b in pairs]
+    confused_rate = np.zeros(num_leaves)
+    confused_both_prob = np.zeros(num_leaves)
+    free = list(range(len(pairs)))
+    for rate in s.confused_pairs.rates():
+        eligible = [k for k in free if baseline[k] < rate]
+        if not eligible:
+            raise ValueError(
+                f"confused_pairs: no sibling pair left whose rate without the confusion is "
+                f"below {rate:.3f}; lower confused_pairs.num_pairs or raise its min_rate"
+            )
+        k = eligible[rng.integers(len(eligible))]
+        free.remove(k)
+        a, b = pairs[k]
+        prob = both_probability_for_rate(rate, frequency[a], frequency[b], s.label_noise)
+        confused_rate[[a, b]] = rate
+        confused_both_prob[[a, b]] = prob
+
     return Taxonomy(
         mids=mids,
         names=names,
@@ -359,7 +461,50 @@ def build_taxonomy(settings: SynthSettings) -> Taxonomy:
         leaf_rank=leaf_rank,
         sibling_partner=sibling_partner,
         other_family_partner=other_family_partner,
+        confused_rate=confused_rate,
+        confused_both_prob=confused_both_prob,
     )
+
+
+def pair_rates(
+    both_prob: float, count_a: float, count_b: float, noise: LabelNoise
+) -> tuple[float, float]:
+    """Expected concurrent rates (a -> b, b -> a) of a confused sibling pair whose objects get
+    both labels with probability ``both_prob`` and otherwise the label problems of
+    ``noise``: the share of a's boxes that coincide with a box of b, and vice versa.
+
+    For an object of either class, ``both`` is the probability of boxes of both classes
+    (the pair's own rate plus ``sibling_both``), ``swap`` of the partner's box only, and
+    ``keep`` of a box of its own class (everything but a swap or a parent-only label)."""
+    rest = 1.0 - both_prob
+    both = both_prob + rest * noise.sibling_both
+    swap = rest * noise.sibling_swap
+    keep = 1.0 - swap - rest * noise.parent_only
+    coinciding = both * (count_a + count_b)
+    boxes_a = count_a * keep + count_b * (both + swap)
+    boxes_b = count_b * keep + count_a * (both + swap)
+    return coinciding / boxes_a, coinciding / boxes_b
+
+
+def both_probability_for_rate(
+    rate: float, count_a: float, count_b: float, noise: LabelNoise
+) -> float:
+    """The probability of labelling an object of a confused pair with both classes that gives
+    the pair's less frequent class the concurrent ``rate`` (bisection: the rate grows with the
+    probability); 1 when even that falls short."""
+
+    def higher_rate(prob: float) -> float:
+        return max(pair_rates(prob, count_a, count_b, noise))
+
+    if higher_rate(0.0) >= rate:
+        return 0.0
+    if higher_rate(1.0) <= rate:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if higher_rate(middle) < rate else (low, middle)
+    return (low + high) / 2
 
 
 def target_image_counts(settings: SynthSettings, taxonomy: Taxonomy) -> dict[str, np.ndarray]:
@@ -496,8 +641,16 @@ def _apply_label_problems(
     probs = [*probs, 1.0 - sum(probs)]
     for obj in objects:
         leaf_mid = taxonomy.leaves[obj.leaf]
-        problem = str(rng.choice(choices, p=probs)) if noisy else "clean"
         sibling = taxonomy.sibling_partner[obj.leaf]
+        # Both draws are made for every object, so the random stream does not depend on noisy.
+        confused = rng.random() < taxonomy.confused_both_prob[obj.leaf]
+        problem = str(rng.choice(choices, p=probs))
+        if not noisy:
+            confused, problem = False, "clean"
+        if confused:
+            obj.labels = [leaf_mid, taxonomy.leaves[sibling]]
+            obj.problem = CONFUSED_PAIR
+            continue
         partner = taxonomy.other_family_partner[obj.leaf]
         ancestors = taxonomy.ancestors(leaf_mid)
         if problem in ("sibling_swap", "sibling_both") and sibling < 0:
@@ -662,6 +815,47 @@ def _fmt(value: float) -> str:
     return f"{value:.6f}"
 
 
+def _verify_candidates(
+    boxed: set[str],
+    true_leaves: list[int],
+    settings: SynthSettings,
+    taxonomy: Taxonomy,
+    rng: np.random.Generator,
+) -> tuple[set[str], set[str], dict[str, int]]:
+    """An image's verified image-level labels, made as Open Images made them: candidate
+    labels proposed by a classifier, then verified by a person looking at the image.
+
+    Every boxed label is a positive (boxes are drawn for positive labels). Candidates are
+    ``lookalike_candidates_per_image`` leaves drawn from the look-alikes of the leaves
+    present (their shape's other variants and their "two leaves" partners: what a
+    classifier confuses them with) and ``random_candidates_per_image`` leaves drawn from the
+    rest; a candidate is a positive when an object of it is in the image (its true leaf),
+    otherwise a verified negative. Returns (positives, negatives, counts of what was drawn)."""
+    present = {taxonomy.leaves[leaf] for leaf in true_leaves}
+    known = boxed  # already positive; a candidate of them adds nothing
+    num_leaves = len(taxonomy.leaves)
+    pool = sorted(
+        {k for leaf in true_leaves for k in taxonomy.lookalikes(leaf)}
+        - {k for k in range(num_leaves) if taxonomy.leaves[k] in known}
+    )
+    num_lookalike = min(settings.lookalike_candidates_per_image, len(pool))
+    lookalike = (
+        [int(k) for k in rng.choice(pool, size=num_lookalike, replace=False)] if pool else []
+    )
+    rest = [k for k in range(num_leaves) if taxonomy.leaves[k] not in known and k not in lookalike]
+    num_random = min(settings.random_candidates_per_image, len(rest))
+    random = [int(k) for k in rng.choice(rest, size=num_random, replace=False)] if rest else []
+    candidates = {taxonomy.leaves[k] for k in lookalike + random}
+    negatives = candidates - present
+    drawn = {
+        "lookalike": len(lookalike),
+        "random": len(random),
+        "negatives": len(negatives),
+        "lookalike_negatives": len({taxonomy.leaves[k] for k in lookalike} - present),
+    }
+    return boxed | (candidates & present), negatives, drawn
+
+
 def _write_split(
     root: Path,
     split: str,
@@ -683,7 +877,8 @@ def _write_split(
     for i, leaves in enumerate(per_image):
         rng = np.random.default_rng([s.seed, split_code, 2, i])
         objects = _place_objects(leaves, s, taxonomy, rng)
-        _apply_label_problems(objects, s, taxonomy, rng, noisy=(split == "train"))
+        noisy = split == "train" or s.val_label_noise == "as_train"
+        _apply_label_problems(objects, s, taxonomy, rng, noisy=noisy)
         scenes.append(objects)
 
     jobs = [
@@ -707,18 +902,14 @@ def _write_split(
     bbox_lines = [BBOX_HEADER]
     label_lines = [IMAGE_LABELS_HEADER]
     object_lines = [OBJECTS_HEADER]
-    problem_counts = dict.fromkeys([*LABEL_PROBLEMS, "clean"], 0)
+    problem_counts = dict.fromkeys([*LABEL_PROBLEMS, CONFUSED_PAIR, "clean"], 0)
     dropped = 0
-    negatives_per_image = (
-        s.train_negatives_per_image if split == "train" else s.val_negatives_per_image
-    )
-    num_leaves = len(taxonomy.leaves)
-    leaf_index = {mid: k for k, mid in enumerate(taxonomy.leaves)}
+    candidate_counts = {"lookalike": 0, "random": 0, "negatives": 0, "lookalike_negatives": 0}
     for i, (image_id, objects, tight) in enumerate(zip(ids, scenes, tight_boxes, strict=True)):
         visible = [(o, b) for o, b in zip(objects, tight, strict=True) if b is not None]
         dropped += len(objects) - len(visible)
         pixel_boxes = np.asarray([b for _, b in visible], dtype=np.float64).reshape(-1, 4)
-        image_labels: set[str] = set()
+        rows: list[tuple[int, str, str]] = []  # (object, label, bbox line)
         for k, (obj, (x0, y0, x1, y1)) in enumerate(visible):
             others = np.delete(pixel_boxes, k, axis=0)
             inter_w = np.clip(np.minimum(others[:, 2], x1) - np.maximum(others[:, 0], x0), 0, None)
@@ -728,32 +919,30 @@ def _write_split(
             occluded = int(bool(((inter_w * inter_h > 0) & later).any()))
             coords = ",".join(_fmt(v) for v in (x0 / size, x1 / size, y0 / size, y1 / size))
             for mid in obj.labels:
-                bbox_lines.append(
-                    f"{image_id},xclick,{mid},1,{coords},{occluded},0,{int(obj.group_of)},0,0"
-                )
-                image_labels.add(mid)
+                line = f"{image_id},xclick,{mid},1,{coords},{occluded},0,{int(obj.group_of)},0,0"
+                rows.append((k, mid, line))
             problem_counts[obj.problem] += 1
+        # The rows of an image in random order: file order tells nothing about which label
+        # of an object is its true class (Open Images' files carry no such order either).
+        rng = np.random.default_rng([s.seed, split_code, 5, i])
+        rows = [rows[j] for j in rng.permutation(len(rows))]
+        bbox_lines += [line for _, _, line in rows]
+        for k, (obj, (x0, y0, x1, y1)) in enumerate(visible):
+            coords = ",".join(_fmt(v) for v in (x0 / size, x1 / size, y0 / size, y1 / size))
+            in_file_order = [mid for row_object, mid, _ in rows if row_object == k]
             object_lines.append(
                 f"{image_id},{k},{taxonomy.leaves[obj.leaf]},{coords},{int(obj.group_of)},"
-                f"{len(obj.instances)},{obj.problem},{';'.join(obj.labels)}"
+                f"{len(obj.instances)},{obj.problem},{';'.join(in_file_order)}"
             )
-        for mid in sorted(image_labels):
-            label_lines.append(f"{image_id},verification,{mid},1")
-        # Verified negatives: absent leaves, siblings of present leaves preferred (hard ones).
-        present = {o.leaf for o, _ in visible} | {
-            leaf_index[m] for m in image_labels if m in leaf_index
-        }
-        rng = np.random.default_rng([s.seed, split_code, 4, i])
-        weights = np.ones(num_leaves)
-        for leaf in present:
-            first = leaf - leaf % (s.hues_per_shape * s.textures_per_shape)
-            weights[first : first + s.hues_per_shape * s.textures_per_shape] = 4.0
-        weights[list(present)] = 0.0
-        k = min(negatives_per_image, int((weights > 0).sum()))
-        if k:
-            negatives = rng.choice(num_leaves, size=k, replace=False, p=weights / weights.sum())
-            for leaf in sorted(negatives):
-                label_lines.append(f"{image_id},verification,{taxonomy.leaves[leaf]},0")
+        boxed = {mid for _, mid, _ in rows}
+        true_leaves = sorted({o.leaf for o, _ in visible})
+        positives, negatives, drawn = _verify_candidates(
+            boxed, true_leaves, s, taxonomy, np.random.default_rng([s.seed, split_code, 4, i])
+        )
+        for key, value in drawn.items():
+            candidate_counts[key] += value
+        label_lines += [f"{image_id},verification,{mid},1" for mid in sorted(positives)]
+        label_lines += [f"{image_id},verification,{mid},0" for mid in sorted(negatives)]
 
     files["bbox_csv"].write_text("\n".join(bbox_lines) + "\n")
     files["image_labels_csv"].write_text("\n".join(label_lines) + "\n")
@@ -767,6 +956,7 @@ def _write_split(
         "label_problem_rates": {
             k: round(v / max(num_objects, 1), 4) for k, v in problem_counts.items()
         },
+        "image_level_candidates": candidate_counts,
         "images_per_leaf_max": int(counts.max()),
         "images_per_leaf_min": int(counts.min()),
         "imbalance": round(float(counts.max() / counts.min()), 2),
@@ -927,6 +1117,15 @@ def generate_synthetic_benchmark(
         "num_classes": len(taxonomy.mids),
         "num_leaves": len(taxonomy.leaves),
         "num_levels": 3,
+        "confused_pairs": [
+            {
+                "mids": [taxonomy.leaves[a], taxonomy.leaves[int(taxonomy.sibling_partner[a])]],
+                "target_rate": round(float(taxonomy.confused_rate[a]), 4),
+                "both_labels_prob": round(float(taxonomy.confused_both_prob[a]), 4),
+            }
+            for a in np.argsort(-taxonomy.confused_rate, kind="stable")
+            if taxonomy.confused_rate[a] > 0 and a < taxonomy.sibling_partner[a]
+        ],
     }
     sizes = {"train": settings.num_train_images, "validation": settings.num_val_images}
     for split in SPLITS:
