@@ -17,9 +17,9 @@ from lsdet.models import (
     raise_parents_to_descendants,
     resolve_scoring,
     score_logits,
+    sum_subtrees,
 )
 from lsdet.models.detector import anchor_sizes_for
-from lsdet.models.roi_heads import sum_subtrees
 
 MODEL_YAML = "conf/model/resnet18_fpn.yaml"
 

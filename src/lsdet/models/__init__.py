@@ -3,16 +3,23 @@
 from lsdet.models.backbone import TimmFPNBackbone, apply_norm_mode, create_timm_features
 from lsdet.models.detector import build_detector, is_sigmoid_loss, resolve_scoring
 from lsdet.models.roi_heads import (
+    PARENT_SCORES,
+    SCORINGS,
     MultiLabelBoxPredictor,
     MultiLabelRoIHeads,
+    NormalizedLinear,
     prior_bias,
     raise_parents_to_descendants,
     score_logits,
+    sum_subtrees,
 )
 
 __all__ = [
+    "PARENT_SCORES",
+    "SCORINGS",
     "MultiLabelBoxPredictor",
     "MultiLabelRoIHeads",
+    "NormalizedLinear",
     "TimmFPNBackbone",
     "apply_norm_mode",
     "build_detector",
@@ -22,4 +29,5 @@ __all__ = [
     "raise_parents_to_descendants",
     "resolve_scoring",
     "score_logits",
+    "sum_subtrees",
 ]
