@@ -11,8 +11,10 @@ the floor). Timing: ``triton.testing.do_bench`` on a GPU (median, 20% and 80% qu
 ``torch.utils.benchmark`` on CPU (median, 20%/80% of the measured blocks). Peak memory is the
 largest extra allocation during one forward+backward, beyond the inputs (CUDA allocator
 statistics on a GPU, the profiler's allocation events on CPU). "lsdet GB/s" is the least
-traffic of the step (``useful_bytes``) over lsdet's time; with --peak-gbs it is also printed
-as a share of the card's bandwidth.
+traffic of the step (``useful_bytes``) over lsdet's time; with --peak-gbs it is also given
+as a share of the card's bandwidth ("lsdet % of peak"). On a GPU each fwd+bwd row is marked
+against the goals (GPU_GOALS): >= 3x the eager reference, >= 1.5x the compiled one, <= 2x
+``F.cross_entropy``, >= 60% of the bandwidth.
 
 The problem: logits ~ 3 N(0, 1); one primary label per row (a quarter of the rows
 background), a second positive on a fifth of the foreground rows; rates with 2% non-zero
@@ -218,9 +220,36 @@ def useful_bytes(n: int, c: int, mode: str, element_size: int) -> int:
     return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[mode]
 
 
-def ratio_table(rows: list[dict], element_size: int = 4) -> list[dict]:
-    """Per size and mode: each method's ms, the ratios against lsdet, and lsdet's effective
-    bandwidth (``useful_bytes`` / time)."""
+# The goals of lsdet's loss on a GPU: (column, comparison, threshold).
+GPU_GOALS = (
+    ("eager/lsdet", ">=", 3.0),
+    ("compiled/lsdet", ">=", 1.5),
+    ("lsdet/CE", "<=", 2.0),
+    ("lsdet % of peak", ">=", 60.0),
+)
+
+
+def goal_flags(row: dict) -> dict[str, bool | None]:
+    """Per goal of GPU_GOALS, whether the ratio-table row meets it (None: not measured, e.g.
+    the share of the bandwidth when the card's peak is unknown)."""
+    flags: dict[str, bool | None] = {}
+    for column, comparison, threshold in GPU_GOALS:
+        value = row.get(column)
+        if value is None or value != value:  # absent or NaN
+            flags[f"{column} {comparison} {threshold:g}"] = None
+        elif comparison == ">=":
+            flags[f"{column} {comparison} {threshold:g}"] = bool(value >= threshold)
+        else:
+            flags[f"{column} {comparison} {threshold:g}"] = bool(value <= threshold)
+    return flags
+
+
+def ratio_table(
+    rows: list[dict], element_size: int = 4, peak_gbs: float | None = None
+) -> list[dict]:
+    """Per size and mode: each method's ms (median, 20% and 80% quantiles), the ratios against
+    lsdet, lsdet's effective bandwidth (``useful_bytes`` / time) and, given the card's peak
+    bandwidth in GB/s, its share of it in percent."""
     table = []
 
     def key(row):
@@ -231,20 +260,40 @@ def ratio_table(rows: list[dict], element_size: int = 4) -> list[dict]:
         mode = group[0]["mode"]
         by_method = {r["method"]: r for r in group}
         lsdet = by_method["lsdet"]["ms"]
-        table.append(
-            dict(
-                N=n,
-                C=c,
-                mode=mode,
-                **{f"{m} ms": by_method[m]["ms"] for m in METHODS},
-                **{"eager/lsdet": by_method["reference eager"]["ms"] / lsdet},
-                **{"compiled/lsdet": by_method["reference compiled"]["ms"] / lsdet},
-                **{"lsdet/CE": lsdet / by_method["F.cross_entropy"]["ms"]},
-                **{"lsdet GB/s": useful_bytes(n, c, mode, element_size) / lsdet / 1e6},
-                **{f"{m} peak MiB": by_method[m]["peak_mb"] for m in METHODS},
-            )
+        gbs = useful_bytes(n, c, mode, element_size) / lsdet / 1e6
+        row = dict(
+            N=n,
+            C=c,
+            mode=mode,
+            **{f"{m} ms": by_method[m]["ms"] for m in METHODS},
+            **{"lsdet ms p20": by_method["lsdet"]["ms_p20"]},
+            **{"lsdet ms p80": by_method["lsdet"]["ms_p80"]},
+            **{"eager/lsdet": by_method["reference eager"]["ms"] / lsdet},
+            **{"compiled/lsdet": by_method["reference compiled"]["ms"] / lsdet},
+            **{"lsdet/CE": lsdet / by_method["F.cross_entropy"]["ms"]},
+            **{"lsdet GB/s": gbs},
+            **{f"{m} peak MiB": by_method[m]["peak_mb"] for m in METHODS},
         )
+        if peak_gbs:
+            row["lsdet % of peak"] = 100.0 * gbs / peak_gbs
+        table.append(row)
     return table
+
+
+def run_benchmark(
+    sizes: list[tuple[int, int]],
+    device: str,
+    dtype: torch.dtype,
+    compile_backend: str = "inductor",
+    peak_gbs: float | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], list[dict]]:
+    """(one row per size, method and mode; the ratio table) for the given sizes."""
+    rows = []
+    for n, c in tqdm(sizes, desc="sizes", unit="size", disable=not progress):
+        rows.extend(benchmark_size(n, c, device, dtype, compile_backend))
+    table = ratio_table(rows, element_size=torch.finfo(dtype).bits // 8, peak_gbs=peak_gbs)
+    return rows, table
 
 
 def print_table(table: list[dict]) -> None:
@@ -333,17 +382,18 @@ def main(argv: list[str] | None = None) -> None:
         f"{'the Triton kernel' if device == 'cuda' else 'the PyTorch path'}"
     )
 
-    rows = []
-    for n, c in tqdm(sizes, desc="sizes", unit="size"):
-        rows.extend(benchmark_size(n, c, device, dtype, args.compile_backend))
-    table = ratio_table(rows, element_size=torch.finfo(dtype).bits // 8)
+    rows, table = run_benchmark(sizes, device, dtype, args.compile_backend, args.peak_gbs)
     print_table(table)
     if device == "cuda":
-        print("goals (fwd+bwd): eager/lsdet >= 3, compiled/lsdet >= 1.5, lsdet/CE <= 2")
-        if args.peak_gbs:
-            for row in table:
-                share = row["lsdet GB/s"] / args.peak_gbs
-                print(f"{row['N']}x{row['C']} {row['mode']}: {share:.0%} of {args.peak_gbs:g} GB/s")
+        print("goals (fwd+bwd): eager/lsdet >= 3, compiled/lsdet >= 1.5, lsdet/CE <= 2, ")
+        print("                 >= 60% of the card's bandwidth (with --peak-gbs)")
+        for row in table:
+            if row["mode"] == "fwd+bwd":
+                verdicts = ", ".join(
+                    f"{goal}: {'met' if met else 'not met' if met is not None else 'n/a'}"
+                    for goal, met in goal_flags(row).items()
+                )
+                print(f"{row['N']}x{row['C']} fwd+bwd: {verdicts}")
     else:
         print("goal (CPU, fwd+bwd, 8192x501): lsdet/CE <= 3")
 
