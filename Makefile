@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-from-pyproject
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint format bench-kernels experiments clean-venv
+.PHONY: venv demo test lint format bench-kernels gpu-check experiments clean-venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test: lint
 
 bench-kernels: $(STAMP)
 	$(PY) -m lsdet.bench.kernels
+
+# On a CUDA machine (<= 30 min): kernel tests compiled, kernel and detector benchmarks, input
+# pipeline, AMP / DDP training, evaluation and the demo; report in benchmarks/gpu/<date>-<gpu>/.
+# Without a GPU it says so and exits 0.
+gpu-check: $(STAMP)
+	$(PY) -m lsdet.bench.gpu_check $(ARGS)
 
 # The paper's Tables 1-4 and Figures 4-5 on the synthetic benchmark (experiments/README.md):
 # trains every run of experiments/sweeps.yaml (re-running skips finished runs), then writes the

@@ -1,7 +1,8 @@
 """Triton kernels against the PyTorch reference, forward and gradient.
 
 On CPU they run under TRITON_INTERPRET=1 (set by conftest.py), about 1 ms per program and
-per tile product, hence the small N. On a CUDA machine the same tests run compiled.
+per tile product, hence the small N. On a CUDA machine the same tests run compiled when
+TRITON_INTERPRET=0 is set (as ``make gpu-check`` does); fp32, fp16 and bf16 logits.
 """
 
 import os
@@ -88,6 +89,7 @@ def test_loss_kernel_one_label_zero_rates_is_cross_entropy():
     [
         (21, 7, torch.float32),
         (9, 37, torch.float16),
+        (9, 37, torch.bfloat16),
         (4, 501, torch.float32),
         (3, 1100, torch.float16),
     ],
