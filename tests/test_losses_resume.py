@@ -26,6 +26,8 @@ def data_root(tmp_path_factory):
 def test_stopped_and_resumed_equals_uninterrupted(loss, data_root, tmp_path):
     # 6 images, batch 2, 2 epochs: 6 iterations; stop after 4 (mid-epoch 2) and resume.
     base = tiny_overrides(data_root) + [f"loss={loss}"]
+    if not any(o.startswith("data.generate.confused_pairs.") for o in base):
+        base.append("data.generate.confused_pairs.num_pairs=1")  # 3 sibling pairs in all
     if loss == "federated":
         base.append("loss.num_classes_per_batch=3")  # fewer than the classes: classes are drawn
     full = run_training(compose_train(base), tmp_path / "full")
