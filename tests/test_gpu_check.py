@@ -189,3 +189,20 @@ def test_makefile_has_the_gpu_check_target():
     root = Path(__file__).resolve().parents[1]
     makefile = (root / "Makefile").read_text()
     assert "gpu-check: $(STAMP)" in makefile and "lsdet.bench.gpu_check" in makefile
+
+
+def test_training_section_overrides_are_valid_config_keys(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from train_helpers import CONF_DIR, compose_train
+
+    overrides = gpu_check._training_overrides(tmp_path / "synth", tmp_path / "run")
+    job_overrides = [o for o in overrides if not o.startswith("hydra.")]
+    cfg = compose_train([*job_overrides, "train.dist_backend=nccl", "model.backbone.norm=sync_bn"])
+    assert cfg.train.device == "cuda" and cfg.train.amp is True
+    assert cfg.loss.name == "concurrent_softmax" and cfg.model.backbone.norm == "sync_bn"
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        evaluate = compose(
+            "evaluate",
+            overrides=["checkpoint=x.pt", f"data.root={tmp_path}", "device=cuda"],
+        )
+    assert evaluate.checkpoint == "x.pt" and evaluate.device == "cuda"
