@@ -1,5 +1,6 @@
 """The PyTorch reference of lsdet.ops against eq. 3/5 written out literally, float64 autograd,
-and the identities of GUIDE §1; soft_balance_weights against hand-worked values."""
+and the paper's identities (eq. 3 with R = 0 is softmax cross-entropy; the exact gradient of
+eq. 3); soft_balance_weights against hand-worked values."""
 
 import math
 

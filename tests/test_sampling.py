@@ -62,7 +62,7 @@ def test_soft_balance_probs_rejects_bad_input(counts, lam, match):
 
 from lsdet.sampling import (  # noqa: E402
     RepeatFactorSampler,
-    SequentialSampler,
+    ShuffledEpochSampler,
     SoftBalanceSampler,
     build_sampler,
     repeat_factors,
@@ -169,7 +169,7 @@ def test_soft_balance_draws_uniformly_within_a_class():
 
 
 def test_sequential_sampler_sees_every_image_once_per_epoch_in_new_order():
-    sampler = SequentialSampler(1000, seed=0)
+    sampler = ShuffledEpochSampler(1000, seed=0)
     first = list(sampler)
     assert sorted(first) == list(range(1000))
     sampler.set_epoch(1)
@@ -392,13 +392,13 @@ def test_sampler_drives_a_dataloader_and_resumes_from_consumed_batches():
 
 def test_bad_seed_and_epoch_are_refused():
     with pytest.raises(ValueError, match="seed"):
-        SequentialSampler(10, seed=-1)
+        ShuffledEpochSampler(10, seed=-1)
     with pytest.raises(ValueError, match="epoch"):
-        SequentialSampler(10).set_epoch(-1)
+        ShuffledEpochSampler(10).set_epoch(-1)
 
 
 def test_position_past_the_epoch_end_is_an_error():
-    sampler = SequentialSampler(10)
+    sampler = ShuffledEpochSampler(10)
     sampler.load_state_dict({"epoch": 0, "num_yielded": 11})
     with pytest.raises(ValueError, match="past the end"):
         list(sampler)

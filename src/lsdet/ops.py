@@ -1,4 +1,6 @@
-"""Concurrent softmax (paper eq. 3-5) and soft-balance loss weights: the public ops.
+"""Concurrent softmax (paper eq. 3-5), the public ops: the training loss with its exact gradient
+and the inference scores. (``soft_balance_weights`` is re-exported from
+``lsdet.sampling.soft_balance``, the home of soft-balance.)
 
 Conventions: ``logits`` [N, C] with column 0 = background (the ops themselves treat every
 column alike); ``targets`` [N, C] multi-hot (bool, uint8 or float; non-zero = positive);
@@ -6,7 +8,9 @@ column alike); ``targets`` [N, C] multi-hot (bool, uint8 or float; non-zero = po
 labelled j (its diagonal is ignored); ``weights`` [C] per-column loss weights.
 
 Two implementations compute the same thing: Triton kernels (``lsdet.kernels``) and a PyTorch
-reference. Both compute the loss and its exact gradient (GUIDE §1) in one forward pass; the
+reference. Both compute the loss (eq. 3) and its exact gradient in one forward pass (eq. 4 prints the
+negatives' case loosely; the derivative of eq. 3 is dL/dz_k = w_k (s*_k - 1) for a positive k
+and e^{z_k} sum_{i in K} w_i (1 - r_ik) / D_i otherwise); the
 backward only scales that gradient. The loss's denominators D_i are only needed at a row's
 positives, so both work over each row's positive columns (O(N K C) for at most K positives a
 row, not the O(N C^2) of the dense products); finding them costs one device sync per call. Both are wrapped in ``torch.library`` custom ops
@@ -25,9 +29,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
-from numpy.typing import ArrayLike
+
+from lsdet.sampling.soft_balance import soft_balance_weights
 
 __all__ = [
     "concurrent_softmax",
@@ -137,14 +141,19 @@ def concurrent_softmax_loss_reference(
     return row_loss, grad
 
 
-def concurrent_softmax_reference(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 in plain PyTorch: s+_i = e^{z_i} / sum_j q_ij e^{z_j}, in the logits' dtype."""
+def _scores_parts(logits: torch.Tensor, q: torch.Tensor):
+    """Eq. 5's pieces in the compute dtype: E = e^{z - rowmax}, T = E Q^T and s+ = E / T."""
     dtype = _compute_dtype(logits)
     z = logits.to(dtype)
     exp_shifted = torch.exp(z - z.amax(dim=1, keepdim=True))
     denom = exp_shifted @ q.to(dtype).t()
     probs = torch.where(denom > 0, exp_shifted / denom, 0.0)
-    return probs.to(logits.dtype)
+    return exp_shifted, denom, probs
+
+
+def concurrent_softmax_reference(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 in plain PyTorch: s+_i = e^{z_i} / sum_j q_ij e^{z_j}, in the logits' dtype."""
+    return _scores_parts(logits, q)[2].to(logits.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,13 +239,9 @@ def _scores_setup_context(ctx, inputs, output):
 def _scores_backward(ctx, grad_probs):
     # s_i = E_i / T_i, T = E Q^T:  dL/dz_k = g_k s_k - E_k ((g * s / T) Q)_k  (E = e^{z - max}).
     logits, q = ctx.saved_tensors
-    dtype = _compute_dtype(logits)
-    z = logits.to(dtype)
-    q = q.to(dtype)
-    exp_shifted = torch.exp(z - z.amax(dim=1, keepdim=True))
-    denom = exp_shifted @ q.t()
-    probs = torch.where(denom > 0, exp_shifted / denom, 0.0)
-    g = grad_probs.to(dtype)
+    exp_shifted, denom, probs = _scores_parts(logits, q)
+    q = q.to(denom.dtype)
+    g = grad_probs.to(denom.dtype)
     ratio = torch.where(denom > 0, g * probs / denom, 0.0)
     grad = g * probs - exp_shifted * (ratio @ q)
     return grad.to(logits.dtype), None, None
@@ -351,53 +356,3 @@ def concurrent_softmax(
     resolved = _resolve_impl(impl, logits)
     q = _rates_complement(rates, _compute_dtype(logits))
     return _scores_op(logits, q, resolved)
-
-
-def soft_balance_weights(
-    image_counts: ArrayLike | torch.Tensor,
-    lam: float,
-    box_counts: ArrayLike | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Soft-balance loss weights (GUIDE §1): w_i proportional to P_s*(i) / P_n(i).
-
-    P_n(i) = n_i / sum(n) with n = image_counts, and P_s* is
-    ``lsdet.sampling.soft_balance_probs(image_counts, lam)``. Normalised to mean 1 over the
-    training boxes (sum_i b_i w_i = sum_i b_i) when box_counts b is given, else to mean 1
-    over the classes that have images. A class with no image gets weight 1 (it has no box
-    to weight; a neutral weight keeps it harmless should it appear through label expansion).
-
-    Args:
-        image_counts: [C] number of training images containing each class.
-        lam: the soft-balance exponent lambda >= 0 (0 = all weights 1).
-        box_counts: [C] number of training boxes of each class, or None.
-
-    Returns:
-        float32 [C], over the same classes as image_counts (no background column; the losses'
-        ``class_weights`` prepends the background's weight of 1).
-    """
-    from lsdet.sampling import soft_balance_probs
-
-    counts = np.asarray(_to_numpy(image_counts), dtype=np.float64)
-    probs = soft_balance_probs(counts, lam)  # validates counts and lam
-    present = counts > 0
-    weights = np.ones_like(counts)
-    natural = counts[present] / counts.sum()
-    weights[present] = probs[present] / natural
-    if box_counts is not None:
-        boxes = np.asarray(_to_numpy(box_counts), dtype=np.float64)
-        if boxes.shape != counts.shape:
-            raise ValueError(
-                f"box_counts must have image_counts' shape {counts.shape}, got {boxes.shape}"
-            )
-        if np.any(boxes < 0) or boxes[present].sum() <= 0:
-            raise ValueError("box_counts must be >= 0 with at least one box in a class with images")
-        weights[present] /= (boxes[present] * weights[present]).sum() / boxes[present].sum()
-    else:
-        weights[present] /= weights[present].mean()
-    return torch.as_tensor(weights, dtype=torch.float32)
-
-
-def _to_numpy(values: ArrayLike | torch.Tensor) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)

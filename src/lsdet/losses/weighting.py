@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from lsdet.ops import soft_balance_weights
+from lsdet.sampling.soft_balance import soft_balance_weights
 
 WEIGHTINGS = ("none", "soft_balance", "effective_number")
 
@@ -49,10 +49,11 @@ def class_weights(
     """Loss weights [C + 1] over the logit columns; column 0 (background) has weight 1.
 
     Args:
-        kind: "none" (all 1), "soft_balance" (``lsdet.ops.soft_balance_weights`` with lam,
-            normalised over boxes when box_counts is given), or "effective_number"
-            ((1 - beta) / (1 - beta^n) with n = box_counts, or image_counts without them;
-            mean 1 over those boxes / images).
+        kind: "none" (all 1), "soft_balance" (P_s*(i) / P_n(i) of the paper's eq. 6-8 with
+            lam, ``lsdet.sampling.soft_balance.soft_balance_weights``; mean 1 over the boxes
+            when box_counts is given), or "effective_number" ((1 - beta) / (1 - beta^n) of Cui
+            et al. 2019 with n = box_counts, or image_counts without them; mean 1 over those
+            boxes / images).
         image_counts: [C] training images per class, in mids order.
         box_counts: [C] training boxes per class, or None.
         lam: soft-balance exponent lambda.
