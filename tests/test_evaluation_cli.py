@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lsdet.evaluate import (
+from lsdet.evaluate import evaluate_csv
+from lsdet.evaluation import EvaluationGroundTruth, evaluate
+from lsdet.evaluation.outputs import (
     bucket_summary,
-    evaluate_csv,
     frequency_buckets,
     per_class_table,
     plot_ap_vs_frequency,
 )
-from lsdet.evaluation import EvaluationGroundTruth, evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HIERARCHY = {

@@ -84,15 +84,15 @@ def test_resume_without_checkpoint_is_a_clear_error(data_root, tmp_path):
 
 
 def test_sigterm_checkpoints_and_stops(data_root, tmp_path, monkeypatch):
-    original = trainer_module.Trainer.train_step
+    original = trainer_module.train_step
 
-    def step_then_sigterm(self, images, targets):
-        out = original(self, images, targets)
-        if self.position.global_step == 1:  # the step in flight is iteration 2
+    def step_then_sigterm(run, images, targets):
+        out = original(run, images, targets)
+        if run.position.global_step == 1:  # the step in flight is iteration 2
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_sigterm)
+    monkeypatch.setattr(trainer_module, "train_step", step_then_sigterm)
     summary = run_training(compose_train(tiny_overrides(data_root)), tmp_path / "run")
     assert summary["status"] == "interrupted" and summary["global_step"] == 2
     assert final_model(tmp_path / "run")["position"]["global_step"] == 2
@@ -103,8 +103,8 @@ def test_sigterm_checkpoints_and_stops(data_root, tmp_path, monkeypatch):
 def test_non_finite_losses_are_skipped_counted_and_stop_the_run(data_root, tmp_path, monkeypatch):
     original = trainer_module.build_model
 
-    def model_with_a_nan_step(cfg, data, device):
-        model = original(cfg, data, device)
+    def model_with_a_nan_step(cfg, data, loss_fn, rates, device):
+        model = original(cfg, data, loss_fn, rates, device)
         forward = model.forward
         calls = {"n": 0}
 

@@ -27,6 +27,7 @@ def tiny_overrides(data_root: Path, run_name: str = "tiny") -> list[str]:
         "data.generate.val_min_images_per_class=1",
         "data.generate.mean_objects_per_image=1.5",
         "data.generate.max_objects_per_image=2",
+        "data.generate.confused_pairs.num_pairs=1",  # the 6 leaves hold 3 sibling pairs
         "model.backbone.out_indices=[3,4]",
         "model.fpn_channels=16",
         "model.roi.representation_size=32",

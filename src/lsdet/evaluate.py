@@ -1,160 +1,23 @@
-"""``python -m lsdet.evaluate``: the Open Images Challenge metric on a predictions CSV.
-
-Outputs (in ``output_dir``): ``metrics.json`` (mAP, per-class AP, the report of skipped and
-ignored predictions, the frequency-bucket summary), ``per_class.csv`` (MID, name, AP, GT
-counts, detections, true/false positives, training images, bucket),
-``frequency_buckets.csv`` (rare / common / frequent thirds of the classes by training
-images) and ``ap_vs_frequency.png`` (per-class AP against training images, the paper's
-Figure 5). The reporting functions are public so that the trainer writes the same files.
+"""``python -m lsdet.evaluate``: the Open Images Challenge metric of a predictions CSV
+(``predictions_csv=``) or of a training checkpoint (``checkpoint=``: the validation images are
+predicted in memory). Writes the evaluator's files (``lsdet.evaluation.outputs``) to
+``output_dir``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import hydra
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig
 
-from lsdet.data import Hierarchy, read_class_descriptions
-from lsdet.evaluation import ChallengeResult, load_hierarchy, oid_challenge_map
+from lsdet.data import Hierarchy, load_hierarchy, read_class_descriptions
+from lsdet.evaluation import ChallengeResult, oid_challenge_map
+from lsdet.evaluation.outputs import write_evaluation_outputs
 
 logger = logging.getLogger(__name__)
-
-BUCKETS = ("rare", "common", "frequent")
-
-
-def frequency_buckets(train_image_counts: np.ndarray, evaluated: np.ndarray) -> np.ndarray:
-    """Bucket name per class: the evaluated classes sorted by training images, cut in thirds.
-
-    ``train_image_counts`` and ``evaluated`` (bool) are ``[C]``; classes not evaluated get
-    ``""``. Ties are cut by class order (a stable sort), so the thirds have equal sizes.
-    """
-    counts = np.asarray(train_image_counts)
-    evaluated_classes = np.flatnonzero(np.asarray(evaluated, dtype=bool))
-    buckets = np.full(len(counts), "", dtype=object)
-    by_frequency = evaluated_classes[np.argsort(counts[evaluated_classes], kind="stable")]
-    for name, members in zip(BUCKETS, np.array_split(by_frequency, 3), strict=True):
-        buckets[members] = name
-    return buckets
-
-
-def per_class_table(
-    result: ChallengeResult,
-    *,
-    names: dict[str, str] | None = None,
-    train_image_counts: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """The per-class table: result counts plus name, training images and frequency bucket."""
-    table = result.per_class_frame()
-    table.insert(1, "name", [(names or {}).get(mid, "") for mid in result.mids])
-    if train_image_counts is not None:
-        table["train_images"] = np.asarray(train_image_counts, dtype=np.int64)
-        table["bucket"] = frequency_buckets(train_image_counts, result.has_ground_truth)
-    return table
-
-
-def bucket_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean AP and training-image range per frequency bucket of a :func:`per_class_table`."""
-    rows = []
-    for name in BUCKETS:
-        members = table[table["bucket"] == name]
-        rows.append(
-            {
-                "bucket": name,
-                "num_classes": len(members),
-                "mean_ap": float(members["ap"].mean()) if len(members) else float("nan"),
-                "min_train_images": int(members["train_images"].min()) if len(members) else 0,
-                "max_train_images": int(members["train_images"].max()) if len(members) else 0,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def plot_ap_vs_frequency(table: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
-    """Per-class AP against class frequency (log scale), buckets shaded: the paper's Figure 5.
-
-    Uses ``train_images`` when the table has it, otherwise the GT instances of the
-    evaluation set.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    shown = table[table["ap"].notna()]
-    if "train_images" in shown:
-        frequency, label = shown["train_images"].to_numpy(), "training images of the class"
-    else:
-        frequency = (shown["num_gt_boxes"] + shown["num_group_of_boxes"]).to_numpy()
-        label = "GT boxes of the class (evaluation set)"
-    frequency = np.maximum(frequency, 1)
-    figure, axes = plt.subplots(figsize=(9, 4.5))
-    if "bucket" in shown:
-        colours = {"rare": "tab:red", "common": "tab:orange", "frequent": "tab:green"}
-        for name in BUCKETS:
-            member = (shown["bucket"] == name).to_numpy()
-            if member.any():
-                mean_ap = shown["ap"].to_numpy()[member].mean()
-                axes.scatter(
-                    frequency[member],
-                    shown["ap"].to_numpy()[member],
-                    s=12,
-                    alpha=0.7,
-                    color=colours[name],
-                    label=f"{name}: {member.sum()} classes, mean AP {mean_ap:.3f}",
-                )
-    else:
-        axes.scatter(frequency, shown["ap"], s=12, alpha=0.7)
-    order = np.argsort(frequency, kind="stable")
-    window = max(1, len(order) // 20)
-    if len(order) >= 2 * window > 0:
-        smooth = pd.Series(shown["ap"].to_numpy()[order]).rolling(window, center=True).mean()
-        axes.plot(frequency[order], smooth, color="black", linewidth=1.5, label="running mean")
-    axes.set_xscale("log")
-    axes.set_ylim(-0.02, 1.02)
-    axes.set_xlabel(label)
-    axes.set_ylabel("AP (Open Images Challenge)")
-    axes.set_title(title or f"Per-class AP vs frequency ({len(shown)} classes)")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def write_evaluation_outputs(
-    result: ChallengeResult,
-    output_dir: str | Path,
-    *,
-    names: dict[str, str] | None = None,
-    train_image_counts: np.ndarray | None = None,
-    plot: bool = True,
-    extra: dict | None = None,
-) -> dict[str, Path]:
-    """Write metrics.json, per_class.csv and (with training counts) frequency_buckets.csv,
-    and the plot; returns the paths by kind. ``extra`` is merged into metrics.json."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    table = per_class_table(result, names=names, train_image_counts=train_image_counts)
-    paths = {"per_class": output_dir / "per_class.csv", "metrics": output_dir / "metrics.json"}
-    table.to_csv(paths["per_class"], index=False)
-    metrics = {**result.to_dict(), **(extra or {})}
-    if train_image_counts is not None:
-        summary = bucket_summary(table)
-        paths["buckets"] = output_dir / "frequency_buckets.csv"
-        summary.to_csv(paths["buckets"], index=False)
-        metrics["frequency_buckets"] = summary.to_dict(orient="records")
-    paths["metrics"].write_text(json.dumps(metrics, indent=2))
-    if plot:
-        paths["plot"] = plot_ap_vs_frequency(table, output_dir / "ap_vs_frequency.png")
-    return paths
 
 
 def train_image_counts(cfg: DictConfig, hierarchy: Hierarchy) -> np.ndarray | None:
@@ -222,11 +85,113 @@ def evaluate_csv(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Path]]:
     return result, paths
 
 
+def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Path]]:
+    """The checkpoint mode: predict every image of the ground truth (``data.val.image_dir``)
+    with a training checkpoint in memory, score the detections and write the outputs.
+
+    An image of the ground truth without a file is an error naming it (``strict=true``) or,
+    with ``strict=false``, skipped, counted and reported in metrics.json; its ground truth is
+    left out of the metric (a missing file must not pass for a weaker detector)."""
+    from lsdet.data.dataset import collate_fn
+    from lsdet.engine.builders import resolve_device
+    from lsdet.engine.inference import ImageFiles, load_detector, predict
+    from lsdet.engine.loaders import make_loader
+    from lsdet.evaluation import evaluate, load_ground_truth
+
+    device = resolve_device(cfg.device)
+    model, trained_hierarchy, _ = load_detector(
+        cfg.checkpoint,
+        device,
+        scoring=cfg.scoring,
+        parent_scores=cfg.get("parent_scores"),
+        overrides={
+            "score_thresh": cfg.get("score_thresh"),
+            "detections_per_img": cfg.get("detections_per_img"),
+        },
+    )
+    hierarchy = load_hierarchy(cfg.hierarchy_json, cfg.get("class_descriptions_csv"))
+    if list(hierarchy.mids) != list(trained_hierarchy.mids):
+        raise ValueError(
+            f"checkpoint {cfg.checkpoint} was trained on other classes than {cfg.hierarchy_json} "
+            "lists; pass the data config it was trained with (data=...)"
+        )
+    gt = load_ground_truth(
+        hierarchy,
+        cfg.gt_bbox_csv,
+        cfg.get("image_labels_csv"),
+        expand_gt=cfg.expand_gt,
+        strict=cfg.strict,
+    )
+    image_dir = Path(cfg.data.val.image_dir)
+    paths = [image_dir / f"{image_id}.jpg" for image_id in gt.image_ids]
+    missing = [p for p in paths if not p.is_file()]
+    if missing and cfg.strict:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(paths)} images of the ground truth {cfg.gt_bbox_csv} "
+            f"have no file in {image_dir} (first: {missing[0].name}); with strict=false "
+            "(data.strict=false) they are skipped and counted"
+        )
+    if missing:
+        logger.warning(
+            "%d images of the ground truth have no file in %s (e.g. %s): skipped, their "
+            "ground truth left out of the metric",
+            len(missing),
+            image_dir,
+            missing[0].name,
+        )
+        gt = gt.without_images([p.stem for p in missing], ["no image file"] * len(missing))
+    missing_set = set(missing)
+    dataset = ImageFiles(
+        [p for p in paths if p not in missing_set], image_size=cfg.data.get("image_size")
+    )
+    loader = make_loader(
+        dataset,
+        range(len(dataset)),
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.get("num_workers", 2)),
+        collate_fn=collate_fn,
+    )
+    detections = predict(model, loader, device, desc="evaluate checkpoint")
+    result = evaluate(
+        gt,
+        detections.image_ids,
+        detections.class_indices,
+        detections.scores,
+        detections.boxes,
+        group_of_weight=cfg.group_of_weight,
+        iou_threshold=cfg.iou_threshold,
+        expand_predictions=cfg.expand_predictions,
+    )
+    names = (
+        read_class_descriptions(cfg.class_descriptions_csv)
+        if cfg.get("class_descriptions_csv")
+        else None
+    )
+    extra = {
+        "checkpoint": str(cfg.checkpoint),
+        "scoring": model.roi_heads.scoring,
+        "score_thresh": model.roi_heads.score_thresh,
+        "detections_per_img": model.roi_heads.detections_per_img,
+        "missing_images": {
+            "count": len(missing),
+            "examples": [p.name for p in missing[:10]],
+        },
+    }
+    outputs = write_evaluation_outputs(
+        result,
+        cfg.output_dir,
+        names=names,
+        train_image_counts=train_image_counts(cfg, hierarchy),
+        plot=cfg.plot,
+        extra=extra,
+    )
+    print(f"mAP {result.map:.4f} ({model.roi_heads.scoring} scoring); outputs in {cfg.output_dir}")
+    return result, outputs
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     if cfg.get("checkpoint"):  # a training checkpoint: predict in memory, then evaluate
-        from lsdet.engine.inference import evaluate_checkpoint
-
         evaluate_checkpoint(cfg)
     else:
         evaluate_csv(cfg)

@@ -13,9 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lsdet.engine.data import make_loader
-from lsdet.engine.inference import ImageFolder, load_detector, predict
-from lsdet.engine.trainer import resolve_device
+from lsdet.engine.builders import resolve_device
+from lsdet.engine.inference import ImageFiles, load_detector, predict
+from lsdet.engine.loaders import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def write_submission(cfg: DictConfig) -> Path:
         cfg.checkpoint,
         device,
         scoring=cfg.scoring,
+        parent_scores=cfg.get("parent_scores"),
         overrides={
             "score_thresh": cfg.score_thresh,
             "detections_per_img": cfg.detections_per_img,
@@ -37,7 +38,7 @@ def write_submission(cfg: DictConfig) -> Path:
     )
     image_dir = cfg.image_dir or train_cfg.data.val.image_dir
     image_size = train_cfg.data.get("image_size") if cfg.image_size == "auto" else cfg.image_size
-    dataset = ImageFolder(image_dir, image_size=image_size)
+    dataset = ImageFiles.from_folder(image_dir, image_size=image_size)
     loader = make_loader(
         dataset,
         range(len(dataset)),

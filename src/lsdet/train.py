@@ -11,6 +11,8 @@ run folder, ``runs/<name>`` by default.
 
 from __future__ import annotations
 
+import os
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -20,6 +22,10 @@ from lsdet.engine.trainer import run_training
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if "SUBMITIT_EXECUTOR" in os.environ:  # a job of hydra/launcher=slurm: one task per GPU
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     summary = run_training(cfg, HydraConfig.get().runtime.output_dir)
     if summary["status"] == "interrupted":  # SIGTERM/SIGINT: checkpointed, resume later
         raise SystemExit(130)

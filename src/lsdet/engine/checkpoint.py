@@ -1,12 +1,16 @@
-"""Atomic training checkpoints and random-number-generator state capture.
+"""Training checkpoints: atomic writes that keep the previous one, readable errors, the
+random-number-generator state, and the settings a resumed run must share with its checkpoint.
 
-A checkpoint is one ``torch.save`` file written to ``<name>.tmp`` and then moved over
-``<name>`` with ``os.replace`` (atomic on POSIX): a run killed while saving leaves the
-previous checkpoint intact, never a half-written one.
+A run folder holds ``checkpoints/last.pt`` and, once a second checkpoint was written,
+``checkpoints/previous.pt``: a new checkpoint is written completely (to a temporary file,
+fsynced) before ``last.pt`` becomes ``previous.pt`` and the new file becomes ``last.pt``. A
+truncated or otherwise unreadable ``last.pt`` (a full disk, a copy cut short) is reported
+and the resume falls back to ``previous.pt``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -15,28 +19,72 @@ from typing import Any
 import numpy as np
 import torch
 
+from lsdet.atomic_files import write_atomic
+
 LAST_CHECKPOINT = "last.pt"
+PREVIOUS_CHECKPOINT = "previous.pt"
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read."""
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def save_keeping_previous(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path``; the file it replaces stays as ``previous.pt`` beside it,
+    so that one complete checkpoint exists at every moment, even if ``path`` is damaged later."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = path.with_name(path.name + ".new")
+    save_atomic(state, tmp)
+    if path.exists():
+        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
     os.replace(tmp, path)
     return path
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``save_atomic`` (on CPU; the caller moves tensors)."""
+    """Read a checkpoint written by lsdet (on CPU; the caller moves tensors).
+
+    Raises FileNotFoundError when there is no file and CheckpointError, naming the file,
+    when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); the file is "
+            "truncated or not a checkpoint"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def load_latest_checkpoint(checkpoint_dir: str | Path) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint of a run: ``last.pt``, or ``previous.pt`` with a
+    warning when ``last.pt`` cannot be read. Returns (state, path read)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    last = checkpoint_dir / LAST_CHECKPOINT
+    previous = checkpoint_dir / PREVIOUS_CHECKPOINT
+    try:
+        return load_checkpoint(last), last
+    except (CheckpointError, FileNotFoundError) as error:
+        if not previous.is_file():
+            raise
+        try:
+            state = load_checkpoint(previous)
+        except CheckpointError as previous_error:
+            raise CheckpointError(f"{error}; the fallback {previous_error}") from previous_error
+        log.warning("%s; resuming from the previous checkpoint %s instead", error, previous)
+        return state, previous
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,3 +111,62 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# Settings a resumed run must share with its checkpoint; the others (evaluation, logging,
+# progress, workers) may change on resume.
+RESUME_MUST_MATCH = (
+    "data",
+    "model",
+    "loss",
+    "sampler",
+    "schedule",
+    "optim",
+    "rates",
+    "seed",
+    "train.batch_size",
+    "train.max_iters_per_epoch",
+    "train.hflip_prob",
+)
+# Data settings that do not change what is trained: where the files are (the training data
+# and the class list are compared by content instead, so data staged to another disk
+# resumes), the cache, how bad rows are handled (the index records what it skipped), and the
+# validation split.
+RESUME_MAY_CHANGE = (
+    "data.root",
+    "data.hierarchy_json",
+    "data.class_descriptions_csv",
+    "data.cache_dir",
+    "data.strict",
+    "data.val",
+    "data.train",
+)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for a nested dict/list config."""
+    if isinstance(config, dict):
+        items = config.items()
+    elif isinstance(config, list):
+        items = ((str(i), v) for i, v in enumerate(config))
+    else:
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
+    """Dotted keys under ``keys`` (and not in ``RESUME_MAY_CHANGE``) whose values differ
+    between two resolved configs."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if _under(k, keys) and not _under(k, RESUME_MAY_CHANGE) and a.get(k) != b.get(k)
+    )

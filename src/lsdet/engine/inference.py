@@ -1,8 +1,9 @@
-"""Running the detector over a dataset and scoring it with the Open Images Challenge metric."""
+"""Running a detector over images: flat detections of a dataset, the detector of a checkpoint,
+and image files without annotations. Scoring the detections is ``lsdet.evaluation``'s job."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class Detections:
     class_indices: np.ndarray
     scores: np.ndarray
     boxes: np.ndarray
+    skipped_images: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def concat(cls, parts: list[Detections]) -> Detections:
@@ -31,6 +33,7 @@ class Detections:
             class_indices=np.concatenate([p.class_indices for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
             boxes=np.concatenate([p.boxes for p in parts]).reshape(-1, 4),
+            skipped_images=[entry for p in parts for entry in p.skipped_images],
         )
 
     def __len__(self) -> int:
@@ -47,12 +50,22 @@ def predict(
     progress: bool = True,
     desc: str = "predict",
 ) -> Detections:
-    """Detections of every image the loader yields (this process's shard only)."""
+    """Detections of every image the loader yields (this process's shard only). An item whose
+    target says ``skipped`` (an unreadable image under ``data.strict=false``) gets no
+    detections and is listed in ``skipped_images`` with the reason."""
     was_training = model.training
     model.eval()
     parts: list[Detections] = []
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = [img.to(device, non_blocking=True) for img in images]
+    skipped: list[tuple[str, str]] = []
+    for batch_images, batch_targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        skipped += [
+            (str(t["image_id"]), str(t["skipped"])) for t in batch_targets if "skipped" in t
+        ]
+        kept = [i for i, t in enumerate(batch_targets) if "skipped" not in t]
+        if not kept:
+            continue
+        targets = [batch_targets[i] for i in kept]
+        images = [batch_images[i].to(device, non_blocking=True) for i in kept]
         with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
             outputs = model(images)
         for image, target, out in zip(images, targets, outputs, strict=True):
@@ -69,11 +82,10 @@ def predict(
                 )
             )
     model.train(was_training)
-    if not parts:
-        return Detections(
-            np.empty(0, dtype=object), np.empty(0, np.int64), np.empty(0), np.empty((0, 4))
-        )
-    return Detections.concat(parts)
+    empty = Detections(
+        np.empty(0, dtype=object), np.empty(0, np.int64), np.empty(0), np.empty((0, 4)), skipped
+    )
+    return Detections.concat([empty, *parts])
 
 
 def gather_detections(detections: Detections, dist_info: DistInfo) -> Detections:
@@ -81,34 +93,26 @@ def gather_detections(detections: Detections, dist_info: DistInfo) -> Detections
     return Detections.concat(gather_objects(detections, dist_info))
 
 
-def evaluate_detections(val_gt: Any, detections: Detections, **options: Any) -> Any:
-    """The Open Images Challenge result (``.map``, ``.ap`` [C], ``.per_class_ap``)."""
-    from lsdet.evaluation import evaluate
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files given by path (``from_folder``: every ``*<suffix>`` of a folder, sorted by
+    name); the image id is the file stem. Items are ``(image float [3, H, W] in [0, 1],
+    {"image_id": str})`` like the training set's. For prediction, where no annotation exists."""
 
-    return evaluate(
-        val_gt,
-        detections.image_ids,
-        detections.class_indices,
-        detections.scores,
-        detections.boxes,
-        **options,
-    )
-
-
-class ImageFolder(torch.utils.data.Dataset):
-    """Every ``*<suffix>`` image of a folder, sorted by name; the image id is the file stem.
-    Items are ``(image float [3, H, W] in [0, 1], {"image_id": str})`` like the training set's."""
-
-    def __init__(
-        self, image_dir: str | Path, *, image_size: int | None = None, suffix: str = ".jpg"
-    ) -> None:
-        self.image_dir = Path(image_dir)
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.image_dir}")
-        self.paths = sorted(self.image_dir.glob(f"*{suffix}"))
-        if not self.paths:
-            raise FileNotFoundError(f"no *{suffix} images in {self.image_dir}")
+    def __init__(self, paths: list[Path], *, image_size: int | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
         self.image_size = image_size
+
+    @classmethod
+    def from_folder(
+        cls, image_dir: str | Path, *, image_size: int | None = None, suffix: str = ".jpg"
+    ) -> ImageFiles:
+        image_dir = Path(image_dir)
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {image_dir}")
+        paths = sorted(image_dir.glob(f"*{suffix}"))
+        if not paths:
+            raise FileNotFoundError(f"no *{suffix} images in {image_dir}")
+        return cls(paths, image_size=image_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -132,16 +136,19 @@ def load_detector(
     device: torch.device,
     *,
     scoring: str | None = None,
+    parent_scores: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Any, Any]:
     """The detector of a training checkpoint, ready for inference; returns
     (model, hierarchy, training config). ``scoring`` replaces the trained model's scoring
-    (softmax | concurrent_softmax | sigmoid); ``overrides`` other ``model.roi`` settings
-    (e.g. score_thresh, detections_per_img)."""
+    (softmax | concurrent_softmax | sigmoid | ...), ``parent_scores`` its parent scoring
+    (own | max_descendants | subtree_sum: re-scoring with another scoring usually needs the
+    parent scoring that fits it); ``overrides`` other ``model.roi`` settings (e.g.
+    score_thresh, detections_per_img)."""
     from omegaconf import OmegaConf
 
+    from lsdet.data import load_hierarchy
     from lsdet.engine.checkpoint import load_checkpoint
-    from lsdet.evaluation import load_hierarchy
     from lsdet.models import build_detector
 
     state = load_checkpoint(checkpoint_path)
@@ -158,6 +165,8 @@ def load_detector(
             f"{cfg.data.hierarchy_json} has {hierarchy.num_classes}"
         )
     model_cfg = cfg.model
+    if parent_scores is not None:
+        model_cfg.parent_scores = parent_scores
     for key, value in (overrides or {}).items():
         if value is not None:
             OmegaConf.update(model_cfg, f"roi.{key}", value)
@@ -169,9 +178,10 @@ def load_detector(
     if scoring == "concurrent_softmax" and not bool(rates.any()):
         # Trained without concurrent softmax: the trainer did not need the rates then, and
         # eq. 5 with R = 0 would be plain softmax. Estimate them as the trainer would.
-        from lsdet.engine.data import concurrent_rates
+        from lsdet.engine.training_data import open_split_index, training_rates
 
-        rates = concurrent_rates(cfg.data, cfg.rates, hierarchy)
+        train_index = open_split_index(cfg.data, "train", hierarchy)
+        rates = training_rates(cfg.rates, train_index, hierarchy)
         weights["roi_heads.rates"] = rates
     model = build_detector(
         model_cfg,
@@ -192,66 +202,3 @@ def load_detector(
         sigmoid = bool(LOSSES[cfg.loss.name].sigmoid_classifier)
         model.roi_heads.scoring = resolve_scoring(model_cfg.scoring, cfg.loss.name, sigmoid)
     return model.to(device).eval(), hierarchy, cfg
-
-
-def evaluate_checkpoint(cfg: Any) -> tuple[Any, dict[str, Path]]:
-    """``python -m lsdet.evaluate checkpoint=PATH``: predict the evaluation images
-    (``data.val.image_dir``) with a training checkpoint in memory and score them against the
-    evaluate config's ground truth; writes the evaluator's files to ``cfg.output_dir``."""
-    from lsdet.data import read_class_descriptions
-    from lsdet.data.dataset import collate_fn
-    from lsdet.engine.data import make_loader
-    from lsdet.engine.trainer import resolve_device
-    from lsdet.evaluate import train_image_counts, write_evaluation_outputs
-    from lsdet.evaluation import evaluate, load_ground_truth, load_hierarchy
-
-    device = resolve_device(cfg.device)
-    model, trained_hierarchy, _ = load_detector(cfg.checkpoint, device, scoring=cfg.scoring)
-    hierarchy = load_hierarchy(cfg.hierarchy_json, cfg.get("class_descriptions_csv"))
-    if list(hierarchy.mids) != list(trained_hierarchy.mids):
-        raise ValueError(
-            f"checkpoint {cfg.checkpoint} was trained on other classes than {cfg.hierarchy_json} "
-            "lists; pass the data config it was trained with (data=...)"
-        )
-    gt = load_ground_truth(
-        hierarchy,
-        cfg.gt_bbox_csv,
-        cfg.get("image_labels_csv"),
-        expand_gt=cfg.expand_gt,
-        strict=cfg.strict,
-    )
-    dataset = ImageFolder(cfg.data.val.image_dir, image_size=cfg.data.get("image_size"))
-    loader = make_loader(
-        dataset,
-        range(len(dataset)),
-        batch_size=int(cfg.batch_size),
-        num_workers=int(cfg.get("num_workers", 2)),
-        collate_fn=collate_fn,
-    )
-    detections = predict(model, loader, device, desc="evaluate checkpoint")
-    result = evaluate(
-        gt,
-        detections.image_ids,
-        detections.class_indices,
-        detections.scores,
-        detections.boxes,
-        group_of_weight=cfg.group_of_weight,
-        iou_threshold=cfg.iou_threshold,
-        expand_predictions=cfg.expand_predictions,
-    )
-    counts = train_image_counts(cfg, hierarchy)
-    names = (
-        read_class_descriptions(cfg.class_descriptions_csv)
-        if cfg.get("class_descriptions_csv")
-        else None
-    )
-    paths = write_evaluation_outputs(
-        result,
-        cfg.output_dir,
-        names=names,
-        train_image_counts=counts,
-        plot=cfg.plot,
-        extra={"checkpoint": str(cfg.checkpoint), "scoring": model.roi_heads.scoring},
-    )
-    print(f"mAP {result.map:.4f} ({model.roi_heads.scoring} scoring); outputs in {cfg.output_dir}")
-    return result, paths

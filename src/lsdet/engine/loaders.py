@@ -1,140 +1,18 @@
-"""Everything the training loop needs from a data config (conf/data/*.yaml), built once."""
+"""DataLoaders of training and evaluation: items seeded by their position in the epoch (so a
+run resumed mid-epoch sees the data an uninterrupted run would have seen), evaluation shards,
+and workers that leave SIGTERM/SIGINT to the main process."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lsdet.data import Hierarchy
-
-
-@dataclass
-class TrainingData:
-    """The class hierarchy, the training and validation datasets and the training statistics.
-
-    ``class_offsets``/``class_images`` are the CSR lists of training images per class (the
-    samplers' input); ``image_counts``/``box_counts`` are per class [C] on the training split,
-    as annotated (the samplers' and loss weightings' n_i); ``expanded_image_counts`` counts
-    an image for a class when it holds the class or a descendant (what reports call the
-    class's frequency: a parent is as frequent as its leaves together).
-    ``val_gt`` is the evaluator's ground truth of the validation split (expanded to the
-    hierarchy as the Open Images metric does).
-    """
-
-    hierarchy: Hierarchy
-    class_names: list[str]
-    train_set: Dataset
-    val_set: Dataset
-    class_offsets: np.ndarray
-    class_images: np.ndarray
-    image_counts: np.ndarray
-    box_counts: np.ndarray
-    expanded_image_counts: np.ndarray
-    val_gt: Any
-    collate_fn: Any
-
-    @property
-    def num_classes(self) -> int:
-        """C, the number of classes (background excluded)."""
-        return self.hierarchy.num_classes
-
-    @property
-    def num_train_images(self) -> int:
-        return len(self.train_set)
-
-
-def build_training_data(
-    data_cfg: Any, *, hflip_prob: float = 0.5, generate_if_missing: bool = True
-) -> TrainingData:
-    """Open (and for the synthetic benchmark, generate when missing) the data a config names.
-    ``hflip_prob`` is the training split's horizontal-flip probability."""
-    from lsdet.data import AnnotationIndex
-    from lsdet.data.dataset import OpenImagesDetection, collate_fn
-    from lsdet.data.formats import read_class_descriptions
-    from lsdet.evaluation import load_ground_truth, load_hierarchy
-
-    if data_cfg.get("generate") is not None and generate_if_missing:
-        from lsdet.data.synth import ensure_synthetic_benchmark
-
-        ensure_synthetic_benchmark(data_cfg)
-    for key in ("hierarchy_json", "class_descriptions_csv"):
-        if not Path(str(data_cfg[key])).is_file():
-            raise FileNotFoundError(f"data.{key}: no file at {data_cfg[key]}")
-    # The descriptions file selects the classes (e.g. the 500 Challenge classes).
-    hierarchy = load_hierarchy(data_cfg.hierarchy_json, data_cfg.class_descriptions_csv)
-    descriptions = read_class_descriptions(data_cfg.class_descriptions_csv)
-    class_names = [descriptions.get(mid, mid) for mid in hierarchy.mids]
-    strict = bool(data_cfg.get("strict", True))
-    cache_dir = Path(str(data_cfg.cache_dir))
-
-    def split(name: str, train: bool) -> Dataset:
-        files = data_cfg[name]
-        index = AnnotationIndex.build_or_open(
-            files.bbox_csv,
-            hierarchy,
-            cache_dir / name,
-            image_labels_csv=files.image_labels_csv,
-            strict=strict,
-        )
-        return OpenImagesDetection(
-            index,
-            hierarchy,
-            files.image_dir,
-            image_size=data_cfg.get("image_size"),
-            hflip_prob=hflip_prob if train else 0.0,
-            strict=strict,
-        )
-
-    train_set = split("train", True)
-    val_set = split("val", False)
-    index = train_set.index
-    class_offsets, class_images = index.class_to_images()
-    class_offsets = np.asarray(class_offsets)
-    class_images = np.asarray(class_images)
-    val_gt = load_ground_truth(
-        hierarchy,
-        data_cfg.val.bbox_csv,
-        data_cfg.val.image_labels_csv,
-        strict=strict,
-    )
-    return TrainingData(
-        hierarchy=hierarchy,
-        class_names=class_names,
-        train_set=train_set,
-        val_set=val_set,
-        class_offsets=class_offsets,
-        class_images=class_images,
-        image_counts=np.asarray(index.class_image_counts()),
-        box_counts=np.asarray(index.class_box_counts()),
-        expanded_image_counts=index.class_image_counts_with_descendants(hierarchy.descendants),
-        val_gt=val_gt,
-        collate_fn=collate_fn,
-    )
-
-
-def concurrent_rates(data_cfg: Any, rates_cfg: Any, hierarchy: Hierarchy) -> torch.Tensor:
-    """The [C+1, C+1] concurrent-rate matrix of the training boxes (row/col 0 background),
-    columns in ``hierarchy.mids`` order."""
-    from lsdet.data.rates import estimate_concurrent_rates
-
-    rates, mids = estimate_concurrent_rates(
-        data_cfg.train.bbox_csv,
-        data_cfg.hierarchy_json,
-        iou_threshold=float(rates_cfg.iou_threshold),
-        floor=float(rates_cfg.floor),
-        hierarchy_rate=float(rates_cfg.hierarchy_rate),
-        subset_mids=list(hierarchy.mids),
-        strict=bool(data_cfg.get("strict", True)),
-        progress=False,
-    )
-    if list(mids) != list(hierarchy.mids):
-        raise ValueError("concurrent rates came back in a different class order")
-    return torch.as_tensor(np.asarray(rates), dtype=torch.float32)
+from lsdet.engine.signals import STOP_SIGNALS, ignore_stop_signals
 
 
 class SeededSampler(Sampler[tuple[int, int]]):
@@ -204,6 +82,36 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back while DataLoader workers are forked: a worker inherits the
+    blocked mask, so a signal sent to the process group before its ``worker_init_fn`` runs
+    cannot kill it; the main process receives the pending signal when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def open_batches(loader: DataLoader) -> Iterator[Iterator]:
+    """``iter(loader)`` whose workers are started with the stop signals held back (see
+    ``stop_signals_blocked``) and shut down when the block ends, also when the loop leaves
+    the epoch early: an unfinished iterator would keep its workers until garbage collection,
+    and workers that ignore SIGTERM could then not be terminated at exit."""
+    with stop_signals_blocked():
+        batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        # DataLoader has no public call for this; a single-process iterator has nothing to stop.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

@@ -1,24 +1,20 @@
-"""The training loop: phases of the schedule, epochs, iterations, evaluation, checkpoints.
+"""Training, top to bottom: ``run_training`` reads the data, estimates the concurrent rates,
+builds the loss and the detector, then for each phase of the schedule builds the sampler and a
+fresh optimizer and trains epoch after epoch (``train_one_epoch``, ``train_step``).
+Checkpoints (``checkpoint``), validation (``validation``), logging (``run_logger``) and
+progress (``progress``) are separate pieces it calls.
 
-Read top to bottom like torchvision's references/detection/train.py:
-``run_training(cfg)`` builds the data, the loss, the detector and the schedule, then for each
-phase builds the sampler and a fresh optimizer and trains epoch after epoch; the lr is a pure
-function of (phase, iteration) (``Schedule.lr_at``), so resuming needs no scheduler object.
-
-Reliability: checkpoints are written atomically every ``train.checkpoint_every`` iterations,
-at the end of each epoch and when SIGTERM/SIGINT arrives (the step in flight finishes first);
-``train.resume=true`` continues from ``<run_dir>/checkpoints/last.pt`` with the same weights,
-optimizer state, sampler position and random state an uninterrupted run would have had.
+The lr is a pure function of (phase, iteration) (``Schedule.lr_at``), so resuming needs no
+scheduler object; a checkpoint holds the model, optimizer, sampler position, random state and
+loop position, and ``train.resume=true`` continues with exactly the data, weights and random
+draws an uninterrupted run would have had. See README "Reliability".
 """
 
 from __future__ import annotations
 
-import inspect
-import json
+import contextlib
 import logging
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,73 +26,37 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from lsdet.atomic_files import write_text_atomic
 from lsdet.engine import checkpoint as ckpt
-from lsdet.engine.data import (
-    SeededDataset,
-    SeededSampler,
-    ShardedSequence,
-    TrainingData,
-    build_training_data,
-    concurrent_rates,
-    make_loader,
+from lsdet.engine.builders import (
+    build_loss,
+    build_model,
+    build_optimizer,
+    loss_needs_rates,
+    resolve_device,
+    unwrap,
+    wrap_distributed,
 )
+from lsdet.engine.config_checks import check_training_config
 from lsdet.engine.distributed import (
     DistInfo,
     all_reduce_flag,
     barrier,
-    broadcast_object,
     cleanup,
     gather_objects,
     init_distributed,
 )
-from lsdet.engine.inference import evaluate_detections, gather_detections, predict
+from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader, open_batches
+from lsdet.engine.progress import write_progress
 from lsdet.engine.report import plot_sampler_histogram, sampled_class_counts
+from lsdet.engine.run_folder import RunFolder
 from lsdet.engine.run_logger import RunLogger
-from lsdet.models import build_detector
-
-OPTIMIZERS = ("sgd", "adamw")
-EVAL_WHEN = ("epoch", "phase", "never")
+from lsdet.engine.signals import StopRequested
+from lsdet.engine.training_data import TrainingData, build_training_data, training_rates
+from lsdet.engine.validation import validate
+from lsdet.sampling.schedule import Phase, Schedule
 
 log = logging.getLogger(__name__)
-
-
-# Settings a resumed run must share with the checkpoint (the others, e.g. evaluation or
-# logging settings, may change on resume).
-RESUME_MUST_MATCH = (
-    "data",
-    "model",
-    "loss",
-    "sampler",
-    "schedule",
-    "optim",
-    "rates",
-    "seed",
-    "train.batch_size",
-)
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a.b.c": value} for a nested dict/list config."""
-    if isinstance(config, dict):
-        items = config.items()
-    elif isinstance(config, list):
-        items = ((str(i), v) for i, v in enumerate(config))
-    else:
-        return {prefix: config}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
-    """Dotted keys under ``keys`` whose values differ between two resolved configs."""
-    a, b = flatten(saved), flatten(current)
-    return sorted(
-        k
-        for k in set(a) | set(b)
-        if any(k == p or k.startswith(p + ".") for p in keys) and a.get(k) != b.get(k)
-    )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -125,7 +85,7 @@ class NonFiniteGuard:
 @dataclass
 class Position:
     """Where training stands: phase index, epoch within the phase, iterations done in the
-    epoch, and the global iteration count over the whole run."""
+    epoch, the global iteration count over the whole run, and the evaluations so far."""
 
     phase: int = 0
     epoch: int = 0
@@ -134,603 +94,544 @@ class Position:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class StopRequested:
-    """Set by SIGTERM/SIGINT; the loop checkpoints and stops after the current step."""
+@dataclass
+class Run:
+    """What a training run holds while it trains; everything in a checkpoint comes from here."""
 
-    def __init__(self) -> None:
-        self.flag = False
-        self._previous: dict[int, Any] = {}
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    dist: DistInfo
+    data: TrainingData
+    schedule: Schedule
+    model: nn.Module
+    logger: RunLogger
+    stop: StopRequested
+    guard: NonFiniteGuard
+    position: Position = field(default_factory=Position)
+    optimizer: torch.optim.Optimizer | None = None
+    base_lr: float = 0.0
+    scaler: torch.amp.GradScaler | None = None
+    sampler: Any = None
+    rates: torch.Tensor | None = None
+    iters_this_epoch: int = 0
+    loss_ema: dict[str, float] = field(default_factory=dict)
 
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a test runner thread)
-                pass
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
 
-    def _handle(self, signum, frame) -> None:
-        self.flag = True
+    @property
+    def batch_size(self) -> int:
+        return int(self.cfg.train.batch_size)
 
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    @property
+    def amp(self) -> bool:
+        return bool(self.cfg.train.amp) and self.device.type == "cuda"
 
-
-# train.* values checked before anything is built: key -> (type, lowest allowed value)
-TRAIN_NUMBERS = {
-    "batch_size": (int, 1),
-    "eval_batch_size": (int, 1),
-    "num_workers": (int, 0),
-    "max_nonfinite": (int, 0),
-    "log_every": (int, 1),
-    "checkpoint_every": (int, 0),
-    "hflip_prob": (float, 0.0),
-}
-
-
-def check_train_config(train_cfg: Any) -> None:
-    """ValueError naming the ``train.`` key whose value has the wrong type or range."""
-    for key, (kind, lowest) in TRAIN_NUMBERS.items():
-        value = train_cfg.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int:
-            ok = ok and float(value) == int(value)
-        if not ok or value < lowest or (key == "hflip_prob" and value > 1):
-            bound = "in [0, 1]" if key == "hflip_prob" else f">= {lowest}"
-            raise ValueError(
-                f"train.{key}={value!r}: expected a{'n integer' if kind is int else ' number'} {bound}"
-            )
-    when = train_cfg.get("eval_every")
-    if when not in EVAL_WHEN:
-        raise ValueError(f"train.eval_every={when!r}; expected one of {EVAL_WHEN}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"train.device={name!r}; expected auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def build_optimizer(optim_cfg: Any, model: nn.Module, total_batch_size: int):
-    """SGD (momentum) or AdamW over all trainable parameters; returns (optimizer, base_lr).
-
-    ``optim.lr: null`` means ``optim.lr_per_image x total batch size`` (the paper's linear
-    scaling: 0.00125 x batch for SGD)."""
-    name = optim_cfg.name
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optim.name={name!r}; expected one of {OPTIMIZERS}")
-    base_lr = optim_cfg.lr
-    if base_lr is None:
-        base_lr = float(optim_cfg.lr_per_image) * total_batch_size
-    base_lr = float(base_lr)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        optimizer = torch.optim.SGD(
-            params,
-            lr=base_lr,
-            momentum=float(optim_cfg.momentum),
-            weight_decay=float(optim_cfg.weight_decay),
-        )
-    else:
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=base_lr,
-            betas=tuple(optim_cfg.betas),
-            weight_decay=float(optim_cfg.weight_decay),
-        )
-    return optimizer, base_lr
-
-
-def build_model(cfg: DictConfig, data: TrainingData, device: torch.device) -> nn.Module:
-    """Loss (by name, with class weights and rates when it needs them) + detector."""
-    from lsdet.losses import LOSSES, loss_from_config
-
-    num_classes = data.num_classes + 1
-    loss_name = cfg.loss.name
-    if loss_name not in LOSSES:
-        raise ValueError(f"loss.name={loss_name!r}; registered losses: {sorted(LOSSES)}")
-    loss_takes_rates = "rates" in inspect.signature(LOSSES[loss_name].__init__).parameters
-    needs_rates = loss_takes_rates or cfg.model.scoring == "concurrent_softmax"
-    rates = concurrent_rates(cfg.data, cfg.rates, data.hierarchy) if needs_rates else None
-    ancestors = torch.as_tensor(data.hierarchy.ancestors, dtype=torch.bool)
-    loss_fn = loss_from_config(
-        OmegaConf.to_container(cfg.loss, resolve=True),
-        num_classes=num_classes,
-        image_counts=data.image_counts,
-        box_counts=data.box_counts,
-        rates=rates,
-        ancestors=ancestors,
-    )
-    model = build_detector(
-        cfg.model,
-        num_classes=num_classes,
-        loss_fn=loss_fn,
-        loss_name=loss_name,
-        rates=rates,
-        descendants=ancestors.T.contiguous(),
-    )
-    return model.to(device)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
-        from lsdet.sampling.schedule import Schedule
-
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
-        check_train_config(cfg.train)
-        self.device = resolve_device(cfg.train.device)
-        self.dist: DistInfo = init_distributed(cfg.train.dist_backend, self.device.type)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
-        self.seed = int(cfg.seed)
-        ckpt.seed_everything(self.seed + self.dist.rank)
-        self.previous_threads = torch.get_num_threads()
-        if cfg.train.threads:
-            torch.set_num_threads(int(cfg.train.threads))
-
-        if cfg.model.backbone.norm == "sync_bn" and self.device.type != "cuda":
-            # SyncBatchNorm synchronises over NCCL only; on CPU it is plain batch norm.
-            log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", self.device)
-            cfg.model.backbone.norm = "bn"
-        self.schedule = Schedule.from_config(cfg.schedule)
-        # Rank 0 generates the synthetic data / builds the index caches; the others wait.
-        if not self.dist.is_main:
-            barrier(self.dist)
-        self.data = build_training_data(cfg.data, hflip_prob=float(cfg.train.hflip_prob))
-        if self.dist.is_main:
-            barrier(self.dist)
-        self.model = build_model(cfg, self.data, self.device)
-        if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(cfg.train.find_unused_parameters),
-            )
-        self.batch_size = int(cfg.train.batch_size)
-        self.total_batch_size = self.batch_size * self.dist.world_size
-        self.guard = NonFiniteGuard(int(cfg.train.max_nonfinite))
-        self.position = Position()
-        self.stop = StopRequested()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.optimizer = None
-        self.base_lr = 0.0
-        self.sampler = None
-        self.resume_state: dict[str, Any] | None = None
-        self.logger: RunLogger | None = None
-        self.loss_ema: dict[str, float] = {}
-        self.current_iters = 0  # iterations of the epoch in progress
-
-    # ----------------------------------------------------------------- set-up per phase
-    def start_phase(self, phase_index: int) -> None:
-        from lsdet.sampling import build_sampler
-
-        phase = self.schedule.phases[phase_index]
-        self.sampler = build_sampler(
-            phase.sampler,
-            class_offsets=self.data.class_offsets,
-            class_images=self.data.class_images,
-            num_images=self.data.num_train_images,
-            seed=self.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-        )
-        self.optimizer, self.base_lr = build_optimizer(
-            self.cfg.optim, self.model, self.total_batch_size
-        )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-
-    def iters_per_epoch(self) -> int:
-        n = math.ceil(len(self.sampler) / self.batch_size)
-        cap = self.cfg.train.max_iters_per_epoch
-        return min(n, int(cap)) if cap else n
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
     def global_epoch(self) -> int:
         """Epochs of earlier phases + this phase's epoch: seeds the sampler's stream."""
         done = sum(p.epochs for p in self.schedule.phases[: self.position.phase])
         return done + self.position.epoch
 
-    # ----------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict[str, Any]:
-        rng_states = gather_objects(ckpt.rng_state(), self.dist)
-        sampler_state = self.sampler.state_dict()
-        sampler_state["epoch"] = self.global_epoch()
-        # consumed by finished steps (the last batch of an epoch may be short)
-        consumed = self.position.iteration * self.batch_size
-        sampler_state["num_yielded"] = min(consumed, len(self.sampler))
-        return {
-            "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "grad_scaler": self.scaler.state_dict(),
-            "sampler": sampler_state,
-            "position": {
-                "phase": self.position.phase,
-                "epoch": self.position.epoch,
-                "iteration": self.position.iteration,
-                "global_step": self.position.global_step,
-                "history": self.position.history,
-            },
-            "phase_name": self.schedule.phases[self.position.phase].name,
-            "rng": rng_states,
-            "nonfinite_count": self.guard.count,
-            "wandb_run_id": self.logger.run_id if self.logger else None,
-            "world_size": self.dist.world_size,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
-
-    def save_checkpoint(self, name: str = ckpt.LAST_CHECKPOINT) -> None:
-        state = self.checkpoint_state()  # collective (RNG states of all ranks)
-        if self.dist.is_main:
-            ckpt.save_atomic(state, self.checkpoint_dir / name)
-        barrier(self.dist)
-
-    def load_resume_state(self) -> None:
-        path = self.checkpoint_dir / ckpt.LAST_CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"train.resume=true but there is no checkpoint at {path}; "
-                "run without train.resume (or with the run's hydra.run.dir)"
-            )
-        state = ckpt.load_checkpoint(path)
-        if state["world_size"] != self.dist.world_size:
-            raise ValueError(
-                f"checkpoint {path} was written by {state['world_size']} processes, this run "
-                f"has {self.dist.world_size}: the sampler shards would not continue"
-            )
-        changed = config_differences(
-            state["config"], OmegaConf.to_container(self.cfg, resolve=True)
-        )
-        if changed:
-            raise ValueError(
-                f"train.resume=true: the config differs from the checkpoint {path} in "
-                f"{changed}; resume with the run's settings (or start a new run name)"
-            )
-        unwrap(self.model).load_state_dict(state["model"])
-        pos = state["position"]
-        self.position = Position(
-            phase=pos["phase"],
-            epoch=pos["epoch"],
-            iteration=pos["iteration"],
-            global_step=pos["global_step"],
-            history=list(pos["history"]),
-        )
-        self.guard.count = int(state["nonfinite_count"])
-        self.resume_state = state
-
-    # ----------------------------------------------------------------- the loop
-    def fit(self) -> dict[str, Any]:
-        """Train the whole schedule (or until a stop); returns the run summary."""
-        self.stop.install()
-        try:
-            return self._fit()
-        finally:
-            self.stop.restore()
-            torch.set_num_threads(self.previous_threads)
-            if self.logger:
-                self.logger.finish()
-            cleanup(self.dist)
-
-    def _fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        start = time.perf_counter()
-        if cfg.train.resume:
-            self.load_resume_state()
-        run_id = self.resume_state["wandb_run_id"] if self.resume_state else None
-        self.logger = RunLogger(
-            mode=cfg.logger.mode,
-            project=cfg.logger.project,
-            run_dir=self.run_dir,
-            name=cfg.name,
-            config=OmegaConf.to_container(cfg, resolve=True),
-            run_id=run_id,
-            enabled=self.dist.is_main,
-            tags=list(cfg.logger.tags),
-        )
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-        status = "finished"  # or "stopped" (train.stop_after_iters) / "interrupted" (a signal)
-        while self.position.phase < len(self.schedule.phases):
-            self.start_phase(self.position.phase)
-            if self.resume_state is not None:
-                self.optimizer.load_state_dict(self.resume_state["optimizer"])
-                self.scaler.load_state_dict(self.resume_state["grad_scaler"])
-                self.sampler.load_state_dict(self.resume_state["sampler"])
-                ckpt.set_rng_state(self.resume_state["rng"][self.dist.rank])
-                self.resume_state = None
-            phase = self.schedule.phases[self.position.phase]
-            while self.position.epoch < phase.epochs:
-                if not self.train_one_epoch():
-                    status = "interrupted" if self.stop.flag else "stopped"
-                    break
-                self.end_of_epoch(phase)
-            if status != "finished":
-                break
-            self.position.phase += 1
-            self.position.epoch = 0
-        summary = {
-            "status": status,
-            "global_step": self.position.global_step,
-            "nonfinite_steps": self.guard.count,
-            "seconds": round(time.perf_counter() - start, 1),  # this process's wall time
-            "history": self.position.history,
-            "run_dir": str(self.run_dir),
-        }
-        if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        self.write_progress(status)
-        return summary
-
-    def train_one_epoch(self) -> bool:
-        """Trains the rest of the current epoch; False when a stop was requested."""
-        cfg = self.cfg
-        phase = self.schedule.phases[self.position.phase]
-        self.sampler.set_epoch(self.global_epoch())
-        if self.position.iteration == 0:
-            self.log_sampler_histogram()
-        iters = self.iters_per_epoch()
-        self.current_iters = iters
-        loader = make_loader(
-            SeededDataset(self.data.train_set),
-            SeededSampler(
-                self.sampler,
-                seed=self.seed,
-                rank=self.dist.rank,
-                epoch=self.global_epoch(),
-                start=self.position.iteration * self.batch_size,
-            ),
-            batch_size=self.batch_size,
-            num_workers=int(cfg.train.num_workers),
-            collate_fn=self.data.collate_fn,
-            seed=self.seed * 100_003 + self.global_epoch(),
-        )
-        model = self.model
-        model.train()
-        bar = tqdm(
-            total=iters,
-            initial=self.position.iteration,
-            desc=f"{phase.name} epoch {self.position.epoch + 1}/{phase.epochs}",
-            disable=not (self.dist.is_main and cfg.train.progress),
-            unit="it",
-            dynamic_ncols=True,
-        )
-        stop_after = cfg.train.stop_after_iters
-        start = time.perf_counter()
-        images_seen = 0
-        data_iter = iter(loader) if self.position.iteration < iters else None
-        while self.position.iteration < iters:
-            images, targets = next(data_iter)
-            lr = self.schedule.lr_at(
-                self.position.phase,
-                self.position.epoch * iters + self.position.iteration,
-                base_lr=self.base_lr,
-                iters_per_epoch=iters,
-            )
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            losses = self.train_step(images, targets)
-            self.position.iteration += 1
-            self.position.global_step += 1
-            images_seen += len(images) * self.dist.world_size
-            bar.update(1)
-            if losses is not None:
-                self.update_loss_ema(losses)
-                bar.set_postfix(
-                    loss=f"{self.loss_ema['loss']:.3f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{images_seen / (time.perf_counter() - start):.1f}",
-                )
-            step = self.position.global_step
-            if step % int(cfg.train.log_every) == 0 or self.position.iteration == iters:
-                self.write_progress("training", iters, images_seen / (time.perf_counter() - start))
-            if self.dist.is_main and step % int(cfg.train.log_every) == 0 and self.loss_ema:
-                self.logger.log(
-                    {
-                        **{f"train/{k}": v for k, v in self.loss_ema.items()},
-                        "train/lr": lr,
-                        "train/images_per_s": images_seen / (time.perf_counter() - start),
-                        "train/nonfinite_steps": self.guard.count,
-                        "train/phase": self.position.phase,
-                    },
-                    step=step,
-                )
-            stop_now = all_reduce_flag(
-                self.stop.flag or (stop_after is not None and step >= int(stop_after)), self.dist
-            )
-            every = int(cfg.train.checkpoint_every or 0)
-            if stop_now or (every and step % every == 0):
-                self.save_checkpoint()
-            if stop_now:
-                bar.close()
-                return False
-        bar.close()
-        return True
-
-    def train_step(self, images, targets) -> dict[str, float] | None:
-        """One optimizer step; None when the loss was not finite (step skipped)."""
-        device = self.device
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = [
-            {
-                k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-                for k, v in t.items()
-            }
-            for t in targets
-        ]
-        with torch.autocast(device.type, enabled=self.amp):
-            loss_dict = self.model(images, targets)
-        loss = sum(loss_dict.values())
-        finite = not all_reduce_flag(not bool(torch.isfinite(loss)), self.dist)
-        where = (
-            f"phase {self.position.phase} epoch {self.position.epoch} it {self.position.iteration}"
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        if not self.guard.step_ok(finite, where):
-            return None
-        self.scaler.scale(loss).backward()
-        clip = self.cfg.optim.clip_grad_norm
-        if clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        out = {k: float(v.detach()) for k, v in loss_dict.items()}
-        out["loss"] = float(loss.detach())
-        return out
-
-    def update_loss_ema(self, losses: dict[str, float], decay: float = 0.9) -> None:
-        for key, value in losses.items():
-            prev = self.loss_ema.get(key)
-            self.loss_ema[key] = value if prev is None else decay * prev + (1 - decay) * value
-
-    def write_progress(self, status: str, iters: int = 0, images_per_s: float = 0.0) -> None:
-        """<run_dir>/progress.json (atomically): where the run stands, for a watcher such as
-        the demo driver. ``fraction`` = epochs done (with the current one's share) / total."""
-        if not self.dist.is_main:
-            return
-        iters = iters or self.current_iters
-        done = self.global_epoch() + (self.position.iteration / iters if iters else 0.0)
-        state = {
-            "status": status,
-            "phase": self.schedule.phases[
-                min(self.position.phase, len(self.schedule.phases) - 1)
-            ].name,
-            "global_step": self.position.global_step,
-            "fraction": min(done / self.schedule.total_epochs, 1.0),
-            "images_per_s": round(images_per_s, 2),
-        }
-        path = self.run_dir / "progress.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
-
-    # ----------------------------------------------------------------- epoch ends
-    def end_of_epoch(self, phase) -> None:
-        self.position.epoch += 1
-        self.position.iteration = 0
-        when = self.cfg.train.eval_every
-        last_of_phase = self.position.epoch == phase.epochs
-        record = {
-            "phase": phase.name,
-            "epoch": self.position.epoch,
-            "global_step": self.position.global_step,
-        }
-        if when == "epoch" or (when == "phase" and last_of_phase):
-            self.write_progress("evaluating")
-            record.update(self.evaluate(tag=f"{phase.name}_epoch{self.position.epoch}"))
-        self.position.history.append(record)
-        self.save_checkpoint()
-        if last_of_phase and self.dist.is_main:
-            ckpt.save_atomic(
-                {
-                    "model": unwrap(self.model).state_dict(),
-                    "config": OmegaConf.to_container(self.cfg, resolve=True),
-                    "phase_name": phase.name,
-                },
-                self.checkpoint_dir / f"phase_{phase.name}.pt",
-            )
-        barrier(self.dist)
-
-    def evaluate(self, tag: str) -> dict[str, Any]:
-        """OID-metric evaluation of the validation split (sharded over ranks)."""
-        cfg = self.cfg
-        n = len(self.data.val_set)
-        if cfg.train.eval_max_images:
-            n = min(n, int(cfg.train.eval_max_images))
-        loader = make_loader(
-            self.data.val_set,
-            ShardedSequence(n, self.dist.rank, self.dist.world_size),
-            batch_size=int(cfg.train.eval_batch_size),
-            num_workers=int(cfg.train.num_workers),
-            collate_fn=self.data.collate_fn,
-        )
-        start = time.perf_counter()
-        detections = predict(
-            unwrap(self.model),
-            loader,
-            self.device,
-            amp=self.amp,
-            progress=self.dist.is_main and bool(cfg.train.progress),
-            desc=f"eval {tag}",
-        )
-        detections = gather_detections(detections, self.dist)
-        metrics: dict[str, Any] = {}
-        if self.dist.is_main:
-            result = evaluate_detections(self.data.val_gt, detections)
-            metrics = self.record_evaluation(result, tag, time.perf_counter() - start)
-        return broadcast_object(metrics, self.dist)
-
-    def record_evaluation(self, result: Any, tag: str, seconds: float) -> dict[str, Any]:
-        """Writes the evaluator's files (metrics.json, per_class.csv, frequency_buckets.csv,
-        ap_vs_frequency.png) under <run_dir>/eval/<tag>/ and logs them."""
-        from lsdet.evaluate import bucket_summary, per_class_table, write_evaluation_outputs
-
-        names = dict(zip(self.data.hierarchy.mids, self.data.class_names, strict=True))
-        counts = self.data.expanded_image_counts
-        paths = write_evaluation_outputs(
-            result,
-            self.run_dir / "eval" / tag,
-            names=names,
-            train_image_counts=counts,
-            extra={"run": self.cfg.name, "tag": tag, "eval_seconds": round(seconds, 2)},
-        )
-        table = per_class_table(result, names=names, train_image_counts=counts)
-        buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
-        metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
-        metrics["eval_seconds"] = round(seconds, 2)
-        metrics["eval_dir"] = str(Path("eval") / tag)  # relative to the run folder
-        step = self.position.global_step
-        self.logger.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-        columns = ["mid", "name", "train_images", "bucket", "ap"]
-        self.logger.log_table("val/per_class_ap", columns, table[columns].values.tolist(), step)
-        if "plot" in paths:
-            self.logger.log_image("val/ap_vs_frequency", paths["plot"], step)
-        tqdm.write(
-            f"[{tag}] mAP {result.map:.4f} | "
-            + " | ".join(f"{k} {v:.4f}" for k, v in buckets.items())
-        )
-        return metrics
-
-    def log_sampler_histogram(self) -> None:
-        """Per-class image draws of this epoch's global stream (plot + wandb)."""
-        if not self.dist.is_main:
-            return
-        stream = self.sampler.global_stream(self.global_epoch())
-        counts = sampled_class_counts(
-            stream, self.data.class_offsets, self.data.class_images, self.data.num_train_images
-        )
-        phase = self.schedule.phases[self.position.phase]
-        path = plot_sampler_histogram(
-            counts,
-            self.data.image_counts,
-            self.run_dir / "sampler" / f"{phase.name}_epoch{self.position.epoch + 1}.png",
-            title=f"{phase.name}: sampler {phase.sampler.get('name')} draws per class",
-        )
-        self.logger.log_image("train/sampler_class_histogram", path, self.position.global_step)
-        self.logger.log(
-            {"train/sampler_draws_per_class": self.logger_histogram(counts)},
-            self.position.global_step,
-        )
-
-    def logger_histogram(self, counts: np.ndarray) -> Any:
-        if not self.logger.active:
-            return None
-        import wandb
-
-        return wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
-
 
 def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train as the config says; the run's files go to ``run_dir``."""
-    return Trainer(cfg, run_dir).fit()
+    """Train as the config says; the run's files go to ``run_dir``. Returns the run summary
+    (status finished | stopped (train.stop_after_iters) | interrupted (a signal))."""
+    check_training_config(cfg)
+    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir, resume=cfg.train.resume, overwrite=cfg.train.get("overwrite"))
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(cfg.train.dist_backend, device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    threads_before = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    lock = folder if dist.is_main else contextlib.nullcontext()
+    try:
+        with lock, StopRequested() as stop:
+            resuming = folder.should_resume()
+            return _train(cfg, run_dir, device, dist, stop, resuming)
+    finally:
+        torch.set_num_threads(threads_before)
+        cleanup(dist)
+
+
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device,
+    dist: DistInfo,
+    stop: StopRequested,
+    resuming: bool,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    ckpt.seed_everything(int(cfg.seed) + dist.rank)
+    if cfg.model.backbone.norm == "sync_bn" and device.type != "cuda":
+        # SyncBatchNorm synchronises over NCCL only; on CPU it is plain batch norm.
+        log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", device)
+        cfg.model.backbone.norm = "bn"
+    schedule = Schedule.from_config(cfg.schedule)
+
+    # Data -> rates -> loss -> detector. Rank 0 generates / indexes the data first.
+    if not dist.is_main:
+        barrier(dist)
+    data = build_training_data(
+        cfg.data,
+        hflip_prob=float(cfg.train.hflip_prob),
+        same_object_iou=float(cfg.rates.iou_threshold),
+    )
+    if dist.is_main:
+        barrier(dist)
+    rates = (
+        training_rates(cfg.rates, data.train_set.index, data.hierarchy)
+        if loss_needs_rates(cfg)
+        else None
+    )
+    loss_fn = build_loss(cfg, data, rates)
+    model = build_model(cfg, data, loss_fn, rates, device)
+
+    resume_state = load_resume_state(run_dir / "checkpoints", cfg, dist, data) if resuming else None
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+    if dist.enabled:
+        model = wrap_distributed(model, device, dist.local_rank, cfg)
+    logger = RunLogger(
+        mode=cfg.logger.mode,
+        project=cfg.logger.project,
+        run_dir=run_dir,
+        name=cfg.name,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_id=resume_state["wandb_run_id"] if resume_state else None,
+        enabled=dist.is_main,
+        tags=list(cfg.logger.tags),
+    )
+    run = Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        dist=dist,
+        data=data,
+        schedule=schedule,
+        model=model,
+        logger=logger,
+        stop=stop,
+        guard=NonFiniteGuard(int(cfg.train.max_nonfinite)),
+    )
+    if resume_state is not None:
+        run.position = Position(**resume_state["position"])
+        run.guard.count = int(resume_state["nonfinite_count"])
+    run.rates = rates
+    if dist.is_main:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        data.write_read_reports(run_dir / "data_report.json")
+
+    try:
+        status = "finished"
+        for phase_index, phase in enumerate(schedule.phases):
+            if phase_index < run.position.phase:
+                continue
+            if resume_state is None:
+                begin_phase_weights(run, phase_index, phase)
+            start_phase(run, phase)
+            if resume_state is not None:  # continue the phase the checkpoint was taken in
+                restore_loop_state(run, resume_state)
+                resume_state = None
+            while run.position.epoch < phase.epochs:
+                if not train_one_epoch(run, phase):
+                    status = "interrupted" if stop.flag else "stopped"
+                    break
+                end_epoch(run, phase)
+            if status != "finished":
+                break
+            run.position.phase += 1
+            run.position.epoch = 0
+        summary = {
+            "status": status,
+            "global_step": run.position.global_step,
+            "nonfinite_steps": run.guard.count,
+            "seconds": round(time.perf_counter() - start, 1),  # this process's wall time
+            "history": run.position.history,
+            "run_dir": str(run_dir),
+        }
+        if dist.is_main:
+            write_text_atomic(run_dir / "summary.json", _json(summary))
+            report_progress(run, status)
+            if status == "interrupted":
+                print(
+                    f"Stopped by {stop.signal_name} after step {run.position.global_step}: "
+                    f"checkpoint {run.checkpoint_dir / ckpt.LAST_CHECKPOINT}; continue with the "
+                    "same command plus train.resume=true",
+                    flush=True,
+                )
+        return summary
+    finally:
+        logger.finish()
+
+
+# --------------------------------------------------------------------------- phases
+def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
+    """The weights a phase starts from: phase 1 from the initial model; a later phase from the
+    previous phase's final weights (``init_from_previous: true``) or from a fresh model built
+    with the run's seed (``false``)."""
+    if phase_index == 0:
+        return
+    model = unwrap(run.model)
+    if phase.init_from_previous:
+        previous = run.schedule.phases[phase_index - 1]
+        state = ckpt.load_checkpoint(run.checkpoint_dir / f"phase_{previous.name}.pt")
+        model.load_state_dict(state["model"])
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed)  # the same fresh weights on every rank
+        loss_fn = build_loss(run.cfg, run.data, run.rates)
+        fresh = build_model(run.cfg, run.data, loss_fn, run.rates, run.device)
+    model.load_state_dict(fresh.state_dict())
+
+
+def start_phase(run: Run, phase: Phase) -> None:
+    """This phase's sampler, a fresh optimizer and grad scaler."""
+    from lsdet.sampling import build_sampler
+
+    run.sampler = build_sampler(
+        phase.sampler,
+        class_offsets=run.data.class_offsets,
+        class_images=run.data.class_images,
+        num_images=run.data.num_train_images,
+        seed=run.seed,
+        rank=run.dist.rank,
+        world_size=run.dist.world_size,
+    )
+    total_batch = run.batch_size * run.dist.world_size
+    run.optimizer, run.base_lr = build_optimizer(run.cfg.optim, run.model, total_batch)
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
+
+
+def iters_per_epoch(run: Run) -> int:
+    n = math.ceil(len(run.sampler) / run.batch_size)
+    cap = run.cfg.train.max_iters_per_epoch
+    return min(n, int(cap)) if cap else n
+
+
+# --------------------------------------------------------------------------- the loop
+def train_one_epoch(run: Run, phase: Phase) -> bool:
+    """Trains the rest of the current epoch; False when a stop was requested."""
+    cfg, position = run.cfg, run.position
+    run.sampler.set_epoch(run.global_epoch())
+    if position.iteration == 0:
+        log_sampler_histogram(run, phase)
+    iters = run.iters_this_epoch = iters_per_epoch(run)
+    loader = make_loader(
+        SeededDataset(run.data.train_set),
+        SeededSampler(
+            run.sampler,
+            seed=run.seed,
+            rank=run.dist.rank,
+            epoch=run.global_epoch(),
+            start=position.iteration * run.batch_size,
+        ),
+        batch_size=run.batch_size,
+        num_workers=int(cfg.train.num_workers),
+        collate_fn=run.data.collate_fn,
+        seed=run.seed * 100_003 + run.global_epoch(),
+    )
+    run.model.train()
+    bar = tqdm(
+        total=iters,
+        initial=position.iteration,
+        desc=f"{phase.name} epoch {position.epoch + 1}/{phase.epochs}",
+        disable=not (run.dist.is_main and cfg.train.progress),
+        unit="it",
+        dynamic_ncols=True,
+    )
+    speed = Speed(run.dist.world_size)
+    with open_batches(loader) as batches:
+        while position.iteration < iters:
+            images, targets = next(batches)
+            lr = run.schedule.lr_at(
+                position.phase,
+                position.epoch * iters + position.iteration,
+                base_lr=run.base_lr,
+                iters_per_epoch=iters,
+            )
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            losses = train_step(run, images, targets)
+            position.iteration += 1
+            position.global_step += 1
+            speed.add(len(images))
+            bar.update(1)
+            after_step(run, losses, lr, speed, bar)
+            if stop_requested(run):
+                save_checkpoint(run)
+                bar.close()
+                return False
+            every = int(cfg.train.checkpoint_every or 0)
+            if every and position.global_step % every == 0:
+                save_checkpoint(run)
+    bar.close()
+    return True
+
+
+def train_step(run: Run, images: list, targets: list) -> dict[str, float] | None:
+    """One optimizer step; None when the loss was not finite (step skipped)."""
+    device = run.device
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+        for t in targets
+    ]
+    with torch.autocast(device.type, enabled=run.amp):
+        loss_dict = run.model(images, targets)
+    loss = sum(loss_dict.values())
+    finite = not all_reduce_flag(not bool(torch.isfinite(loss)), run.dist)
+    p = run.position
+    run.optimizer.zero_grad(set_to_none=True)
+    if not run.guard.step_ok(finite, f"phase {p.phase} epoch {p.epoch} it {p.iteration}"):
+        return None
+    run.scaler.scale(loss).backward()
+    clip = run.cfg.optim.clip_grad_norm
+    if clip:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), float(clip))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    out = {k: float(v.detach()) for k, v in loss_dict.items()}
+    out["loss"] = float(loss.detach())
+    return out
+
+
+def stop_requested(run: Run) -> bool:
+    """A signal arrived (on any rank) or ``train.stop_after_iters`` is reached."""
+    stop_after = run.cfg.train.stop_after_iters
+    planned = stop_after is not None and run.position.global_step >= int(stop_after)
+    return all_reduce_flag(run.stop.flag or planned, run.dist)
+
+
+class Speed:
+    """Images per second since the epoch (re)started, over all ranks."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def add(self, images: int) -> None:
+        self.images += images * self.world_size
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def after_step(run: Run, losses: dict | None, lr: float, speed: Speed, bar: tqdm) -> None:
+    """Progress bar, progress.json and wandb after a step."""
+    if losses is not None:
+        for key, value in losses.items():
+            previous = run.loss_ema.get(key)
+            run.loss_ema[key] = value if previous is None else 0.9 * previous + 0.1 * value
+        bar.set_postfix(
+            loss=f"{run.loss_ema['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed.images_per_s:.1f}"
+        )
+    step, every = run.position.global_step, int(run.cfg.train.log_every)
+    if step % every == 0 or run.position.iteration == run.iters_this_epoch:
+        report_progress(run, "training", speed.images_per_s)
+    if run.dist.is_main and step % every == 0 and run.loss_ema:
+        run.logger.log(
+            {
+                **{f"train/{k}": v for k, v in run.loss_ema.items()},
+                "train/lr": lr,
+                "train/images_per_s": speed.images_per_s,
+                "train/nonfinite_steps": run.guard.count,
+                "train/phase": run.position.phase,
+            },
+            step=step,
+        )
+
+
+def end_epoch(run: Run, phase: Phase) -> None:
+    """Checkpoint first (the epoch's steps are safe), then validate: a failed validation is
+    reported in the history and the log and does not stop the training."""
+    position = run.position
+    position.epoch += 1
+    position.iteration = 0
+    record: dict[str, Any] = {
+        "phase": phase.name,
+        "epoch": position.epoch,
+        "global_step": position.global_step,
+    }
+    position.history.append(record)
+    save_checkpoint(run)
+    last_of_phase = position.epoch == phase.epochs
+    if last_of_phase and run.dist.is_main:
+        ckpt.save_atomic(
+            {
+                "model": unwrap(run.model).state_dict(),
+                "config": OmegaConf.to_container(run.cfg, resolve=True),
+                "phase_name": phase.name,
+            },
+            run.checkpoint_dir / f"phase_{phase.name}.pt",
+        )
+    barrier(run.dist)
+    when = run.cfg.train.eval_every
+    if when == "epoch" or (when == "phase" and last_of_phase):
+        report_progress(run, "evaluating")
+        record.update(run_validation(run, tag=f"{phase.name}_epoch{position.epoch}"))
+        save_checkpoint(run)  # the history now holds the evaluation
+
+
+def run_validation(run: Run, tag: str) -> dict[str, Any]:
+    """``validate`` with the run's settings; an exception becomes ``{"eval_error": ...}``."""
+    cfg = run.cfg
+    try:
+        return validate(
+            unwrap(run.model),
+            run.data,
+            tag=tag,
+            run_dir=run.run_dir,
+            run_name=cfg.name,
+            device=run.device,
+            dist=run.dist,
+            logger=run.logger,
+            step=run.position.global_step,
+            batch_size=int(cfg.train.eval_batch_size),
+            num_workers=int(cfg.train.num_workers),
+            max_images=cfg.train.eval_max_images,
+            amp=run.amp,
+            progress=bool(cfg.train.progress),
+        )
+    except Exception as exc:  # reported, and the training goes on
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("evaluation %s failed (training continues): %s", tag, message)
+        tqdm.write(f"[{tag}] evaluation failed (training continues): {message}")
+        return {"eval_error": message}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    """Everything needed to continue exactly (collective: gathers every rank's RNG state)."""
+    rng_states = gather_objects(ckpt.rng_state(), run.dist)
+    sampler_state = run.sampler.state_dict()
+    sampler_state["epoch"] = run.global_epoch()
+    # consumed by finished steps (the last batch of an epoch may be short)
+    consumed = run.position.iteration * run.batch_size
+    sampler_state["num_yielded"] = min(consumed, len(run.sampler))
+    p = run.position
+    return {
+        "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "grad_scaler": run.scaler.state_dict(),
+        "sampler": sampler_state,
+        "position": {
+            "phase": p.phase,
+            "epoch": p.epoch,
+            "iteration": p.iteration,
+            "global_step": p.global_step,
+            "history": p.history,
+        },
+        "phase_name": run.schedule.phases[p.phase].name,
+        "rng": rng_states,
+        "nonfinite_count": run.guard.count,
+        "wandb_run_id": run.logger.run_id,
+        "world_size": run.dist.world_size,
+        "train_data_fingerprint": run.data.train_fingerprint,
+        "class_mids": list(run.data.hierarchy.mids),
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+    }
+
+
+def save_checkpoint(run: Run) -> None:
+    state = checkpoint_state(run)  # collective
+    if run.dist.is_main:
+        ckpt.save_keeping_previous(state, run.checkpoint_dir / ckpt.LAST_CHECKPOINT)
+    barrier(run.dist)
+
+
+def load_resume_state(
+    checkpoint_dir: Path, cfg: DictConfig, dist: DistInfo, data: TrainingData
+) -> dict[str, Any]:
+    """The run folder's newest readable checkpoint, after checking that it can continue with
+    this config and this training data."""
+    state, path = ckpt.load_latest_checkpoint(checkpoint_dir)
+    if state["world_size"] != dist.world_size:
+        raise ValueError(
+            f"checkpoint {path} was written by {state['world_size']} processes, this run "
+            f"has {dist.world_size}: the sampler shards would not continue"
+        )
+    changed = ckpt.config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
+    if changed:
+        raise ValueError(
+            f"train.resume: the config differs from the checkpoint {path} in {changed}; "
+            "resume with the run's settings (or start a new run name)"
+        )
+    if state["class_mids"] != list(data.hierarchy.mids):
+        raise ValueError(
+            f"train.resume: the classes of data.hierarchy_json / data.class_descriptions_csv "
+            f"differ from those the checkpoint {path} was trained on"
+        )
+    if state["train_data_fingerprint"] != data.train_fingerprint:
+        raise ValueError(
+            f"train.resume: the training data differs from the data the checkpoint {path} was "
+            f"trained on (files {data.train_files}); resume with the same files (a copy at "
+            "another data.root is fine) or start a new run name"
+        )
+    return state
+
+
+def restore_loop_state(run: Run, state: dict[str, Any]) -> None:
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["grad_scaler"])
+    run.sampler.load_state_dict(state["sampler"])
+    ckpt.set_rng_state(state["rng"][run.dist.rank])
+
+
+# --------------------------------------------------------------------------- reporting
+def report_progress(run: Run, status: str, images_per_s: float = 0.0) -> None:
+    if not run.dist.is_main:
+        return
+    iters = run.iters_this_epoch
+    done = run.global_epoch() + (run.position.iteration / iters if iters else 0.0)
+    phase = run.schedule.phases[min(run.position.phase, len(run.schedule.phases) - 1)]
+    write_progress(
+        run.run_dir,
+        status=status,
+        phase=phase.name,
+        global_step=run.position.global_step,
+        fraction=done / run.schedule.total_epochs,
+        images_per_s=images_per_s,
+    )
+
+
+def log_sampler_histogram(run: Run, phase: Phase) -> None:
+    """Per-class image draws of this epoch's global stream (plot + wandb)."""
+    if not run.dist.is_main:
+        return
+    data = run.data
+    stream = run.sampler.global_stream(run.global_epoch())
+    counts = sampled_class_counts(
+        stream, data.class_offsets, data.class_images, data.num_train_images
+    )
+    path = plot_sampler_histogram(
+        counts,
+        data.image_counts,
+        run.run_dir / "sampler" / f"{phase.name}_epoch{run.position.epoch + 1}.png",
+        title=f"{phase.name}: sampler {phase.sampler.get('name')} draws per class",
+    )
+    step = run.position.global_step
+    run.logger.log_image("train/sampler_class_histogram", path, step)
+    if run.logger.active:
+        import wandb
+
+        histogram = wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
+        run.logger.log({"train/sampler_draws_per_class": histogram}, step)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1) + "\n"

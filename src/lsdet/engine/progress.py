@@ -1,0 +1,29 @@
+"""``<run_dir>/progress.json``: where a run stands, for a watcher such as the demo driver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lsdet.atomic_files import write_text_atomic
+
+
+def write_progress(
+    run_dir: str | Path,
+    *,
+    status: str,
+    phase: str,
+    global_step: int,
+    fraction: float,
+    images_per_s: float = 0.0,
+) -> None:
+    """Write progress.json atomically. ``fraction`` = epochs done (with the current one's
+    share) / all epochs of the schedule."""
+    state = {
+        "status": status,
+        "phase": phase,
+        "global_step": global_step,
+        "fraction": min(max(fraction, 0.0), 1.0),
+        "images_per_s": round(images_per_s, 2),
+    }
+    write_text_atomic(Path(run_dir) / "progress.json", json.dumps(state))

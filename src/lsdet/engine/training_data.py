@@ -1,0 +1,166 @@
+"""Everything a training run needs from a data config (conf/data/*.yaml), read once: the class
+hierarchy, the training and validation datasets over their annotation indexes, the training
+statistics (the samplers' and loss weightings' n_i) and the metric's validation ground truth,
+taken from the same validation index the loader reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lsdet.data import Hierarchy
+
+
+@dataclass
+class TrainingData:
+    """The class hierarchy, the training and validation datasets and the training statistics.
+
+    ``class_offsets``/``class_images`` are the CSR lists of training images per class (the
+    samplers' input); ``image_counts``/``box_counts`` are per class [C] on the training split,
+    as annotated (the samplers' and loss weightings' n_i); ``expanded_image_counts`` counts
+    an image for a class when it holds the class or a descendant (what reports call the
+    class's frequency: a parent is as frequent as its leaves together).
+    ``val_gt`` is the evaluator's ground truth of the validation split (expanded to the
+    hierarchy as the Open Images metric does).
+    """
+
+    hierarchy: Hierarchy
+    class_names: list[str]
+    train_set: Dataset
+    val_set: Dataset
+    class_offsets: np.ndarray
+    class_images: np.ndarray
+    image_counts: np.ndarray
+    box_counts: np.ndarray
+    expanded_image_counts: np.ndarray
+    val_gt: Any
+    collate_fn: Any
+
+    @property
+    def train_fingerprint(self) -> str:
+        """Content hash of the training annotation files: a resume checks it instead of paths."""
+        return self.train_set.index.content_fingerprint
+
+    @property
+    def train_files(self) -> list[str]:
+        return [source["path"] for source in self.train_set.index.manifest["sources"]]
+
+    def write_read_reports(self, path: str | Path) -> Path:
+        """What the readers of each split read and skipped (``data.strict=false``), kept with
+        the annotation indexes, copied into the run folder."""
+        from lsdet.atomic_files import write_text_atomic
+
+        reports = {
+            "train": self.train_set.index.read_report,
+            "val": self.val_set.index.read_report,
+            "train_skipped_images": self.train_set.skipped_images.to_dict(),
+            "val_skipped_images": self.val_set.skipped_images.to_dict(),
+        }
+        return write_text_atomic(path, json.dumps(reports, indent=1, default=str) + "\n")
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (background excluded)."""
+        return self.hierarchy.num_classes
+
+    @property
+    def num_train_images(self) -> int:
+        return len(self.train_set)
+
+
+def open_split_index(data_cfg: Any, split: str, hierarchy: Hierarchy) -> Any:
+    """The AnnotationIndex of ``data.<split>`` (built on first use, cached in data.cache_dir)."""
+    from lsdet.data import AnnotationIndex
+
+    files = data_cfg[split]
+    return AnnotationIndex.build_or_open(
+        files.bbox_csv,
+        hierarchy,
+        Path(str(data_cfg.cache_dir)) / split,
+        image_labels_csv=files.image_labels_csv,
+        strict=bool(data_cfg.get("strict", True)),
+    )
+
+
+def build_training_data(
+    data_cfg: Any,
+    *,
+    hflip_prob: float = 0.5,
+    same_object_iou: float = 0.9,
+    generate_if_missing: bool = True,
+) -> TrainingData:
+    """Open (and for the synthetic benchmark, generate when missing) the data a config names.
+    ``hflip_prob`` is the training split's horizontal-flip probability; ``same_object_iou``
+    the IoU at which two boxes of an image are one object annotated twice (merged into one
+    multi-label target), the same threshold the concurrent rates use (``rates.iou_threshold``).
+    An unreadable validation image (``data.strict=false``) is skipped and its ground truth
+    left out of the metric; an unreadable training image is replaced by the next one."""
+    from lsdet.data import load_hierarchy, read_class_descriptions
+    from lsdet.data.dataset import OpenImagesDetection, collate_fn
+    from lsdet.evaluation import load_ground_truth_from_index
+
+    if data_cfg.get("generate") is not None and generate_if_missing:
+        from lsdet.data.synth import ensure_synthetic_benchmark
+
+        ensure_synthetic_benchmark(data_cfg)
+    for key in ("hierarchy_json", "class_descriptions_csv"):
+        if not Path(str(data_cfg[key])).is_file():
+            raise FileNotFoundError(f"data.{key}: no file at {data_cfg[key]}")
+    # The descriptions file selects the classes (e.g. the 500 Challenge classes).
+    hierarchy = load_hierarchy(data_cfg.hierarchy_json, data_cfg.class_descriptions_csv)
+    descriptions = read_class_descriptions(data_cfg.class_descriptions_csv)
+    class_names = [descriptions.get(mid, mid) for mid in hierarchy.mids]
+
+    def dataset(split: str, train: bool) -> OpenImagesDetection:
+        return OpenImagesDetection(
+            open_split_index(data_cfg, split, hierarchy),
+            hierarchy,
+            data_cfg[split].image_dir,
+            image_size=data_cfg.get("image_size"),
+            hflip_prob=hflip_prob if train else 0.0,
+            strict=bool(data_cfg.get("strict", True)),
+            merge_iou=same_object_iou,
+            replace_unreadable=train,
+        )
+
+    train_set = dataset("train", True)
+    val_set = dataset("val", False)
+    index = train_set.index
+    class_offsets, class_images = index.class_to_images()
+    return TrainingData(
+        hierarchy=hierarchy,
+        class_names=class_names,
+        train_set=train_set,
+        val_set=val_set,
+        class_offsets=np.asarray(class_offsets),
+        class_images=np.asarray(class_images),
+        image_counts=np.asarray(index.class_image_counts()),
+        box_counts=np.asarray(index.class_box_counts()),
+        expanded_image_counts=index.class_image_counts_with_descendants(hierarchy.descendants),
+        val_gt=load_ground_truth_from_index(val_set.index, hierarchy),
+        collate_fn=collate_fn,
+    )
+
+
+def training_rates(rates_cfg: Any, train_index: Any, hierarchy: Hierarchy) -> torch.Tensor:
+    """The [C+1, C+1] concurrent rates of the training boxes (row/col 0 background), columns
+    in ``hierarchy.mids`` order, from the training annotation index (``rates.*`` settings;
+    see ``lsdet.data.rates`` for the estimator)."""
+    from lsdet.data.rates import concurrent_rates_from_index
+
+    rates = concurrent_rates_from_index(
+        train_index,
+        hierarchy,
+        iou_threshold=float(rates_cfg.iou_threshold),
+        floor=float(rates_cfg.floor),
+        hierarchy_rate=float(rates_cfg.hierarchy_rate),
+        prior_count=float(rates_cfg.prior_count),
+        progress=False,
+    )
+    return torch.as_tensor(np.asarray(rates), dtype=torch.float32)

@@ -1,0 +1,117 @@
+"""Validation during training: predict the validation split (sharded over ranks), score it with
+the Open Images Challenge metric against the ground truth of the same validation index, write
+the evaluator's files under ``<run_dir>/eval/<tag>/`` and log the figures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lsdet.engine.distributed import DistInfo, broadcast_object
+from lsdet.engine.inference import gather_detections, predict
+from lsdet.engine.loaders import ShardedSequence, make_loader
+from lsdet.engine.run_logger import RunLogger
+from lsdet.engine.training_data import TrainingData
+
+
+def validate(
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    tag: str,
+    run_dir: Path,
+    run_name: str,
+    device: torch.device,
+    dist: DistInfo,
+    logger: RunLogger,
+    step: int,
+    batch_size: int,
+    num_workers: int,
+    max_images: int | None = None,
+    amp: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mAP and bucket mAPs of the model on the validation split (the same dict on every rank)."""
+    from lsdet.evaluation import evaluate
+
+    n = len(data.val_set) if not max_images else min(len(data.val_set), int(max_images))
+    loader = make_loader(
+        data.val_set,
+        ShardedSequence(n, dist.rank, dist.world_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=data.collate_fn,
+    )
+    start = time.perf_counter()
+    detections = predict(
+        model, loader, device, amp=amp, progress=dist.is_main and progress, desc=f"eval {tag}"
+    )
+    detections = gather_detections(detections, dist)
+    metrics: dict[str, Any] = {}
+    if dist.is_main:
+        gt = data.val_gt
+        if detections.skipped_images:  # unreadable images: their ground truth is left out
+            ids, reasons = zip(*detections.skipped_images, strict=True)
+            gt = gt.without_images(list(ids), list(reasons))
+        result = evaluate(
+            gt,
+            detections.image_ids,
+            detections.class_indices,
+            detections.scores,
+            detections.boxes,
+        )
+        seconds = time.perf_counter() - start
+        metrics = record_evaluation(
+            result, data, run_dir / "eval" / tag, run_name=run_name, tag=tag, seconds=seconds
+        )
+        log_evaluation(logger, metrics, run_dir / "eval" / tag, step)
+        buckets = {k: v for k, v in metrics.items() if k.startswith("map_")}
+        tqdm.write(
+            f"[{tag}] mAP {metrics['map']:.4f} | "
+            + " | ".join(f"{k[4:]} {v:.4f}" for k, v in buckets.items())
+        )
+        metrics["eval_dir"] = str(Path("eval") / tag)  # relative to the run folder
+    return broadcast_object(metrics, dist)
+
+
+def record_evaluation(
+    result: Any, data: TrainingData, out_dir: Path, *, run_name: str, tag: str, seconds: float
+) -> dict[str, Any]:
+    """Write the evaluator's files for ``result`` into ``out_dir``; returns the mAP, the
+    frequency-bucket mAPs and the evaluation time."""
+    from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
+
+    names = dict(zip(data.hierarchy.mids, data.class_names, strict=True))
+    counts = data.expanded_image_counts
+    write_evaluation_outputs(
+        result,
+        out_dir,
+        names=names,
+        train_image_counts=counts,
+        extra={"run": run_name, "tag": tag, "eval_seconds": round(seconds, 2)},
+    )
+    table = per_class_table(result, names=names, train_image_counts=counts)
+    buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
+    metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
+    metrics["eval_seconds"] = round(seconds, 2)
+    return metrics
+
+
+def log_evaluation(logger: RunLogger, metrics: dict[str, Any], out_dir: Path, step: int) -> None:
+    """The figures, the per-class AP table and the AP-vs-frequency plot to wandb."""
+    import pandas as pd
+
+    logger.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
+    table = pd.read_csv(out_dir / "per_class.csv")
+    columns = [c for c in ("mid", "name", "train_images", "bucket", "ap") if c in table]
+    rows = table[columns].replace({np.nan: None}).values.tolist()
+    logger.log_table("val/per_class_ap", columns, rows, step)
+    plot = out_dir / "ap_vs_frequency.png"
+    if plot.is_file():
+        logger.log_image("val/ap_vs_frequency", plot, step)

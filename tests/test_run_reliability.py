@@ -1,0 +1,208 @@
+"""A run's progress is never lost and a user's run is never overwritten: run-folder locks,
+refused overwrites, checkpoints that survive a damaged last.pt, signals to the process group,
+failed evaluations, settings checked up front, resume refusing changed training inputs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import compose_train, tiny_overrides
+
+from lsdet.engine import trainer as trainer_module
+from lsdet.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_keeping_previous,
+)
+from lsdet.engine.run_folder import RunFolder, RunFolderBusyError
+from lsdet.engine.trainer import run_training
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synth") / "synth"
+
+
+def test_second_run_into_a_locked_folder_is_refused_naming_the_holder(tmp_path):
+    with RunFolder(tmp_path / "run", resume=False):
+        with pytest.raises(RunFolderBusyError, match=rf"pid {os.getpid()}"):
+            with RunFolder(tmp_path / "run", resume=False):
+                pass
+    with RunFolder(tmp_path / "run", resume=False):  # released at exit
+        pass
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path):
+    run_dir = tmp_path / "run"
+    code = (
+        "import os, sys, time; from lsdet.engine.run_folder import RunFolder\n"
+        f"f = RunFolder({str(run_dir)!r}, resume=False).__enter__()\n"
+        "print('locked', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunFolderBusyError, match=f"pid {holder.pid}"):
+        RunFolder(run_dir, resume=False).__enter__()
+    holder.kill()
+    holder.wait()
+    with RunFolder(run_dir, resume=True) as folder:  # the stale lock file is no obstacle
+        assert not folder.has_checkpoint()
+
+
+def test_start_over_an_existing_checkpoint_needs_resume_or_overwrite(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"x": 1}, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(FileExistsError, match=r"train.resume=true.*train.overwrite=true"):
+        RunFolder(tmp_path, resume=False).should_resume()
+    assert RunFolder(tmp_path, resume=False, overwrite=True).should_resume() is False
+    assert RunFolder(tmp_path, resume="auto").should_resume() is True
+    assert RunFolder(tmp_path / "new", resume="auto").should_resume() is False
+    with pytest.raises(FileNotFoundError, match="train.resume=true but there is no checkpoint"):
+        RunFolder(tmp_path / "new", resume=True).should_resume()
+    with pytest.raises(ValueError, match="train.resume='sometimes'"):
+        RunFolder(tmp_path, resume="sometimes")
+
+
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    path = tmp_path / "last.pt"
+    save_keeping_previous({"step": 1}, path)
+    save_keeping_previous({"step": 2}, path)
+    assert load_checkpoint(tmp_path / "previous.pt")["step"] == 1
+    assert load_latest_checkpoint(tmp_path)[0]["step"] == 2
+    path.write_bytes(path.read_bytes()[:20])  # truncated, e.g. a full disk
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} cannot be read"):
+        load_checkpoint(path)
+    state, used = load_latest_checkpoint(tmp_path)
+    assert state["step"] == 1 and used.name == "previous.pt"
+    assert "resuming from the previous checkpoint" in caplog.text
+    (tmp_path / "previous.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="previous.pt"):
+        load_latest_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=-0.01", r"optim.lr=-0.01: expected a number > 0"),
+        ("optim.lr=nan", r"optim.lr=nan"),
+        ("optim.lr_per_image=-0.001", r"optim.lr_per_image=-0.001"),
+        ("train.threads=abc", r"train.threads='abc'"),
+        ("train.max_iters_per_epoch=-1", r"train.max_iters_per_epoch=-1"),
+        ("train.stop_after_iters=0", r"train.stop_after_iters=0"),
+        ("train.resume=maybe", r"train.resume='maybe'"),
+    ],
+)
+def test_bad_numbers_are_errors_naming_the_key_and_the_typed_value(
+    data_root, tmp_path, override, message
+):
+    base = tiny_overrides(data_root)
+    if override.startswith("optim.lr_per_image"):
+        base += ["optim=sgd", "optim.lr=null"]
+    with pytest.raises(ValueError, match=message):
+        run_training(compose_train(base + [override]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing was built or written
+
+
+def test_rerun_refuses_to_overwrite_and_resume_refuses_changed_training_settings(
+    data_root, tmp_path
+):
+    base = tiny_overrides(data_root)
+    run_training(compose_train(base), tmp_path / "run")
+    with pytest.raises(FileExistsError, match="train.resume=true"):
+        run_training(compose_train(base), tmp_path / "run")
+    for change in ("train.max_iters_per_epoch=1", "train.hflip_prob=0.0"):
+        key = change.split("=")[0]
+        with pytest.raises(ValueError, match=rf"\['{key}'\]"):
+            run_training(compose_train(base + ["train.resume=true", change]), tmp_path / "run")
+    summary = run_training(compose_train(base + ["train.overwrite=true"]), tmp_path / "run")
+    assert summary["status"] == "finished" and summary["global_step"] == 6
+
+
+def test_resume_accepts_moved_data_and_refuses_changed_data(data_root, tmp_path):
+    base = tiny_overrides(data_root) + ["train.stop_after_iters=2"]
+    run_training(compose_train(base), tmp_path / "run")
+    staged = tmp_path / "staged" / "synth"
+    shutil.copytree(data_root, staged)  # the same files on "a node's local disk"
+    moved = [o for o in tiny_overrides(staged) if "stop_after" not in o]
+    summary = run_training(compose_train(moved + ["train.resume=true"]), tmp_path / "run")
+    assert summary["status"] == "finished"
+
+    run_training(compose_train(moved + ["train.stop_after_iters=2"]), tmp_path / "run2")
+    train_csv = staged / "train-annotations-bbox.csv"
+    lines = train_csv.read_text().splitlines()
+    train_csv.write_text("\n".join(lines[:-1]) + "\n")  # one box fewer
+    with pytest.raises(ValueError, match="training data differs"):
+        run_training(compose_train(moved + ["train.resume=true"]), tmp_path / "run2")
+
+
+def test_failed_evaluation_is_reported_after_the_checkpoint_and_training_goes_on(
+    data_root, tmp_path, monkeypatch
+):
+    def broken_validation(*args, **kwargs):
+        raise OSError("validation image 0042.jpg cannot be read")
+
+    monkeypatch.setattr(trainer_module, "validate", broken_validation)
+    cfg = compose_train(tiny_overrides(data_root) + ["train.eval_every=epoch"])
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["status"] == "finished" and summary["global_step"] == 6
+    assert [h["eval_error"] for h in summary["history"]] == [
+        "OSError: validation image 0042.jpg cannot be read"
+    ] * 2
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["position"]["global_step"] == 6
+
+
+def test_run_folder_holds_the_data_read_report(data_root, tmp_path):
+    run_training(compose_train(tiny_overrides(data_root)), tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert {"train", "val"} <= set(report)
+    assert report["train"]["rows_skipped"] == 0
+
+
+def test_sigterm_to_the_process_group_with_workers_checkpoints_and_says_how_to_resume(
+    data_root, tmp_path
+):
+    # Build the tiny benchmark first (in this process), then train in a new session.
+    run_training(compose_train(tiny_overrides(data_root, "warmup")), tmp_path / "warmup")
+    overrides = [
+        o for o in tiny_overrides(data_root) if not o.startswith(("schedule.", "train.num_workers"))
+    ] + [
+        "schedule.phases.main.epochs=200",
+        "schedule.phases.main.lr.warmup_iters=2",
+        "train.num_workers=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lsdet.train", *overrides],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # setsid: its own process group, like a Slurm job step
+    )
+    progress = tmp_path / "run" / "progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["global_step"] >= 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[0]
+    os.killpg(process.pid, signal.SIGTERM)  # kill -TERM -- -PGID: workers included
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "DataLoader worker" not in output
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["position"]["global_step"] >= 3
+    assert "Stopped by SIGTERM" in output and "train.resume=true" in output
