@@ -161,6 +161,9 @@ def test_demo_driver_trains_both_losses_and_prints_the_table(tmp_path):
     overrides += ["train.max_iters_per_epoch=1", "train.eval_every=phase"]
     text = main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo"), *overrides])
     assert "| demo_softmax |" in text and "| demo_concurrent_softmax |" in text
+    for run in ("demo_softmax", "demo_concurrent_softmax"):
+        assert f"protocol check {run}: mAP" in text
+        assert (tmp_path / "runs" / run / "eval" / "recall_check" / "metrics.json").is_file()
     assert (tmp_path / "demo" / "summary.md").read_text() == text
     assert (tmp_path / "demo" / "map_by_bucket.png").is_file()
 

@@ -148,7 +148,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
         dataset,
         range(len(dataset)),
         batch_size=int(cfg.batch_size),
-        num_workers=int(cfg.get("num_workers", 2)),
+        num_workers=int(cfg.num_workers),
         collate_fn=collate_fn,
     )
     detections = predict(model, loader, device, desc="evaluate checkpoint")

@@ -7,8 +7,12 @@
    this beats one run after the other with two threads each, and a busy core slows one run
    instead of stalling both threads of each), their logs in runs/demo_<loss>.log and their
    progress shown as one bar per run; ``--sequential`` runs them one after the other;
-3. prints the final table (mAP overall and by frequency bucket, difference to the baseline,
+3. checks the inference protocol on each run: re-scores its checkpoint with score threshold 0
+   and ten times the detections per image; the mAP must not move by more than 0.005, or the
+   defaults cut recall (printed on a line of its own per run);
+4. prints the final table (mAP overall and by frequency bucket, difference to the baseline,
    minutes) and writes it with comparison plots to runs/demo/.
+Runs start with ``train.resume=auto``: a run cut short continues, a finished one is reused.
 Other arguments are Hydra overrides for every training run (e.g. ``train.max_iters_per_epoch=5``).
 """
 
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lsdet.engine.report import comparison_table, plot_run_comparison
+from lsdet.engine.report import comparison_table, final_metrics, plot_run_comparison
 
 
 def run(command: list[str]) -> None:
@@ -41,7 +45,9 @@ def run(command: list[str]) -> None:
         raise SystemExit(f"demo stopped: `{' '.join(command)}` exited with {result.returncode}")
 
 
-def run_side_by_side(commands: dict[str, list[str]], run_dirs: dict[str, Path]) -> None:
+def run_side_by_side(
+    commands: dict[str, list[str]], run_dirs: dict[str, Path], *, show_progress: bool = True
+) -> None:
     """Start every command at once (output to <run_dir>.log) and show one progress bar per
     run from its progress.json until all have ended; stop with the log's tail on a failure."""
     processes, logs = {}, {}
@@ -83,6 +89,49 @@ def run_side_by_side(commands: dict[str, list[str]], run_dirs: dict[str, Path]) 
             )
 
 
+RECALL_TOLERANCE = 0.005  # mAP change allowed when the inference filter is opened up
+
+
+def recall_check_command(run_dir: Path, overrides: list[str]) -> list[str]:
+    """``lsdet.evaluate`` of the run's checkpoint at score threshold 0 and 10x the per-image
+    cap of its config; outputs in <run_dir>/eval/recall_check/."""
+    from omegaconf import OmegaConf
+
+    roi = OmegaConf.load(run_dir / "config.yaml").model.roi
+    out = run_dir / "eval" / "recall_check"
+    return [
+        sys.executable,
+        "-m",
+        "lsdet.evaluate",
+        f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+        "score_thresh=0.0",
+        f"detections_per_img={10 * int(roi.detections_per_img)}",
+        "device=cpu",
+        "num_workers=0",
+        f"output_dir={out}",
+        f"hydra.run.dir={out}",
+        *[o for o in overrides if o.startswith("data.")],
+    ]
+
+
+def recall_check_line(run_dir: Path) -> str:
+    """One line: the run's mAP at its inference defaults, with the filter opened up, and
+    whether the difference is within ``RECALL_TOLERANCE``."""
+    from omegaconf import OmegaConf
+
+    roi = OmegaConf.load(run_dir / "config.yaml").model.roi
+    at_defaults = final_metrics(run_dir)["map"]
+    opened = json.loads((run_dir / "eval" / "recall_check" / "metrics.json").read_text())["map"]
+    difference = opened - at_defaults
+    verdict = "ok" if abs(difference) < RECALL_TOLERANCE else "FAILS: the defaults cut recall"
+    return (
+        f"protocol check {run_dir.name}: mAP {at_defaults:.4f} at score_thresh "
+        f"{roi.score_thresh:g} / {roi.detections_per_img} per image, {opened:.4f} at 0 / "
+        f"{10 * int(roi.detections_per_img)}: difference {difference:+.4f} "
+        f"(tolerance {RECALL_TOLERANCE}) {verdict}"
+    )
+
+
 def read_progress(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -118,7 +167,7 @@ def main(argv: list[str] | None = None) -> str:
     threads = max(1, (os.cpu_count() or 1) // len(args.losses))
     for loss, run_dir in run_dirs.items():
         command = [python, "-m", "lsdet.train", "+experiment=demo", f"loss={loss}"]
-        command += [f"hydra.run.dir={run_dir}"]
+        command += [f"hydra.run.dir={run_dir}", "train.resume=auto"]
         if not args.sequential:
             command += [f"train.threads={threads}", "train.num_workers=0", "train.progress=false"]
         commands[loss] = command + list(args.overrides)
@@ -129,6 +178,15 @@ def main(argv: list[str] | None = None) -> str:
     else:
         run_side_by_side(commands, run_dirs)
 
+    checks = {loss: recall_check_command(d, args.overrides) for loss, d in run_dirs.items()}
+    if args.sequential:
+        for command in checks.values():
+            run(command)
+    else:
+        check_dirs = {loss: d / "eval" / "recall_check" for loss, d in run_dirs.items()}
+        run_side_by_side(checks, check_dirs, show_progress=False)
+    protocol = "\n".join(recall_check_line(d) for d in run_dirs.values())
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = list(run_dirs.values())
@@ -137,7 +195,7 @@ def main(argv: list[str] | None = None) -> str:
     elapsed = time.perf_counter() - start
     text = (
         f"lsdet demo: {len(runs)} runs on the synthetic benchmark, "
-        f"{elapsed / 60:.1f} min in all\n\n{table}\n"
+        f"{elapsed / 60:.1f} min in all\n\n{table}\n\n{protocol}\n"
     )
     (out / "summary.md").write_text(text)
     print("\n" + text)
