@@ -19,7 +19,7 @@ from lsdet.engine.checkpoint import (
 from lsdet.engine.inference import Detections, ImageFiles
 from lsdet.engine.loaders import ShardedSequence
 from lsdet.engine.report import comparison_table, plot_run_comparison, sampled_class_counts
-from lsdet.engine.trainer import NonFiniteGuard, NonFiniteLossError
+from lsdet.engine.run_state import NonFiniteGuard, NonFiniteLossError
 
 
 def test_save_atomic_replaces_and_leaves_no_temporary(tmp_path):

@@ -1,6 +1,9 @@
 """After a tiny run: the submission CSV of lsdet.predict, scored by the evaluator from the
 files, and `lsdet.evaluate checkpoint=...` give the mAP the trainer computed in memory."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -59,12 +62,26 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
                 "data.image_size=64",
                 f"output_dir={tmp_path / 'eval'}",
                 "device=cpu",
-                "+num_workers=0",
+                "num_workers=0",
             ],
         )
     result, paths = evaluate_checkpoint(eval_cfg)
     assert result.map == pytest.approx(trained_map, abs=1e-9)
     assert paths["per_class"].is_file() and paths["buckets"].is_file()
+
+    # a validation image without its file: an error naming it, or a counted, reported skip
+    image = sorted(Path(cfg.data.val.image_dir).glob("*.jpg"))[0]
+    moved = tmp_path / image.name
+    image.rename(moved)
+    try:
+        with pytest.raises(FileNotFoundError, match=image.name):
+            evaluate_checkpoint(eval_cfg)
+        eval_cfg.strict = False
+        _, paths = evaluate_checkpoint(eval_cfg)
+        metrics = json.loads(paths["metrics"].read_text())
+        assert metrics["missing_images"] == {"count": 1, "examples": [image.name]}
+    finally:
+        moved.rename(image)
 
     # a softmax-trained checkpoint scored with eq. 5: the rates are estimated from its
     # training data (the checkpoint holds none), so the scores differ from softmax

@@ -10,7 +10,8 @@ from train_helpers import compose_train, tiny_overrides
 
 from lsdet.engine import trainer as trainer_module
 from lsdet.engine.checkpoint import load_checkpoint
-from lsdet.engine.trainer import NonFiniteLossError, run_training
+from lsdet.engine.run_state import NonFiniteLossError
+from lsdet.engine.trainer import run_training
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Training checkpoints: atomic writes that keep the previous one, readable errors, the
-random-number-generator state, and the settings a resumed run must share with its checkpoint.
+random-number-generator state, the settings a resumed run must share with its checkpoint, and
+a training run's checkpoint (what it holds, saving it, checking and restoring it on resume).
 
 A run folder holds ``checkpoints/last.pt`` and, once a second checkpoint was written,
 ``checkpoints/previous.pt``: a new checkpoint is written completely (to a temporary file,
@@ -14,12 +15,19 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from lsdet.atomic_files import write_atomic
+from lsdet.engine.builders import unwrap
+from lsdet.engine.distributed import DistInfo, barrier, gather_objects
+
+if TYPE_CHECKING:
+    from lsdet.engine.run_state import Run
+    from lsdet.engine.training_data import TrainingData
 
 LAST_CHECKPOINT = "last.pt"
 PREVIOUS_CHECKPOINT = "previous.pt"
@@ -170,3 +178,81 @@ def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> li
         for k in set(a) | set(b)
         if _under(k, keys) and not _under(k, RESUME_MAY_CHANGE) and a.get(k) != b.get(k)
     )
+
+
+# ------------------------------------------------------------- a training run's checkpoint
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    """Everything needed to continue exactly (collective: gathers every rank's RNG state)."""
+    rng_states = gather_objects(rng_state(), run.dist)
+    sampler_state = run.sampler.state_dict()
+    sampler_state["epoch"] = run.global_epoch()
+    # consumed by finished steps (the last batch of an epoch may be short)
+    consumed = run.position.iteration * run.batch_size
+    sampler_state["num_yielded"] = min(consumed, len(run.sampler))
+    p = run.position
+    return {
+        "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "grad_scaler": run.scaler.state_dict(),
+        "sampler": sampler_state,
+        "position": {
+            "phase": p.phase,
+            "epoch": p.epoch,
+            "iteration": p.iteration,
+            "global_step": p.global_step,
+            "history": p.history,
+        },
+        "phase_name": run.schedule.phases[p.phase].name,
+        "rng": rng_states,
+        "nonfinite_count": run.guard.count,
+        "wandb_run_id": run.logger.run_id,
+        "world_size": run.dist.world_size,
+        "train_data_fingerprint": run.data.train_fingerprint,
+        "class_mids": list(run.data.hierarchy.mids),
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+    }
+
+
+def save_checkpoint(run: Run) -> None:
+    state = checkpoint_state(run)  # collective
+    if run.dist.is_main:
+        save_keeping_previous(state, run.checkpoint_dir / LAST_CHECKPOINT)
+    barrier(run.dist)
+
+
+def load_resume_state(
+    checkpoint_dir: Path, cfg: DictConfig, dist: DistInfo, data: TrainingData
+) -> dict[str, Any]:
+    """The run folder's newest readable checkpoint, after checking that it can continue with
+    this config and this training data."""
+    state, path = load_latest_checkpoint(checkpoint_dir)
+    if state["world_size"] != dist.world_size:
+        raise ValueError(
+            f"checkpoint {path} was written by {state['world_size']} processes, this run "
+            f"has {dist.world_size}: the sampler shards would not continue"
+        )
+    changed = config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
+    if changed:
+        raise ValueError(
+            f"train.resume: the config differs from the checkpoint {path} in {changed}; "
+            "resume with the run's settings (or start a new run name)"
+        )
+    if state["class_mids"] != list(data.hierarchy.mids):
+        raise ValueError(
+            f"train.resume: the classes of data.hierarchy_json / data.class_descriptions_csv "
+            f"differ from those the checkpoint {path} was trained on"
+        )
+    if state["train_data_fingerprint"] != data.train_fingerprint:
+        raise ValueError(
+            f"train.resume: the training data differs from the data the checkpoint {path} was "
+            f"trained on (files {data.train_files}); resume with the same files (a copy at "
+            "another data.root is fine) or start a new run name"
+        )
+    return state
+
+
+def restore_loop_state(run: Run, state: dict[str, Any]) -> None:
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["grad_scaler"])
+    run.sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"][run.dist.rank])

@@ -1,8 +1,9 @@
 """Training, top to bottom: ``run_training`` reads the data, estimates the concurrent rates,
 builds the loss and the detector, then for each phase of the schedule builds the sampler and a
 fresh optimizer and trains epoch after epoch (``train_one_epoch``, ``train_step``).
-Checkpoints (``checkpoint``), validation (``validation``), logging (``run_logger``) and
-progress (``progress``) are separate pieces it calls.
+What the run holds is ``run_state.Run``; checkpoints (``checkpoint``), validation
+(``validation``), progress and logging (``training_log``, ``run_logger``), signals
+(``signals``) and the run folder's lock (``run_folder``) are separate pieces it calls.
 
 The lr is a pure function of (phase, iteration) (``Schedule.lr_at``), so resuming needs no
 scheduler object; a checkpoint holds the model, optimizer, sampler position, random state and
@@ -16,11 +17,9 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -43,100 +42,24 @@ from lsdet.engine.distributed import (
     all_reduce_flag,
     barrier,
     cleanup,
-    gather_objects,
     init_distributed,
 )
 from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader, open_batches
-from lsdet.engine.progress import write_progress
-from lsdet.engine.report import plot_sampler_histogram, sampled_class_counts
 from lsdet.engine.run_folder import RunFolder
 from lsdet.engine.run_logger import RunLogger
+from lsdet.engine.run_state import NonFiniteGuard, Position, Run
 from lsdet.engine.signals import StopRequested
-from lsdet.engine.training_data import TrainingData, build_training_data, training_rates
+from lsdet.engine.training_data import build_training_data, training_rates
+from lsdet.engine.training_log import (
+    Speed,
+    after_step,
+    log_sampler_histogram,
+    report_progress,
+)
 from lsdet.engine.validation import validate
 from lsdet.sampling.schedule import Phase, Schedule
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many iterations with a NaN/inf loss: training stopped."""
-
-
-@dataclass
-class NonFiniteGuard:
-    """Skips steps whose loss is not finite; raises after ``max_count`` of them in a run."""
-
-    max_count: int
-    count: int = 0
-
-    def step_ok(self, finite: bool, where: str) -> bool:
-        if finite:
-            return True
-        self.count += 1
-        if self.count > self.max_count:
-            raise NonFiniteLossError(
-                f"{self.count} iterations with a non-finite loss (last at {where}); "
-                f"train.max_nonfinite={self.max_count}. Lower optim.lr or check the data."
-            )
-        return False
-
-
-@dataclass
-class Position:
-    """Where training stands: phase index, epoch within the phase, iterations done in the
-    epoch, the global iteration count over the whole run, and the evaluations so far."""
-
-    phase: int = 0
-    epoch: int = 0
-    iteration: int = 0
-    global_step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    """What a training run holds while it trains; everything in a checkpoint comes from here."""
-
-    cfg: DictConfig
-    run_dir: Path
-    device: torch.device
-    dist: DistInfo
-    data: TrainingData
-    schedule: Schedule
-    model: nn.Module
-    logger: RunLogger
-    stop: StopRequested
-    guard: NonFiniteGuard
-    position: Position = field(default_factory=Position)
-    optimizer: torch.optim.Optimizer | None = None
-    base_lr: float = 0.0
-    scaler: torch.amp.GradScaler | None = None
-    sampler: Any = None
-    rates: torch.Tensor | None = None
-    iters_this_epoch: int = 0
-    loss_ema: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        return int(self.cfg.seed)
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.cfg.train.batch_size)
-
-    @property
-    def amp(self) -> bool:
-        return bool(self.cfg.train.amp) and self.device.type == "cuda"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def global_epoch(self) -> int:
-        """Epochs of earlier phases + this phase's epoch: seeds the sampler's stream."""
-        done = sum(p.epochs for p in self.schedule.phases[: self.position.phase])
-        return done + self.position.epoch
 
 
 def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -196,7 +119,9 @@ def _train(
     loss_fn = build_loss(cfg, data, rates)
     model = build_model(cfg, data, loss_fn, rates, device)
 
-    resume_state = load_resume_state(run_dir / "checkpoints", cfg, dist, data) if resuming else None
+    resume_state = (
+        ckpt.load_resume_state(run_dir / "checkpoints", cfg, dist, data) if resuming else None
+    )
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
     if dist.enabled:
@@ -240,7 +165,7 @@ def _train(
                 begin_phase_weights(run, phase_index, phase)
             start_phase(run, phase)
             if resume_state is not None:  # continue the phase the checkpoint was taken in
-                restore_loop_state(run, resume_state)
+                ckpt.restore_loop_state(run, resume_state)
                 resume_state = None
             while run.position.epoch < phase.epochs:
                 if not train_one_epoch(run, phase):
@@ -368,12 +293,12 @@ def train_one_epoch(run: Run, phase: Phase) -> bool:
             bar.update(1)
             after_step(run, losses, lr, speed, bar)
             if stop_requested(run):
-                save_checkpoint(run)
+                ckpt.save_checkpoint(run)
                 bar.close()
                 return False
             every = int(cfg.train.checkpoint_every or 0)
             if every and position.global_step % every == 0:
-                save_checkpoint(run)
+                ckpt.save_checkpoint(run)
     bar.close()
     return True
 
@@ -413,47 +338,6 @@ def stop_requested(run: Run) -> bool:
     return all_reduce_flag(run.stop.flag or planned, run.dist)
 
 
-class Speed:
-    """Images per second since the epoch (re)started, over all ranks."""
-
-    def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
-        self.start = time.perf_counter()
-        self.images = 0
-
-    def add(self, images: int) -> None:
-        self.images += images * self.world_size
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / max(time.perf_counter() - self.start, 1e-9)
-
-
-def after_step(run: Run, losses: dict | None, lr: float, speed: Speed, bar: tqdm) -> None:
-    """Progress bar, progress.json and wandb after a step."""
-    if losses is not None:
-        for key, value in losses.items():
-            previous = run.loss_ema.get(key)
-            run.loss_ema[key] = value if previous is None else 0.9 * previous + 0.1 * value
-        bar.set_postfix(
-            loss=f"{run.loss_ema['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed.images_per_s:.1f}"
-        )
-    step, every = run.position.global_step, int(run.cfg.train.log_every)
-    if step % every == 0 or run.position.iteration == run.iters_this_epoch:
-        report_progress(run, "training", speed.images_per_s)
-    if run.dist.is_main and step % every == 0 and run.loss_ema:
-        run.logger.log(
-            {
-                **{f"train/{k}": v for k, v in run.loss_ema.items()},
-                "train/lr": lr,
-                "train/images_per_s": speed.images_per_s,
-                "train/nonfinite_steps": run.guard.count,
-                "train/phase": run.position.phase,
-            },
-            step=step,
-        )
-
-
 def end_epoch(run: Run, phase: Phase) -> None:
     """Checkpoint first (the epoch's steps are safe), then validate: a failed validation is
     reported in the history and the log and does not stop the training."""
@@ -466,7 +350,7 @@ def end_epoch(run: Run, phase: Phase) -> None:
         "global_step": position.global_step,
     }
     position.history.append(record)
-    save_checkpoint(run)
+    ckpt.save_checkpoint(run)
     last_of_phase = position.epoch == phase.epochs
     if last_of_phase and run.dist.is_main:
         ckpt.save_atomic(
@@ -482,7 +366,7 @@ def end_epoch(run: Run, phase: Phase) -> None:
     if when == "epoch" or (when == "phase" and last_of_phase):
         report_progress(run, "evaluating")
         record.update(run_validation(run, tag=f"{phase.name}_epoch{position.epoch}"))
-        save_checkpoint(run)  # the history now holds the evaluation
+        ckpt.save_checkpoint(run)  # the history now holds the evaluation
 
 
 def run_validation(run: Run, tag: str) -> dict[str, Any]:
@@ -510,125 +394,6 @@ def run_validation(run: Run, tag: str) -> dict[str, Any]:
         log.error("evaluation %s failed (training continues): %s", tag, message)
         tqdm.write(f"[{tag}] evaluation failed (training continues): {message}")
         return {"eval_error": message}
-
-
-# --------------------------------------------------------------------------- checkpoints
-def checkpoint_state(run: Run) -> dict[str, Any]:
-    """Everything needed to continue exactly (collective: gathers every rank's RNG state)."""
-    rng_states = gather_objects(ckpt.rng_state(), run.dist)
-    sampler_state = run.sampler.state_dict()
-    sampler_state["epoch"] = run.global_epoch()
-    # consumed by finished steps (the last batch of an epoch may be short)
-    consumed = run.position.iteration * run.batch_size
-    sampler_state["num_yielded"] = min(consumed, len(run.sampler))
-    p = run.position
-    return {
-        "model": unwrap(run.model).state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "grad_scaler": run.scaler.state_dict(),
-        "sampler": sampler_state,
-        "position": {
-            "phase": p.phase,
-            "epoch": p.epoch,
-            "iteration": p.iteration,
-            "global_step": p.global_step,
-            "history": p.history,
-        },
-        "phase_name": run.schedule.phases[p.phase].name,
-        "rng": rng_states,
-        "nonfinite_count": run.guard.count,
-        "wandb_run_id": run.logger.run_id,
-        "world_size": run.dist.world_size,
-        "train_data_fingerprint": run.data.train_fingerprint,
-        "class_mids": list(run.data.hierarchy.mids),
-        "config": OmegaConf.to_container(run.cfg, resolve=True),
-    }
-
-
-def save_checkpoint(run: Run) -> None:
-    state = checkpoint_state(run)  # collective
-    if run.dist.is_main:
-        ckpt.save_keeping_previous(state, run.checkpoint_dir / ckpt.LAST_CHECKPOINT)
-    barrier(run.dist)
-
-
-def load_resume_state(
-    checkpoint_dir: Path, cfg: DictConfig, dist: DistInfo, data: TrainingData
-) -> dict[str, Any]:
-    """The run folder's newest readable checkpoint, after checking that it can continue with
-    this config and this training data."""
-    state, path = ckpt.load_latest_checkpoint(checkpoint_dir)
-    if state["world_size"] != dist.world_size:
-        raise ValueError(
-            f"checkpoint {path} was written by {state['world_size']} processes, this run "
-            f"has {dist.world_size}: the sampler shards would not continue"
-        )
-    changed = ckpt.config_differences(state["config"], OmegaConf.to_container(cfg, resolve=True))
-    if changed:
-        raise ValueError(
-            f"train.resume: the config differs from the checkpoint {path} in {changed}; "
-            "resume with the run's settings (or start a new run name)"
-        )
-    if state["class_mids"] != list(data.hierarchy.mids):
-        raise ValueError(
-            f"train.resume: the classes of data.hierarchy_json / data.class_descriptions_csv "
-            f"differ from those the checkpoint {path} was trained on"
-        )
-    if state["train_data_fingerprint"] != data.train_fingerprint:
-        raise ValueError(
-            f"train.resume: the training data differs from the data the checkpoint {path} was "
-            f"trained on (files {data.train_files}); resume with the same files (a copy at "
-            "another data.root is fine) or start a new run name"
-        )
-    return state
-
-
-def restore_loop_state(run: Run, state: dict[str, Any]) -> None:
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["grad_scaler"])
-    run.sampler.load_state_dict(state["sampler"])
-    ckpt.set_rng_state(state["rng"][run.dist.rank])
-
-
-# --------------------------------------------------------------------------- reporting
-def report_progress(run: Run, status: str, images_per_s: float = 0.0) -> None:
-    if not run.dist.is_main:
-        return
-    iters = run.iters_this_epoch
-    done = run.global_epoch() + (run.position.iteration / iters if iters else 0.0)
-    phase = run.schedule.phases[min(run.position.phase, len(run.schedule.phases) - 1)]
-    write_progress(
-        run.run_dir,
-        status=status,
-        phase=phase.name,
-        global_step=run.position.global_step,
-        fraction=done / run.schedule.total_epochs,
-        images_per_s=images_per_s,
-    )
-
-
-def log_sampler_histogram(run: Run, phase: Phase) -> None:
-    """Per-class image draws of this epoch's global stream (plot + wandb)."""
-    if not run.dist.is_main:
-        return
-    data = run.data
-    stream = run.sampler.global_stream(run.global_epoch())
-    counts = sampled_class_counts(
-        stream, data.class_offsets, data.class_images, data.num_train_images
-    )
-    path = plot_sampler_histogram(
-        counts,
-        data.image_counts,
-        run.run_dir / "sampler" / f"{phase.name}_epoch{run.position.epoch + 1}.png",
-        title=f"{phase.name}: sampler {phase.sampler.get('name')} draws per class",
-    )
-    step = run.position.global_step
-    run.logger.log_image("train/sampler_class_histogram", path, step)
-    if run.logger.active:
-        import wandb
-
-        histogram = wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
-        run.logger.log({"train/sampler_draws_per_class": histogram}, step)
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,95 @@
+"""What a training run reports while it trains: the progress bar's figures, progress.json,
+the wandb scalars after each step and the sampler's draws per class at each epoch start."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from lsdet.engine.progress import write_progress
+from lsdet.engine.report import plot_sampler_histogram, sampled_class_counts
+from lsdet.engine.run_state import Run
+from lsdet.sampling.schedule import Phase
+
+
+class Speed:
+    """Images per second since the epoch (re)started, over all ranks."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def add(self, images: int) -> None:
+        self.images += images * self.world_size
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+def after_step(run: Run, losses: dict | None, lr: float, speed: Speed, bar: tqdm) -> None:
+    """Progress bar, progress.json and wandb after a step."""
+    if losses is not None:
+        for key, value in losses.items():
+            previous = run.loss_ema.get(key)
+            run.loss_ema[key] = value if previous is None else 0.9 * previous + 0.1 * value
+        bar.set_postfix(
+            loss=f"{run.loss_ema['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed.images_per_s:.1f}"
+        )
+    step, every = run.position.global_step, int(run.cfg.train.log_every)
+    if step % every == 0 or run.position.iteration == run.iters_this_epoch:
+        report_progress(run, "training", speed.images_per_s)
+    if run.dist.is_main and step % every == 0 and run.loss_ema:
+        run.logger.log(
+            {
+                **{f"train/{k}": v for k, v in run.loss_ema.items()},
+                "train/lr": lr,
+                "train/images_per_s": speed.images_per_s,
+                "train/nonfinite_steps": run.guard.count,
+                "train/phase": run.position.phase,
+            },
+            step=step,
+        )
+
+
+def report_progress(run: Run, status: str, images_per_s: float = 0.0) -> None:
+    if not run.dist.is_main:
+        return
+    iters = run.iters_this_epoch
+    done = run.global_epoch() + (run.position.iteration / iters if iters else 0.0)
+    phase = run.schedule.phases[min(run.position.phase, len(run.schedule.phases) - 1)]
+    write_progress(
+        run.run_dir,
+        status=status,
+        phase=phase.name,
+        global_step=run.position.global_step,
+        fraction=done / run.schedule.total_epochs,
+        images_per_s=images_per_s,
+    )
+
+
+def log_sampler_histogram(run: Run, phase: Phase) -> None:
+    """Per-class image draws of this epoch's global stream (plot + wandb)."""
+    if not run.dist.is_main:
+        return
+    data = run.data
+    stream = run.sampler.global_stream(run.global_epoch())
+    counts = sampled_class_counts(
+        stream, data.class_offsets, data.class_images, data.num_train_images
+    )
+    path = plot_sampler_histogram(
+        counts,
+        data.image_counts,
+        run.run_dir / "sampler" / f"{phase.name}_epoch{run.position.epoch + 1}.png",
+        title=f"{phase.name}: sampler {phase.sampler.get('name')} draws per class",
+    )
+    step = run.position.global_step
+    run.logger.log_image("train/sampler_class_histogram", path, step)
+    if run.logger.active:
+        import wandb
+
+        histogram = wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
+        run.logger.log({"train/sampler_draws_per_class": histogram}, step)
