@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as transforms
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from lsdet.boxes import box_iou
 from lsdet.data.hierarchy import Hierarchy
@@ -221,6 +222,12 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             image_size = (image_size, image_size)
         self.image_size = tuple(image_size) if image_size is not None else None
         self.hflip_prob = hflip_prob
+        steps = []
+        if self.image_size is not None:
+            steps.append(v2.Resize(list(self.image_size), antialias=True))
+        if hflip_prob > 0:
+            steps.append(v2.RandomHorizontalFlip(hflip_prob))
+        self.transform = v2.Compose(steps or [v2.Identity()])
         self.merge_iou = merge_iou
         self.strict = strict
         self.image_suffix = image_suffix
@@ -331,17 +338,17 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         return torch.zeros((3, height, width), dtype=torch.float32), target
 
     def _make_item(self, image_index: int, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self.image_size is not None:
-            image = transforms.resize(image, list(self.image_size), antialias=True)
         height, width = image.shape[-2:]
         objects = self.objects(image_index)
-        boxes = objects.boxes * np.array([width, height, width, height], dtype=np.float32)
-        if self.hflip_prob > 0 and torch.rand(()) < self.hflip_prob:
-            image = image.flip(-1)
-            boxes = np.stack(
-                [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1
-            )
-        boxes = _at_least_one_pixel(boxes, width, height)
+        scale = np.array([width, height, width, height], dtype=np.float32)
+        boxes = tv_tensors.BoundingBoxes(
+            torch.from_numpy(np.ascontiguousarray(objects.boxes * scale, dtype=np.float32)),
+            format="XYXY",
+            canvas_size=(height, width),
+        )
+        image, boxes = self.transform(image, boxes)  # resize, random flip: boxes follow
+        height, width = image.shape[-2:]
+        boxes = _at_least_one_pixel(boxes.as_subclass(torch.Tensor).numpy(), width, height)
         multilabels = self.hierarchy.expand_multihot(objects.labels).astype(np.float32)
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
