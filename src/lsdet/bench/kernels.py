@@ -1,4 +1,5 @@
 """Benchmark: the concurrent softmax loss (forward, backward, both) against its baselines.
+(Slightly over 400 lines: the timing on CPU and GPU, the table and the plot of one benchmark.)
 
 Side by side, for each size N x C (rows x logit columns):
   lsdet                 ``lsdet.ops.concurrent_softmax_loss`` (Triton kernel on a GPU; on CPU

@@ -1,4 +1,6 @@
 """Readers for the Open Images CSV files: class descriptions, boxes, image-level labels.
+(One module over 400 lines on purpose: the three readers share the row checks, the bad-row
+report and the dictionary-encoded tables, and split apart they would import each other.)
 
 The big files (12M box rows) are parsed by pyarrow's multi-threaded CSV reader and checked with
 vectorised numpy masks. String columns come back dictionary-encoded: per row an int32 code into

@@ -1,4 +1,6 @@
 """A compact, memory-mapped columnar cache of box annotations (the annotation index).
+(One module over 400 lines on purpose: building, caching and reading the index are one file
+format, kept together so that the writer and the reader cannot drift apart.)
 
 Built once from a bbox CSV (12M rows for the Open Images Challenge train set) into a folder of
 numpy ``.npy`` files that are opened with ``mmap_mode="r"``: opening takes milliseconds, and
