@@ -2,22 +2,12 @@
 
 import pytest
 import torch
-from train_helpers import compose_train, tiny_overrides
+from train_helpers import HYBRID, compose_train, tiny_overrides
 
 from lsdet.engine import trainer as trainer_module
 from lsdet.engine.builders import unwrap
 from lsdet.engine.checkpoint import load_checkpoint
 from lsdet.engine.trainer import run_training
-
-HYBRID = [
-    "schedule=hybrid",
-    "schedule.phases.pretrain.epochs=1",
-    "schedule.phases.pretrain.lr.warmup_iters=2",
-    "schedule.phases.pretrain.lr.milestones=[]",
-    "schedule.phases.finetune.epochs=1",
-    "schedule.phases.finetune.lr.warmup_iters=1",
-    "schedule.phases.finetune.lr.milestones=[]",
-]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from train_helpers import compose_train, tiny_overrides
+from train_helpers import HYBRID, compose_train, tiny_overrides
 
 from lsdet.engine import trainer as trainer_module
 from lsdet.engine.checkpoint import load_checkpoint
@@ -27,17 +27,6 @@ def assert_same_state(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-
-
-HYBRID = [
-    "schedule=hybrid",
-    "schedule.phases.pretrain.epochs=1",
-    "schedule.phases.pretrain.lr.warmup_iters=2",
-    "schedule.phases.pretrain.lr.milestones=[]",
-    "schedule.phases.finetune.epochs=1",
-    "schedule.phases.finetune.lr.warmup_iters=1",
-    "schedule.phases.finetune.lr.milestones=[]",
-]
 
 
 def test_stopped_mid_epoch_and_resumed_equals_uninterrupted(data_root, tmp_path):

@@ -53,6 +53,18 @@ def tiny_overrides(data_root: Path, run_name: str = "tiny") -> list[str]:
     ]
 
 
+# A hybrid schedule of 1 + 1 tiny epochs (replace the schedule.* items of tiny_overrides).
+HYBRID = [
+    "schedule=hybrid",
+    "schedule.phases.pretrain.epochs=1",
+    "schedule.phases.pretrain.lr.warmup_iters=2",
+    "schedule.phases.pretrain.lr.milestones=[]",
+    "schedule.phases.finetune.epochs=1",
+    "schedule.phases.finetune.lr.warmup_iters=1",
+    "schedule.phases.finetune.lr.milestones=[]",
+]
+
+
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml composed with overrides, as `python -m lsdet.train` would."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

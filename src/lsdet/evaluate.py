@@ -93,22 +93,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     with ``strict=false``, skipped, counted and reported in metrics.json; its ground truth is
     left out of the metric (a missing file must not pass for a weaker detector)."""
     from lsdet.data.dataset import collate_fn
-    from lsdet.engine.builders import resolve_device
-    from lsdet.engine.inference import ImageFiles, load_detector, predict
+    from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict
     from lsdet.engine.loaders import make_loader
     from lsdet.evaluation import evaluate, load_ground_truth
 
-    device = resolve_device(cfg.device)
-    model, trained_hierarchy, _ = load_detector(
-        cfg.checkpoint,
-        device,
-        scoring=cfg.scoring,
-        parent_scores=cfg.get("parent_scores"),
-        overrides={
-            "score_thresh": cfg.get("score_thresh"),
-            "detections_per_img": cfg.get("detections_per_img"),
-        },
-    )
+    model, trained_hierarchy, _, device = load_detector_from_config(cfg)
     hierarchy = load_hierarchy(cfg.hierarchy_json, cfg.get("class_descriptions_csv"))
     if list(hierarchy.mids) != list(trained_hierarchy.mids):
         raise ValueError(

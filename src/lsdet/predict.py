@@ -13,8 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lsdet.engine.builders import resolve_device
-from lsdet.engine.inference import ImageFiles, load_detector, predict
+from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict
 from lsdet.engine.loaders import make_loader
 
 log = logging.getLogger(__name__)
@@ -25,17 +24,7 @@ def write_submission(cfg: DictConfig) -> Path:
     from lsdet.data.dataset import collate_fn
     from lsdet.evaluation import write_predictions_csv
 
-    device = resolve_device(cfg.device)
-    model, hierarchy, train_cfg = load_detector(
-        cfg.checkpoint,
-        device,
-        scoring=cfg.scoring,
-        parent_scores=cfg.get("parent_scores"),
-        overrides={
-            "score_thresh": cfg.score_thresh,
-            "detections_per_img": cfg.detections_per_img,
-        },
-    )
+    model, hierarchy, train_cfg, device = load_detector_from_config(cfg)
     image_dir = cfg.image_dir or train_cfg.data.val.image_dir
     image_size = train_cfg.data.get("image_size") if cfg.image_size == "auto" else cfg.image_size
     dataset = ImageFiles.from_folder(image_dir, image_size=image_size)

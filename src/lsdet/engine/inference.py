@@ -202,3 +202,24 @@ def load_detector(
         sigmoid = bool(LOSSES[cfg.loss.name].sigmoid_classifier)
         model.roi_heads.scoring = resolve_scoring(model_cfg.scoring, cfg.loss.name, sigmoid)
     return model.to(device).eval(), hierarchy, cfg
+
+
+def load_detector_from_config(cfg: Any) -> tuple[nn.Module, Any, Any, torch.device]:
+    """The detector that an inference config describes (the keys shared by conf/evaluate.yaml
+    and conf/predict.yaml: checkpoint, device, scoring, parent_scores, score_thresh,
+    detections_per_img; null = as trained). Returns (model, hierarchy, training config,
+    device)."""
+    from lsdet.engine.builders import resolve_device
+
+    device = resolve_device(cfg.device)
+    model, hierarchy, train_cfg = load_detector(
+        cfg.checkpoint,
+        device,
+        scoring=cfg.scoring,
+        parent_scores=cfg.parent_scores,
+        overrides={
+            "score_thresh": cfg.score_thresh,
+            "detections_per_img": cfg.detections_per_img,
+        },
+    )
+    return model, hierarchy, train_cfg, device
