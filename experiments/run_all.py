@@ -1,19 +1,24 @@
-"""Run every sweep of experiments/sweeps.yaml and aggregate the tables and figures.
+"""Run every sweep of experiments/sweeps.yaml, keep each finished run's small results in the
+repository, and aggregate the tables and figures.
 
-    python experiments/run_all.py --size small            # what `make experiments` runs
-    python experiments/run_all.py --size full --jobs 2 --threads 1
-    python experiments/run_all.py --size small --dry-run  # print the commands only
+    python experiments/run_all.py --size converged --jobs 2 --threads 1   # `make experiments`
+    python experiments/run_all.py --size converged --dry-run               # the plan, nothing run
 
-Each training run goes to <out>/<run id>_s<seed>/ (out = runs/experiments/<size> unless
---out says otherwise) and is skipped when its summary.json says "finished", so the command can
-be re-run to complete a sweep that was cut short. Seed 0 of every run comes first, then seed 1,
-and so on. The Table 2 re-scorings run once their training run has finished. At the end
-`experiments/aggregate.py` writes the tables and figures (to experiments/results/<size>/).
+Each task (a training run, a re-scoring of a checkpoint, or a re-evaluation on another
+validation variant) runs in runs/experiments/<size>/<task>/ (checkpoints stay there, git-
+ignored). When it finishes, its small results (resolved config, summary with every
+evaluation, per-class AP of each evaluation, timings; no checkpoints, no images) are copied to
+experiments/results/<size>/runs/<run id>/val-<variant>/seed<k>/, and a task whose results are
+there is skipped: starting the command again, on any machine that has the repository,
+continues the sweep. A training run cut short continues from its own checkpoint
+(train.resume=auto). Seed 0 of every run comes first, then seed 1, and so on. At the end
+experiments/aggregate.py writes the tables and figures to experiments/results/<size>/.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -25,30 +30,69 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 SWEEPS = HERE / "sweeps.yaml"
+DATA_CONFIG = REPO / "conf" / "data" / "synth.yaml"
+
+# Overrides that say where or how fast a task runs, not what it computes: left out of the
+# settings recorded with the results (a sweep may continue on another machine).
+MACHINE_KEYS = (
+    "hydra.",
+    "train.threads=",
+    "train.device=",
+    "train.num_workers=",
+    "train.eval_batch_size=",
+    "train.resume=",
+    "output_dir=",
+    "checkpoint=",
+    "device=",
+    "num_workers=",
+    "batch_size=",
+)
+# What is copied from a task's run folder into the repository (paths relative to it).
+RESULT_FILES = (
+    "config.yaml",
+    "summary.json",
+    "data_report.json",
+    "metrics.json",
+    "per_class.csv",
+    "frequency_buckets.csv",
+    "eval/*/metrics.json",
+    "eval/*/per_class.csv",
+    "eval/*/frequency_buckets.csv",
+)
+RESULT_MARKER = "run.json"  # written last: a results folder without it is incomplete
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot go on as configured (the message says what to do)."""
 
 
 @dataclass
 class Task:
-    """One command of the sweep: a training run or an evaluation-only re-scoring."""
+    """One command of the sweep: a training run ("train") or an evaluation of a training
+    run's final checkpoint ("evaluate": a re-scoring or another validation variant)."""
 
-    name: str  # <run id>_s<seed>, also the folder name under the output folder
+    name: str  # <run id>_s<seed>, or <run id>_s<seed>_val-<variant>; the run folder's name
+    kind: str  # train | evaluate
+    row: str  # the run id of sweeps.yaml (a table row)
+    seed: int
+    variant: str  # validation variant of benchmark v2: as_train | clean
     command: list[str]
     run_dir: Path
+    results_dir: Path
+    data_root: str
     depends_on: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None  # evaluate tasks: the checkpoint they score
 
-    def is_done(self) -> bool:
-        return run_is_finished(self.run_dir)
-
-
-def run_is_finished(run_dir: Path) -> bool:
-    """A training run finished (summary.json status) or a re-scoring wrote its metrics."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("status") == "finished"
-    return (run_dir / "metrics.json").is_file()
+    @property
+    def settings(self) -> list[str]:
+        """The overrides that define the task's result (recorded with it, checked on skip)."""
+        args = self.command[3:]  # after "<python> -m <module>"
+        return [self.command[2], *(a for a in args if not a.startswith(MACHINE_KEYS))]
 
 
+# --------------------------------------------------------------------------- configuration
 def load_sweeps(path: Path = SWEEPS) -> dict:
     with open(path) as f:
         return yaml.safe_load(f)
@@ -67,15 +111,66 @@ def dotted(mapping: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def data_overrides(size_cfg: dict) -> list[str]:
-    """Hydra overrides (data.*) of a size."""
-    return dotted(size_cfg["data"], "data.")
+def pinned_differences(size_cfg: dict, data_generate: dict) -> list[str]:
+    """Where a size's pinned generator settings differ from the data config's `generate`
+    block, other than the settings the size lists in `differs_from_data_config`: one line per
+    setting (missing, unknown or another value). Empty when the pins are in sync."""
+    pinned = _flat(size_cfg["data"]["generate"])
+    defaults = _flat(data_generate)
+    on_purpose = set(size_cfg.get("differs_from_data_config") or [])
+    lines = []
+    for key in sorted(set(pinned) | set(defaults)):
+        if key in on_purpose:
+            continue
+        if key not in pinned:
+            lines.append(f"generate.{key}: not pinned (data config: {defaults[key]!r})")
+        elif key not in defaults:
+            lines.append(f"generate.{key}: pinned {pinned[key]!r}, not in the data config")
+        elif pinned[key] != defaults[key]:
+            lines.append(f"generate.{key}: pinned {pinned[key]!r}, data config {defaults[key]!r}")
+    return lines
 
 
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def variant_data(size_cfg: dict, variant: str) -> dict:
+    """The size's data settings for a validation variant: the size's own variant (its pinned
+    `val_label_noise`) as pinned; another one in its own root (<root>_val-<variant>). The
+    generator draws each split from its own random stream, so the training files are the
+    same in both roots."""
+    data = json.loads(json.dumps(size_cfg["data"]))  # a deep copy
+    if variant == data["generate"]["val_label_noise"]:
+        return data
+    data["root"] = f"{data['root']}_val-{variant}"
+    data["generate"]["val_label_noise"] = variant
+    return data
+
+
+def table_variants(sweeps: dict) -> dict[str, list[str]]:
+    """Run id -> the validation variants some table reports it on (its own variant first)."""
+    out: dict[str, list[str]] = {}
+    for table in sweeps["tables"].values():
+        for row in table["rows"]:
+            for variant in table.get("validation") or []:
+                if variant not in out.setdefault(row["run"], []):
+                    out[row["run"]].append(variant)
+    return out
+
+
+# --------------------------------------------------------------------------- tasks
 def build_tasks(
     sweeps: dict,
     size: str,
     out: Path,
+    results: Path,
     seeds: list[int],
     *,
     python: str = sys.executable,
@@ -83,44 +178,218 @@ def build_tasks(
     only: list[str] | None = None,
     extra: list[str] | None = None,
 ) -> list[Task]:
-    """The sweep's commands in run order: seed by seed, runs in the order of sweeps.yaml,
-    each re-scoring right after its training run."""
+    """The sweep's tasks in run order: seed by seed, runs in the order of sweeps.yaml, each
+    followed by the evaluations of its checkpoint (re-scorings, other validation variants)."""
     if size not in sweeps["sizes"]:
-        raise ValueError(f"{SWEEPS}: no size {size!r} (sizes: {', '.join(sweeps['sizes'])})")
-    size_data = data_overrides(sweeps["sizes"][size])
+        raise SweepError(f"{SWEEPS}: no size {size!r} (sizes: {', '.join(sweeps['sizes'])})")
+    size_cfg = sweeps["sizes"][size]
+    own_variant = size_cfg["data"]["generate"]["val_label_noise"]
     common = list(sweeps.get("common_overrides", [])) + list(extra or [])
     if threads:
         common.append(f"train.threads={threads}")
+    iterations = [f"train.max_iters_per_epoch={size_cfg['iterations_per_epoch']}"]
+    variants = table_variants(sweeps)
     rescoring_of: dict[str, list[tuple[str, dict]]] = {}
     for rescore_id, spec in (sweeps.get("rescoring") or {}).items():
+        if spec["from"] not in sweeps["runs"]:
+            raise SweepError(f"{SWEEPS}: rescoring.{rescore_id}.from: no run {spec['from']!r}")
         rescoring_of.setdefault(spec["from"], []).append((rescore_id, spec))
     tasks = []
     for seed in seeds:
         for run_id, spec in sweeps["runs"].items():
             if only and run_id not in only:
                 continue
+            kind = spec.get("schedule", "single")
+            if kind not in size_cfg["schedules"]:
+                raise SweepError(f"{SWEEPS}: runs.{run_id}.schedule: no schedule {kind!r}")
             name = f"{run_id}_s{seed}"
             run_dir = out / name
+            data = variant_data(size_cfg, own_variant)
             command = [python, "-m", "lsdet.train", f"+experiment={spec['experiment']}"]
-            command += list(spec.get("overrides", [])) + size_data + common
+            command += list(spec.get("overrides", [])) + list(size_cfg["schedules"][kind])
+            command += iterations + dotted(data, "data.") + common
             command += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
-            tasks.append(Task(name, command, run_dir))
-            for rescore_id, rescore in rescoring_of.get(run_id, []):
-                rescore_dir = out / f"{rescore_id}_s{seed}"
-                # lsdet.evaluate estimates the concurrent rates of a checkpoint trained
-                # without them (eq. 5 with R = 0 would be plain softmax).
-                command = [
-                    python,
-                    "-m",
-                    "lsdet.evaluate",
-                    f"checkpoint={run_dir / 'checkpoints' / rescore['checkpoint']}",
-                    f"scoring={rescore['scoring']}",
-                    *size_data,
-                    f"output_dir={rescore_dir}",
-                    f"hydra.run.dir={rescore_dir}",
-                ]
-                tasks.append(Task(f"{rescore_id}_s{seed}", command, rescore_dir, [name]))
+            results_dir = results / "runs" / run_id / f"val-{own_variant}" / f"seed{seed}"
+            tasks.append(
+                Task(name, "train", run_id, seed, own_variant, command, run_dir, results_dir,
+                     data["root"])
+            )  # fmt: skip
+            checkpoint = run_dir / "checkpoints" / spec.get("checkpoint", "phase_main.pt")
+            scorings = [(run_id, {})] + [(r, s) for r, s in rescoring_of.get(run_id, [])]
+            for row_id, rescore in scorings:
+                for variant in variants.get(row_id, [own_variant]):
+                    if row_id == run_id and variant == own_variant:
+                        continue  # the training run's own evaluations
+                    tasks.append(
+                        evaluation_task(
+                            row_id, rescore, seed, variant, size_cfg, checkpoint, out, results,
+                            python=python, depends_on=name,
+                        )
+                    )  # fmt: skip
     return tasks
+
+
+def evaluation_task(
+    row_id: str,
+    rescore: dict,
+    seed: int,
+    variant: str,
+    size_cfg: dict,
+    checkpoint: Path,
+    out: Path,
+    results: Path,
+    *,
+    python: str,
+    depends_on: str,
+) -> Task:
+    """`python -m lsdet.evaluate checkpoint=...` with the row's scoring and parent scores (as
+    trained when the row is a training run) on a validation variant's data."""
+    own = variant == size_cfg["data"]["generate"]["val_label_noise"]
+    name = f"{row_id}_s{seed}" + ("" if own else f"_val-{variant}")
+    run_dir = out / name
+    data = variant_data(size_cfg, variant)
+    command = [python, "-m", "lsdet.evaluate", f"checkpoint={checkpoint}"]
+    # lsdet.evaluate estimates the concurrent rates of a checkpoint trained without them
+    # (eq. 5 with R = 0 would be plain softmax).
+    for key in ("scoring", "parent_scores"):
+        if rescore.get(key):
+            command.append(f"{key}={rescore[key]}")
+    command += dotted(data, "data.")
+    command += ["plot=false", f"output_dir={run_dir}", f"hydra.run.dir={run_dir}"]
+    results_dir = results / "runs" / row_id / f"val-{variant}" / f"seed{seed}"
+    return Task(
+        name, "evaluate", row_id, seed, variant, command, run_dir, results_dir, data["root"],
+        [depends_on], checkpoint,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- state of a task
+def run_finished(task: Task) -> bool:
+    """The task's run folder holds a finished run (summary.json status) or an evaluation
+    (metrics.json), made with the task's settings (the runner's task.json there)."""
+    recorded = task.run_dir / "task.json"
+    if not recorded.is_file() or json.loads(recorded.read_text())["settings"] != task.settings:
+        return False
+    if task.kind == "train":
+        summary = task.run_dir / "summary.json"
+        return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
+    return (task.run_dir / "metrics.json").is_file()
+
+
+def recorded_result(task: Task) -> dict | None:
+    """The run.json of the task's results in the repository, or None when there are none
+    (or only an incomplete copy)."""
+    path = task.results_dir / RESULT_MARKER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_recorded(task: Task, data_hash: str | None) -> None:
+    """Results in the repository must come from this task's settings and data (generator
+    settings hash), else continuing would mix two sweeps: raises SweepError naming the
+    folder. ``data_hash`` None (data not generated, e.g. a dry run) skips the data check."""
+    record = recorded_result(task)
+    if record is None:
+        return
+    if record["settings"] != task.settings:
+        changed = sorted(set(record["settings"]) ^ set(task.settings))
+        raise SweepError(
+            f"{task.results_dir} was made with other settings than sweeps.yaml now gives "
+            f"{task.name} (differing: {changed}); move that folder away to re-run the task, or "
+            "restore the settings"
+        )
+    if data_hash is not None and record.get("data_settings_hash") not in (None, data_hash):
+        raise SweepError(
+            f"{task.results_dir} was made on other data (settings hash "
+            f"{record['data_settings_hash']}, now {data_hash}: the generator or its pinned "
+            "settings changed); move the size's results away to start the sweep again"
+        )
+
+
+def plan(tasks: list[Task], *, retrain_missing_checkpoints: bool = False) -> dict[str, str]:
+    """What to do with each task: "done" (results in the repository), "collect" (finished in
+    its run folder, results not copied yet), "run", "retrain" (a training run whose results
+    are in the repository but whose checkpoint an evaluation still needs: trained again for
+    the checkpoint only, its results kept) or "no checkpoint" (such an evaluation, skipped
+    and reported unless retrain_missing_checkpoints)."""
+    by_name = {t.name: t for t in tasks}
+    actions = {}
+    for task in tasks:
+        if recorded_result(task) is not None:
+            actions[task.name] = "done"
+        elif run_finished(task):
+            actions[task.name] = "collect"
+        else:
+            actions[task.name] = "run"
+    for task in tasks:
+        if task.kind != "evaluate" or actions[task.name] != "run":
+            continue
+        if task.checkpoint is not None and task.checkpoint.is_file():
+            continue
+        trainer = by_name.get(task.depends_on[0]) if task.depends_on else None
+        if trainer is None or actions[trainer.name] == "run":
+            continue  # the training run will write the checkpoint
+        if retrain_missing_checkpoints:
+            actions[trainer.name] = "retrain"
+        else:
+            actions[task.name] = "no checkpoint"
+    return actions
+
+
+# --------------------------------------------------------------------------- results
+def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | None) -> Path:
+    """Copies the task's small result files (RESULT_FILES; never checkpoints or images) from
+    its run folder to its results folder and writes run.json last (settings, data hash, code
+    version, timings): a copy cut short has no run.json and is made again."""
+    task.results_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for pattern in RESULT_FILES:
+        for source in sorted(task.run_dir.glob(pattern)):
+            relative = source.relative_to(task.run_dir)
+            target = task.results_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            copied.append(str(relative))
+    record = {
+        "task": task.name,
+        "kind": task.kind,
+        "row": task.row,
+        "seed": task.seed,
+        "validation": task.variant,
+        "settings": task.settings,
+        "data_settings_hash": data_hash,
+        "git_commit": _git_commit(),
+        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
+        "collected_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "files": copied,
+    }
+    tmp = task.results_dir / (RESULT_MARKER + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, task.results_dir / RESULT_MARKER)
+    return task.results_dir
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def data_settings_hash(root: str | Path) -> str | None:
+    """The generator's settings hash of a data root (its manifest.json), None if absent."""
+    manifest = Path(root) / "manifest.json"
+    return json.loads(manifest.read_text()).get("settings_hash") if manifest.is_file() else None
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class SweepReport:
+    failed: list[str] = field(default_factory=list)
+    no_checkpoint: list[str] = field(default_factory=list)  # evaluations skipped
+    ran: int = 0
 
 
 def run_tasks(
@@ -130,23 +399,41 @@ def run_tasks(
     jobs: int,
     threads: int | None,
     jobs_file: Path | None = None,
-) -> list[str]:
-    """Runs the tasks that are not done yet, at most `jobs` at a time (or the number written
-    in `jobs_file`, read again before every start, to change it while the sweep runs),
-    dependencies first; returns the names of the tasks that failed (their dependants are
-    skipped)."""
+    retrain_missing_checkpoints: bool = False,
+) -> SweepReport:
+    """Runs what `plan` says, at most `jobs` at a time (or the number written in `jobs_file`,
+    read again before every start), dependencies first; copies each finished task's results
+    into the repository at once. Returns the failures (their dependants are skipped too) and
+    the evaluations skipped for a missing checkpoint."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "disabled")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
         env["MKL_NUM_THREADS"] = str(threads)
-    pending = [t for t in tasks if not t.is_done()]
-    done = {t.name for t in tasks if t.is_done()}
-    failed: list[str] = []
+    hashes: dict[str, str | None] = {}
+
+    def data_hash(task: Task) -> str | None:
+        if task.data_root not in hashes:
+            hashes[task.data_root] = data_settings_hash(task.data_root)
+        return hashes[task.data_root]
+
+    for task in tasks:
+        check_recorded(task, data_hash(task))
+    actions = plan(tasks, retrain_missing_checkpoints=retrain_missing_checkpoints)
+    report = SweepReport(no_checkpoint=[n for n, a in actions.items() if a == "no checkpoint"])
+    for task in tasks:
+        if actions[task.name] == "collect":
+            copy_results(task, data_hash=data_hash(task), wall_seconds=None)
+    done = {n for n, a in actions.items() if a in ("done", "collect")}
+    pending = [t for t in tasks if actions[t.name] in ("run", "retrain")]
     running: dict[str, tuple[subprocess.Popen, float, Task]] = {}
     total = len(pending)
-    print(f"{len(tasks)} tasks, {len(done)} already done, {total} to run, {jobs} at a time")
+    print(
+        f"{len(tasks)} tasks: {len(done)} done, {total} to run ({jobs} at a time), "
+        f"{len(report.no_checkpoint)} skipped for a missing checkpoint",
+        flush=True,
+    )
     finished = 0
     while pending or running:
         for name, (proc, start, task) in list(running.items()):
@@ -155,80 +442,140 @@ def run_tasks(
             del running[name]
             finished += 1
             minutes = (time.time() - start) / 60
-            ok = proc.returncode == 0 and task.is_done()
-            (done.add if ok else failed.append)(name)
-            status = "ok" if ok else f"FAILED (exit {proc.returncode}, log {log_dir / name}.log)"
+            ok = proc.returncode == 0 and run_finished(task)
+            if ok and actions[name] != "retrain":
+                copy_results(task, data_hash=data_hash(task), wall_seconds=time.time() - start)
+            if ok:
+                done.add(name)
+                status = "ok" + (" (checkpoint only, results kept)" * (actions[name] == "retrain"))
+            else:
+                report.failed.append(name)
+                status = f"FAILED (exit {proc.returncode}, log {log_dir / name}.log)"
             print(f"[{finished}/{total}] {name}: {status} in {minutes:.1f} min", flush=True)
         if jobs_file is not None and jobs_file.is_file():
             jobs = max(1, int(jobs_file.read_text().strip() or jobs))
         for task in list(pending):
             if len(running) >= jobs:
                 break
-            if any(dep in failed for dep in task.depends_on):
+            if any(dep in report.failed for dep in task.depends_on):
                 pending.remove(task)
-                failed.append(task.name)
+                report.failed.append(task.name)
                 print(f"{task.name}: skipped, {task.depends_on} failed", flush=True)
                 continue
             if not all(dep in done for dep in task.depends_on):
                 continue
             pending.remove(task)
+            task.run_dir.mkdir(parents=True, exist_ok=True)
+            (task.run_dir / "task.json").write_text(json.dumps({"settings": task.settings}))
             log = open(log_dir / f"{task.name}.log", "w")  # noqa: SIM115 (closed by the child)
             log.write("+ " + " ".join(task.command) + "\n")
             log.flush()
             proc = subprocess.Popen(task.command, stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
             running[task.name] = (proc, time.time(), task)
+            report.ran += 1
             print(f"started {task.name} ({time.strftime('%H:%M:%S')})", flush=True)
-        time.sleep(2)
-    return failed
+        if pending or running:
+            time.sleep(2)
+    return report
+
+
+def generate_data(sweeps: dict, size: str, python: str = sys.executable) -> list[str]:
+    """Writes (or finds up to date) the data roots of a size's validation variants, once up
+    front so that parallel runs do not race to write them; returns the roots."""
+    size_cfg = sweeps["sizes"][size]
+    own = size_cfg["data"]["generate"]["val_label_noise"]
+    roots = []
+    for variant in [own, *{v for vs in table_variants(sweeps).values() for v in vs} - {own}]:
+        data = variant_data(size_cfg, variant)
+        subprocess.run([python, "-m", "lsdet.data.synth", *dotted(data)], check=True)
+        roots.append(data["root"])
+    return roots
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/run_all.py", description=__doc__)
-    parser.add_argument("--size", default="small", help="a size of sweeps.yaml (small, full)")
+    parser.add_argument("--size", default="converged", help="a size of sweeps.yaml")
     parser.add_argument("--out", default=None, help="run folders (runs/experiments/<size>)")
-    parser.add_argument(
-        "--results", default=None, help="tables/figures (experiments/results/<size>)"
-    )
+    parser.add_argument("--results", default=None, help="results (experiments/results/<size>)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: sweeps.yaml")
     parser.add_argument("--runs", nargs="+", default=None, help="only these run ids")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    parser.add_argument("--jobs", type=int, default=1, help="tasks at the same time")
+    parser.add_argument("--jobs-file", default=None, help="a file holding the number of jobs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per task")
     parser.add_argument(
-        "--jobs-file", default=None, help="a file holding the number of runs at the same time"
+        "--retrain-missing-checkpoints",
+        action="store_true",
+        help="train a run again when an evaluation needs its checkpoint and only its results "
+        "are left (default: skip the evaluation and report it)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--no-aggregate", action="store_true", help="skip the tables/figures")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of every training run")
     args = parser.parse_args(argv)
 
     sweeps = load_sweeps()
     out = Path(args.out or f"runs/experiments/{args.size}")
+    results = Path(args.results or HERE / "results" / args.size)
     seeds = args.seeds if args.seeds is not None else list(sweeps["seeds"])
+    with open(DATA_CONFIG) as f:
+        differences = pinned_differences(sweeps["sizes"][args.size], yaml.safe_load(f)["generate"])
+    for line in differences:
+        print(f"note: sweeps.yaml sizes.{args.size} vs {DATA_CONFIG.name}: {line}")
+    try:
+        return _run(args, sweeps, out, results, seeds)
+    except SweepError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _run(args: argparse.Namespace, sweeps: dict, out: Path, results: Path, seeds: list[int]):
     tasks = build_tasks(
-        sweeps, args.size, out, seeds, threads=args.threads, only=args.runs, extra=args.overrides
+        sweeps,
+        args.size,
+        out,
+        results,
+        seeds,
+        threads=args.threads,
+        only=args.runs,
+        extra=args.overrides,
     )
     if args.dry_run:
         for task in tasks:
-            print(("(done) " if task.is_done() else "") + " ".join(task.command))
+            check_recorded(task, None)
+        actions = plan(tasks, retrain_missing_checkpoints=args.retrain_missing_checkpoints)
+        for task in tasks:
+            print(f"[{actions[task.name]}] " + " ".join(task.command))
+        counts = {a: list(actions.values()).count(a) for a in sorted(set(actions.values()))}
+        print(f"{len(tasks)} tasks: {counts}")
         return 0
-    # Generate the benchmark once up front, so that parallel runs do not race to write it.
-    size_data = sweeps["sizes"][args.size]["data"]
-    generate = [sys.executable, "-m", "lsdet.data.synth"]
-    subprocess.run(generate + dotted(size_data), check=True)
+    roots = generate_data(sweeps, args.size)
+    # The class hierarchy beside the results: the aggregation splits leaf and parent classes.
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "hierarchy.json").write_bytes((Path(roots[0]) / "hierarchy.json").read_bytes())
     start = time.time()
-    jobs_file = Path(args.jobs_file) if args.jobs_file else None
-    failed = run_tasks(
-        tasks, out / "logs", jobs=args.jobs, threads=args.threads, jobs_file=jobs_file
+    report = run_tasks(
+        tasks,
+        out / "logs",
+        jobs=args.jobs,
+        threads=args.threads,
+        jobs_file=Path(args.jobs_file) if args.jobs_file else None,
+        retrain_missing_checkpoints=args.retrain_missing_checkpoints,
     )
-    print(f"sweep: {(time.time() - start) / 60:.1f} min, {len(failed)} failed: {failed}")
+    print(
+        f"sweep: {(time.time() - start) / 60:.1f} min, {report.ran} tasks run, "
+        f"{len(report.failed)} failed: {report.failed}"
+    )
+    if report.no_checkpoint:
+        print(
+            f"{len(report.no_checkpoint)} evaluations skipped: their training run's results are "
+            f"in {results} but its checkpoint is gone ({report.no_checkpoint}); run again with "
+            "--retrain-missing-checkpoints to train those seeds again for the checkpoint"
+        )
     if not args.no_aggregate:
         from aggregate import main as aggregate_main  # experiments/aggregate.py
 
-        aggregate_main(
-            ["--runs", str(out), "--out", args.results or f"experiments/results/{args.size}"]
-        )
-    return 1 if failed else 0
+        aggregate_main(["--results", str(results)])
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

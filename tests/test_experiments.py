@@ -1,4 +1,5 @@
-"""experiments/aggregate.py and experiments/run_all.py on fake run folders (no training)."""
+"""experiments/run_all.py and experiments/aggregate.py on fake run and result folders (no
+training, no data)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -16,216 +18,142 @@ sys.path.insert(0, str(EXPERIMENTS))
 import aggregate  # noqa: E402
 import run_all  # noqa: E402
 
-TABLE = {
-    "title": "fake table",
-    "baseline": "base",
-    "rows": [
-        {"label": "baseline", "run": "base", "paper": 50.0},
-        {"label": "method", "run": "method", "paper": 51.0},
-    ],
+SIZE = {
+    "data": {
+        "root": "data/x",
+        "image_size": 64,
+        "generate": {"seed": 0, "num_train_images": 10, "val_label_noise": "as_train"},
+    },
+    "iterations_per_epoch": 3,
+    "schedules": {
+        "single": ["schedule.phases.main.epochs=2"],
+        "hybrid": ["schedule.phases.pretrain.epochs=1", "schedule.phases.finetune.epochs=1"],
+    },
+}
+SWEEPS = {
+    "seeds": [0, 1],
+    "common_overrides": ["logger=disabled", "train.resume=auto"],
+    "sizes": {"tiny": SIZE},
+    "runs": {
+        "base": {"experiment": "t1_softmax"},
+        "hyb": {
+            "experiment": "t4_hybrid_softmax",
+            "schedule": "hybrid",
+            "checkpoint": "phase_finetune.pt",
+        },
+    },  # fmt: skip
+    "rescoring": {
+        "base_cs": {
+            "from": "base",
+            "scoring": "concurrent_softmax",
+            "parent_scores": "max_descendants",
+        }
+    },  # fmt: skip
+    "tables": {
+        "t": {
+            "title": "T: fake",
+            "baseline": "base",
+            "validation": ["as_train", "clean"],
+            "rows": [
+                {"label": "baseline", "run": "base", "paper": 50.0},
+                {"label": "rescored", "run": "base_cs", "paper": 51.0},
+            ],
+        },
+        "h": {
+            "title": "H: fake",
+            "baseline": "hyb",
+            "validation": ["as_train"],
+            "rows": [
+                {"label": "hybrid", "run": "hyb", "paper": 60.0},
+                {"label": "single", "run": "base", "paper": None, "expected": "lower"},
+            ],
+        },
+    },
+    "figure4": [{"label": "base", "run": "base"}],
+    "figure5": [{"label": "base", "run": "base"}],
 }
 
 
-def write_training_run(
-    root: Path, name: str, maps: list[float], *, status: str = "finished", aps=(0.5, 1.0)
-) -> Path:
-    """A run folder as lsdet.train writes it: summary.json with one evaluation per epoch and
-    the last evaluation's per_class.csv."""
-    run_dir = root / name
-    history = []
-    for epoch, value in enumerate(maps, start=1):
-        tag = f"main_epoch{epoch}"
-        history.append(
-            {
-                "phase": "main",
-                "epoch": epoch,
-                "map": value,
-                "map_rare": value / 2,
-                "map_common": value,
-                "map_frequent": min(1.0, value * 1.5),
-                "eval_dir": f"eval/{tag}",
-            }
-        )
-        eval_dir = run_dir / "eval" / tag
-        eval_dir.mkdir(parents=True)
-        pd.DataFrame(
-            {"mid": ["/a", "/b"], "name": ["A", "B"], "train_images": [2, 200], "ap": list(aps)}
-        ).to_csv(eval_dir / "per_class.csv", index=False)
-    summary = {"status": status, "global_step": 10, "history": history, "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    return run_dir
-
-
-def test_collect_runs_reads_last_evaluation_and_skips_unfinished(tmp_path):
-    write_training_run(tmp_path, "base_s0", [0.2, 0.4])
-    write_training_run(tmp_path, "base_s1", [0.1, 0.3], status="interrupted")
-    (tmp_path / "logs").mkdir()  # not a run folder
-    runs, unfinished = aggregate.collect_runs(tmp_path)
-    assert list(runs["run"]) == ["base"] and list(runs["seed"]) == [0]
-    assert runs["map"].iloc[0] == pytest.approx(0.4)
-    assert runs["map_rare"].iloc[0] == pytest.approx(0.2)
-    assert [h["map"] for h in runs["history"].iloc[0]] == [0.2, 0.4]
-    assert runs["per_class_csv"].iloc[0].endswith("eval/main_epoch2/per_class.csv")
-    assert unfinished == ["base_s1"]
-
-
-def test_collect_runs_reads_evaluation_only_runs(tmp_path):
-    run_dir = tmp_path / "rescored_s3"
-    run_dir.mkdir()
-    (run_dir / "metrics.json").write_text(json.dumps({"map": 0.25}))
-    pd.DataFrame({"bucket": ["rare", "frequent"], "mean_ap": [0.1, 0.7]}).to_csv(
-        run_dir / "frequency_buckets.csv", index=False
+def tasks_of(tmp_path: Path, seeds=(0,)) -> dict[str, run_all.Task]:
+    tasks = run_all.build_tasks(
+        SWEEPS, "tiny", tmp_path / "runs", tmp_path / "results", list(seeds), python="py"
     )
-    runs, _ = aggregate.collect_runs(tmp_path)
-    row = runs.iloc[0]
-    assert (row["run"], row["seed"]) == ("rescored", 3)
-    assert (row["map"], row["map_rare"], row["map_frequent"]) == (0.25, 0.1, 0.7)
-    assert np.isnan(row["map_common"])
+    return {t.name: t for t in tasks}
 
 
-def test_summarize_table_mean_std_and_paired_delta(tmp_path):
-    # baseline mAP 0.40, 0.50, 0.60; method 0.45, 0.53, 0.70 (seed 2 of the method missing
-    # from the baseline would not be paired: here all three pair up).
-    for seed, value in enumerate([0.40, 0.50, 0.60]):
-        write_training_run(tmp_path, f"base_s{seed}", [value])
-    for seed, value in enumerate([0.45, 0.53, 0.70]):
-        write_training_run(tmp_path, f"method_s{seed}", [value])
-    runs, _ = aggregate.collect_runs(tmp_path)
-    summary = aggregate.summarize_table(runs, TABLE).set_index("run")
-    assert summary.loc["base", "map_mean"] == pytest.approx(50.0)
-    assert summary.loc["base", "map_std"] == pytest.approx(10.0)  # sample std of 40, 50, 60
-    assert summary.loc["method", "map_mean"] == pytest.approx(56.0)
-    # paired differences 5, 3, 10 -> mean 6, sample std sqrt(((-1)^2 + 3^2 + 4^2) / 2)
-    assert summary.loc["method", "delta_mean"] == pytest.approx(6.0)
-    assert summary.loc["method", "delta_std"] == pytest.approx(np.sqrt(13.0))
-    assert summary.loc["method", "seeds"] == 3 and summary.loc["method", "delta_seeds"] == 3
-    assert summary.loc["base", "delta_mean"] == pytest.approx(0.0)
-
-
-def test_summarize_table_pairs_only_common_seeds_and_handles_missing_rows(tmp_path):
-    write_training_run(tmp_path, "base_s0", [0.40])
-    write_training_run(tmp_path, "method_s0", [0.50])
-    write_training_run(tmp_path, "method_s1", [0.90])  # no baseline for seed 1
-    runs, _ = aggregate.collect_runs(tmp_path)
-    table = {**TABLE, "rows": TABLE["rows"] + [{"label": "absent", "run": "nothing"}]}
-    summary = aggregate.summarize_table(runs, table).set_index("run")
-    assert summary.loc["method", "map_mean"] == pytest.approx(70.0)
-    assert summary.loc["method", "delta_mean"] == pytest.approx(10.0)
-    assert summary.loc["method", "delta_seeds"] == 1 and np.isnan(
-        summary.loc["method", "delta_std"]
+# --------------------------------------------------------------------------- run_all
+def test_build_tasks_order_commands_and_result_folders(tmp_path):
+    tasks = run_all.build_tasks(
+        SWEEPS, "tiny", tmp_path / "runs", tmp_path / "res", [0, 1], python="py", threads=1
     )
-    assert summary.loc["nothing", "seeds"] == 0 and np.isnan(summary.loc["nothing", "map_mean"])
-    text = aggregate.markdown_table(aggregate.summarize_table(runs, table), table)
-    assert "| method | 2 | 70.0 ± 28.3 | 10.00 |" in text
-    assert "| absent | 0 | n/a |" in text
-    assert "(baseline)" in text
-
-
-def test_curves_mean_and_std_per_epoch(tmp_path):
-    write_training_run(tmp_path, "base_s0", [0.2, 0.4])
-    write_training_run(tmp_path, "base_s1", [0.4, 0.6])
-    runs, _ = aggregate.collect_runs(tmp_path)
-    c = aggregate.curves(runs, "base")
-    assert list(c["epoch"]) == [1, 2]
-    assert list(c["mean"]) == pytest.approx([30.0, 50.0])
-    assert list(c["std"]) == pytest.approx([np.sqrt(200.0), np.sqrt(200.0)])
-    assert aggregate.curves(runs, "nothing").empty
-
-
-def test_per_class_ap_averages_seeds(tmp_path):
-    write_training_run(tmp_path, "base_s0", [0.3], aps=(0.2, 0.8))
-    write_training_run(tmp_path, "base_s1", [0.3], aps=(0.4, 1.0))
-    runs, _ = aggregate.collect_runs(tmp_path)
-    t = aggregate.per_class_ap(runs, "base").set_index("mid")
-    assert t.loc["/a", "ap"] == pytest.approx(30.0) and t.loc["/b", "ap"] == pytest.approx(90.0)
-    assert t.loc["/a", "seeds"] == 2 and t.loc["/b", "train_images"] == 200
-
-
-def test_aggregate_writes_tables_figures_and_missing(tmp_path):
-    runs_dir, out = tmp_path / "runs", tmp_path / "out"
-    for seed, value in enumerate([0.4, 0.5]):
-        write_training_run(runs_dir, f"base_s{seed}", [value / 2, value])
-    write_training_run(runs_dir, "method_s0", [0.3, 0.6])
-    sweeps = {
-        "seeds": [0, 1],
-        "runs": {"base": {}, "method": {}},
-        "tables": {"t": TABLE},
-        "figure4": [{"label": "base", "run": "base"}, {"label": "method", "run": "method"}],
-        "figure5": [{"label": "base", "run": "base"}],
-    }
-    text = aggregate.aggregate(runs_dir, out, sweeps)
-    assert "missing: ['method_s1']" in text
-    table = pd.read_csv(out / "t.csv").set_index("run")
-    assert table.loc["base", "map_mean"] == pytest.approx(45.0)
-    assert table.loc["method", "delta_mean"] == pytest.approx(20.0)
-    for name in ["t.md", "figure4_map_per_lambda.png", "figure5_ap_vs_frequency.png"]:
-        assert (out / name).stat().st_size > 0
-    bins = pd.read_csv(out / "figure5_ap_by_frequency_bin.csv")
-    assert bins["classes"].sum() == 2  # each class in exactly one bin
-    assert sorted(bins["mean_ap"]) == pytest.approx([50.0, 100.0])
-
-
-def test_build_tasks_orders_by_seed_and_adds_rescoring(tmp_path):
-    sweeps = {
-        "common_overrides": ["logger=disabled"],
-        "sizes": {"small": {"data": {"root": "data/x", "generate.num_train_images": 10}}},
-        "runs": {
-            "a": {"experiment": "t1_softmax"},
-            "b": {"experiment": "t3", "overrides": ["sampler.lam=0.3"]},
-        },
-        "rescoring": {
-            "a_cs": {"from": "a", "checkpoint": "phase_main.pt", "scoring": "concurrent_softmax"}
-        },
-    }
-    tasks = run_all.build_tasks(sweeps, "small", tmp_path, [0, 1], python="py", threads=1)
-    assert [t.name for t in tasks] == ["a_s0", "a_cs_s0", "b_s0", "a_s1", "a_cs_s1", "b_s1"]
-    b0 = tasks[2].command
-    assert b0[:4] == ["py", "-m", "lsdet.train", "+experiment=t3"]
+    assert [t.name for t in tasks][:5] == [
+        "base_s0",
+        "base_s0_val-clean",
+        "base_cs_s0",
+        "base_cs_s0_val-clean",
+        "hyb_s0",
+    ]
+    assert [t.name for t in tasks][5] == "base_s1" and len(tasks) == 10
+    by_name = {t.name: t for t in tasks}
+    train = by_name["base_s0"].command
+    assert train[:4] == ["py", "-m", "lsdet.train", "+experiment=t1_softmax"]
     for arg in [
-        "sampler.lam=0.3",
+        "schedule.phases.main.epochs=2",
+        "train.max_iters_per_epoch=3",  # every run trains the same iterations per epoch
         "data.root=data/x",
         "data.generate.num_train_images=10",
-        "logger=disabled",
+        "train.resume=auto",
         "train.threads=1",
         "seed=0",
-        f"hydra.run.dir={tmp_path / 'b_s0'}",
+        f"hydra.run.dir={tmp_path / 'runs' / 'base_s0'}",
     ]:
-        assert arg in b0
-    rescore = tasks[1]
-    assert rescore.depends_on == ["a_s0"]
-    assert rescore.command[:3] == ["py", "-m", "lsdet.evaluate"]
-    checkpoint = tmp_path / "a_s0" / "checkpoints" / "phase_main.pt"
-    for arg in [
-        f"checkpoint={checkpoint}",
-        "scoring=concurrent_softmax",
-        "data.root=data/x",
-        f"output_dir={tmp_path / 'a_cs_s0'}",
-    ]:
+        assert arg in train
+    assert "schedule.phases.finetune.epochs=1" in by_name["hyb_s0"].command
+    assert "schedule.phases.main.epochs=2" not in by_name["hyb_s0"].command
+    assert by_name["base_s0"].results_dir == tmp_path / "res/runs/base/val-as_train/seed0"
+    # the re-scoring: the training run's final checkpoint, its scoring, own variant's data
+    rescore = by_name["base_cs_s0"]
+    assert rescore.kind == "evaluate" and rescore.depends_on == ["base_s0"]
+    assert rescore.checkpoint == tmp_path / "runs/base_s0/checkpoints/phase_main.pt"
+    for arg in ["scoring=concurrent_softmax", "parent_scores=max_descendants", "data.root=data/x"]:
         assert arg in rescore.command
-    with pytest.raises(ValueError, match="no size 'huge'"):
-        run_all.build_tasks(sweeps, "huge", tmp_path, [0])
+    # the clean variant: its own data root, the scoring as trained (no scoring override)
+    clean = by_name["base_s0_val-clean"]
+    assert "data.root=data/x_val-clean" in clean.command
+    assert "data.generate.val_label_noise=clean" in clean.command
+    assert not any(a.startswith("scoring=") for a in clean.command)
+    assert clean.results_dir == tmp_path / "res/runs/base/val-clean/seed0"
+    rescore_clean = by_name["base_cs_s0_val-clean"]
+    assert "scoring=concurrent_softmax" in rescore_clean.command
+    assert "data.root=data/x_val-clean" in rescore_clean.command
+    assert by_name["hyb_s0"].results_dir.parent.name == "val-as_train"
+    assert "hyb_s0_val-clean" not in by_name  # table h is on as_train only
+    with pytest.raises(run_all.SweepError, match="no size 'huge'"):
+        run_all.build_tasks(SWEEPS, "huge", tmp_path, tmp_path, [0])
 
 
-def test_run_tasks_respects_dependencies_and_skips_after_failure(tmp_path):
-    def task(name: str, code: str, deps=()) -> run_all.Task:
-        run_dir = tmp_path / name
-        write = f"import pathlib; p=pathlib.Path({str(run_dir)!r}); p.mkdir(); "
-        write += "(p / 'metrics.json').write_text('{}')"
-        return run_all.Task(name, [sys.executable, "-c", write + code], run_dir, list(deps))
+def test_task_settings_leave_out_where_and_how_fast_it_runs(tmp_path):
+    a = tasks_of(tmp_path / "a")["base_s0"]
+    b = run_all.build_tasks(
+        SWEEPS, "tiny", tmp_path / "b", tmp_path / "r", [0], python="other", threads=4
+    )[0]
+    assert a.settings == b.settings  # other folders, python and threads: same result
+    assert a.settings[0] == "lsdet.train" and "seed=0" in a.settings
+    assert not any(s.startswith(("hydra.", "train.threads", "train.resume")) for s in a.settings)
 
-    tasks = [
-        task("ok_s0", ""),
-        task("bad_s0", "; raise SystemExit(3)"),
-        task("after_ok_s0", "", ["ok_s0"]),
-        task("after_bad_s0", "", ["bad_s0"]),
-    ]
-    failed = run_all.run_tasks(tasks, tmp_path / "logs", jobs=2, threads=1)
-    assert sorted(failed) == ["after_bad_s0", "bad_s0"]
-    assert (tmp_path / "after_ok_s0" / "metrics.json").is_file()
-    assert not (tmp_path / "after_bad_s0").exists()
-    assert "raise SystemExit(3)" in (tmp_path / "logs" / "bad_s0.log").read_text()
-    # a second call finds everything done except the failures and their dependants
-    assert run_all.run_tasks(tasks[:1] + tasks[2:3], tmp_path / "logs", jobs=1, threads=None) == []
+
+def test_variant_data_and_table_variants():
+    own = run_all.variant_data(SIZE, "as_train")
+    assert own == SIZE["data"] and own is not SIZE["data"]
+    clean = run_all.variant_data(SIZE, "clean")
+    assert clean["root"] == "data/x_val-clean"
+    assert clean["generate"]["val_label_noise"] == "clean"
+    assert SIZE["data"]["generate"]["val_label_noise"] == "as_train"  # not modified
+    assert run_all.table_variants(SWEEPS) == {
+        "base": ["as_train", "clean"],
+        "base_cs": ["as_train", "clean"],
+        "hyb": ["as_train"],
+    }
 
 
 def test_dotted_overrides_of_nested_settings():
@@ -238,55 +166,408 @@ def test_dotted_overrides_of_nested_settings():
     ]
 
 
+def test_pinned_differences_names_each_setting():
+    size = {
+        "data": {"generate": {"seed": 0, "n": 5, "noise": {"a": 0.1}, "old": 1}},
+        "differs_from_data_config": ["n"],
+    }
+    defaults = {"seed": 1, "n": 9, "noise": {"a": 0.1, "b": 0.2}}
+    assert run_all.pinned_differences(size, defaults) == [
+        "generate.noise.b: not pinned (data config: 0.2)",
+        "generate.old: pinned 1, not in the data config",
+        "generate.seed: pinned 0, data config 1",
+    ]
+    assert run_all.pinned_differences(size, {"seed": 0, "noise": {"a": 0.1}, "old": 1}) == []
+
+
 def test_sweeps_yaml_pins_every_generator_setting_of_the_data_config():
-    from omegaconf import OmegaConf
-
+    """The sizes must be re-synced (sweeps.yaml) when conf/data/synth.yaml's generator
+    settings change: the differences are listed here."""
     sweeps = run_all.load_sweeps()
-    defaults = OmegaConf.load(EXPERIMENTS.parent / "conf" / "data" / "synth.yaml")
+    defaults = yaml.safe_load(run_all.DATA_CONFIG.read_text())["generate"]
     for size, spec in sweeps["sizes"].items():
-        assert set(spec["data"]["generate"]) == set(defaults.generate), size
-    assert sweeps["sizes"]["small"]["data"]["generate"]["num_train_images"] == 1000
-    table_runs = {r["run"] for t in sweeps["tables"].values() for r in t["rows"]}
-    assert table_runs <= set(sweeps["runs"]) | set(sweeps["rescoring"])
+        assert run_all.pinned_differences(spec, defaults) == [], size
 
 
-def test_align_rescored_buckets_uses_the_training_runs_buckets(tmp_path):
-    write_training_run(tmp_path, "base_s0", [0.4], aps=(0.2, 0.8))  # /a rare, /b frequent
-    pd.DataFrame(
-        {"mid": ["/a", "/b"], "train_images": [2, 200], "bucket": ["rare", "frequent"]}
-    ).to_csv(tmp_path / "base_s0" / "eval" / "main_epoch1" / "per_class.csv", index=False)
-    per_class = tmp_path / "base_s0" / "eval" / "main_epoch1" / "per_class.csv"
-    pd.read_csv(per_class).assign(ap=[0.2, 0.8]).to_csv(per_class, index=False)
-    rescored = tmp_path / "rescored_s0"
-    rescored.mkdir()
-    (rescored / "metrics.json").write_text(json.dumps({"map": 0.5}))
-    # the evaluator's own buckets (here: both "common") must be replaced by the training run's
-    pd.DataFrame({"bucket": ["common"], "mean_ap": [0.5]}).to_csv(
-        rescored / "frequency_buckets.csv", index=False
+def test_sweeps_yaml_is_consistent():
+    sweeps = run_all.load_sweeps()
+    experiments = {p.stem for p in (EXPERIMENTS.parent / "conf" / "experiment").glob("*.yaml")}
+    for run_id, spec in sweeps["runs"].items():
+        assert spec["experiment"] in experiments, run_id
+    rows = {r["run"] for t in sweeps["tables"].values() for r in t["rows"]}
+    assert rows <= set(sweeps["runs"]) | set(sweeps["rescoring"])
+    for table in sweeps["tables"].values():
+        assert table["baseline"] in {r["run"] for r in table["rows"]}
+        assert set(table["validation"]) <= {"as_train", "clean"}
+    for size in sweeps["sizes"].values():
+        tasks = run_all.build_tasks(sweeps, next(iter(sweeps["sizes"])), Path("o"), Path("r"), [0])
+        assert len({t.name for t in tasks}) == len(tasks)
+        # Table 4: the hybrid's phases add up to the single-phase epochs (same iterations)
+        single = _epochs(size["schedules"]["single"], "main")
+        hybrid = _epochs(size["schedules"]["hybrid"], "pretrain")
+        hybrid += _epochs(size["schedules"]["hybrid"], "finetune")
+        assert single == hybrid
+        n = size["data"]["generate"]["num_train_images"]
+        assert size["iterations_per_epoch"] == -(-n // 16)  # batch 16 (synth_base)
+
+
+def _epochs(overrides: list[str], phase: str) -> int:
+    key = f"schedule.phases.{phase}.epochs="
+    return int(next(o for o in overrides if o.startswith(key)).split("=")[1])
+
+
+def fake_training_output(task: run_all.Task, maps: list[float], status="finished") -> None:
+    """A training run folder as lsdet.train writes it, with a checkpoint and an image."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    (task.run_dir / "task.json").write_text(json.dumps({"settings": task.settings}))
+    history = []
+    for epoch, value in enumerate(maps, start=1):
+        eval_dir = task.run_dir / "eval" / f"main_epoch{epoch}"
+        eval_dir.mkdir(parents=True)
+        pd.DataFrame(
+            {
+                "mid": ["/a", "/b"],
+                "name": ["A", "B"],
+                "train_images": [2, 200],
+                "bucket": ["rare", "frequent"],
+                "ap": [value / 2, value],
+            }
+        ).to_csv(eval_dir / "per_class.csv", index=False)
+        (eval_dir / "metrics.json").write_text(json.dumps({"map": value}))
+        (eval_dir / "ap_vs_frequency.png").write_bytes(b"png")
+        history.append(
+            {
+                "phase": "main",
+                "epoch": epoch,
+                "global_step": 3 * epoch,
+                "map": value,
+                "map_rare": value / 2,
+                "map_common": np.nan,
+                "map_frequent": value,
+                "eval_dir": f"eval/main_epoch{epoch}",
+            }
+        )
+    (task.run_dir / "config.yaml").write_text("seed: 0\n")
+    summary = {"status": status, "global_step": 3 * len(maps), "history": history}
+    (task.run_dir / "summary.json").write_text(json.dumps(summary))
+    (task.run_dir / "checkpoints").mkdir()
+    (task.run_dir / "checkpoints" / "phase_main.pt").write_bytes(b"weights")
+    (task.run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+
+
+def fake_evaluation_output(task: run_all.Task, value: float, aps=(0.3, 0.7)) -> None:
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    (task.run_dir / "task.json").write_text(json.dumps({"settings": task.settings}))
+    (task.run_dir / "metrics.json").write_text(json.dumps({"map": value}))
+    pd.DataFrame({"bucket": ["common"], "mean_ap": [value]}).to_csv(
+        task.run_dir / "frequency_buckets.csv", index=False
     )
-    pd.DataFrame({"mid": ["/a", "/b"], "ap": [0.3, 0.7], "bucket": ["common", "common"]}).to_csv(
-        rescored / "per_class.csv", index=False
+    pd.DataFrame({"mid": ["/a", "/b"], "ap": list(aps), "bucket": ["common", "common"]}).to_csv(
+        task.run_dir / "per_class.csv", index=False
     )
-    (tmp_path / "orphan_s1").mkdir()
-    (tmp_path / "orphan_s1" / "metrics.json").write_text(json.dumps({"map": 0.1}))
-    runs, _ = aggregate.collect_runs(tmp_path)
-    rescoring = {"rescored": {"from": "base"}, "orphan": {"from": "base"}}
-    aligned = aggregate.align_rescored_buckets(runs, rescoring).set_index("run")
-    assert aligned.loc["rescored", "map_rare"] == pytest.approx(0.3)
-    assert aligned.loc["rescored", "map_frequent"] == pytest.approx(0.7)
-    assert np.isnan(aligned.loc["rescored", "map_common"])
-    assert aligned.loc["rescored", "map"] == pytest.approx(0.5)
-    assert np.isnan(aligned.loc["orphan", "map_rare"])  # seed 1 has no training run
-    assert aligned.loc["base", "map_rare"] == pytest.approx(0.2)  # training runs unchanged
+
+
+def test_copy_results_keeps_small_files_only_and_writes_the_marker_last(tmp_path):
+    task = tasks_of(tmp_path)["base_s0"]
+    fake_training_output(task, [0.2, 0.4])
+    assert run_all.recorded_result(task) is None
+    run_all.copy_results(task, data_hash="abc", wall_seconds=61.23)
+    copied = sorted(str(p.relative_to(task.results_dir)) for p in task.results_dir.rglob("*"))
+    assert "checkpoints" not in " ".join(copied) and ".pt" not in " ".join(copied)
+    assert not any(name.endswith(".png") for name in copied)
+    for name in ["config.yaml", "summary.json", "run.json", "eval/main_epoch2/per_class.csv"]:
+        assert name in copied
+    record = run_all.recorded_result(task)
+    assert record["settings"] == task.settings and record["data_settings_hash"] == "abc"
+    assert record["wall_seconds"] == 61.2 and record["kind"] == "train"
+    assert "eval/main_epoch1/metrics.json" in record["files"]
+
+
+def test_plan_skips_collects_runs_and_handles_missing_checkpoints(tmp_path):
+    tasks = tasks_of(tmp_path)
+    ordered = list(tasks.values())
+    assert set(run_all.plan(ordered).values()) == {"run"}
+    base = tasks["base_s0"]
+    # finished in its run folder but not copied: collect, the evaluations can run
+    fake_training_output(base, [0.2, 0.4])
+    actions = run_all.plan(ordered)
+    assert actions["base_s0"] == "collect" and actions["base_cs_s0"] == "run"
+    # a run folder of other settings is not taken for this task's
+    (base.run_dir / "task.json").write_text(json.dumps({"settings": ["other"]}))
+    assert run_all.plan(ordered)["base_s0"] == "run"
+    (base.run_dir / "task.json").write_text(json.dumps({"settings": base.settings}))
+    run_all.copy_results(base, data_hash=None, wall_seconds=None)
+    assert run_all.plan(ordered)["base_s0"] == "done"
+    # the checkpoint is gone, the results are committed: skip the evaluations and say so ...
+    (base.run_dir / "checkpoints" / "phase_main.pt").unlink()
+    actions = run_all.plan(ordered)
+    assert actions["base_cs_s0"] == "no checkpoint" and actions["base_s0_val-clean"] == (
+        "no checkpoint"
+    )
+    assert actions["base_s0"] == "done"
+    # ... or train that seed again for the checkpoint only
+    actions = run_all.plan(ordered, retrain_missing_checkpoints=True)
+    assert actions["base_s0"] == "retrain" and actions["base_cs_s0"] == "run"
+    # evaluations already in the repository need no checkpoint
+    fake_evaluation_output(tasks["base_cs_s0"], 0.5)
+    run_all.copy_results(tasks["base_cs_s0"], data_hash=None, wall_seconds=None)
+    assert run_all.plan(ordered)["base_cs_s0"] == "done"
+    # an incomplete copy (no run.json) is not done: copied again from the run folder
+    (tasks["base_cs_s0"].results_dir / "run.json").unlink()
+    assert run_all.plan(ordered)["base_cs_s0"] == "collect"
+
+
+def test_check_recorded_refuses_results_of_other_settings_or_data(tmp_path):
+    task = tasks_of(tmp_path)["base_s0"]
+    run_all.check_recorded(task, "h1")  # nothing recorded: fine
+    fake_training_output(task, [0.4])
+    run_all.copy_results(task, data_hash="h1", wall_seconds=1.0)
+    run_all.check_recorded(task, "h1")
+    run_all.check_recorded(task, None)  # data not generated (dry run): not checked
+    with pytest.raises(run_all.SweepError, match="other data .*h1.*h2"):
+        run_all.check_recorded(task, "h2")
+    changed = run_all.build_tasks(
+        SWEEPS, "tiny", tmp_path / "runs", tmp_path / "results", [0], extra=["optim.lr=0.1"]
+    )[0]
+    with pytest.raises(run_all.SweepError, match=r"other settings .*optim.lr=0.1"):
+        run_all.check_recorded(changed, "h1")
+
+
+def _script_task(tmp_path: Path, name: str, code: str, deps=(), kind="evaluate") -> run_all.Task:
+    run_dir = tmp_path / "runs" / name
+    write = f"import pathlib; p=pathlib.Path({str(run_dir)!r}); "
+    write += "(p / 'metrics.json').write_text('{\"map\": 0.5}'); "
+    write += "(p / 'checkpoints').mkdir(); (p / 'checkpoints' / 'x.pt').write_text('w')"
+    command = [sys.executable, "-c", write + code]
+    results_dir = tmp_path / "results" / name
+    return run_all.Task(
+        name, kind, name, 0, "as_train", command, run_dir, results_dir, "data/none", list(deps)
+    )
+
+
+def test_run_tasks_copies_results_skips_done_and_dependants_of_failures(tmp_path):
+    tasks = [
+        _script_task(tmp_path, "ok_s0", ""),
+        _script_task(tmp_path, "bad_s0", "; raise SystemExit(3)"),
+        _script_task(tmp_path, "after_ok_s0", "", ["ok_s0"]),
+        _script_task(tmp_path, "after_bad_s0", "", ["bad_s0"]),
+    ]
+    report = run_all.run_tasks(tasks, tmp_path / "logs", jobs=2, threads=1)
+    assert sorted(report.failed) == ["after_bad_s0", "bad_s0"] and report.ran == 3
+    assert run_all.recorded_result(tasks[0])["task"] == "ok_s0"
+    assert (tasks[2].results_dir / "metrics.json").is_file()
+    assert not (tasks[0].results_dir / "checkpoints").exists()
+    assert run_all.recorded_result(tasks[1]) is None  # a failed task leaves no results
+    assert "raise SystemExit(3)" in (tmp_path / "logs" / "bad_s0.log").read_text()
+    # a second start (e.g. on another machine, run folders gone) runs only what is not done
+    for task in tasks:
+        if task.run_dir.exists():
+            for path in sorted(task.run_dir.rglob("*"), reverse=True):
+                path.rmdir() if path.is_dir() else path.unlink()
+    report = run_all.run_tasks(tasks[:1] + tasks[2:3], tmp_path / "logs", jobs=1, threads=None)
+    assert report.ran == 0 and report.failed == []
+
+
+# --------------------------------------------------------------------------- aggregate
+def write_result(
+    results: Path, run: str, seed: int, maps: list[float], *, variant="as_train", kind="train"
+) -> Path:
+    """A result folder as run_all.copy_results leaves it."""
+    out = results / "runs" / run / f"val-{variant}" / f"seed{seed}"
+    out.mkdir(parents=True)
+    if kind == "train":
+        history = []
+        for epoch, value in enumerate(maps, start=1):
+            eval_dir = out / "eval" / f"main_epoch{epoch}"
+            eval_dir.mkdir(parents=True)
+            pd.DataFrame(
+                {
+                    "mid": ["/a", "/b"],
+                    "name": ["A", "B"],
+                    "train_images": [2, 200],
+                    "bucket": ["rare", "frequent"],
+                    "ap": [value / 2, value * 1.5],
+                }
+            ).to_csv(eval_dir / "per_class.csv", index=False)
+            history.append({"phase": "main", "epoch": epoch, "global_step": 10 * epoch})
+            history[-1].update({"map": value, "map_rare": value / 2, "map_common": value})
+            history[-1].update({"map_frequent": value * 1.5, "eval_dir": f"eval/main_epoch{epoch}"})
+        summary = {"status": "finished", "history": history}
+        (out / "summary.json").write_text(json.dumps(summary))
+    else:
+        (out / "metrics.json").write_text(json.dumps({"map": maps[0]}))
+        pd.DataFrame({"mid": ["/a", "/b"], "ap": [0.1, 0.9], "bucket": ["x", "x"]}).to_csv(
+            out / "per_class.csv", index=False
+        )
+    record = {"row": run, "seed": seed, "validation": variant, "kind": kind}
+    (out / "run.json").write_text(json.dumps(record))
+    return out
+
+
+def test_read_result_history_and_incomplete_folders(tmp_path):
+    out = write_result(tmp_path, "base", 0, [0.2, 0.4, 0.5])
+    result = aggregate.read_result(out)
+    assert (result["run"], result["seed"], result["kind"]) == ("base", 0, "training")
+    assert result["map"] == pytest.approx(0.5) and result["map_rare"] == pytest.approx(0.25)
+    assert [h["iteration"] for h in result["history"]] == [10, 20, 30]
+    assert result["per_class_csv"].endswith("eval/main_epoch3/per_class.csv")
+    # an epoch without an evaluation still counts in epoch_total
+    summary = json.loads((out / "summary.json").read_text())
+    summary["history"].insert(0, {"phase": "main", "epoch": 0, "global_step": 5})
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert [h["epoch_total"] for h in aggregate.read_result(out)["history"]] == [2, 3, 4]
+    (out / "run.json").unlink()
+    assert aggregate.read_result(out) is None
+    runs, incomplete = aggregate.collect_results(tmp_path)
+    assert runs.empty and incomplete == ["runs/base/val-as_train/seed0"]
+
+
+def test_evaluations_table_one_line_per_evaluation(tmp_path):
+    write_result(tmp_path, "base", 0, [0.2, 0.4])
+    write_result(tmp_path, "base", 1, [0.3, 0.5])
+    write_result(tmp_path, "base_cs", 0, [0.45], kind="evaluate")
+    write_result(tmp_path, "base", 0, [0.6], variant="clean", kind="evaluate")
+    runs, _ = aggregate.collect_results(tmp_path)
+    runs = aggregate.align_buckets(runs, SWEEPS)
+    table = aggregate.evaluations_table(runs, SWEEPS)
+    assert list(table.columns) == aggregate.EVAL_COLUMNS
+    assert len(table) == 2 + 2 + 1 + 1
+    rescored = table[table["row"] == "base_cs"].iloc[0]
+    assert rescored["phase"] == "final checkpoint" and rescored["iteration"] == 20
+    assert rescored["map"] == pytest.approx(0.45)
+    # buckets of the training run (/a rare, /b frequent), not the evaluation's own
+    assert rescored["map_rare"] == pytest.approx(0.1)
+    assert rescored["map_frequent"] == pytest.approx(0.9)
+    clean = table[(table["row"] == "base") & (table["validation"] == "clean")].iloc[0]
+    assert clean["epoch_total"] == 2 and clean["kind"] == "evaluation"
+    seed1 = table[(table["row"] == "base") & (table["seed"] == 1)]
+    assert list(seed1["iteration"]) == [10, 20] and list(seed1["map"]) == [0.3, 0.5]
+
+
+def test_noise_verdict_rule():
+    # mean 3, sd 1, n 3: standard error 0.577, 3 > 2 x 0.577
+    assert aggregate.noise_verdict(np.array([2.0, 3.0, 4.0])) == "higher"
+    assert aggregate.noise_verdict(np.array([-2.0, -3.0, -4.0])) == "lower"
+    # mean 1, sd 2.65, standard error 1.53: 1 < 3.06
+    assert aggregate.noise_verdict(np.array([-1.0, 0.0, 4.0])) == "within seed noise"
+    # just above and just below two standard errors (sd 1, n 4: standard error 0.5)
+    d = np.array([-0.5, 0.5, -0.5, 0.5]) * np.sqrt(3)  # sd exactly 1
+    assert aggregate.noise_verdict(d + 1.01) == "higher"
+    assert aggregate.noise_verdict(d + 0.99) == "within seed noise"
+    assert aggregate.noise_verdict(np.array([5.0])) == "n/a"
+
+
+def test_paper_direction_and_agreement():
+    assert aggregate.paper_direction({"paper": 56.58}, 55.45) == "higher"
+    assert aggregate.paper_direction({"paper": 50.18}, 55.45) == "lower"
+    assert aggregate.paper_direction({"paper": None, "expected": "lower"}, 67.09) == "lower"
+    assert aggregate.paper_direction({"paper": None}, 55.45) == ""
+    assert aggregate.agreement("higher", "higher") == "same direction as the paper"
+    assert aggregate.agreement("lower", "higher") == "opposite to the paper"
+    assert aggregate.agreement("within seed noise", "lower") == "cannot tell (within seed noise)"
+    assert aggregate.agreement("higher", "") == "" and aggregate.agreement("n/a", "higher") == ""
+
+
+def test_convergence_rule():
+    history = [{"map": m} for m in [0.50, 0.70, 0.80, 0.805]]
+    n, diff, plateau = aggregate.convergence(history)
+    assert (n, plateau) == (4, True) and diff == pytest.approx(0.5)
+    assert aggregate.convergence([{"map": m} for m in [0.5, 0.7, 0.80, 0.815]])[2] is False
+    assert aggregate.convergence([{"map": m} for m in [0.7, 0.80, 0.801]])[2] is False  # < 4
+    assert aggregate.convergence([{"map": 0.5}])[:1] == (1,)
+
+
+def test_summarize_table_paired_differences_verdicts_and_convergence(tmp_path):
+    # baseline 0.40, 0.50, 0.60; rescored 0.45, 0.53, 0.70 -> diffs 5, 3, 10 points
+    for seed, value in enumerate([0.40, 0.50, 0.60]):
+        write_result(tmp_path, "base", seed, [value - 0.2, value - 0.1, value - 0.005, value])
+    for seed, value in enumerate([0.45, 0.53, 0.70]):
+        write_result(tmp_path, "base_cs", seed, [value], kind="evaluate")
+    runs, _ = aggregate.collect_results(tmp_path)
+    converged = aggregate.convergence_table(runs)
+    assert list(converged["plateau"]) == [True, True, True]
+    summary = aggregate.summarize_table(runs, SWEEPS["tables"]["t"], "as_train", converged, SWEEPS)
+    summary = summary.set_index("run")
+    assert summary.loc["base", "map_mean"] == pytest.approx(50.0)
+    assert summary.loc["base", "map_std"] == pytest.approx(10.0)
+    assert summary.loc["base_cs", "delta_mean"] == pytest.approx(6.0)
+    assert summary.loc["base_cs", "delta_std"] == pytest.approx(np.sqrt(13.0))
+    assert summary.loc["base_cs", "delta_se"] == pytest.approx(np.sqrt(13.0 / 3))
+    assert summary.loc["base_cs", "verdict"] == "higher"  # 6 > 2 x 2.08
+    assert summary.loc["base_cs", "paper_direction"] == "higher"
+    assert summary.loc["base_cs", "agreement"] == "same direction as the paper"
+    assert summary.loc["base", "verdict"] == "baseline"
+    # a re-scoring row's convergence is that of the training run it scores
+    assert summary.loc["base_cs", "plateau"] == "3 of 3 seeds"
+    assert summary.loc["base_cs", "evaluations"] == 4
+    assert summary.loc["base_cs", "last_two_diff_max"] == pytest.approx(0.5)
+    clean = aggregate.summarize_table(runs, SWEEPS["tables"]["t"], "clean", converged, SWEEPS)
+    assert list(clean["seeds"]) == [0, 0]
+    text = aggregate.markdown_table(clean, SWEEPS["tables"]["t"], "clean")
+    assert "| baseline | 0 | n/a | (baseline) |" in text
+
+
+def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
+    for seed, value in enumerate([0.4, 0.5]):
+        # seed 1's last two differ by exactly 1.0 point: a plateau (at most 1.0)
+        write_result(tmp_path, "base", seed, [value / 2, value * 0.9, value * 0.98, value])
+        write_result(tmp_path, "hyb", seed, [value / 2, value + 0.05])  # 2 evaluations only
+    write_result(tmp_path, "base_cs", 0, [0.6], kind="evaluate")
+    text = aggregate.aggregate(tmp_path, SWEEPS)
+    assert "base_cs/val-as_train/seed1" in text and "base/val-clean/seed0" in text
+    assert "training runs without a plateau (2)" in text
+    evaluations = pd.read_csv(tmp_path / "evaluations.csv")
+    assert len(evaluations) == 4 * 2 + 2 * 2 + 1
+    t = pd.read_csv(tmp_path / "t_as_train.csv").set_index("run")
+    assert t.loc["base", "map_mean"] == pytest.approx(45.0)
+    assert t.loc["base_cs", "delta_mean"] == pytest.approx(20.0)
+    h = pd.read_csv(tmp_path / "h_as_train.csv").set_index("run")
+    assert h.loc["base", "delta_mean"] == pytest.approx(-5.0)
+    assert h.loc["base", "agreement"] == "same direction as the paper"  # -5, -5: sd 0
+    assert h.loc["hyb", "plateau"] == "0 of 2 seeds"
+    for name in [
+        "t_clean.csv",
+        "tables.md",
+        "convergence.csv",
+        "convergence.png",
+        "figure4_as_train.png",
+        "figure5_as_train.png",
+        "figure4_map_per_epoch_as_train.csv",
+    ]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    bins = pd.read_csv(tmp_path / "figure5_ap_by_frequency_bin_as_train.csv")
+    assert bins["classes"].sum() == 2  # each class in exactly one bin
+    curve = pd.read_csv(tmp_path / "figure4_map_per_epoch_as_train.csv")
+    assert list(curve["mean"]) == pytest.approx([22.5, 40.5, 44.1, 45.0])
+
+
+def test_curves_and_per_class_ap_average_seeds(tmp_path):
+    write_result(tmp_path, "base", 0, [0.2, 0.4])
+    write_result(tmp_path, "base", 1, [0.4, 0.6])
+    runs, _ = aggregate.collect_results(tmp_path)
+    evaluations = aggregate.evaluations_table(runs, SWEEPS)
+    c = aggregate.curves(evaluations, "base", "as_train")
+    assert list(c["epoch_total"]) == [1, 2] and list(c["mean"]) == pytest.approx([30.0, 50.0])
+    assert list(c["std"]) == pytest.approx([np.sqrt(200.0), np.sqrt(200.0)])
+    assert aggregate.curves(evaluations, "base", "clean").empty
+    t = aggregate.per_class_ap(runs, "base", "as_train").set_index("mid")
+    assert t.loc["/a", "ap"] == pytest.approx(25.0) and t.loc["/b", "ap"] == pytest.approx(75.0)
+    assert t.loc["/a", "seeds"] == 2
 
 
 def test_leaf_parent_table_splits_the_classes(tmp_path):
-    write_training_run(tmp_path, "base_s0", [0.3], aps=(0.2, 0.8))  # /a leaf, /b parent
-    write_training_run(tmp_path, "base_s1", [0.3], aps=(0.4, 0.6))
-    runs, _ = aggregate.collect_runs(tmp_path)
-    table = aggregate.leaf_parent_table(runs, {"/a"}, {"base": "baseline", "none": "absent"})
+    write_result(tmp_path, "base", 0, [0.4])  # /a 0.2, /b 0.6
+    write_result(tmp_path, "base", 1, [0.2])  # /a 0.1, /b 0.3
+    runs, _ = aggregate.collect_results(tmp_path)
+    table = aggregate.leaf_parent_table(runs, {"/a"}, {"base": "b", "none": "n"}, "as_train")
     base = table.set_index("run").loc["base"]
-    assert base["leaf_map_mean"] == pytest.approx(30.0)
-    assert base["parent_map_mean"] == pytest.approx(70.0)
-    assert base["leaf_map_std"] == pytest.approx(np.sqrt(200.0))
+    assert base["leaf_map_mean"] == pytest.approx(15.0)
+    assert base["parent_map_mean"] == pytest.approx(45.0)
     assert table.set_index("run").loc["none", "seeds"] == 0
+
+
+def test_expected_results_cover_every_variant_of_every_row():
+    expected = aggregate.expected_results(SWEEPS)
+    assert ("base", "clean", 1) in expected and ("base_cs", "clean", 0) in expected
+    assert ("hyb", "as_train", 0) in expected and ("hyb", "clean", 0) not in expected
+    assert len(expected) == 2 * 2 + 2 * 2 + 1 * 2
