@@ -42,10 +42,11 @@ gpu-check: $(STAMP)
 	$(PY) -m lsdet.bench.gpu_check $(ARGS)
 
 # The paper's Tables 1-4 and Figures 4-5 on the synthetic benchmark (experiments/README.md):
-# trains every run of experiments/sweeps.yaml (re-running skips finished runs), then writes the
-# tables and figures to experiments/results/small/. ARGS e.g. "--size full --jobs 2 --threads 1".
+# runs every task of experiments/sweeps.yaml whose results are not yet in
+# experiments/results/converged/ (so a later start continues), then writes the tables and
+# figures there. ARGS e.g. "--size converged --jobs 2 --threads 1 --dry-run".
 experiments: $(STAMP)
-	$(PY) experiments/run_all.py $(or $(ARGS),--size small --jobs 2 --threads 1)
+	$(PY) experiments/run_all.py $(or $(ARGS),--size converged --jobs 2 --threads 1)
 
 clean-venv:
 	rm -rf $(VENV)

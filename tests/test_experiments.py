@@ -571,3 +571,31 @@ def test_expected_results_cover_every_variant_of_every_row():
     assert ("base", "clean", 1) in expected and ("base_cs", "clean", 0) in expected
     assert ("hyb", "as_train", 0) in expected and ("hyb", "clean", 0) not in expected
     assert len(expected) == 2 * 2 + 2 * 2 + 1 * 2
+
+
+def test_leaf_mids_of_the_hierarchy_beside_the_results(tmp_path):
+    hierarchy = {
+        "LabelName": "/m/root",
+        "Subcategory": [
+            {"LabelName": "/p", "Subcategory": [{"LabelName": "/a"}]},
+            {"LabelName": "/b"},
+        ],
+    }
+    (tmp_path / "hierarchy.json").write_text(json.dumps(hierarchy))
+    assert aggregate.leaf_mids_of(tmp_path / "hierarchy.json") == {"/a", "/b"}
+    assert aggregate.leaf_mids_of(tmp_path / "absent.json") == set()
+
+
+def test_generate_data_writes_each_variant_once_and_reads_its_hash(tmp_path):
+    calls = tmp_path / "calls.txt"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake_python.chmod(0o755)
+    roots = run_all.generate_data(SWEEPS, "tiny", python=str(fake_python))
+    assert roots == ["data/x", "data/x_val-clean"]
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("-m lsdet.data.synth root=data/x ")
+    assert "generate.val_label_noise=clean" in lines[1]
+    assert run_all.data_settings_hash(tmp_path) is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings_hash": "f00"}))
+    assert run_all.data_settings_hash(tmp_path) == "f00"
