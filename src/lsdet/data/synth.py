@@ -73,6 +73,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from lsdet.atomic_files import write_text_atomic
 from lsdet.boxes import box_iou
 
 GENERATOR_NAME = "lsdet.data.synth"  # written into manifest.json: marks a folder as its own
@@ -1076,9 +1077,7 @@ def _claim_folder(root: Path, settings: SynthSettings) -> list[str]:
 
 def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     """Writes manifest.json atomically (a reader sees the old or the new one, never half)."""
-    tmp = root / (MANIFEST_JSON + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, root / MANIFEST_JSON)
+    write_text_atomic(root / MANIFEST_JSON, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def generate_synthetic_benchmark(
