@@ -51,6 +51,8 @@ def run_side_by_side(
     """Start every command at once (output to <run_dir>.log) and show one progress bar per
     run from its progress.json until all have ended; stop with the log's tail on a failure."""
     processes, logs = {}, {}
+    # One thread per process: the processes share the cores (idle threads of one stall others).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
         for name, command in commands.items():
@@ -59,9 +61,18 @@ def run_side_by_side(
             print(f"+ {' '.join(command)}  > {log_path}", flush=True)
             logs[name] = log_path
             with open(log_path, "w") as log:
-                processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                processes[name] = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env
+                )
         bars = {
-            name: tqdm(total=100, desc=f"{name:>20s}", position=i, unit="%", leave=True)
+            name: tqdm(
+                total=100,
+                desc=f"{name:>20s}",
+                position=i,
+                unit="%",
+                leave=True,
+                disable=not show_progress,
+            )
             for i, name in enumerate(commands)
         }
         while True:
