@@ -21,7 +21,6 @@ from lsdet.data.synth import (
     NotAGeneratedFolderError,
     SceneObject,
     SynthSettings,
-    _apply_label_problems,
     both_probability_for_rate,
     build_taxonomy,
     ensure_synthetic_benchmark,
@@ -31,6 +30,7 @@ from lsdet.data.synth import (
     split_files,
     target_image_counts,
 )
+from lsdet.data.synth.scenes import _apply_label_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
