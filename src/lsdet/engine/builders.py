@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
@@ -56,8 +55,7 @@ def loss_needs_rates(cfg: DictConfig) -> bool:
     name = cfg.loss.name
     if name not in LOSSES:
         raise ValueError(f"loss.name={name!r}; registered losses: {sorted(LOSSES)}")
-    takes_rates = "rates" in inspect.signature(LOSSES[name].__init__).parameters
-    return takes_rates or cfg.model.scoring == "concurrent_softmax"
+    return "rates" in LOSSES[name].inputs or cfg.model.scoring == "concurrent_softmax"
 
 
 def build_loss(cfg: DictConfig, data: TrainingData, rates: torch.Tensor | None) -> nn.Module:
