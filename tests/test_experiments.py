@@ -599,3 +599,16 @@ def test_generate_data_writes_each_variant_once_and_reads_its_hash(tmp_path):
     assert run_all.data_settings_hash(tmp_path) is None
     (tmp_path / "manifest.json").write_text(json.dumps({"settings_hash": "f00"}))
     assert run_all.data_settings_hash(tmp_path) == "f00"
+
+
+def test_committed_results_folder_is_not_git_ignored():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (EXPERIMENTS.parent / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = "experiments/results/converged/runs/t1_softmax/val-as_train/seed0/run.json"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", probe], cwd=EXPERIMENTS.parent, check=False
+    ).returncode
+    assert ignored == 1, f"{probe} is git-ignored: a sweep's results would never be committed"
