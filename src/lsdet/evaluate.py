@@ -92,9 +92,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     An image of the ground truth without a file is an error naming it (``strict=true``) or,
     with ``strict=false``, skipped, counted and reported in metrics.json; its ground truth is
     left out of the metric (a missing file must not pass for a weaker detector)."""
-    from lsdet.data.dataset import collate_fn
-    from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict
-    from lsdet.engine.loaders import make_loader
+    from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict_images
     from lsdet.evaluation import evaluate, load_ground_truth
 
     model, trained_hierarchy, _, device = load_detector_from_config(cfg)
@@ -133,14 +131,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     dataset = ImageFiles(
         [p for p in paths if p not in missing_set], image_size=cfg.data.get("image_size")
     )
-    loader = make_loader(
+    detections = predict_images(
+        model,
         dataset,
-        range(len(dataset)),
+        device,
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.num_workers),
-        collate_fn=collate_fn,
+        desc="evaluate checkpoint",
     )
-    detections = predict(model, loader, device, desc="evaluate checkpoint")
     result = evaluate(
         gt,
         detections.image_ids,

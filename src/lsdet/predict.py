@@ -13,29 +13,27 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict
-from lsdet.engine.loaders import make_loader
+from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict_images
 
 log = logging.getLogger(__name__)
 
 
 def write_submission(cfg: DictConfig) -> Path:
     """Predict ``cfg.image_dir`` with ``cfg.checkpoint``; returns the CSV path."""
-    from lsdet.data.dataset import collate_fn
     from lsdet.evaluation import write_predictions_csv
 
     model, hierarchy, train_cfg, device = load_detector_from_config(cfg)
     image_dir = cfg.image_dir or train_cfg.data.val.image_dir
     image_size = train_cfg.data.get("image_size") if cfg.image_size == "auto" else cfg.image_size
     dataset = ImageFiles.from_folder(image_dir, image_size=image_size)
-    loader = make_loader(
+    detections = predict_images(
+        model,
         dataset,
-        range(len(dataset)),
+        device,
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.num_workers),
-        collate_fn=collate_fn,
+        desc=f"predict {Path(image_dir).name}",
     )
-    detections = predict(model, loader, device, desc=f"predict {Path(image_dir).name}")
     mids = [hierarchy.mids[k] for k in detections.class_indices]
     path = write_predictions_csv(
         cfg.output_csv,

@@ -88,6 +88,29 @@ def predict(
     return Detections.concat([empty, *parts])
 
 
+def predict_images(
+    model: nn.Module,
+    images: ImageFiles,
+    device: torch.device,
+    *,
+    batch_size: int,
+    num_workers: int,
+    desc: str = "predict",
+) -> Detections:
+    """Detections of every file of ``images``, in order (one process, no annotations)."""
+    from lsdet.data.dataset import collate_fn
+    from lsdet.engine.loaders import make_loader
+
+    loader = make_loader(
+        images,
+        range(len(images)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )
+    return predict(model, loader, device, desc=desc)
+
+
 def gather_detections(detections: Detections, dist_info: DistInfo) -> Detections:
     """All ranks' detections (on every rank)."""
     return Detections.concat(gather_objects(detections, dist_info))
