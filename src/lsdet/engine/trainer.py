@@ -14,6 +14,7 @@ draws an uninterrupted run would have had. See README "Reliability".
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -147,11 +148,11 @@ def _train(
         logger=logger,
         stop=stop,
         guard=NonFiniteGuard(int(cfg.train.max_nonfinite)),
+        rates=rates,
     )
     if resume_state is not None:
         run.position = Position(**resume_state["position"])
         run.guard.count = int(resume_state["nonfinite_count"])
-    run.rates = rates
     if dist.is_main:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         data.write_read_reports(run_dir / "data_report.json")
@@ -185,7 +186,7 @@ def _train(
             "run_dir": str(run_dir),
         }
         if dist.is_main:
-            write_text_atomic(run_dir / "summary.json", _json(summary))
+            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
             report_progress(run, status)
             if status == "interrupted":
                 print(
@@ -394,9 +395,3 @@ def run_validation(run: Run, tag: str) -> dict[str, Any]:
         log.error("evaluation %s failed (training continues): %s", tag, message)
         tqdm.write(f"[{tag}] evaluation failed (training continues): {message}")
         return {"eval_error": message}
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, indent=1) + "\n"
