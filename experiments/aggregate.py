@@ -354,7 +354,10 @@ def plot_convergence(evaluations: pd.DataFrame, variant: str, path: Path) -> Pat
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.3 * rows), squeeze=False)
     for ax, run_id in zip(axes.flat, run_ids, strict=False):
         for seed, group in sel[sel["row"] == run_id].groupby("seed"):
-            ax.plot(group["iteration"], group["map"] * 100, marker=".", label=f"seed {seed}")
+            ax.plot(
+                group["iteration"], group["map"] * 100, marker=".", color=f"C{seed}",
+                label=f"seed {seed}",
+            )  # fmt: skip
         ax.set_title(run_id, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -362,7 +365,14 @@ def plot_convergence(evaluations: pd.DataFrame, variant: str, path: Path) -> Pat
         ax.axis("off")
     fig.supxlabel("iteration", fontsize=9)
     fig.supylabel(f"validation mAP (%), labels {variant}", fontsize=9)
-    fig.tight_layout()
+    seed_lines = {}
+    for ax in axes.flat:
+        seed_lines.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    fig.legend(
+        [seed_lines[label] for label in sorted(seed_lines)], sorted(seed_lines),
+        loc="center right", fontsize=8,
+    )  # fmt: skip
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
