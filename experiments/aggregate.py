@@ -6,7 +6,9 @@
 Writes to the results folder: evaluations.csv (one line per row, validation variant, seed and
 evaluation), all_runs.csv (the final evaluation of each), <table>_<variant>.csv and
 tables.md (mean ± std over seeds, the paired difference to the table's baseline, whether it is
-above seed noise, the paper's number and direction, convergence), convergence.csv and
+above seed noise, the paper's number and direction, convergence), claims_<variant>.csv and
+claims.md (each claim of sweeps.yaml: the paired difference of its two runs, the same noise
+rule, the paper's difference and whether the result agrees), convergence.csv and
 convergence.png, Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt.
 
 Seed noise: a row differs from the baseline "above seed noise" when the mean of the per-seed
@@ -224,6 +226,54 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records, columns=columns)
 
 
+def paired_differences(values: pd.Series, baseline: pd.Series) -> pd.Series:
+    """Per-seed differences in points (%) of two seed-indexed metric series, on the seeds
+    where both have a value."""
+    common = values.index.intersection(baseline.index)
+    diff = (values.loc[common].astype(float) - baseline.loc[common].astype(float)) * 100
+    return diff.dropna()
+
+
+def difference_statistics(diff: pd.Series) -> dict:
+    """Mean, sample std, standard error and number of paired seed differences."""
+    n = len(diff)
+    std = diff.std(ddof=1) if n > 1 else np.nan
+    return {
+        "delta_mean": diff.mean() if n else np.nan,
+        "delta_std": std,
+        "delta_se": std / np.sqrt(n) if n > 1 else np.nan,
+        "delta_seeds": n,
+    }
+
+
+def summarize_claims(runs: pd.DataFrame, claims: list[dict], variant: str) -> pd.DataFrame:
+    """One line per claim of sweeps.yaml on one validation variant: the paired per-seed
+    difference of `run` minus `against` on `metric` (default map), the noise verdict, the
+    paper's difference (from its two numbers, else its `expected` direction) and whether the
+    result agrees with it."""
+    on_variant = runs[runs["validation"] == variant]
+    out = []
+    for claim in claims:
+        metric = claim.get("metric", "map")
+        values = {
+            run_id: on_variant[on_variant["run"] == run_id].set_index("seed")[metric]
+            for run_id in (claim["run"], claim["against"])
+        }
+        diff = paired_differences(values[claim["run"]], values[claim["against"]])
+        paper = claim.get("paper")
+        record = {"claim": claim["claim"], "run": claim["run"], "against": claim["against"]}
+        record.update({"metric": metric, "validation": variant})
+        record.update(difference_statistics(diff))
+        record["verdict"] = noise_verdict(diff.to_numpy())
+        record["paper_delta"] = paper[0] - paper[1] if paper else np.nan
+        record["paper_direction"] = (
+            ("higher" if paper[0] > paper[1] else "lower") if paper else claim["expected"]
+        )
+        record["agreement"] = agreement(record["verdict"], record["paper_direction"])
+        out.append(record)
+    return pd.DataFrame(out)
+
+
 def summarize_table(
     runs: pd.DataFrame, table: dict, variant: str, converged: pd.DataFrame, sweeps: dict
 ) -> pd.DataFrame:
@@ -245,12 +295,8 @@ def summarize_table(
             values = sel[metric].astype(float) * 100
             record[f"{metric}_mean"] = values.mean() if len(values) else np.nan
             record[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
-        common = sel.index.intersection(baseline.index)
-        diff = (sel.loc[common, "map"].astype(float) - baseline.loc[common].astype(float)) * 100
-        record["delta_mean"] = diff.mean() if len(diff) else np.nan
-        record["delta_std"] = diff.std(ddof=1) if len(diff) > 1 else np.nan
-        record["delta_se"] = record["delta_std"] / np.sqrt(len(diff)) if len(diff) > 1 else np.nan
-        record["delta_seeds"] = len(diff)
+        diff = paired_differences(sel["map"], baseline)
+        record.update(difference_statistics(diff))
         is_baseline = row["run"] == table["baseline"]
         record["verdict"] = "baseline" if is_baseline else noise_verdict(diff.to_numpy())
         record["paper_map"] = row.get("paper")
@@ -267,6 +313,25 @@ def summarize_table(
 
 
 # --------------------------------------------------------------------------- markdown
+def markdown_claims(summary: pd.DataFrame, variant: str) -> str:
+    lines = [
+        f"**The paper's claims**, validation labels {variant} (Δ = paired per-seed difference "
+        "of the claim's run minus the run it is compared with, in points, mean ± std over "
+        "seeds)",
+        "",
+        "| claim | metric | seeds | Δ | vs seed noise | paper Δ | paper says | agrees |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in summary.iterrows():
+        paper_delta = "" if pd.isna(r["paper_delta"]) else f"{r['paper_delta']:+.2f}"
+        lines.append(
+            f"| {r['claim']} | {r['metric']} | {r['delta_seeds']} | "
+            f"{_pm(r['delta_mean'], r['delta_std'], 2)} | {r['verdict']} | {paper_delta} | "
+            f"{r['paper_direction']} | {r['agreement']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _pm(mean: float, std: float, digits: int = 1) -> str:
     if pd.isna(mean):
         return "n/a"
@@ -520,6 +585,13 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
             summary = summarize_table(runs, table, variant, converged, sweeps)
             summary.to_csv(results_dir / f"{key}_{variant}.csv", index=False, float_format="%.3f")
             texts.append(markdown_table(summary, table, variant))
+    claim_texts = []
+    for variant in variants_used:
+        claims = summarize_claims(runs, sweeps.get("claims") or [], variant)
+        claims.to_csv(results_dir / f"claims_{variant}.csv", index=False, float_format="%.3f")
+        claim_texts.append(markdown_claims(claims, variant))
+    (results_dir / "claims.md").write_text("\n".join(claim_texts))
+    texts = claim_texts + texts
     own = variants_used[0] if variants_used else "as_train"
     plot_convergence(evaluations, own, results_dir / "convergence.png")
     for variant in variants_used:

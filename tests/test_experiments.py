@@ -71,6 +71,16 @@ SWEEPS = {
     },
     "figure4": [{"label": "base", "run": "base"}],
     "figure5": [{"label": "base", "run": "base"}],
+    "claims": [
+        {"claim": "rescoring helps", "run": "base_cs", "against": "base", "paper": [51.0, 50.0]},
+        {
+            "claim": "rare lower",
+            "run": "base_cs",
+            "against": "base",
+            "metric": "map_rare",
+            "expected": "lower",
+        },
+    ],  # fmt: skip
 }
 
 
@@ -196,6 +206,9 @@ def test_sweeps_yaml_is_consistent():
         assert spec["experiment"] in experiments, run_id
     rows = {r["run"] for t in sweeps["tables"].values() for r in t["rows"]}
     assert rows <= set(sweeps["runs"]) | set(sweeps["rescoring"])
+    for claim in sweeps["claims"]:
+        assert {claim["run"], claim["against"]} <= set(sweeps["runs"]) | set(sweeps["rescoring"])
+        assert len(claim.get("paper") or []) == 2 or claim["expected"] in {"higher", "lower"}
     for table in sweeps["tables"].values():
         assert table["baseline"] in {r["run"] for r in table["rows"]}
         assert set(table["validation"]) <= {"as_train", "clean"}
@@ -507,6 +520,28 @@ def test_summarize_table_paired_differences_verdicts_and_convergence(tmp_path):
     assert "| baseline | 0 | n/a | (baseline) |" in text
 
 
+def test_summarize_claims_paired_differences_on_the_claims_metric(tmp_path):
+    # as in the table test: map diffs 5, 3, 10 points; the rescored rows' map_rare is
+    # missing (an evaluation folder has map only), so that claim has no paired seeds
+    for seed, value in enumerate([0.40, 0.50, 0.60]):
+        write_result(tmp_path, "base", seed, [value])
+    for seed, value in enumerate([0.45, 0.53, 0.70]):
+        write_result(tmp_path, "base_cs", seed, [value], kind="evaluate")
+    runs, _ = aggregate.collect_results(tmp_path)
+    claims = aggregate.summarize_claims(runs, SWEEPS["claims"], "as_train").set_index("claim")
+    helps = claims.loc["rescoring helps"]
+    assert helps["delta_mean"] == pytest.approx(6.0)
+    assert helps["delta_std"] == pytest.approx(np.sqrt(13.0))
+    assert helps["delta_seeds"] == 3 and helps["verdict"] == "higher"
+    assert helps["paper_delta"] == pytest.approx(1.0)
+    assert helps["agreement"] == "same direction as the paper"
+    rare = claims.loc["rare lower"]
+    assert rare["metric"] == "map_rare" and rare["paper_direction"] == "lower"
+    assert rare["delta_seeds"] == 0 and rare["verdict"] == "n/a" and rare["agreement"] == ""
+    text = aggregate.markdown_claims(claims.reset_index(), "as_train")
+    assert "| rescoring helps | map | 3 | 6.00 ± 3.61 | higher | +1.00 | higher |" in text
+
+
 def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
     for seed, value in enumerate([0.4, 0.5]):
         # seed 1's last two differ by exactly 1.0 point: a plateau (at most 1.0)
@@ -528,6 +563,8 @@ def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
     for name in [
         "t_clean.csv",
         "tables.md",
+        "claims.md",
+        "claims_as_train.csv",
         "convergence.csv",
         "convergence.png",
         "figure4_as_train.png",
