@@ -226,6 +226,11 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records, columns=columns)
 
 
+def seed_results(runs: pd.DataFrame, run_id: str, variant: str) -> pd.DataFrame:
+    """The results of one row on one validation variant, indexed by seed."""
+    return runs[(runs["run"] == run_id) & (runs["validation"] == variant)].set_index("seed")
+
+
 def paired_differences(values: pd.Series, baseline: pd.Series) -> pd.Series:
     """Per-seed differences in points (%) of two seed-indexed metric series, on the seeds
     where both have a value."""
@@ -251,23 +256,22 @@ def summarize_claims(runs: pd.DataFrame, claims: list[dict], variant: str) -> pd
     difference of `run` minus `against` on `metric` (default map), the noise verdict, the
     paper's difference (from its two numbers, else its `expected` direction) and whether the
     result agrees with it."""
-    on_variant = runs[runs["validation"] == variant]
     out = []
     for claim in claims:
         metric = claim.get("metric", "map")
-        values = {
-            run_id: on_variant[on_variant["run"] == run_id].set_index("seed")[metric]
-            for run_id in (claim["run"], claim["against"])
-        }
-        diff = paired_differences(values[claim["run"]], values[claim["against"]])
+        diff = paired_differences(
+            seed_results(runs, claim["run"], variant)[metric],
+            seed_results(runs, claim["against"], variant)[metric],
+        )
         paper = claim.get("paper")
         record = {"claim": claim["claim"], "run": claim["run"], "against": claim["against"]}
         record.update({"metric": metric, "validation": variant})
         record.update(difference_statistics(diff))
         record["verdict"] = noise_verdict(diff.to_numpy())
         record["paper_delta"] = paper[0] - paper[1] if paper else np.nan
-        record["paper_direction"] = (
-            ("higher" if paper[0] > paper[1] else "lower") if paper else claim["expected"]
+        record["paper_direction"] = paper_direction(
+            {"paper": paper[0] if paper else None, "expected": claim.get("expected")},
+            paper[1] if paper else None,
         )
         record["agreement"] = agreement(record["verdict"], record["paper_direction"])
         out.append(record)
@@ -281,14 +285,13 @@ def summarize_table(
     seeds of every metric (%), the paired difference to the baseline (mean, std, standard
     error, seeds), the noise verdict, the paper's number, direction and the agreement, and the
     convergence of the training runs behind the row (all seeds)."""
-    on_variant = runs[runs["validation"] == variant]
-    baseline = on_variant[on_variant["run"] == table["baseline"]].set_index("seed")["map"]
+    baseline = seed_results(runs, table["baseline"], variant)["map"]
     baseline_paper = next(
         (r.get("paper") for r in table["rows"] if r["run"] == table["baseline"]), None
     )
     out = []
     for row in table["rows"]:
-        sel = on_variant[on_variant["run"] == row["run"]].set_index("seed")
+        sel = seed_results(runs, row["run"], variant)
         record = {"row": row["label"], "run": row["run"], "validation": variant}
         record["seeds"] = len(sel)
         for metric in METRICS:
@@ -430,14 +433,15 @@ def plot_convergence(evaluations: pd.DataFrame, variant: str, path: Path) -> Pat
         ax.axis("off")
     fig.supxlabel("iteration", fontsize=9)
     fig.supylabel(f"validation mAP (%), labels {variant}", fontsize=9)
-    seed_lines = {}
-    for ax in axes.flat:
-        seed_lines.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    # one legend entry per seed: each seed has the same colour in every panel
+    line_of_label = {
+        label: line
+        for ax in axes.flat
+        for line, label in zip(*ax.get_legend_handles_labels(), strict=True)
+    }
+    labels = sorted(line_of_label)
     fig.tight_layout(rect=(0, 0, 0.92, 1))
-    fig.legend(
-        [seed_lines[label] for label in sorted(seed_lines)], sorted(seed_lines),
-        loc="center right", fontsize=8,
-    )  # fmt: skip
+    fig.legend([line_of_label[k] for k in labels], labels, loc="center right", fontsize=8)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
