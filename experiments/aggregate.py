@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -576,9 +577,9 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
     runs = align_buckets(runs, sweeps)
     evaluations = evaluations_table(runs, sweeps)
     evaluations.to_csv(results_dir / "evaluations.csv", index=False, float_format="%.5f")
-    runs.drop(columns=["history"]).to_csv(
-        results_dir / "all_runs.csv", index=False, float_format="%.5f"
-    )
+    portable = runs.drop(columns=["history"])  # file paths relative to the results folder
+    portable["per_class_csv"] = [os.path.relpath(p, results_dir) for p in runs["per_class_csv"]]
+    portable.to_csv(results_dir / "all_runs.csv", index=False, float_format="%.5f")
     converged = convergence_table(runs)
     converged.to_csv(results_dir / "convergence.csv", index=False, float_format="%.3f")
     texts = []

@@ -347,7 +347,10 @@ def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | Non
             relative = source.relative_to(task.run_dir)
             target = task.results_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
+            if relative == Path("summary.json"):
+                target.write_text(portable_summary(source.read_text()))
+            else:
+                target.write_bytes(source.read_bytes())
             copied.append(str(relative))
     record = {
         "task": task.name,
@@ -366,6 +369,15 @@ def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | Non
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, task.results_dir / RESULT_MARKER)
     return task.results_dir
+
+
+def portable_summary(text: str) -> str:
+    """A training summary for the repository: its run folder relative to the repository
+    (the trainer records this machine's absolute path)."""
+    summary = json.loads(text)
+    if "run_dir" in summary:
+        summary["run_dir"] = os.path.relpath(summary["run_dir"], REPO)
+    return json.dumps(summary, indent=1) + "\n"
 
 
 def _git_commit() -> str | None:

@@ -4,6 +4,7 @@ training, no data)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -262,6 +263,7 @@ def fake_training_output(task: run_all.Task, maps: list[float], status="finished
         )
     (task.run_dir / "config.yaml").write_text("seed: 0\n")
     summary = {"status": status, "global_step": 3 * len(maps), "history": history}
+    summary["run_dir"] = str(task.run_dir.resolve())  # the trainer records an absolute path
     (task.run_dir / "summary.json").write_text(json.dumps(summary))
     (task.run_dir / "checkpoints").mkdir()
     (task.run_dir / "checkpoints" / "phase_main.pt").write_bytes(b"weights")
@@ -294,6 +296,10 @@ def test_copy_results_keeps_small_files_only_and_writes_the_marker_last(tmp_path
     assert record["settings"] == task.settings and record["data_settings_hash"] == "abc"
     assert record["wall_seconds"] == 61.2 and record["kind"] == "train"
     assert "eval/main_epoch1/metrics.json" in record["files"]
+    # the committed copy names no path of this machine
+    summary = json.loads((task.results_dir / "summary.json").read_text())
+    assert summary["run_dir"] == os.path.relpath(task.run_dir.resolve(), run_all.REPO)
+    assert not Path(summary["run_dir"]).is_absolute() and summary["history"]
 
 
 def test_plan_skips_collects_runs_and_handles_missing_checkpoints(tmp_path):
@@ -572,6 +578,9 @@ def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
         "figure4_map_per_epoch_as_train.csv",
     ]:
         assert (tmp_path / name).stat().st_size > 0, name
+    all_runs = pd.read_csv(tmp_path / "all_runs.csv")
+    assert all(not Path(p).is_absolute() for p in all_runs["per_class_csv"])
+    assert all((tmp_path / p).is_file() for p in all_runs["per_class_csv"])
     bins = pd.read_csv(tmp_path / "figure5_ap_by_frequency_bin_as_train.csv")
     assert bins["classes"].sum() == 2  # each class in exactly one bin
     curve = pd.read_csv(tmp_path / "figure4_map_per_epoch_as_train.csv")
