@@ -179,13 +179,14 @@ def noise_verdict(diffs: np.ndarray) -> str:
     return "within seed noise"
 
 
-def paper_direction(row: dict, baseline_paper: float | None) -> str:
-    """The paper's direction of a row against the table's baseline: from the two numbers
-    when the paper has both, else the row's `expected` (higher | lower); "" if neither."""
-    paper = row.get("paper")
+def paper_direction(
+    paper: float | None, baseline_paper: float | None, expected: str | None = None
+) -> str:
+    """The paper's direction of a row against its baseline: from the two numbers when the
+    paper has both, else the row's `expected` (higher | lower); "" if neither."""
     if paper is not None and baseline_paper is not None and paper != baseline_paper:
         return "higher" if paper > baseline_paper else "lower"
-    return row.get("expected") or ""
+    return expected or ""
 
 
 def agreement(verdict: str, direction: str) -> str:
@@ -264,16 +265,13 @@ def summarize_claims(runs: pd.DataFrame, claims: list[dict], variant: str) -> pd
             seed_results(runs, claim["run"], variant)[metric],
             seed_results(runs, claim["against"], variant)[metric],
         )
-        paper = claim.get("paper")
+        paper, paper_against = claim.get("paper") or (None, None)
         record = {"claim": claim["claim"], "run": claim["run"], "against": claim["against"]}
         record.update({"metric": metric, "validation": variant})
         record.update(difference_statistics(diff))
         record["verdict"] = noise_verdict(diff.to_numpy())
-        record["paper_delta"] = paper[0] - paper[1] if paper else np.nan
-        record["paper_direction"] = paper_direction(
-            {"paper": paper[0] if paper else None, "expected": claim.get("expected")},
-            paper[1] if paper else None,
-        )
+        record["paper_delta"] = paper - paper_against if paper is not None else np.nan
+        record["paper_direction"] = paper_direction(paper, paper_against, claim.get("expected"))
         record["agreement"] = agreement(record["verdict"], record["paper_direction"])
         out.append(record)
     return pd.DataFrame(out)
@@ -304,7 +302,11 @@ def summarize_table(
         is_baseline = row["run"] == table["baseline"]
         record["verdict"] = "baseline" if is_baseline else noise_verdict(diff.to_numpy())
         record["paper_map"] = row.get("paper")
-        record["paper_direction"] = "" if is_baseline else paper_direction(row, baseline_paper)
+        record["paper_direction"] = (
+            ""
+            if is_baseline
+            else paper_direction(row.get("paper"), baseline_paper, row.get("expected"))
+        )
         record["agreement"] = agreement(record["verdict"], record["paper_direction"])
         source = converged[converged["run"] == source_run(sweeps, row["run"])]
         record["evaluations"] = int(source["evaluations"].min()) if len(source) else 0

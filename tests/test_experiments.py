@@ -477,10 +477,10 @@ def test_noise_verdict_rule():
 
 
 def test_paper_direction_and_agreement():
-    assert aggregate.paper_direction({"paper": 56.58}, 55.45) == "higher"
-    assert aggregate.paper_direction({"paper": 50.18}, 55.45) == "lower"
-    assert aggregate.paper_direction({"paper": None, "expected": "lower"}, 67.09) == "lower"
-    assert aggregate.paper_direction({"paper": None}, 55.45) == ""
+    assert aggregate.paper_direction(56.58, 55.45) == "higher"
+    assert aggregate.paper_direction(50.18, 55.45) == "lower"
+    assert aggregate.paper_direction(None, 67.09, "lower") == "lower"
+    assert aggregate.paper_direction(None, 55.45) == ""
     assert aggregate.agreement("higher", "higher") == "same direction as the paper"
     assert aggregate.agreement("lower", "higher") == "opposite to the paper"
     assert aggregate.agreement("within seed noise", "lower") == "cannot tell (within seed noise)"
