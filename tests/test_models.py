@@ -7,11 +7,15 @@ import timm
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torchvision.ops import batched_nms
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from lsdet.bench.postprocess import main as postprocess_benchmark
+from lsdet.bench.postprocess import synthetic_candidates
 from lsdet.models import (
     MultiLabelBoxPredictor,
     TimmFPNBackbone,
+    best_after_nms,
     build_detector,
     prior_bias,
     raise_parents_to_descendants,
@@ -121,6 +125,33 @@ def test_parents_raised_to_best_descendant():
     out = raise_parents_to_descendants(scores, descendants)
     assert torch.allclose(out[0], torch.tensor([0.5, 0.6, 0.2, 0.6, 0.6]))
     assert torch.allclose(out[1], torch.tensor([0.1, 0.7, 0.0, 0.2, 0.2]))
+
+
+@pytest.mark.parametrize("max_kept", [0, 1, 7, 50, 300, 10_000])
+def test_best_after_nms_is_batched_nms_cut_to_max_kept(max_kept):
+    boxes, scores, labels = synthetic_candidates(400, 30, seed=max_kept)
+    expected = batched_nms(boxes, scores, labels, 0.5)[:max_kept]
+    assert torch.equal(best_after_nms(boxes, scores, labels, 0.5, max_kept), expected)
+
+
+def test_best_after_nms_looks_further_when_the_best_candidates_are_duplicates():
+    # The 40 best candidates are one box of class 0, so NMS over the first 4 x 5 of them keeps
+    # one: the candidates must grow until 5 survive.
+    boxes, scores, labels = synthetic_candidates(100, 10, seed=1)
+    boxes[:40] = torch.tensor([10.0, 10.0, 30.0, 30.0])
+    labels[:40] = 0
+    scores[:40] = 2.0 + torch.arange(40.0)
+    kept = best_after_nms(boxes, scores, labels, 0.5, 5)
+    assert len(kept) == 5 and kept[0] == 39
+    assert torch.equal(kept, batched_nms(boxes, scores, labels, 0.5)[:5])
+    assert len(best_after_nms(boxes[:0], scores[:0], labels[:0], 0.5, 5)) == 0
+
+
+def test_postprocess_benchmark_compares_both_on_the_same_candidates():
+    rows = postprocess_benchmark(["--proposals", "200", "--classes", "20", "--repeats", "1"])
+    assert [(r["score_thresh"], r["cap"]) for r in rows] == [(1e-4, 1000), (0.0, 10_000)]
+    assert all(r["same"] and r["candidates"] > 0 for r in rows)
+    assert rows[1]["candidates"] == 200 * 20
 
 
 def test_anchor_sizes_follow_levels():

@@ -164,6 +164,31 @@ def sum_subtrees(scores: torch.Tensor, descendants: torch.Tensor) -> torch.Tenso
     return torch.cat([scores[:, :1], (foreground + below).clamp(max=1.0)], dim=1)
 
 
+def best_after_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    iou_threshold: float,
+    max_kept: int,
+) -> torch.Tensor:
+    """Indices of the ``max_kept`` best boxes that class-wise NMS keeps, best first: what
+    ``batched_nms(boxes, scores, labels, iou_threshold)[:max_kept]`` returns (up to the order
+    of equal scores). Whether NMS keeps a box depends only on the higher-scoring boxes of its
+    class, so NMS over the best-scoring candidates decides them exactly; the candidates grow
+    until ``max_kept`` survive. At score threshold 0 every (proposal, class) pair is a
+    candidate, and most of them are never looked at."""
+    order = scores.argsort(descending=True)
+    num_candidates = min(len(order), 4 * max_kept)
+    while True:
+        candidates = order[:num_candidates]
+        keep = box_ops.batched_nms(
+            boxes[candidates], scores[candidates], labels[candidates], iou_threshold
+        )
+        if len(keep) >= max_kept or num_candidates == len(order):
+            return candidates[keep[:max_kept]]
+        num_candidates = min(len(order), 4 * num_candidates)
+
+
 def check_scoring(scoring: str, box_predictor: nn.Module) -> None:
     """A clear error when ``scoring`` cannot read the predictor's logits: the objectness
     scoring of Seesaw needs its objectness column, and the others cannot use it."""
@@ -333,8 +358,7 @@ class MultiLabelRoIHeads(RoIHeads):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)
-            keep = keep[: self.detections_per_img]
+            keep = best_after_nms(boxes, scores, labels, self.nms_thresh, self.detections_per_img)
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
