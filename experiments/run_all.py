@@ -339,7 +339,8 @@ def plan(tasks: list[Task], *, retrain_missing_checkpoints: bool = False) -> dic
 def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | None) -> Path:
     """Copies the task's small result files (RESULT_FILES; never checkpoints or images) from
     its run folder to its results folder and writes run.json last (settings, data hash, code
-    version, timings): a copy cut short has no run.json and is made again."""
+    version, timings): a copy cut short has no run.json and is made again. The code version
+    is the commit the task was started with (its task.json), not the one at copying time."""
     task.results_dir.mkdir(parents=True, exist_ok=True)
     copied = []
     for pattern in RESULT_FILES:
@@ -360,7 +361,7 @@ def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | Non
         "validation": task.variant,
         "settings": task.settings,
         "data_settings_hash": data_hash,
-        "git_commit": _git_commit(),
+        "git_commit": started_commit(task),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "collected_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "files": copied,
@@ -378,6 +379,13 @@ def portable_summary(text: str) -> str:
     if "run_dir" in summary:
         summary["run_dir"] = os.path.relpath(summary["run_dir"], REPO)
     return json.dumps(summary, indent=1) + "\n"
+
+
+def started_commit(task: Task) -> str | None:
+    """The commit the runner recorded in the task's task.json when it started it (None for a
+    run folder from before the runner recorded it)."""
+    recorded = task.run_dir / "task.json"
+    return json.loads(recorded.read_text()).get("git_commit") if recorded.is_file() else None
 
 
 def _git_commit() -> str | None:
@@ -478,7 +486,8 @@ def run_tasks(
                 continue
             pending.remove(task)
             task.run_dir.mkdir(parents=True, exist_ok=True)
-            (task.run_dir / "task.json").write_text(json.dumps({"settings": task.settings}))
+            started = {"settings": task.settings, "git_commit": _git_commit()}
+            (task.run_dir / "task.json").write_text(json.dumps(started))
             log = open(log_dir / f"{task.name}.log", "w")  # noqa: SIM115 (closed by the child)
             log.write("+ " + " ".join(task.command) + "\n")
             log.flush()

@@ -295,6 +295,7 @@ def test_copy_results_keeps_small_files_only_and_writes_the_marker_last(tmp_path
     record = run_all.recorded_result(task)
     assert record["settings"] == task.settings and record["data_settings_hash"] == "abc"
     assert record["wall_seconds"] == 61.2 and record["kind"] == "train"
+    assert record["git_commit"] is None  # task.json from before the runner recorded it
     assert "eval/main_epoch1/metrics.json" in record["files"]
     # the committed copy names no path of this machine
     summary = json.loads((task.results_dir / "summary.json").read_text())
@@ -364,7 +365,10 @@ def _script_task(tmp_path: Path, name: str, code: str, deps=(), kind="evaluate")
     )
 
 
-def test_run_tasks_copies_results_skips_done_and_dependants_of_failures(tmp_path):
+def test_run_tasks_copies_results_skips_done_and_dependants_of_failures(tmp_path, monkeypatch):
+    # each call gives another commit: the record must keep the one of the task's start
+    commits = (f"commit-{k}" for k in range(100))
+    monkeypatch.setattr(run_all, "_git_commit", lambda: next(commits))
     tasks = [
         _script_task(tmp_path, "ok_s0", ""),
         _script_task(tmp_path, "bad_s0", "; raise SystemExit(3)"),
@@ -374,6 +378,9 @@ def test_run_tasks_copies_results_skips_done_and_dependants_of_failures(tmp_path
     report = run_all.run_tasks(tasks, tmp_path / "logs", jobs=2, threads=1)
     assert sorted(report.failed) == ["after_bad_s0", "bad_s0"] and report.ran == 3
     assert run_all.recorded_result(tasks[0])["task"] == "ok_s0"
+    started = json.loads((tasks[2].run_dir / "task.json").read_text())["git_commit"]
+    assert started.startswith("commit-")
+    assert run_all.recorded_result(tasks[2])["git_commit"] == started
     assert (tasks[2].results_dir / "metrics.json").is_file()
     assert not (tasks[0].results_dir / "checkpoints").exists()
     assert run_all.recorded_result(tasks[1]) is None  # a failed task leaves no results
