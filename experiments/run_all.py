@@ -267,8 +267,7 @@ def evaluation_task(
 def run_finished(task: Task) -> bool:
     """The task's run folder holds a finished run (summary.json status) or an evaluation
     (metrics.json), made with the task's settings (the runner's task.json there)."""
-    recorded = task.run_dir / "task.json"
-    if not recorded.is_file() or json.loads(recorded.read_text())["settings"] != task.settings:
+    if started_record(task).get("settings") != task.settings:
         return False
     if task.kind == "train":
         summary = task.run_dir / "summary.json"
@@ -361,7 +360,7 @@ def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | Non
         "validation": task.variant,
         "settings": task.settings,
         "data_settings_hash": data_hash,
-        "git_commit": started_commit(task),
+        "git_commit": started_record(task).get("git_commit"),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "collected_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "files": copied,
@@ -381,11 +380,12 @@ def portable_summary(text: str) -> str:
     return json.dumps(summary, indent=1) + "\n"
 
 
-def started_commit(task: Task) -> str | None:
-    """The commit the runner recorded in the task's task.json when it started it (None for a
-    run folder from before the runner recorded it)."""
+def started_record(task: Task) -> dict:
+    """What the runner wrote into the task's task.json when it started it: the settings and
+    the commit (no commit in a run folder from before the runner recorded it; {} when the
+    runner never started the task there)."""
     recorded = task.run_dir / "task.json"
-    return json.loads(recorded.read_text()).get("git_commit") if recorded.is_file() else None
+    return json.loads(recorded.read_text()) if recorded.is_file() else {}
 
 
 def _git_commit() -> str | None:

@@ -148,7 +148,7 @@ def test_best_after_nms_looks_further_when_the_best_candidates_are_duplicates():
 
 
 def test_postprocess_benchmark_compares_both_on_the_same_candidates():
-    rows = postprocess_benchmark(["--proposals", "200", "--classes", "20", "--repeats", "1"])
+    rows = postprocess_benchmark(["--proposals", "200", "--classes", "20"])
     assert [(r["score_thresh"], r["cap"]) for r in rows] == [(1e-4, 1000), (0.0, 10_000)]
     assert all(r["same"] and r["candidates"] > 0 for r in rows)
     assert rows[1]["candidates"] == 200 * 20

@@ -7,8 +7,8 @@ classes; every (proposal, class) pair scoring above the threshold is a candidate
   torchvision  ``torchvision.ops.batched_nms`` over every candidate, then the first ``cap``
                (what torchvision's RoIHeads does)
 Two settings: the inference defaults (score threshold 1e-4, 1,000 per image) and the
-protocol check of ``make demo`` (threshold 0, 10,000 per image). Printed: ms per image (median
-of ``--repeats``), the ratio torchvision / lsdet, and whether both keep the same candidates
+protocol check of ``make demo`` (threshold 0, 10,000 per image). Printed: ms per image (median;
+timed as ``lsdet.bench.kernels`` times, interleaved on CPU), the ratio torchvision / lsdet, and whether both keep the same candidates
 with the same scores in the same order (candidates of equal score may come in another order:
 neither sort is stable).
 
@@ -19,12 +19,11 @@ neither sort is stable).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torchvision.ops import batched_nms
 
+from lsdet.bench.kernels import time_ms
 from lsdet.models import best_after_nms
 
 SETTINGS = ((1e-4, 1_000), (0.0, 10_000))  # (score threshold, detections per image)
@@ -57,22 +56,10 @@ def synthetic_candidates(
     return boxes.repeat_interleave(num_classes, dim=0), scores.reshape(-1), labels
 
 
-def median_ms(function, repeats: int) -> tuple[float, torch.Tensor]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        if result.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times), result
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m lsdet.bench.postprocess", description=__doc__)
     parser.add_argument("--proposals", type=int, default=1000)
     parser.add_argument("--classes", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     boxes, scores, labels = (
@@ -80,7 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     print(
         f"one image: {args.proposals} proposals x {args.classes} classes, NMS IoU {NMS_IOU}, "
-        f"{args.device}, median of {args.repeats}"
+        f"{args.device}"
     )
     print(
         f"{'threshold':>9s} {'cap':>6s} {'candidates':>10s} {'torchvision ms':>14s} "
@@ -90,13 +77,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for threshold, cap in SETTINGS:
         keep = torch.where(scores > threshold)[0]
         b, s, lab = boxes[keep], scores[keep], labels[keep]
-        baseline_ms, expected = median_ms(
-            lambda b=b, s=s, lab=lab, cap=cap: batched_nms(b, s, lab, NMS_IOU)[:cap], args.repeats
-        )
-        lsdet_ms, kept = median_ms(
-            lambda b=b, s=s, lab=lab, cap=cap: best_after_nms(b, s, lab, NMS_IOU, cap),
-            args.repeats,
-        )
+        methods = {
+            "torchvision": lambda b=b, s=s, lab=lab, cap=cap: batched_nms(b, s, lab, NMS_IOU)[:cap],
+            "lsdet": lambda b=b, s=s, lab=lab, cap=cap: best_after_nms(b, s, lab, NMS_IOU, cap),
+        }
+        timings = time_ms(methods, b.device.type, grad_to_none=[])
+        baseline_ms, lsdet_ms = timings["torchvision"][0], timings["lsdet"][0]
+        expected, kept = methods["torchvision"](), methods["lsdet"]()
         row = {
             "score_thresh": threshold,
             "cap": cap,
