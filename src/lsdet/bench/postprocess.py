@@ -7,10 +7,10 @@ classes; every (proposal, class) pair scoring above the threshold is a candidate
   torchvision  ``torchvision.ops.batched_nms`` over every candidate, then the first ``cap``
                (what torchvision's RoIHeads does)
 Two settings: the inference defaults (score threshold 1e-4, 1,000 per image) and the
-protocol check of ``make demo`` (threshold 0, 10,000 per image). Printed: ms per image (median;
-timed as ``lsdet.bench.kernels`` times, interleaved on CPU), the ratio torchvision / lsdet, and whether both keep the same candidates
-with the same scores in the same order (candidates of equal score may come in another order:
-neither sort is stable).
+protocol check of ``make demo`` (threshold 0, 10,000 per image). Printed: ms per image (median,
+timed by ``lsdet.bench.kernels.time_ms``, interleaved on CPU), the ratio torchvision / lsdet,
+and whether both keep the same candidates with the same scores in the same order (candidates
+of equal score may come in another order: neither sort is stable).
 
     python -m lsdet.bench.postprocess                  # Open Images: 1,000 proposals, 500 classes
     python -m lsdet.bench.postprocess --classes 144    # the synthetic benchmark's classes
