@@ -60,6 +60,9 @@ RESULT_FILES = (
     "eval/*/metrics.json",
     "eval/*/per_class.csv",
     "eval/*/frequency_buckets.csv",
+    # the trainer's concurrent rates r_ij of the training split (absent in older runs): the
+    # per-class diagnosis of experiments/aggregate.py groups classes by them
+    "concurrent_rates.csv",
 )
 RESULT_MARKER = "run.json"  # written last: a results folder without it is incomplete
 
@@ -361,6 +364,9 @@ def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | Non
         "settings": task.settings,
         "data_settings_hash": data_hash,
         "git_commit": started_record(task).get("git_commit"),
+        # when the runner started the task (its task.json; None for tasks started before the
+        # runner recorded it): the aggregation marks a claim registered later as post hoc
+        "started_at": started_record(task).get("started_at"),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
         "collected_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "files": copied,
@@ -486,7 +492,11 @@ def run_tasks(
                 continue
             pending.remove(task)
             task.run_dir.mkdir(parents=True, exist_ok=True)
-            started = {"settings": task.settings, "git_commit": _git_commit()}
+            started = {
+                "settings": task.settings,
+                "git_commit": _git_commit(),
+                "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
             (task.run_dir / "task.json").write_text(json.dumps(started))
             log = open(log_dir / f"{task.name}.log", "w")  # noqa: SIM115 (closed by the child)
             log.write("+ " + " ".join(task.command) + "\n")
