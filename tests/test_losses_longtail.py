@@ -124,11 +124,11 @@ def test_seesaw_errors():
 
 def eqlv2_reference(steps, gamma=12.0, mu=0.8, alpha=4.0):
     """Float64 loop over steps of (logits, multilabels, labels): BCE on every column with
-    weights q_j (positives) / r_j (negatives) from the accumulated gradient ratio g_j (1 at
-    the start), column 0 the background target with weight 1; returns per-step (loss, grad)
-    and the final (pos, neg) sums."""
+    weights q_j (positives) / r_j (negatives) from the accumulated gradient ratio g_j (100 at
+    the start, as the authors' code: first-step weights 1), column 0 the background target
+    with weight 1; returns per-step (loss, grad) and the final (pos, neg) sums."""
     num_fg = steps[0][0].shape[1] - 1
-    pos, neg, ratio = np.zeros(num_fg), np.zeros(num_fg), np.ones(num_fg)
+    pos, neg, ratio = np.zeros(num_fg), np.zeros(num_fg), np.full(num_fg, 100.0)
     results = []
     for logits, multilabels, labels in steps:
         z = logits.detach().double().numpy()
@@ -153,17 +153,33 @@ def test_eqlv2_first_step_by_hand():
     loss_fn = build_loss("eqlv2", num_classes=3)
     logits = torch.zeros(1, 3, requires_grad=True)
     value = loss_fn(logits, one_hot_rows([1], 3), torch.tensor([1]))
-    r = 1 / (1 + math.exp(-12 * (1 - 0.8)))  # g = 1 before any step
-    q = 1 + 4 * (1 - r)
-    # every term is log 2: background column (weight 1), class 1 positive, class 2 negative
-    assert value.item() == pytest.approx((1 + q + r) * math.log(2), rel=1e-6)
+    # g = 100 before any step (the authors' start): r = f(100) = 1, q = 1 + 4 (1 - 1) = 1.
+    # every term is log 2: background column, class 1 positive, class 2 negative, weights 1
+    assert value.item() == pytest.approx(3 * math.log(2), rel=1e-6)
     value.backward()
-    torch.testing.assert_close(logits.grad, torch.tensor([[0.5, -0.5 * q, 0.5 * r]]))
-    pos = torch.tensor([0.5 * q, 0.0], dtype=torch.float64)
-    neg = torch.tensor([0.0, 0.5 * r], dtype=torch.float64)
+    torch.testing.assert_close(logits.grad, torch.tensor([[0.5, -0.5, 0.5]]))
+    pos = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    neg = torch.tensor([0.0, 0.5], dtype=torch.float64)
     torch.testing.assert_close(loss_fn.pos_grad, pos)
     torch.testing.assert_close(loss_fn.neg_grad, neg)
     torch.testing.assert_close(loss_fn.pos_neg_ratio, pos / (neg + 1e-10))
+    # the second step is re-weighted: class 1 (ratio 5e9) r = 1, q = 1; class 2 (ratio 0)
+    # r = f(0) = sigmoid(-9.6), q = 1 + 4 (1 - r)
+    q, r = loss_fn.class_term_weights()
+    r2 = 1 / (1 + math.exp(12 * 0.8))
+    torch.testing.assert_close(r, torch.tensor([1.0, r2], dtype=torch.float64))
+    torch.testing.assert_close(q, torch.tensor([1.0, 1 + 4 * (1 - r2)], dtype=torch.float64))
+
+
+def test_eqlv2_first_step_weights_are_one_before_any_statistics():
+    # A fresh loss (and one whose statistics are reset to the initial state) weights every
+    # term 1, as the authors' code does; the start of 1 used before re-weighted the first
+    # step with r = sigmoid(12 (1 - 0.8)), q = 1 + 4 (1 - r).
+    loss_fn = build_loss("eqlv2", num_classes=6)
+    q, r = loss_fn.class_term_weights()
+    assert torch.equal(q, torch.ones(5, dtype=torch.float64))
+    assert torch.equal(r, torch.ones(5, dtype=torch.float64))
+    assert torch.equal(loss_fn.pos_neg_ratio, torch.full((5,), 100.0, dtype=torch.float64))
 
 
 def test_eqlv2_and_its_gradient_match_the_formula_over_steps():
@@ -211,9 +227,9 @@ def test_federated_loss_keeps_only_the_batch_classes():
     assert bool((logits.grad[:, [0, 2, 3, 4, 5]] == 0).all()) and bool(
         logits.grad[:, 1].ne(0).all()
     )
-    # a set as large as the classes is plain BCE
+    # a set as large as the classes (5 foreground + the background of row 2) is plain BCE
     everything = build_loss(
-        "federated", num_classes=6, image_counts=counts, num_classes_per_batch=5
+        "federated", num_classes=6, image_counts=counts, num_classes_per_batch=6
     )
     bce = build_loss("bce", num_classes=6)
     torch.testing.assert_close(everything(logits, multi, labels), bce(logits, multi, labels))
@@ -226,10 +242,12 @@ def test_federated_draws_present_classes_then_frequency_power():
     torch.manual_seed(0)
     for _ in range(20):
         chosen = loss_fn.batch_classes(multi)
-        assert int(chosen.sum()) == 3 and bool(chosen[2])  # class 3 (index 2) is present
+        # the background RoI takes one of the 3 places (detectron2): class 3 + one drawn
+        assert int(chosen.sum()) == 2 and bool(chosen[2])  # class 3 (index 2) is present
         assert not bool(chosen[3])  # no training image: never drawn
-    # one class drawn per batch: probabilities ~ counts^0.5 = 10 : 5 : 2 : 0 : 1
-    single = build_loss("federated", num_classes=6, image_counts=counts, num_classes_per_batch=1)
+    # one class drawn per batch of background RoIs (2 places, one is the background):
+    # probabilities ~ counts^0.5 = 10 : 5 : 2 : 0 : 1
+    single = build_loss("federated", num_classes=6, image_counts=counts, num_classes_per_batch=2)
     background_only = one_hot_rows([0], 6)
     torch.manual_seed(1)
     draws = torch.stack([single.batch_classes(background_only) for _ in range(3000)])

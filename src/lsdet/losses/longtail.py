@@ -146,10 +146,14 @@ class EQLv2Loss(ClassificationLoss):
         r_j = f(g_j),   q_j = 1 + alpha (1 - r_j),   f(x) = 1 / (1 + exp(-gamma (x - mu)))
 
     where g_j is the ratio of the accumulated (re-weighted) positive to negative gradient
-    magnitudes |p - y| of class j over the previous iterations (1 before the first step, as
-    the reference initialises it). Re-weighting a term's gradient is weighting the term with a
-    constant, so L = sum_j w_j BCE(z_j, y_j) / R with w_j = q_j for positives, r_j for
-    negatives. Targets are the RoI's multi-hot labels (like ``bce``).
+    magnitudes |p - y| of class j over the previous iterations. Before the first step g_j =
+    ``INITIAL_RATIO`` = 100, as in the authors' code (tztztztztz/eqlv2, ``eqlv2.py``: "a high
+    value ... so that the weight for pos gradients and neg gradients are 1"; its first version
+    set the weights to 1 explicitly): with the published gamma and mu, f(100) rounds to 1, so
+    the first step has r_j = q_j = 1 exactly, and what accumulates from it is the unweighted gradient. Re-weighting a term's
+    gradient is weighting the term with a constant, so L = sum_j w_j BCE(z_j, y_j) / R with
+    w_j = q_j for positives, r_j for negatives. Targets are the RoI's multi-hot labels (like
+    ``bce``; the reference's are one-hot of the primary label).
 
     Column 0 is the background ("objectness") logit, trained with weight 1 (target 1 on
     background RoIs) and not accumulated; scores at inference (``sigmoid_objectness``):
@@ -158,6 +162,7 @@ class EQLv2Loss(ClassificationLoss):
 
     sigmoid_classifier: ClassVar[bool] = True
     default_scoring: ClassVar[str] = "sigmoid_objectness"
+    INITIAL_RATIO: ClassVar[float] = 100.0
 
     def __init__(
         self,
@@ -179,7 +184,9 @@ class EQLv2Loss(ClassificationLoss):
         c = num_classes - 1
         self.register_buffer("pos_grad", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("neg_grad", torch.zeros(c, dtype=torch.float64))
-        self.register_buffer("pos_neg_ratio", torch.ones(c, dtype=torch.float64))
+        self.register_buffer(
+            "pos_neg_ratio", torch.full((c,), self.INITIAL_RATIO, dtype=torch.float64)
+        )
 
     def class_term_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(q, r) [C]: the weights of the positive and negative terms of each class."""
@@ -227,11 +234,23 @@ class FederatedLoss(ClassificationLoss):
 
     Sigmoid cross-entropy restricted to a per-batch class set S: the classes positive on some
     RoI of the batch plus classes drawn without replacement, with probability proportional to
-    (training images of the class)^power, until |S| = num_classes_per_batch (all present
-    classes are kept when there are more). Classes outside S get no term at all: on federated
-    (not exhaustively labelled) data such as Open Images an absent label is not a negative.
-    L = sum_{j in S} BCE(z_j, y_j) / R; column 0 (background) gets no loss, like ``bce``.
-    Draws use torch's global generator (saved in checkpoints by the trainer). Scores: sigmoid.
+    (training images of the class)^power, until the set has num_classes_per_batch members (all
+    present classes are kept when there are more). Classes outside S get no term at all: on
+    federated (not exhaustively labelled) data such as Open Images an absent label is not a
+    negative. L = sum_{j in S} BCE(z_j, y_j) / R; column 0 (background) gets no loss, like
+    ``bce``. Draws use torch's global generator (saved in checkpoints by the trainer). Scores:
+    sigmoid.
+
+    The background counts toward num_classes_per_batch when the batch has a background RoI,
+    as in the reference (detectron2 ``FastRCNNOutputLayers.get_fed_loss_classes``, from
+    CenterNet2's ``fed_loss.py``), whose set is ``torch.unique(gt_classes)`` with the
+    background label among them, topped up by draws that never pick the background: a usual
+    batch (it has background RoIs) gets num_classes_per_batch - 1 foreground classes. The
+    published numbers come from that rule, so it is kept here. Conventions of this package:
+    the present classes are those of the multi-hot labels (a box's expanded parents included;
+    the reference has one label per RoI), and a class without training images is never drawn,
+    also with power 0, and the draw stops at the classes that can be drawn (the reference's
+    ``torch.multinomial`` would fail).
     """
 
     sigmoid_classifier: ClassVar[bool] = True
@@ -269,9 +288,11 @@ class FederatedLoss(ClassificationLoss):
         self.register_buffer("draw_weights", draw.float(), persistent=False)
 
     def batch_classes(self, multilabels: torch.Tensor) -> torch.Tensor:
-        """[C] bool over the foreground classes: the set S of this batch."""
+        """[C] bool over the foreground classes: the set S of this batch. A background RoI
+        (column 0 of its row positive) takes one place of num_classes_per_batch."""
         chosen = (multilabels[:, 1:] > 0).any(dim=0)
-        missing = self.num_classes_per_batch - int(chosen.sum())
+        has_background = bool((multilabels[:, 0] > 0).any())
+        missing = self.num_classes_per_batch - int(chosen.sum()) - int(has_background)
         if missing > 0:
             weights = self.draw_weights.to(multilabels.device).masked_fill(chosen, 0.0)
             missing = min(missing, int((weights > 0).sum()))
