@@ -17,6 +17,7 @@ from lsdet.data.hierarchy import Hierarchy
 from lsdet.data.index import AnnotationIndex
 from lsdet.data.synth import (
     LABEL_PROBLEMS,
+    GeneratedWithOtherSettingsError,
     LabelNoise,
     NotAGeneratedFolderError,
     SceneObject,
@@ -260,14 +261,16 @@ def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="label_noise"):
         SynthSettings.from_mapping({"label_noise": {"parent_only": 0.7, "sibling_swap": 0.7}})
     settings = SynthSettings.from_mapping({"num_train_images": 20, "imbalance": 300})
-    with pytest.raises(ValueError, match="raise num_train_images"):
+    with pytest.raises(ValueError, match="raise generate.num_train_images"):
         target_image_counts(settings, build_taxonomy(settings))
-    with pytest.raises(ValueError, match="confused_pairs keys"):
+    with pytest.raises(ValueError, match=r"^generate\.confused_pairs\.pairs: unknown"):
         SynthSettings.from_mapping({"confused_pairs": {"pairs": 3}})
     with pytest.raises(ValueError, match="min_rate"):
         SynthSettings.from_mapping({"confused_pairs": {"min_rate": 0.7, "top_rate": 0.5}})
     # MINI has two sibling pairs: a third confused pair cannot be placed.
-    with pytest.raises(ValueError, match="confused_pairs: no sibling pair left"):
+    with pytest.raises(
+        ValueError, match=r"^generate\.confused_pairs\.num_pairs: 3 pairs cannot be placed"
+    ):
         build_taxonomy(SynthSettings.from_mapping({**MINI, "confused_pairs": {"num_pairs": 3}}))
 
 
@@ -281,7 +284,10 @@ def test_config_drives_ensure_and_cli(tmp_path, capsys):
     for key in ("hierarchy_json", "class_descriptions_csv", "train.bbox_csv", "val.image_dir"):
         assert Path(OmegaConf.select(cfg, key)).exists(), key
     assert not ensure_synthetic_benchmark(cfg)["generated"]
-    cfg.generate.noise_std = 1.0  # a changed setting regenerates
+    cfg.generate.noise_std = 1.0  # a changed setting regenerates only when asked
+    with pytest.raises(GeneratedWithOtherSettingsError, match="data.generate.noise_std"):
+        ensure_synthetic_benchmark(cfg)
+    cfg.regenerate = True
     assert ensure_synthetic_benchmark(cfg)["generated"]
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["settings"]["noise_std"] == 1.0
@@ -379,7 +385,7 @@ def test_regeneration_removes_only_its_own_files(tmp_path):
     assert (root / "train" / "notes.txt").read_text() == "mine"
     assert (root / "mine" / "a.csv").read_text() == "x\n"
     # Fewer images: the surplus images it wrote go, the user's files stay.
-    third = ensure_synthetic_benchmark(mini_config(root, num_train_images=20))
+    third = ensure_synthetic_benchmark(mini_config(root, num_train_images=20), regenerate=True)
     assert third["generated"]
     assert not (root / "train" / "tr0000023.jpg").exists()
     assert len(list((root / "train").glob("*.jpg"))) == 20
@@ -388,7 +394,7 @@ def test_regeneration_removes_only_its_own_files(tmp_path):
     (root / "train" / "tr0000021.jpg").write_bytes(b"mine")
     before = file_digests(root)
     with pytest.raises(NotAGeneratedFolderError, match="tr0000021.jpg"):
-        ensure_synthetic_benchmark(mini_config(root, num_train_images=24))
+        ensure_synthetic_benchmark(mini_config(root, num_train_images=24), regenerate=True)
     assert file_digests(root) == before
 
 
@@ -438,6 +444,80 @@ def test_cli_refusal_is_a_message_not_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match="refusing to write"):
         main([f"root={root}"])
     assert (root / "x.txt").read_text() == "x"
+
+
+def test_rejected_settings_leave_an_existing_benchmark_as_it_was(tmp_path, capsys):
+    """A run with settings the generator rejects (here: more confused pairs than MINI's two
+    sibling pairs) changes nothing, and says so in one line naming the full key."""
+    root = tmp_path / "synth"
+    generate_synthetic_benchmark(root, MINI)
+    (root / "cache").mkdir()
+    (root / "cache" / "index.bin").write_bytes(b"a user's cache")
+    before = file_digests(root)
+    args = [f"root={root}", "image_size=16", "generate.confused_pairs.num_pairs=3"]
+    args += [f"generate.{k}={v}" for k, v in MINI.items() if k not in ("image_size", "object_size")]
+    args = [a for a in args if not a.startswith("generate.confused_pairs={")]
+    args += ["generate.object_size=[0.4,0.6]"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: generate.confused_pairs.num_pairs: 3 pairs cannot be placed")
+    assert "\n" not in message
+    assert file_digests(root) == before
+    assert not list(tmp_path.glob(".synth.generating-*"))  # no staging folder left
+
+
+def test_a_failure_while_writing_leaves_the_old_benchmark(tmp_path, monkeypatch):
+    """The new generation is written beside the old one and moved in only when complete."""
+    import lsdet.data.synth.generate as generate_module
+
+    root = tmp_path / "synth"
+    generate_synthetic_benchmark(root, MINI)
+    before = file_digests(root)
+    real_write_split = generate_module._write_split
+
+    def fail_on_validation(folder, split, *args, **kwargs):
+        if split == "validation":
+            raise OSError("disk full")
+        return real_write_split(folder, split, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "_write_split", fail_on_validation)
+    with pytest.raises(OSError, match="disk full"):
+        generate_synthetic_benchmark(root, {**MINI, "seed": 2})
+    assert file_digests(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
+
+
+def test_a_folder_generated_with_other_settings_is_an_error_not_replaced(tmp_path, caplog):
+    root = tmp_path / "synth"
+    ensure_synthetic_benchmark(mini_config(root))
+    before = file_digests(root)
+    bigger = mini_config(root, num_train_images=30)
+    bigger.image_size = 20
+    with pytest.raises(GeneratedWithOtherSettingsError) as error:
+        ensure_synthetic_benchmark(bigger)
+    message = str(error.value)
+    assert "data.generate.num_train_images: 24 there, 30 in the config" in message
+    assert "data.image_size: 16 there, 20 in the config" in message
+    assert "data.regenerate=true" in message and "noise_std" not in message
+    assert file_digests(root) == before
+    bigger.regenerate = True
+    with caplog.at_level("WARNING", logger="lsdet.data.synth.generate"):
+        assert ensure_synthetic_benchmark(bigger)["generated"]
+    assert "data.generate.num_train_images: 24 there, 30 in the config" in caplog.text
+    assert len(list((root / "train").glob("*.jpg"))) == 30
+
+
+def test_settings_errors_name_the_full_key(tmp_path):
+    from lsdet.data.synth import SynthSettingsError
+
+    with pytest.raises(SynthSettingsError, match=r"^data\.generate\.confused_pairs\.num_pairs: "):
+        ensure_synthetic_benchmark(mini_config(tmp_path / "s", confused_pairs={"num_pairs": 3}))
+    with pytest.raises(SynthSettingsError, match=r"^data\.generate\.num_families: must be in"):
+        ensure_synthetic_benchmark(mini_config(tmp_path / "s", num_families=9))
+    with pytest.raises(SynthSettingsError, match=r"^data\.generate\.noise_std: expected a number"):
+        ensure_synthetic_benchmark(mini_config(tmp_path / "s", noise_std="loud"))
+    assert not (tmp_path / "s").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,12 +46,18 @@ Everything is drawn from ``seed``; the same settings give the same bytes. Files 
                                                     every file written
 
 The generator writes only into a folder that is missing, empty, or that it wrote itself (its
-``manifest.json``); anything else is refused with an error and left as it was. When it
-regenerates its own folder (settings or generator version changed, a file missing) it removes
-only the files its manifest lists: files anyone else put there stay.
+``manifest.json``); anything else is refused with an error and left as it was. Every setting
+is checked before anything is written (an error names its full key, e.g.
+``generate.confused_pairs.num_pairs``). A generation is written into a sibling staging folder
+(``.<root name>.generating-<pid>``) and moved into place only when complete; only then are the
+files its old manifest lists replaced or removed: files anyone else put there stay, and a
+failed run leaves the old benchmark as it was.
 
 Run ``python -m lsdet.data.synth [key=value ...]`` (keys of the ``generate`` block of
-``conf/data/synth.yaml``, plus ``root`` and ``image_size``).
+``conf/data/synth.yaml``, plus ``root`` and ``image_size``); it regenerates a folder it
+generated with other settings. A training or analysis whose data config's settings differ
+from the folder's manifest stops with an error naming the differing settings, and
+regenerates only with ``data.regenerate=true``.
 
 The modules, in the order the generator uses them: ``settings`` (the settings, their hash,
 file names), ``taxonomy`` (the class tree, confused pairs, images per leaf), ``scenes``
@@ -62,10 +68,12 @@ file names), ``taxonomy`` (the class tree, confused pairs, images per leaf), ``s
 
 from lsdet.data.synth.folder import NotAGeneratedFolderError, planned_files, read_own_manifest
 from lsdet.data.synth.generate import (
+    GeneratedWithOtherSettingsError,
     ensure_synthetic_benchmark,
     generate_synthetic_benchmark,
     main,
     settings_from_data_config,
+    validate_settings,
 )
 from lsdet.data.synth.scenes import SceneObject
 from lsdet.data.synth.settings import (
@@ -87,6 +95,7 @@ from lsdet.data.synth.settings import (
     ConfusedPairs,
     LabelNoise,
     SynthSettings,
+    SynthSettingsError,
     image_ids,
     split_files,
 )
@@ -103,6 +112,7 @@ __all__ = [
     "CLASS_DESCRIPTIONS_CSV",
     "CONFUSED_PAIR",
     "FAMILIES",
+    "GeneratedWithOtherSettingsError",
     "GENERATOR_NAME",
     "GENERATOR_VERSION",
     "HIERARCHY_JSON",
@@ -119,6 +129,7 @@ __all__ = [
     "NotAGeneratedFolderError",
     "SceneObject",
     "SynthSettings",
+    "SynthSettingsError",
     "Taxonomy",
     "both_probability_for_rate",
     "build_taxonomy",
@@ -132,4 +143,5 @@ __all__ = [
     "settings_from_data_config",
     "split_files",
     "target_image_counts",
+    "validate_settings",
 ]

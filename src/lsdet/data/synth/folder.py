@@ -1,11 +1,14 @@
 """Folder safety and the manifest: the generator writes only into a folder that is missing,
-empty, or that it wrote itself (its manifest.json lists every file it wrote), and removes
-only those files when it regenerates."""
+empty, or that it wrote itself (its manifest.json lists every file it wrote). A generation is
+written into a sibling staging folder and moved into place only when complete; only then are
+the files of the old manifest replaced or removed, so a failed run leaves the old files as
+they were."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,10 +103,10 @@ def _refusal(root: Path, reason: str) -> NotAGeneratedFolderError:
     )
 
 
-def _claim_folder(root: Path, settings: SynthSettings) -> list[str]:
-    """Makes ``root`` ready for writing ``settings``' files, or raises
-    :class:`NotAGeneratedFolderError` without touching anything. In a folder the generator
-    wrote, only the files its manifest lists are removed; returns the files to write."""
+def _check_folder(root: Path, settings: SynthSettings) -> tuple[list[str], set[str]]:
+    """Whether the generator may write ``settings``' files into ``root``: raises
+    :class:`NotAGeneratedFolderError` if not, and touches nothing either way. Returns the
+    files to write and the files the folder's own manifest lists (to be replaced)."""
     if root.exists() and not root.is_dir():
         raise _refusal(root, "it is a file, not a folder")
     planned = planned_files(settings)
@@ -113,8 +116,7 @@ def _claim_folder(root: Path, settings: SynthSettings) -> list[str]:
             raise _refusal(
                 root, f"it is not empty and holds no {MANIFEST_JSON} written by the generator"
             )
-        root.mkdir(parents=True, exist_ok=True)
-        return planned
+        return planned, set()
     own = {rel for rel in _files_of_manifest(manifest) if _inside(root, rel)}
     foreign = [
         rel
@@ -127,11 +129,51 @@ def _claim_folder(root: Path, settings: SynthSettings) -> list[str]:
             f"{len(foreign)} file(s) it would write exist but are not listed in its "
             f"{MANIFEST_JSON} (e.g. {root / foreign[0]})",
         )
-    for rel in sorted(own):
+    return planned, own
+
+
+def _staging_folder(root: Path) -> Path:
+    """A new, empty sibling of ``root`` to generate into (same file system, so that the
+    finished files are moved into ``root`` by renaming). A run killed while generating leaves
+    it behind; it holds only generated files and may be deleted."""
+    root = Path(os.path.abspath(root))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.generating-{os.getpid()}"
+    if staging.exists():  # left by an earlier, killed run of a process with the same pid
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _move_into_place(
+    staging: Path,
+    root: Path,
+    planned: list[str],
+    old_own: set[str],
+    manifest: Mapping[str, Any],
+) -> None:
+    """Moves the complete generation from ``staging`` into ``root``: the generated files
+    replace the files of the folder's old manifest, which are removed only now; files of
+    anyone else in ``root`` stay. A missing ``root`` is the staging folder renamed."""
+    if not root.exists():
+        shutil.move(str(staging), str(root))
+        return
+    # Until the new manifest is written, the folder's manifest lists the old and the new
+    # files, marked incomplete: a run killed during the moves leaves a folder that a later
+    # run recognises as its own and regenerates.
+    _write_manifest(
+        root,
+        {**manifest, "complete": False, "files_written": sorted(old_own | set(planned))},
+    )
+    for rel in planned:
+        destination = root / rel
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging / rel), str(destination))
+    for rel in sorted(old_own - set(planned)):
         path = root / rel
         if path.is_file() or path.is_symlink():
             path.unlink()
-    return planned
+    _write_manifest(root, manifest)
 
 
 def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:

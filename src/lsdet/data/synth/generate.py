@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,11 +16,14 @@ import numpy as np
 
 from lsdet.data.synth.folder import (
     NotAGeneratedFolderError,
-    _claim_folder,
+    _check_folder,
     _files_of_manifest,
+    _move_into_place,
+    _staging_folder,
     _write_manifest,
     read_own_manifest,
 )
+from lsdet.data.synth.scenes import _assign_leaves_to_images
 from lsdet.data.synth.settings import (
     CLASS_DESCRIPTIONS_CSV,
     GENERATOR_NAME,
@@ -26,10 +31,37 @@ from lsdet.data.synth.settings import (
     HIERARCHY_JSON,
     SPLITS,
     SynthSettings,
+    SynthSettingsError,
     split_files,
 )
-from lsdet.data.synth.splits import _write_split
-from lsdet.data.synth.taxonomy import build_taxonomy, target_image_counts
+from lsdet.data.synth.splits import _write_split, layout_rng
+from lsdet.data.synth.taxonomy import Taxonomy, build_taxonomy, target_image_counts
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratedWithOtherSettingsError(ValueError):
+    """``data.root`` holds a complete benchmark generated with other settings than the data
+    config's; it is neither used nor replaced unless ``data.regenerate=true``."""
+
+
+def validate_settings(settings: SynthSettings) -> tuple[Taxonomy, dict[str, np.ndarray]]:
+    """Checks every setting the generator will need before anything is written: builds the
+    class tree (with its confused pairs), the images per leaf, and places every split's leaves
+    in its images. Raises :class:`SynthSettingsError` naming the key; returns the class tree
+    and the images per leaf of each split."""
+    taxonomy = build_taxonomy(settings)
+    counts = target_image_counts(settings, taxonomy)
+    sizes = {"train": settings.num_train_images, "validation": settings.num_val_images}
+    for split in SPLITS:  # the same draws _write_split makes, only to find a split too small
+        _assign_leaves_to_images(
+            counts[split],
+            sizes[split],
+            settings.max_objects_per_image,
+            layout_rng(settings, split),
+            split,
+        )
+    return taxonomy, counts
 
 
 def generate_synthetic_benchmark(
@@ -38,32 +70,43 @@ def generate_synthetic_benchmark(
     """Writes the synthetic benchmark under ``root``; returns the manifest (paths, settings,
     settings hash, summary, every file written).
 
-    ``root`` must be missing, empty, or a folder the generator wrote (its manifest.json):
-    anything else raises :class:`NotAGeneratedFolderError` and nothing is changed. In its own
-    folder it removes only the files its manifest lists; files of anyone else stay. Before
-    writing it records, in the manifest, the files it is about to write (marked incomplete),
-    so an interrupted run leaves a folder that a later run recognises and regenerates."""
+    Every setting is checked first (:func:`validate_settings`, a :class:`SynthSettingsError`
+    naming the key). ``root`` must be missing, empty, or a folder the generator wrote (its
+    manifest.json): anything else raises :class:`NotAGeneratedFolderError`. The files are
+    written into a sibling staging folder and moved into ``root`` only when all are written;
+    then the files the old manifest lists are replaced or removed, and files of anyone else
+    stay. On any error before that, ``root`` is left exactly as it was."""
     if settings is None:
         settings = SynthSettings()
     elif not isinstance(settings, SynthSettings):
         settings = SynthSettings.from_mapping(settings)
     root = Path(root)
-    files_written = _claim_folder(root, settings)
-    header = {
-        "generator": GENERATOR_NAME,
-        "generator_version": GENERATOR_VERSION,
-        "settings_hash": settings.content_hash(),
-        "settings": settings.to_dict(),
-        "files_written": files_written,
-    }
-    _write_manifest(root, {**header, "complete": False})
+    taxonomy, counts = validate_settings(settings)
+    planned, old_own = _check_folder(root, settings)
     start = time.perf_counter()
-    taxonomy = build_taxonomy(settings)
-    (root / HIERARCHY_JSON).write_text(json.dumps(taxonomy.hierarchy_json(), indent=1) + "\n")
-    (root / CLASS_DESCRIPTIONS_CSV).write_text(
+    staging = _staging_folder(root)
+    try:
+        manifest = _write_benchmark(staging, settings, taxonomy, counts, planned)
+        _move_into_place(staging, root, planned, old_own, manifest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    manifest["seconds"] = round(time.perf_counter() - start, 2)
+    return manifest
+
+
+def _write_benchmark(
+    folder: Path,
+    settings: SynthSettings,
+    taxonomy: Taxonomy,
+    counts: dict[str, np.ndarray],
+    planned: list[str],
+) -> dict[str, Any]:
+    """Writes every file of the benchmark and its complete manifest into ``folder``."""
+    (folder / HIERARCHY_JSON).write_text(json.dumps(taxonomy.hierarchy_json(), indent=1) + "\n")
+    (folder / CLASS_DESCRIPTIONS_CSV).write_text(
         "".join(f"{mid},{taxonomy.names[mid]}\n" for mid in taxonomy.mids)
     )
-    counts = target_image_counts(settings, taxonomy)
     summary: dict[str, Any] = {
         "num_classes": len(taxonomy.mids),
         "num_leaves": len(taxonomy.leaves),
@@ -80,23 +123,28 @@ def generate_synthetic_benchmark(
     }
     sizes = {"train": settings.num_train_images, "validation": settings.num_val_images}
     for split in SPLITS:
-        summary[split] = _write_split(root, split, counts[split], sizes[split], settings, taxonomy)
+        summary[split] = _write_split(
+            folder, split, counts[split], sizes[split], settings, taxonomy
+        )
     manifest = {
-        **header,
+        "generator": GENERATOR_NAME,
+        "generator_version": GENERATOR_VERSION,
+        "settings_hash": settings.content_hash(),
+        "settings": settings.to_dict(),
+        "files_written": planned,
         "complete": True,
         "files": {
             "hierarchy_json": HIERARCHY_JSON,
             "class_descriptions_csv": CLASS_DESCRIPTIONS_CSV,
             **{
-                f"{split}.{key}": str(path.relative_to(root))
+                f"{split}.{key}": str(path.relative_to(folder))
                 for split in SPLITS
-                for key, path in split_files(root, split).items()
+                for key, path in split_files(folder, split).items()
             },
         },
         "summary": summary,
     }
-    _write_manifest(root, manifest)
-    manifest["seconds"] = round(time.perf_counter() - start, 2)
+    _write_manifest(folder, manifest)
     return manifest
 
 
@@ -116,13 +164,64 @@ def settings_from_data_config(data_cfg: Any) -> SynthSettings:
     return SynthSettings.from_mapping(generate)  # type: ignore[arg-type]
 
 
-def ensure_synthetic_benchmark(data_cfg: Any, *, force: bool = False) -> dict[str, Any]:
-    """Generates the benchmark under ``data_cfg.root`` unless the generator's complete
-    manifest there has the same settings hash (settings and generator version) and every file
-    it lists and the config names exists; returns the manifest with ``generated`` telling
-    whether it wrote anything. A folder the generator did not write raises
-    :class:`NotAGeneratedFolderError` (see :func:`generate_synthetic_benchmark`)."""
-    settings = settings_from_data_config(data_cfg)
+def _flat_settings(settings: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Settings as ``{full config key: value}`` (``image_size`` at the data config's top
+    level, the rest under ``generate.``); ``num_workers`` does not change the files."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "num_workers":
+            continue
+        full = f"{prefix}image_size" if key == "image_size" else f"{prefix}generate.{key}"
+        if isinstance(value, Mapping):
+            flat.update({f"{full}.{k}": v for k, v in value.items()})
+        else:
+            flat[full] = value
+    return flat
+
+
+def _settings_differences(
+    manifest: Mapping[str, Any], settings: SynthSettings, prefix: str
+) -> list[str]:
+    """``key: <folder's value> there, <config's value> in the config`` for each setting (and
+    the generator version) that differs between a folder's manifest and ``settings``."""
+    there = _flat_settings(manifest.get("settings") or {}, prefix)
+    wanted = _flat_settings(settings.to_dict(), prefix)
+    differences = [
+        f"{key}: {there.get(key, 'not set')!r} there, {wanted.get(key, 'not set')!r} in the config"
+        for key in sorted(set(there) | set(wanted))
+        if there.get(key) != wanted.get(key)
+    ]
+    if manifest.get("generator_version") != GENERATOR_VERSION:
+        differences.append(
+            f"generator version: {manifest.get('generator_version')} there, {GENERATOR_VERSION} now"
+        )
+    return differences
+
+
+def ensure_synthetic_benchmark(
+    data_cfg: Any,
+    *,
+    force: bool = False,
+    regenerate: bool | None = None,
+    key_prefix: str = "data.",
+) -> dict[str, Any]:
+    """Generates the benchmark under ``data_cfg.root`` when it is missing, incomplete (an
+    interrupted run) or lacks a file; returns the manifest with ``generated`` telling whether
+    it wrote anything.
+
+    A complete benchmark there generated with other settings (or by another generator
+    version) is a :class:`GeneratedWithOtherSettingsError` naming every differing setting,
+    and nothing is changed, unless ``regenerate`` (default: the config's ``regenerate``
+    key, false) or ``force`` is true. ``force`` regenerates even an up-to-date folder. A
+    folder the generator did not write raises :class:`NotAGeneratedFolderError` (see
+    :func:`generate_synthetic_benchmark`). Settings errors name the full key, starting
+    with ``key_prefix`` (``data.`` in a training or analysis config)."""
+    try:
+        settings = settings_from_data_config(data_cfg)
+    except SynthSettingsError as error:
+        raise error.with_prefix(key_prefix) from None
+    if regenerate is None:
+        regenerate = bool(data_cfg.get("regenerate", False))
     root = Path(str(data_cfg["root"]))
     configured = [
         data_cfg["hierarchy_json"],
@@ -134,17 +233,41 @@ def ensure_synthetic_benchmark(data_cfg: Any, *, force: bool = False) -> dict[st
         ),
     ]
     manifest = read_own_manifest(root)
+    complete = manifest is not None and manifest.get("complete") is True
+    same_settings = complete and manifest.get("settings_hash") == settings.content_hash()
     if (
         not force
-        and manifest is not None
-        and manifest.get("complete") is True
-        and manifest.get("settings_hash") == settings.content_hash()
+        and same_settings
         and all((root / rel).is_file() for rel in _files_of_manifest(manifest))
         and all(Path(str(p)).exists() for p in configured)
     ):
         manifest["generated"] = False
         return manifest
-    manifest = generate_synthetic_benchmark(root, settings)
+    if complete and not same_settings and not (regenerate or force):
+        differences = _settings_differences(manifest, settings, key_prefix)
+        raise GeneratedWithOtherSettingsError(
+            f"{root} holds a synthetic benchmark generated with other settings than the data "
+            f"config's ({'; '.join(differences)}); nothing was changed. Use it with its "
+            f"settings, choose another {key_prefix}root, or replace it with "
+            f"{key_prefix}regenerate=true"
+        )
+    if manifest is None:
+        reason = "no benchmark there yet"
+    elif not complete:
+        reason = "the benchmark there is incomplete (an interrupted generation)"
+    elif not same_settings:
+        reason = "replacing a benchmark generated with other settings: " + "; ".join(
+            _settings_differences(manifest, settings, key_prefix)
+        )
+    elif force:
+        reason = "regeneration forced"
+    else:
+        reason = "a file of the benchmark is missing"
+    logger.warning("generating the synthetic benchmark in %s (%s)", root, reason)
+    try:
+        manifest = generate_synthetic_benchmark(root, settings)
+    except SynthSettingsError as error:
+        raise error.with_prefix(key_prefix) from None
     missing = [str(p) for p in configured if not Path(str(p)).exists()]
     if missing:
         raise FileNotFoundError(
@@ -175,14 +298,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--force", action="store_true", help="regenerate even when the files are up to date"
     )
+    # Running the generator is asking for its files: a folder it generated with other
+    # settings is regenerated (after every setting is checked; the old files stay until the
+    # new ones are complete).
     args = parser.parse_args(argv)
     config_path = Path(args.config) if args.config else _default_config_path()
     if not config_path.is_file():
         parser.error(f"data config not found: {config_path}")
     cfg = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(args.overrides))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        manifest = ensure_synthetic_benchmark(cfg, force=args.force)
-    except NotAGeneratedFolderError as error:
+        manifest = ensure_synthetic_benchmark(cfg, force=args.force, regenerate=True, key_prefix="")
+    except (SynthSettingsError, NotAGeneratedFolderError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     if manifest["generated"]:
         print(f"wrote the synthetic benchmark to {cfg.root} in {manifest['seconds']} s")

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lsdet.boxes import box_iou
-from lsdet.data.synth.settings import CONFUSED_PAIR, LABEL_PROBLEMS, SynthSettings
+from lsdet.data.synth.settings import (
+    CONFUSED_PAIR,
+    LABEL_PROBLEMS,
+    SynthSettings,
+    SynthSettingsError,
+)
 from lsdet.data.synth.taxonomy import Taxonomy
 
 
@@ -37,10 +42,12 @@ def _assign_leaves_to_images(
         free = capacity - load
         available = int((free > 0).sum())
         if counts[leaf] > available:
-            raise ValueError(
+            size_key = "num_train_images" if split == "train" else "num_val_images"
+            raise SynthSettingsError(
+                (f"generate.{size_key}", "generate.max_objects_per_image"),
                 f"{split}: leaf {leaf} needs {counts[leaf]} images but only {available} have "
-                f"room; raise num_*_images or max_objects_per_image, or lower "
-                f"mean_objects_per_image"
+                f"room; raise generate.{size_key} or generate.max_objects_per_image, or lower "
+                "generate.mean_objects_per_image",
             )
         chosen = rng.choice(num_images, size=counts[leaf], replace=False, p=free / free.sum())
         load[chosen] += 1

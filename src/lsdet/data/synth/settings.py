@@ -39,6 +39,21 @@ OBJECTS_HEADER = (
 )
 
 
+class SynthSettingsError(ValueError):
+    """A generator setting that is invalid or cannot be met. The message names the setting's
+    full key in the data config (``generate.confused_pairs.num_pairs``, ``image_size``);
+    :meth:`with_prefix` puts the config group in front (``data.`` for a training run)."""
+
+    def __init__(self, keys: str | tuple[str, ...], problem: str, prefix: str = "") -> None:
+        self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        self.problem = problem
+        self.prefix = prefix
+        super().__init__(f"{', '.join(prefix + key for key in self.keys)}: {problem}")
+
+    def with_prefix(self, prefix: str) -> SynthSettingsError:
+        return SynthSettingsError(self.keys, self.problem, prefix + self.prefix)
+
+
 def split_files(root: str | Path, split: str) -> dict[str, Path]:
     """Paths of one split's files under ``root`` (the names conf/data/synth.yaml uses)."""
     root = Path(root)
@@ -54,6 +69,22 @@ def image_ids(split: str, num_images: int) -> list[str]:
     """The ImageIDs (and ``<ImageID>.jpg`` file stems) of a split of ``num_images`` images."""
     prefix = "tr" if split == "train" else "va"
     return [f"{prefix}{i:07d}" for i in range(num_images)]
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (int or float), or a :class:`SynthSettingsError` naming ``key``."""
+    if isinstance(value, bool) or (
+        kind is int and isinstance(value, float) and not value.is_integer()
+    ):
+        raise SynthSettingsError(
+            key, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SynthSettingsError(
+            key, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -80,7 +111,10 @@ class LabelNoise:
     def __post_init__(self) -> None:
         values = [getattr(self, name) for name in LABEL_PROBLEMS]
         if any(v < 0 for v in values) or sum(values) > 1:
-            raise ValueError(f"label_noise rates must be >= 0 and sum to <= 1, got {values}")
+            raise SynthSettingsError(
+                tuple(f"generate.label_noise.{name}" for name in LABEL_PROBLEMS),
+                f"the rates must be >= 0 and sum to <= 1, got {values}",
+            )
 
 
 @dataclass(frozen=True)
@@ -98,11 +132,14 @@ class ConfusedPairs:
 
     def __post_init__(self) -> None:
         if self.num_pairs < 0:
-            raise ValueError(f"confused_pairs.num_pairs must be >= 0, got {self.num_pairs}")
+            raise SynthSettingsError(
+                "generate.confused_pairs.num_pairs", f"must be >= 0, got {self.num_pairs}"
+            )
         if not 0 < self.min_rate <= self.top_rate < 1:
-            raise ValueError(
-                "confused_pairs must satisfy 0 < min_rate <= top_rate < 1, got "
-                f"min_rate={self.min_rate}, top_rate={self.top_rate}"
+            raise SynthSettingsError(
+                ("generate.confused_pairs.min_rate", "generate.confused_pairs.top_rate"),
+                "must satisfy 0 < min_rate <= top_rate < 1, got "
+                f"min_rate={self.min_rate}, top_rate={self.top_rate}",
             )
 
     def rates(self) -> np.ndarray:
@@ -145,24 +182,38 @@ class SynthSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_families <= len(FAMILIES):
-            raise ValueError(f"num_families must be in 1..{len(FAMILIES)}, got {self.num_families}")
-        if not 1 <= self.textures_per_shape <= len(TEXTURES):
-            raise ValueError(
-                f"textures_per_shape must be in 1..{len(TEXTURES)}, got {self.textures_per_shape}"
+            raise SynthSettingsError(
+                "generate.num_families", f"must be in 1..{len(FAMILIES)}, got {self.num_families}"
             )
+        if not 1 <= self.textures_per_shape <= len(TEXTURES):
+            raise SynthSettingsError(
+                "generate.textures_per_shape",
+                f"must be in 1..{len(TEXTURES)}, got {self.textures_per_shape}",
+            )
+        for key in ("shapes_per_family", "hues_per_shape", "num_train_images", "num_val_images"):
+            if getattr(self, key) < 1:
+                raise SynthSettingsError(
+                    f"generate.{key}", f"must be >= 1, got {getattr(self, key)}"
+                )
         if self.imbalance < 1:
-            raise ValueError(f"imbalance must be >= 1, got {self.imbalance}")
+            raise SynthSettingsError("generate.imbalance", f"must be >= 1, got {self.imbalance}")
         low, high = self.object_size
         if not 0 < low <= high <= 1:
-            raise ValueError(f"object_size must satisfy 0 < low <= high <= 1, got {low}, {high}")
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16 pixels, got {self.image_size}")
-        if self.val_label_noise not in VAL_LABEL_NOISE:
-            raise ValueError(
-                f"val_label_noise must be one of {VAL_LABEL_NOISE}, got {self.val_label_noise!r}"
+            raise SynthSettingsError(
+                "generate.object_size", f"must satisfy 0 < low <= high <= 1, got [{low}, {high}]"
             )
-        if self.lookalike_candidates_per_image < 0 or self.random_candidates_per_image < 0:
-            raise ValueError("lookalike/random_candidates_per_image must be >= 0")
+        if self.image_size < 16:
+            raise SynthSettingsError("image_size", f"must be >= 16 pixels, got {self.image_size}")
+        if self.val_label_noise not in VAL_LABEL_NOISE:
+            raise SynthSettingsError(
+                "generate.val_label_noise",
+                f"must be one of {VAL_LABEL_NOISE}, got {self.val_label_noise!r}",
+            )
+        for key in ("lookalike_candidates_per_image", "random_candidates_per_image"):
+            if getattr(self, key) < 0:
+                raise SynthSettingsError(
+                    f"generate.{key}", f"must be >= 0, got {getattr(self, key)}"
+                )
 
     @property
     def num_leaves(self) -> int:
@@ -181,27 +232,50 @@ class SynthSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
-                f"unknown synthetic-benchmark settings {unknown}; known: {sorted(known)}"
+            raise SynthSettingsError(
+                tuple(f"generate.{key}" for key in unknown),
+                f"unknown synthetic-benchmark setting; known: {sorted(known)}",
             )
         if "label_noise" in values:
             noise = dict(values["label_noise"] or {})
             bad = sorted(set(noise) - set(LABEL_PROBLEMS))
             if bad:
-                raise ValueError(f"unknown label_noise keys {bad}; known: {list(LABEL_PROBLEMS)}")
-            values["label_noise"] = LabelNoise(**{k: float(v) for k, v in noise.items()})
+                raise SynthSettingsError(
+                    tuple(f"generate.label_noise.{key}" for key in bad),
+                    f"unknown label_noise key; known: {list(LABEL_PROBLEMS)}",
+                )
+            values["label_noise"] = LabelNoise(
+                **{k: _number(f"generate.label_noise.{k}", v, float) for k, v in noise.items()}
+            )
         if "confused_pairs" in values:
             pairs = dict(values["confused_pairs"] or {})
             known_pairs = [f.name for f in fields(ConfusedPairs)]
             bad = sorted(set(pairs) - set(known_pairs))
             if bad:
-                raise ValueError(f"unknown confused_pairs keys {bad}; known: {known_pairs}")
+                raise SynthSettingsError(
+                    tuple(f"generate.confused_pairs.{key}" for key in bad),
+                    f"unknown confused_pairs key; known: {known_pairs}",
+                )
             values["confused_pairs"] = ConfusedPairs(
-                **{k: (int(v) if k == "num_pairs" else float(v)) for k, v in pairs.items()}
+                **{
+                    k: _number(
+                        f"generate.confused_pairs.{k}", v, int if k == "num_pairs" else float
+                    )
+                    for k, v in pairs.items()
+                }
             )
         for key in ("object_size", "group_of_instances", "clutter_per_image"):
             if key in values:
-                values[key] = tuple(values[key])
+                pair = values[key]
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise SynthSettingsError(
+                        f"generate.{key}", f"expected [min, max], got {pair!r}"
+                    )
+                values[key] = tuple(pair)
+        for f in fields(cls):
+            if f.name in values and f.type in ("int", "float"):
+                key = "image_size" if f.name == "image_size" else f"generate.{f.name}"
+                values[f.name] = _number(key, values[f.name], int if f.type == "int" else float)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

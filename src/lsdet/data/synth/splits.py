@@ -52,6 +52,11 @@ def _fmt(value: float) -> str:
     return f"{value:.6f}"
 
 
+def layout_rng(settings: SynthSettings, split: str) -> np.random.Generator:
+    """The random stream that places a split's leaves in its images."""
+    return np.random.default_rng([settings.seed, SPLITS.index(split), 1])
+
+
 def _write_split(
     root: Path,
     split: str,
@@ -64,9 +69,8 @@ def _write_split(
     split_code = SPLITS.index(split)
     files = split_files(root, split)
     files["image_dir"].mkdir(parents=True, exist_ok=True)
-    layout_rng = np.random.default_rng([s.seed, split_code, 1])
     per_image = _assign_leaves_to_images(
-        counts, num_images, s.max_objects_per_image, layout_rng, split
+        counts, num_images, s.max_objects_per_image, layout_rng(s, split), split
     )
     ids = image_ids(split, num_images)
     scenes: list[list[SceneObject]] = []

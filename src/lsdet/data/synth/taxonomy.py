@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from lsdet.data.synth.settings import FAMILIES, ROOT_MID, TEXTURES, LabelNoise, SynthSettings
+from lsdet.data.synth.settings import (
+    FAMILIES,
+    ROOT_MID,
+    TEXTURES,
+    LabelNoise,
+    SynthSettings,
+    SynthSettingsError,
+)
 
 
 @dataclass
@@ -162,9 +169,12 @@ def build_taxonomy(settings: SynthSettings) -> Taxonomy:
     for rate in s.confused_pairs.rates():
         eligible = [k for k in free if baseline[k] < rate]
         if not eligible:
-            raise ValueError(
-                f"confused_pairs: no sibling pair left whose rate without the confusion is "
-                f"below {rate:.3f}; lower confused_pairs.num_pairs or raise its min_rate"
+            raise SynthSettingsError(
+                "generate.confused_pairs.num_pairs",
+                f"{s.confused_pairs.num_pairs} pairs cannot be placed: no sibling pair left whose "
+                f"rate without the confusion is below {rate:.3f} ({len(pairs)} sibling pairs in "
+                "all); lower generate.confused_pairs.num_pairs or raise "
+                "generate.confused_pairs.min_rate",
             )
         k = eligible[rng.integers(len(eligible))]
         free.remove(k)
@@ -251,9 +261,11 @@ def target_image_counts(settings: SynthSettings, taxonomy: Taxonomy) -> dict[str
     n_min = max(1, round(min(total / shape.sum(), s.num_train_images) / s.imbalance))
     n_max = n_min * s.imbalance
     if n_max > s.num_train_images:
-        raise ValueError(
+        raise SynthSettingsError(
+            ("generate.imbalance", "generate.num_train_images"),
             f"imbalance {s.imbalance} needs {n_max:.0f} training images for the largest class "
-            f"(smallest has {n_min}); raise num_train_images or lower imbalance"
+            f"(smallest has {n_min}); raise generate.num_train_images or lower "
+            "generate.imbalance",
         )
     train = np.maximum(n_min, np.round(n_max * shape)).astype(np.int64)
     scale = s.num_val_images / s.num_train_images
