@@ -138,14 +138,16 @@ RESUME_MUST_MATCH = (
 )
 # Data settings that do not change what is trained: where the files are (the training data
 # and the class list are compared by content instead, so data staged to another disk
-# resumes), the cache, how bad rows are handled (the index records what it skipped), and the
-# validation split.
+# resumes), the cache, how bad rows are handled (the index records what it skipped), the
+# validation split, and whether a benchmark made with other settings may be regenerated
+# (the generator settings themselves must match).
 RESUME_MAY_CHANGE = (
     "data.root",
     "data.hierarchy_json",
     "data.class_descriptions_csv",
     "data.cache_dir",
     "data.strict",
+    "data.regenerate",
     "data.val",
     "data.train",
 )
