@@ -5,21 +5,28 @@
 
 Writes to the results folder: evaluations.csv (one line per row, validation variant, seed and
 evaluation), all_runs.csv (the final evaluation of each), <table>_<variant>.csv and
-tables.md (mean ± std over seeds, the paired difference to the table's baseline, whether it is
-above seed noise, the paper's number and direction, convergence), claims_<variant>.csv and
-claims.md (each claim of sweeps.yaml: the paired difference of its two runs, the same noise
-rule, the paper's difference and whether the result agrees), convergence.csv and
-convergence.png, Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt.
+tables.md (mean ± std over seeds, the paired difference to the table's baseline and its
+verdict, the paper's number and direction, convergence), claims_<variant>.csv and claims.md
+(each claim of sweeps.yaml: mean Δ, sd, n, t, df, p, the TOST result, the verdict, the
+paper's Δ, the seeds for the stated power, and whether the claim is pre-registered or post
+hoc), pooled_claims_<variant>.csv (contrasts over several settings: all pairs and the block
+model), diagnosis_<variant>.csv, diagnosis.md and diagnosis_<variant>.png (per-class AP
+differences by class group, experiments/diagnosis.py), convergence.csv and convergence.png,
+Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt.
 
-Seed noise: a row differs from the baseline "above seed noise" when the mean of the per-seed
-paired differences is more than two standard errors from 0: |mean d| > 2 sd(d) / sqrt(n)
-(n seeds both rows have, n >= 2). Convergence: a run has plateaued when it has at least 4
-evaluations and its last two differ by at most 1.0 mAP point.
+The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
+two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
+margin; "reproduces" / "opposite" when significant with / against the claimed direction, "no
+difference" when equivalent, "cannot tell" otherwise. Table rows get the same test against
+their baseline ("higher" / "lower" / "equivalent" / "cannot tell"). Convergence: a run has
+plateaued when it has at least 4 evaluations and its last two differ by at most 1.0 mAP
+point.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -34,11 +41,16 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import claim_statistics as cs  # noqa: E402
+import diagnosis  # noqa: E402
+
 METRICS = ["map", "map_rare", "map_common", "map_frequent"]
-NOISE_STANDARD_ERRORS = 2.0  # |mean paired difference| above this many standard errors
 PLATEAU_MIN_EVALUATIONS = 4
 PLATEAU_MAX_LAST_DIFF = 1.0  # mAP points between the last two evaluations
-RUN_COLUMNS = ["run", "validation", "seed", "kind", *METRICS, "per_class_csv", "history"]
+RUN_COLUMNS = [
+    "run", "validation", "seed", "kind", *METRICS, "started_at", "per_class_csv", "history",
+]  # fmt: skip
 EVAL_COLUMNS = [
     "row", "validation", "seed", "kind", "phase", "epoch", "epoch_total", "iteration", *METRICS,
 ]  # fmt: skip
@@ -55,6 +67,7 @@ def read_result(result_dir: Path) -> dict | None:
         return None
     record = json.loads(marker.read_text())
     out = {"run": record["row"], "validation": record["validation"], "seed": record["seed"]}
+    out["started_at"] = started_at(record)
     if record["kind"] == "train":
         summary = json.loads((result_dir / "summary.json").read_text())
         if summary.get("status") != "finished":
@@ -92,6 +105,19 @@ def read_result(result_dir: Path) -> dict | None:
     row["per_class_csv"] = str(result_dir / "per_class.csv")
     row["history"] = []
     return row
+
+
+def started_at(record: dict) -> str | None:
+    """When a result's task started (ISO time): the runner's `started_at`, else (results of
+    runners that did not record it) `collected_at` minus `wall_seconds`; None when neither is
+    known."""
+    if record.get("started_at"):
+        return record["started_at"]
+    if record.get("collected_at") and record.get("wall_seconds") is not None:
+        collected = datetime.datetime.fromisoformat(record["collected_at"])
+        start = collected - datetime.timedelta(seconds=float(record["wall_seconds"]))
+        return start.isoformat(timespec="seconds")
+    return None
 
 
 def collect_results(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -166,17 +192,35 @@ def evaluations_table(runs: pd.DataFrame, sweeps: dict) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- statistics
-def noise_verdict(diffs: np.ndarray) -> str:
-    """ "higher" / "lower" when the mean paired difference is more than
-    NOISE_STANDARD_ERRORS standard errors (sd / sqrt(n)) from 0, "within seed noise"
-    otherwise, "n/a" with fewer than 2 paired seeds."""
-    diffs = np.asarray(diffs, dtype=float)
-    if len(diffs) < 2:
+def statistics_settings(sweeps: dict) -> dict:
+    """alpha, equivalence_margin (mAP points) and power of sweeps.yaml's `statistics:`
+    block (a clear error naming the key when one is missing or out of range)."""
+    spec = sweeps.get("statistics")
+    if not isinstance(spec, dict):
+        raise ValueError("sweeps.yaml: no `statistics:` block (alpha, equivalence_margin, power)")
+    out = {}
+    for key in ("alpha", "equivalence_margin", "power"):
+        if key not in spec:
+            raise ValueError(f"sweeps.yaml: statistics.{key} is missing")
+        out[key] = float(spec[key])
+    if not 0 < out["alpha"] < 1 or not 0 < out["power"] < 1 or out["equivalence_margin"] <= 0:
+        raise ValueError(
+            f"sweeps.yaml: statistics needs 0 < alpha < 1, 0 < power < 1 and "
+            f"equivalence_margin > 0, got {spec}"
+        )
+    return out
+
+
+def difference_verdict(diffs: np.ndarray, settings: dict) -> str:
+    """A table row against its baseline by the verdict rule: "higher" / "lower" when the
+    paired two-sided t-test is significant at alpha, else "equivalent" when the TOST at the
+    margin passes, else "cannot tell"; "n/a" with fewer than 2 paired seeds."""
+    test = cs.paired_test(diffs, settings["equivalence_margin"], settings["alpha"])
+    if test.n < 2 or np.isnan(test.p):
         return "n/a"
-    mean, standard_error = diffs.mean(), diffs.std(ddof=1) / np.sqrt(len(diffs))
-    if abs(mean) > NOISE_STANDARD_ERRORS * standard_error:
-        return "higher" if mean > 0 else "lower"
-    return "within seed noise"
+    if test.p < settings["alpha"]:
+        return "higher" if test.mean > 0 else "lower"
+    return "equivalent" if test.equivalent else "cannot tell"
 
 
 def paper_direction(
@@ -190,12 +234,13 @@ def paper_direction(
 
 
 def agreement(verdict: str, direction: str) -> str:
-    """Whether a row's verdict agrees with the paper's direction."""
+    """A table row's verdict in the words of the claims: "reproduces" (significant in the
+    paper's direction), "opposite", "no difference" (equivalent) or "cannot tell"."""
     if not direction or verdict == "n/a":
         return ""
-    if verdict == "within seed noise":
-        return "cannot tell (within seed noise)"
-    return "same direction as the paper" if verdict == direction else "opposite to the paper"
+    if verdict in ("higher", "lower"):
+        return "reproduces" if verdict == direction else "opposite"
+    return "no difference" if verdict == "equivalent" else "cannot tell"
 
 
 def convergence(history: list[dict]) -> tuple[int, float, bool]:
@@ -253,11 +298,82 @@ def difference_statistics(diff: pd.Series) -> dict:
     }
 
 
-def summarize_claims(runs: pd.DataFrame, claims: list[dict], variant: str) -> pd.DataFrame:
+def registration_time(registered: str | None) -> datetime.datetime | None:
+    """A claim's `registered` (ISO date or time); a date alone counts as the end of that day
+    (a result started on the registration day may have been seen)."""
+    if registered is None:
+        return None
+    text = str(registered)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError as error:
+        raise ValueError(f"sweeps.yaml: registered {text!r} is not an ISO date or time") from error
+    if len(text) == 10:  # YYYY-MM-DD
+        moment = moment.replace(hour=23, minute=59, second=59)
+    return moment
+
+
+def claim_results(runs: pd.DataFrame, sweeps: dict, row_ids: list[str]) -> pd.DataFrame:
+    """Every result a claim judges: the results of its rows (any validation variant) and of
+    the training runs whose checkpoints they score."""
+    judged = set(row_ids) | {source_run(sweeps, r) for r in row_ids}
+    return runs[runs["run"].isin(judged)]
+
+
+def registration_status(registered: str | None, starts: list[str | None]) -> tuple[str, str]:
+    """("pre-registered" | "post hoc" | "unknown" | "not registered", earliest start) of a
+    claim: post hoc when any result it judges started before the claim was registered."""
+    moment = registration_time(registered)
+    known = sorted(datetime.datetime.fromisoformat(t) for t in starts if isinstance(t, str))
+    earliest = known[0].isoformat(timespec="minutes") if known else ""
+    if moment is None:
+        return "not registered", earliest
+    if known and known[0] < moment:
+        return "post hoc", earliest
+    if len(known) < len(starts) or not starts:
+        return "unknown", earliest
+    return "pre-registered", earliest
+
+
+def _test_columns(test: cs.TTest, prefix: str = "") -> dict:
+    return {
+        f"{prefix}delta_mean": test.mean,
+        f"{prefix}delta_std": test.sd,
+        f"{prefix}delta_seeds": test.n,
+        f"{prefix}t": test.t,
+        f"{prefix}df": test.df,
+        f"{prefix}p": test.p,
+        f"{prefix}tost_p": test.tost_p,
+        f"{prefix}equivalent": test.equivalent,
+    }
+
+
+def _claim_direction(claim: dict) -> tuple[float, str]:
+    """(the paper's Δ or nan, the claimed direction) of a claim of sweeps.yaml."""
+    paper, paper_against = claim.get("paper") or (None, None)
+    direction = paper_direction(paper, paper_against, claim.get("expected"))
+    if direction not in ("higher", "lower"):
+        raise ValueError(
+            f"sweeps.yaml: claim {claim.get('claim')!r} needs `paper: [run, against]` with two "
+            "different numbers or `expected: higher | lower`"
+        )
+    return (paper - paper_against if paper is not None else np.nan), direction
+
+
+def _seeds_needed(paper_delta: float, sd: float, settings: dict) -> float:
+    effect = paper_delta if not pd.isna(paper_delta) else settings["equivalence_margin"]
+    n = cs.seeds_for_power(effect, sd, settings["power"], settings["alpha"])
+    return np.nan if n is None else n
+
+
+def summarize_claims(
+    runs: pd.DataFrame, claims: list[dict], variant: str, settings: dict, sweeps: dict
+) -> pd.DataFrame:
     """One line per claim of sweeps.yaml on one validation variant: the paired per-seed
-    difference of `run` minus `against` on `metric` (default map), the noise verdict, the
-    paper's difference (from its two numbers, else its `expected` direction) and whether the
-    result agrees with it."""
+    difference of `run` minus `against` on `metric` (default map): mean, sd, n, t, df, p, the
+    TOST p and result at the margin, the verdict, the paper's Δ and direction, the seeds for
+    the stated power at the measured sd (for the paper's Δ, else the margin), and whether the
+    claim was registered before every result it judges started."""
     out = []
     for claim in claims:
         metric = claim.get("metric", "map")
@@ -265,24 +381,86 @@ def summarize_claims(runs: pd.DataFrame, claims: list[dict], variant: str) -> pd
             seed_results(runs, claim["run"], variant)[metric],
             seed_results(runs, claim["against"], variant)[metric],
         )
-        paper, paper_against = claim.get("paper") or (None, None)
+        paper_delta, direction = _claim_direction(claim)
+        test = cs.paired_test(diff.to_numpy(), settings["equivalence_margin"], settings["alpha"])
         record = {"claim": claim["claim"], "run": claim["run"], "against": claim["against"]}
         record.update({"metric": metric, "validation": variant})
-        record.update(difference_statistics(diff))
-        record["verdict"] = noise_verdict(diff.to_numpy())
-        record["paper_delta"] = paper - paper_against if paper is not None else np.nan
-        record["paper_direction"] = paper_direction(paper, paper_against, claim.get("expected"))
-        record["agreement"] = agreement(record["verdict"], record["paper_direction"])
+        record.update(_test_columns(test))
+        record["verdict"] = cs.verdict(test, direction, settings["alpha"])
+        record["paper_delta"] = paper_delta
+        record["paper_direction"] = direction
+        record["seeds_for_power"] = _seeds_needed(paper_delta, test.sd, settings)
+        judged = claim_results(runs, sweeps, [claim["run"], claim["against"]])
+        status, earliest = registration_status(claim.get("registered"), list(judged["started_at"]))
+        record.update(
+            {"registered": claim.get("registered") or "", "first_result_started": earliest}
+        )
+        record["registration"] = status
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def summarize_pooled_claims(
+    runs: pd.DataFrame, claims: list[dict], variant: str, settings: dict, sweeps: dict
+) -> pd.DataFrame:
+    """One line per pooled claim (a contrast measured under several settings): (a) the paired
+    t-test and TOST over all seed pairs, (b) the block model's common-effect test (the setting
+    as a block, df = pairs - settings), each with its verdict, the seeds (pairs) for the
+    stated power at its sd, and the registration status."""
+    out = []
+    for claim in claims:
+        metric = claim.get("metric", "map")
+        by_setting = []
+        for run_id, against in claim["pairs"]:
+            diff = paired_differences(
+                seed_results(runs, run_id, variant)[metric],
+                seed_results(runs, against, variant)[metric],
+            )
+            by_setting.append(diff.to_numpy())
+        if "paper_delta" in claim:  # the paper's effect in one of the settings (power only)
+            paper_delta = float(claim["paper_delta"])
+            direction = "higher" if paper_delta > 0 else "lower"
+        else:
+            paper_delta, direction = _claim_direction(claim)
+        margin, alpha = settings["equivalence_margin"], settings["alpha"]
+        all_pairs = cs.paired_test(np.concatenate(by_setting), margin, alpha)
+        block = cs.block_test(by_setting, margin, alpha)
+        record = {"claim": claim["claim"], "metric": metric, "validation": variant}
+        record["pairs"] = "; ".join(f"{r} - {a}" for r, a in claim["pairs"])
+        record["settings"] = sum(len(d) > 0 for d in by_setting)
+        record["setting_means"] = "; ".join(
+            f"{d.mean():+.2f}" if len(d) else "n/a" for d in by_setting
+        )
+        record.update(_test_columns(all_pairs))
+        record["verdict"] = cs.verdict(all_pairs, direction, alpha)
+        record.update(_test_columns(block, "block_"))
+        record["block_verdict"] = cs.verdict(block, direction, alpha)
+        record["paper_delta"] = paper_delta
+        record["paper_direction"] = direction
+        record["seeds_for_power"] = _seeds_needed(paper_delta, all_pairs.sd, settings)
+        record["block_seeds_for_power"] = _seeds_needed(paper_delta, block.sd, settings)
+        row_ids = [r for pair in claim["pairs"] for r in pair]
+        judged = claim_results(runs, sweeps, row_ids)
+        status, earliest = registration_status(claim.get("registered"), list(judged["started_at"]))
+        record.update(
+            {"registered": claim.get("registered") or "", "first_result_started": earliest}
+        )
+        record["registration"] = status
         out.append(record)
     return pd.DataFrame(out)
 
 
 def summarize_table(
-    runs: pd.DataFrame, table: dict, variant: str, converged: pd.DataFrame, sweeps: dict
+    runs: pd.DataFrame,
+    table: dict,
+    variant: str,
+    converged: pd.DataFrame,
+    sweeps: dict,
+    settings: dict,
 ) -> pd.DataFrame:
     """One line per table row on one validation variant: mean and sample std (ddof 1) over
     seeds of every metric (%), the paired difference to the baseline (mean, std, standard
-    error, seeds), the noise verdict, the paper's number, direction and the agreement, and the
+    error, seeds, t, df, p, TOST p), difference_verdict's verdict, the paper's number, direction and the agreement, and the
     convergence of the training runs behind the row (all seeds)."""
     baseline = seed_results(runs, table["baseline"], variant)["map"]
     baseline_paper = next(
@@ -300,7 +478,11 @@ def summarize_table(
         diff = paired_differences(sel["map"], baseline)
         record.update(difference_statistics(diff))
         is_baseline = row["run"] == table["baseline"]
-        record["verdict"] = "baseline" if is_baseline else noise_verdict(diff.to_numpy())
+        test = cs.paired_test(diff.to_numpy(), settings["equivalence_margin"], settings["alpha"])
+        record["t"], record["df"], record["p"] = test.t, test.df, test.p
+        record["tost_p"] = test.tost_p
+        verdict = difference_verdict(diff.to_numpy(), settings)
+        record["verdict"] = "baseline" if is_baseline else verdict
         record["paper_map"] = row.get("paper")
         record["paper_direction"] = (
             ""
@@ -319,22 +501,88 @@ def summarize_table(
 
 
 # --------------------------------------------------------------------------- markdown
-def markdown_claims(summary: pd.DataFrame, variant: str) -> str:
+def _num(value: float, digits: int = 2, sign: bool = False) -> str:
+    if pd.isna(value):
+        return "n/a"
+    if np.isinf(value):
+        return "+inf" if value > 0 else "-inf"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _p(value: float) -> str:
+    return "n/a" if pd.isna(value) else (f"{value:.3f}" if value >= 0.001 else "<0.001")
+
+
+def _tost(r: pd.Series, prefix: str = "") -> str:
+    p = r[f"{prefix}tost_p"]
+    if pd.isna(p):
+        return "n/a"
+    return f"{'equivalent' if r[f'{prefix}equivalent'] else 'not equivalent'} (p {_p(p)})"
+
+
+def _seeds(value: float) -> str:
+    return "n/a" if pd.isna(value) else str(int(value))
+
+
+def markdown_claims(summary: pd.DataFrame, variant: str, settings: dict) -> str:
+    """The claims of one validation variant as markdown, with the rule's settings."""
     lines = [
-        f"**The paper's claims**, validation labels {variant} (Δ = paired per-seed difference "
-        "of the claim's run minus the run it is compared with, in points, mean ± std over "
-        "seeds)",
+        f"**The paper's claims**, validation labels {variant}. Δ = paired per-seed difference "
+        "of the claim's run minus the run it is compared with (mAP points, mean ± sd over "
+        f"seeds); paired two-sided t-test at {settings['alpha']:g}; TOST at "
+        f"±{settings['equivalence_margin']:g} points; seeds for {settings['power']:.0%} power "
+        "at the measured sd for the paper's Δ (else the margin).",
         "",
-        "| claim | metric | seeds | Δ | vs seed noise | paper Δ | paper says | agrees |",
-        "|---|---|---|---|---|---|---|---|",
+        "| claim | metric | n | Δ | t (df) | p | TOST | verdict | paper Δ | seeds for power | "
+        "registered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in summary.iterrows():
-        paper_delta = "" if pd.isna(r["paper_delta"]) else f"{r['paper_delta']:+.2f}"
+        paper = (
+            _num(r["paper_delta"], sign=True)
+            if not pd.isna(r["paper_delta"])
+            else (r["paper_direction"])
+        )
+        registered = f"{r['registration']} ({r['registered']}"
+        if r["first_result_started"]:
+            registered += f"; first result started {r['first_result_started']}"
         lines.append(
             f"| {r['claim']} | {r['metric']} | {r['delta_seeds']} | "
-            f"{_pm(r['delta_mean'], r['delta_std'], 2)} | {r['verdict']} | {paper_delta} | "
-            f"{r['paper_direction']} | {r['agreement']} |"
+            f"{_pm(r['delta_mean'], r['delta_std'], 2)} | {_num(r['t'])} ({r['df']}) | "
+            f"{_p(r['p'])} | {_tost(r)} | **{r['verdict']}** | {paper} | "
+            f"{_seeds(r['seeds_for_power'])} | {registered}) |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_pooled_claims(summary: pd.DataFrame, variant: str, settings: dict) -> str:
+    """The pooled claims of one validation variant: all pairs, and the block model."""
+    lines = [
+        f"**Pooled contrasts**, validation labels {variant}: (a) paired t-test over all seed "
+        "pairs (df = pairs - 1); (b) block model Δ = μ + b_setting + e, common effect: t = "
+        "mean / (sd_within / √pairs), df = pairs - settings.",
+        "",
+        "| claim | test | settings (mean Δ each) | pairs | Δ ± sd | t (df) | p | TOST | "
+        "verdict | seeds for power | registered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in summary.iterrows():
+        registered = f"{r['registration']} ({r['registered']}"
+        if r["first_result_started"]:
+            registered += f"; first result started {r['first_result_started']}"
+        registered += ")"
+        for name, prefix, verdict in [
+            ("all pairs", "", "verdict"),
+            ("block model", "block_", "block_verdict"),
+        ]:
+            lines.append(
+                f"| {r['claim']} | {name} | {r['settings']} ({r['setting_means']}) | "
+                f"{r[prefix + 'delta_seeds']} | "
+                f"{_pm(r[prefix + 'delta_mean'], r[prefix + 'delta_std'], 2)} | "
+                f"{_num(r[prefix + 't'])} ({r[prefix + 'df']}) | {_p(r[prefix + 'p'])} | "
+                f"{_tost(r, prefix)} | **{r[verdict]}** | "
+                f"{_seeds(r[prefix + 'seeds_for_power'])} | {registered} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -351,11 +599,12 @@ def markdown_table(summary: pd.DataFrame, table: dict, variant: str) -> str:
     baseline_label = next(r["label"] for r in table["rows"] if r["run"] == table["baseline"])
     lines = [
         f"**{table['title']}**, validation labels {variant} (mAP in %, mean ± std over seeds; "
-        f"Δ = paired difference to '{baseline_label}', mean ± std over seeds)",
+        f"Δ = paired difference to '{baseline_label}', mean ± std over seeds; p of the paired "
+        "two-sided t-test; vs baseline by the verdict rule of claims.md)",
         "",
-        "| row | seeds | mAP | Δ mAP | vs seed noise | rare | common | frequent | paper | "
+        "| row | seeds | mAP | Δ mAP | p | vs baseline | rare | common | frequent | paper | "
         "paper says | agrees | plateau (last-two diff) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in summary.iterrows():
         is_baseline = r["verdict"] == "baseline"
@@ -366,7 +615,7 @@ def markdown_table(summary: pd.DataFrame, table: dict, variant: str) -> str:
             plateau += f" (≤ {r['last_two_diff_max']:.2f})"
         lines.append(
             f"| {r['row']} | {r['seeds']} | {_pm(r['map_mean'], r['map_std'])} | {delta} | "
-            f"{'' if is_baseline else r['verdict']} | "
+            f"{'' if is_baseline else _p(r['p'])} | {'' if is_baseline else r['verdict']} | "
             f"{_pm(r['map_rare_mean'], r['map_rare_std'])} | "
             f"{_pm(r['map_common_mean'], r['map_common_std'])} | "
             f"{_pm(r['map_frequent_mean'], r['map_frequent_std'])} | {paper} | "
@@ -571,10 +820,46 @@ def expected_results(sweeps: dict) -> set[tuple[str, str, int]]:
     }
 
 
+def diagnosis_outputs(
+    runs: pd.DataFrame, sweeps: dict, results_dir: Path, variant: str
+) -> tuple[str, pd.DataFrame]:
+    """The per-class diagnosis of every pair of sweeps.yaml's `diagnosis:` block on one
+    validation variant: markdown, and the long table (pair, grouping, group, seed, classes,
+    delta); writes diagnosis_<variant>.png."""
+    spec = sweeps["diagnosis"]
+    groups_csv = results_dir / spec.get("class_groups", diagnosis.CLASS_GROUPS_CSV)
+    if not groups_csv.is_file():
+        raise SystemExit(
+            f"{groups_csv} not found (sweeps.yaml `diagnosis:`): make it with "
+            f"python experiments/diagnosis.py --results {results_dir}"
+        )
+    groups = diagnosis.read_class_groups(groups_csv)
+    texts, tables, by_pair = [], [], {}
+    for pair in spec["pairs"]:
+        per_seed = {}
+        run_results = seed_results(runs, pair["run"], variant)
+        against_results = seed_results(runs, pair["against"], variant)
+        for seed in sorted(run_results.index.intersection(against_results.index)):
+            per_seed[int(seed)] = (
+                pd.read_csv(run_results.at[seed, "per_class_csv"]),
+                pd.read_csv(against_results.at[seed, "per_class_csv"]),
+            )
+        diffs = diagnosis.group_differences(per_seed, groups)
+        if diffs.empty:
+            continue
+        by_pair[pair["label"]] = diffs
+        texts.append(diagnosis.markdown_diagnosis(diffs, pair["label"], variant))
+        tables.append(diffs.assign(pair=pair["label"], run=pair["run"], against=pair["against"]))
+    diagnosis.plot_diagnosis(by_pair, variant, results_dir / f"diagnosis_{variant}.png")
+    table = pd.concat(tables) if tables else pd.DataFrame()
+    return "\n".join(texts), table
+
+
 def aggregate(results_dir: Path, sweeps: dict) -> str:
     """Writes every output of the module docstring into results_dir; returns the markdown of
     the tables and the note of what is missing."""
     results_dir = Path(results_dir)
+    settings = statistics_settings(sweeps)
     runs, incomplete = collect_results(results_dir)
     runs = align_buckets(runs, sweeps)
     evaluations = evaluations_table(runs, sweeps)
@@ -589,15 +874,30 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
     for key, table in sweeps["tables"].items():
         for variant in table.get("validation") or ["as_train"]:
             variants_used += [variant] if variant not in variants_used else []
-            summary = summarize_table(runs, table, variant, converged, sweeps)
+            summary = summarize_table(runs, table, variant, converged, sweeps, settings)
             summary.to_csv(results_dir / f"{key}_{variant}.csv", index=False, float_format="%.3f")
             texts.append(markdown_table(summary, table, variant))
     claim_texts = []
     for variant in variants_used:
-        claims = summarize_claims(runs, sweeps.get("claims") or [], variant)
-        claims.to_csv(results_dir / f"claims_{variant}.csv", index=False, float_format="%.3f")
-        claim_texts.append(markdown_claims(claims, variant))
+        claims = summarize_claims(runs, sweeps.get("claims") or [], variant, settings, sweeps)
+        claims.to_csv(results_dir / f"claims_{variant}.csv", index=False, float_format="%.4f")
+        claim_texts.append(markdown_claims(claims, variant, settings))
+        if sweeps.get("pooled_claims"):
+            pooled = summarize_pooled_claims(
+                runs, sweeps["pooled_claims"], variant, settings, sweeps
+            )
+            pooled.to_csv(
+                results_dir / f"pooled_claims_{variant}.csv", index=False, float_format="%.4f"
+            )
+            claim_texts.append(markdown_pooled_claims(pooled, variant, settings))
     (results_dir / "claims.md").write_text("\n".join(claim_texts))
+    if sweeps.get("diagnosis"):
+        diagnosis_texts = []
+        for variant in variants_used:
+            text, table = diagnosis_outputs(runs, sweeps, results_dir, variant)
+            table.to_csv(results_dir / f"diagnosis_{variant}.csv", index=False, float_format="%.3f")
+            diagnosis_texts.append(text)
+        (results_dir / "diagnosis.md").write_text("\n".join(diagnosis_texts))
     texts = claim_texts + texts
     own = variants_used[0] if variants_used else "as_train"
     plot_convergence(evaluations, own, results_dir / "convergence.png")
@@ -676,5 +976,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     main()

@@ -244,7 +244,8 @@ def plot_diagnosis(diffs_by_pair: dict[str, pd.DataFrame], variant: str, path: P
                 seed = int(r["seed"])
                 ax.scatter(x, r["delta"], color=f"C{seed}", s=14, zorder=3, label=f"seed {seed}")
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(range(len(names)), [g for _, g in names], rotation=30, fontsize=7, ha="right")
+        ticks = [f"rate {g}" if grouping.startswith("rate") else g for grouping, g in names]
+        ax.set_xticks(range(len(names)), ticks, rotation=30, fontsize=7, ha="right")
         ax.set_ylabel("Δ AP (points)", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(axis="y", alpha=0.3)

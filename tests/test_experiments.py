@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -72,8 +73,15 @@ SWEEPS = {
     },
     "figure4": [{"label": "base", "run": "base"}],
     "figure5": [{"label": "base", "run": "base"}],
+    "statistics": {"alpha": 0.05, "equivalence_margin": 0.5, "power": 0.8},
     "claims": [
-        {"claim": "rescoring helps", "run": "base_cs", "against": "base", "paper": [51.0, 50.0]},
+        {
+            "claim": "rescoring helps",
+            "run": "base_cs",
+            "against": "base",
+            "paper": [51.0, 50.0],
+            "registered": "2026-01-01",
+        },
         {
             "claim": "rare lower",
             "run": "base_cs",
@@ -470,17 +478,32 @@ def test_evaluations_table_one_line_per_evaluation(tmp_path):
     assert list(seed1["iteration"]) == [10, 20] and list(seed1["map"]) == [0.3, 0.5]
 
 
-def test_noise_verdict_rule():
-    # mean 3, sd 1, n 3: standard error 0.577, 3 > 2 x 0.577
-    assert aggregate.noise_verdict(np.array([2.0, 3.0, 4.0])) == "higher"
-    assert aggregate.noise_verdict(np.array([-2.0, -3.0, -4.0])) == "lower"
-    # mean 1, sd 2.65, standard error 1.53: 1 < 3.06
-    assert aggregate.noise_verdict(np.array([-1.0, 0.0, 4.0])) == "within seed noise"
-    # just above and just below two standard errors (sd 1, n 4: standard error 0.5)
+def test_difference_verdict_is_the_t_test_and_tost_rule():
+    settings = aggregate.statistics_settings(SWEEPS)
+    # mean 3, sd 1, n 3: t = 5.20, df 2, p = 0.035
+    assert aggregate.difference_verdict(np.array([2.0, 3.0, 4.0]), settings) == "higher"
+    assert aggregate.difference_verdict(np.array([-2.0, -3.0, -4.0]), settings) == "lower"
+    # just above and just below the critical t(3) = 3.182 (sd 1, n 4: standard error 0.5);
+    # the old rule (|mean| > 2 standard errors) called both "higher"
     d = np.array([-0.5, 0.5, -0.5, 0.5]) * np.sqrt(3)  # sd exactly 1
-    assert aggregate.noise_verdict(d + 1.01) == "higher"
-    assert aggregate.noise_verdict(d + 0.99) == "within seed noise"
-    assert aggregate.noise_verdict(np.array([5.0])) == "n/a"
+    assert aggregate.difference_verdict(d + 1.60, settings) == "higher"
+    assert aggregate.difference_verdict(d + 1.58, settings) == "cannot tell"
+    # small, tight differences: equivalent within +-0.5 points
+    assert aggregate.difference_verdict(np.array([0.1, -0.1, 0.1, -0.1]), settings) == (
+        "equivalent"
+    )
+    assert aggregate.difference_verdict(np.array([5.0]), settings) == "n/a"
+
+
+def test_statistics_settings_name_the_missing_key():
+    with pytest.raises(ValueError, match="no `statistics:` block"):
+        aggregate.statistics_settings({})
+    with pytest.raises(ValueError, match="statistics.power is missing"):
+        aggregate.statistics_settings({"statistics": {"alpha": 0.05, "equivalence_margin": 1}})
+    with pytest.raises(ValueError, match="0 < alpha < 1"):
+        aggregate.statistics_settings(
+            {"statistics": {"alpha": 5, "equivalence_margin": 0.5, "power": 0.8}}
+        )
 
 
 def test_paper_direction_and_agreement():
@@ -488,9 +511,10 @@ def test_paper_direction_and_agreement():
     assert aggregate.paper_direction(50.18, 55.45) == "lower"
     assert aggregate.paper_direction(None, 67.09, "lower") == "lower"
     assert aggregate.paper_direction(None, 55.45) == ""
-    assert aggregate.agreement("higher", "higher") == "same direction as the paper"
-    assert aggregate.agreement("lower", "higher") == "opposite to the paper"
-    assert aggregate.agreement("within seed noise", "lower") == "cannot tell (within seed noise)"
+    assert aggregate.agreement("higher", "higher") == "reproduces"
+    assert aggregate.agreement("lower", "higher") == "opposite"
+    assert aggregate.agreement("cannot tell", "lower") == "cannot tell"
+    assert aggregate.agreement("equivalent", "lower") == "no difference"
     assert aggregate.agreement("higher", "") == "" and aggregate.agreement("n/a", "higher") == ""
 
 
@@ -512,22 +536,33 @@ def test_summarize_table_paired_differences_verdicts_and_convergence(tmp_path):
     runs, _ = aggregate.collect_results(tmp_path)
     converged = aggregate.convergence_table(runs)
     assert list(converged["plateau"]) == [True, True, True]
-    summary = aggregate.summarize_table(runs, SWEEPS["tables"]["t"], "as_train", converged, SWEEPS)
+    settings = aggregate.statistics_settings(SWEEPS)
+    summary = aggregate.summarize_table(
+        runs, SWEEPS["tables"]["t"], "as_train", converged, SWEEPS, settings
+    )
     summary = summary.set_index("run")
     assert summary.loc["base", "map_mean"] == pytest.approx(50.0)
     assert summary.loc["base", "map_std"] == pytest.approx(10.0)
     assert summary.loc["base_cs", "delta_mean"] == pytest.approx(6.0)
     assert summary.loc["base_cs", "delta_std"] == pytest.approx(np.sqrt(13.0))
     assert summary.loc["base_cs", "delta_se"] == pytest.approx(np.sqrt(13.0 / 3))
-    assert summary.loc["base_cs", "verdict"] == "higher"  # 6 > 2 x 2.08
+    # t = 6 / 2.08 = 2.88, df 2: p = 0.10, not significant (the old 2-standard-error rule
+    # called it "higher"); not equivalent within 0.5 points either
+    expected = stats.ttest_1samp([5.0, 3.0, 10.0], 0.0)
+    assert summary.loc["base_cs", "t"] == pytest.approx(expected.statistic)
+    assert summary.loc["base_cs", "p"] == pytest.approx(expected.pvalue)
+    assert summary.loc["base_cs", "df"] == 2
+    assert summary.loc["base_cs", "verdict"] == "cannot tell"
     assert summary.loc["base_cs", "paper_direction"] == "higher"
-    assert summary.loc["base_cs", "agreement"] == "same direction as the paper"
+    assert summary.loc["base_cs", "agreement"] == "cannot tell"
     assert summary.loc["base", "verdict"] == "baseline"
     # a re-scoring row's convergence is that of the training run it scores
     assert summary.loc["base_cs", "plateau"] == "3 of 3 seeds"
     assert summary.loc["base_cs", "evaluations"] == 4
     assert summary.loc["base_cs", "last_two_diff_max"] == pytest.approx(0.5)
-    clean = aggregate.summarize_table(runs, SWEEPS["tables"]["t"], "clean", converged, SWEEPS)
+    clean = aggregate.summarize_table(
+        runs, SWEEPS["tables"]["t"], "clean", converged, SWEEPS, settings
+    )
     assert list(clean["seeds"]) == [0, 0]
     text = aggregate.markdown_table(clean, SWEEPS["tables"]["t"], "clean")
     assert "| baseline | 0 | n/a | (baseline) |" in text
@@ -541,18 +576,28 @@ def test_summarize_claims_paired_differences_on_the_claims_metric(tmp_path):
     for seed, value in enumerate([0.45, 0.53, 0.70]):
         write_result(tmp_path, "base_cs", seed, [value], kind="evaluate")
     runs, _ = aggregate.collect_results(tmp_path)
-    claims = aggregate.summarize_claims(runs, SWEEPS["claims"], "as_train").set_index("claim")
+    settings = aggregate.statistics_settings(SWEEPS)
+    claims = aggregate.summarize_claims(runs, SWEEPS["claims"], "as_train", settings, SWEEPS)
+    claims = claims.set_index("claim")
     helps = claims.loc["rescoring helps"]
     assert helps["delta_mean"] == pytest.approx(6.0)
     assert helps["delta_std"] == pytest.approx(np.sqrt(13.0))
-    assert helps["delta_seeds"] == 3 and helps["verdict"] == "higher"
+    expected = stats.ttest_rel([45.0, 53.0, 70.0], [40.0, 50.0, 60.0])
+    assert helps["t"] == pytest.approx(expected.statistic)
+    assert helps["p"] == pytest.approx(expected.pvalue) and helps["df"] == 2
+    assert helps["delta_seeds"] == 3 and helps["verdict"] == "cannot tell"
+    assert not helps["equivalent"] and helps["tost_p"] > 0.05
     assert helps["paper_delta"] == pytest.approx(1.0)
-    assert helps["agreement"] == "same direction as the paper"
+    assert helps["seeds_for_power"] > 3  # an effect of 1 point at sd 3.6
+    # the fake results record no start time: the registration cannot be checked
+    assert helps["registration"] == "unknown" and helps["registered"] == "2026-01-01"
     rare = claims.loc["rare lower"]
     assert rare["metric"] == "map_rare" and rare["paper_direction"] == "lower"
-    assert rare["delta_seeds"] == 0 and rare["verdict"] == "n/a" and rare["agreement"] == ""
-    text = aggregate.markdown_claims(claims.reset_index(), "as_train")
-    assert "| rescoring helps | map | 3 | 6.00 ± 3.61 | higher | +1.00 | higher |" in text
+    assert rare["delta_seeds"] == 0 and rare["verdict"] == "n/a"
+    assert rare["registration"] == "not registered"
+    text = aggregate.markdown_claims(claims.reset_index(), "as_train", settings)
+    assert "| rescoring helps | map | 3 | 6.00 ± 3.61 | 2.88 (2) | 0.102 |" in text
+    assert "**cannot tell** | +1.00 |" in text
 
 
 def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
@@ -571,7 +616,7 @@ def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
     assert t.loc["base_cs", "delta_mean"] == pytest.approx(20.0)
     h = pd.read_csv(tmp_path / "h_as_train.csv").set_index("run")
     assert h.loc["base", "delta_mean"] == pytest.approx(-5.0)
-    assert h.loc["base", "agreement"] == "same direction as the paper"  # -5, -5: sd 0
+    assert h.loc["base", "agreement"] == "reproduces"  # -5, -5: sd 0, p = 0
     assert h.loc["hyb", "plateau"] == "0 of 2 seeds"
     for name in [
         "t_clean.csv",
