@@ -27,8 +27,10 @@ first; for AP, detections of equal score form a single operating point, so the A
 depend on their order (TF's own order among ties is that of an unstable sort). Where scores
 are distinct the numbers are TF's.
 
-The work is grouped by key = image index * C + class index with sorts and ``searchsorted``;
-there is no Python loop over images or detections (one loop over classes computes the APs).
+Detections are joined once with the evaluated (image, class) pairs of the ground truth
+(key = image index * C + class index) and sorted once, by class and descending score; that
+order serves the matching and the AP. There is no Python loop over images or detections
+(one loop over classes computes the APs).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ from lsdet.data import Hierarchy
 # Pairs of (detection, GT box) scored per chunk; bounds the memory of the matching step.
 _PAIRS_PER_CHUNK = 2_000_000
 _MAX_EXAMPLES = 20  # examples of skipped images in a report
+# The join of detections with evaluated (image, class) pairs uses a dense int32 table over
+# all image * class keys up to this many keys (256 MB); beyond it, a binary search.
+_DENSE_JOIN_MAX_KEYS = 1 << 26
 
 
 @dataclass
@@ -84,6 +89,7 @@ class EvaluationGroundTruth:
     left_out_images: dict[str, str] = field(default_factory=dict)
     left_out_boxes: int = 0
     _image_lookup: pd.Index = field(init=False, repr=False)
+    _matching: _MatchingTables | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._image_lookup = pd.Index(self.image_ids)
@@ -198,11 +204,74 @@ class EvaluationGroundTruth:
         """Index of each image id in ``image_ids`` (int64), -1 for ids not in the set."""
         return self._image_lookup.get_indexer(np.asarray(image_ids, dtype=object)).astype(np.int64)
 
+    def matching_tables(self) -> _MatchingTables:
+        """The boxes by evaluated (image, class) pair, built on first use and kept."""
+        if self._matching is None:
+            self._matching = _MatchingTables.build(self)
+        return self._matching
+
     def num_instances(self, group_of_weight: float = 1.0) -> np.ndarray:
         """``[C]`` GT instance count per class as the metric uses it (group-of weighted)."""
         counts = np.bincount(self.box_class[~self.box_is_group_of], minlength=self.num_classes)
         group_of = np.bincount(self.box_class[self.box_is_group_of], minlength=self.num_classes)
         return counts + group_of_weight * group_of
+
+
+@dataclass
+class _MatchingTables:
+    """The GT boxes by evaluated (image, class) pair, for the join with the detections.
+
+    Pair ``p`` is ``verified_keys[p]``; its non-group-of boxes are
+    ``plain_boxes[plain_start[p] : plain_start[p] + plain_count[p]]`` (group-of alike).
+    """
+
+    num_classes: int
+    verified_keys: np.ndarray
+    dense_pair_of_key: np.ndarray | None  # [I * C] int32 pair index or -1, if small enough
+    plain_start: np.ndarray
+    plain_count: np.ndarray
+    plain_boxes: np.ndarray
+    group_start: np.ndarray
+    group_count: np.ndarray
+    group_boxes: np.ndarray
+    group_classes: np.ndarray
+
+    @classmethod
+    def build(cls, gt: EvaluationGroundTruth) -> _MatchingTables:
+        keys = gt.box_image * gt.num_classes + gt.box_class  # sorted (from_arrays sorts them)
+        plain = ~gt.box_is_group_of
+        ranges = []
+        for subset in (plain, ~plain):
+            start = np.searchsorted(keys[subset], gt.verified_keys, side="left")
+            end = np.searchsorted(keys[subset], gt.verified_keys, side="right")
+            ranges += [start, end - start]
+        dense = None
+        if gt.num_images * gt.num_classes <= _DENSE_JOIN_MAX_KEYS:
+            dense = np.full(gt.num_images * gt.num_classes, -1, dtype=np.int32)
+            dense[gt.verified_keys] = np.arange(len(gt.verified_keys), dtype=np.int32)
+        return cls(
+            num_classes=gt.num_classes,
+            verified_keys=gt.verified_keys,
+            dense_pair_of_key=dense,
+            plain_start=ranges[0],
+            plain_count=ranges[1],
+            plain_boxes=gt.boxes[plain],
+            group_start=ranges[2],
+            group_count=ranges[3],
+            group_boxes=gt.boxes[~plain],
+            group_classes=gt.box_class[~plain],
+        )
+
+    def pair_of(self, image_index: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """The evaluated pair of each (image index >= 0, class index), -1 where none: the
+        one join of the detections with the ground truth."""
+        keys = image_index * self.num_classes + class_index
+        if self.dense_pair_of_key is not None:
+            return self.dense_pair_of_key[keys]
+        position = np.searchsorted(self.verified_keys, keys)
+        found = position < len(self.verified_keys)
+        found[found] = self.verified_keys[position[found]] == keys[found]
+        return np.where(found, position, -1)
 
 
 @dataclass
@@ -343,14 +412,14 @@ def evaluate(
     num_classes = gt.num_classes
     image_ids = np.asarray(image_ids)
     if image_ids.dtype.kind in "iu":
-        det_image = image_ids.astype(np.int64)
+        det_image = image_ids.astype(np.int64, copy=False)
         if len(det_image) and det_image.max() >= gt.num_images:
             raise ValueError("integer image_ids must index gt.image_ids (or be -1)")
     else:
         det_image = gt.image_index_of(image_ids)
-    det_class = np.asarray(class_indices, dtype=np.int64)
-    det_scores = np.asarray(scores, dtype=np.float64)
-    det_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    det_class = np.asarray(class_indices).astype(np.int64, copy=False)
+    det_scores = np.asarray(scores).astype(np.float64, copy=False)
+    det_boxes = np.asarray(boxes).astype(np.float64, copy=False).reshape(-1, 4)
     if not (len(det_image) == len(det_class) == len(det_scores) == len(det_boxes)):
         raise ValueError(
             "image_ids, class_indices, scores and boxes must have the same length, got "
@@ -373,75 +442,84 @@ def evaluate(
     with np.errstate(invalid="ignore"):
         has_area = (det_boxes[:, 0] < det_boxes[:, 2]) & (det_boxes[:, 1] < det_boxes[:, 3])
     report.ignored_degenerate_box = int((~has_area & ~not_in_gt).sum())
-    keep = ~not_in_gt & has_area
-    det_image, det_class = det_image[keep], det_class[keep]
-    det_scores, det_boxes = det_scores[keep], det_boxes[keep]
-
+    # ``rows`` index the input; every later array is one entry per element of ``rows``.
+    rows = np.flatnonzero(~not_in_gt & has_area)
+    classes = det_class[rows]
     if expand_predictions:
         if gt.hierarchy is None:
             raise ValueError("expand_predictions needs gt.hierarchy")
-        rows, det_class = expand_rows(det_class, gt.hierarchy.expand_to_ancestors)
-        report.added_by_expansion = len(rows) - len(det_image)
-        det_image, det_scores, det_boxes = det_image[rows], det_scores[rows], det_boxes[rows]
+        copies, classes = expand_rows(classes, gt.hierarchy.expand_to_ancestors)
+        report.added_by_expansion = len(copies) - len(rows)
+        rows = rows[copies]
 
-    det_keys = det_image * num_classes + det_class
-    verified = _sorted_contains(gt.verified_keys, det_keys)
-    report.ignored_class_not_verified = int((~verified).sum())
-    # Group by key, highest score first; lexsort is stable, so ties keep the input order.
-    order = np.lexsort((-det_scores[verified], det_keys[verified]))
-    selected = np.flatnonzero(verified)[order]
-    det_keys, det_scores, det_boxes = det_keys[selected], det_scores[selected], det_boxes[selected]
-    det_class = det_class[selected]
-
-    gt_keys = gt.box_image * num_classes + gt.box_class
-    plain = ~gt.box_is_group_of
-    plain_keys, plain_boxes = gt_keys[plain], gt.boxes[plain]
-    group_keys, group_boxes = gt_keys[~plain], gt.boxes[~plain]
-    group_classes = gt.box_class[~plain]
+    tables = gt.matching_tables()
+    pair = tables.pair_of(det_image[rows], classes)
+    verified = pair >= 0
+    report.ignored_class_not_verified = int(len(pair) - np.count_nonzero(verified))
+    rows, classes, pair = rows[verified], classes[verified], pair[verified]
+    # One order serves the matching and the AP: by class, then highest score first; stable,
+    # so within an (image, class) pair ties keep the input order.
+    order = _order_by_class_then_score(classes, det_scores[rows], num_classes)
+    rows, classes, pair = rows[order], classes[order], pair[order]
+    det_scores, det_boxes = det_scores[rows], det_boxes[rows]
 
     # Stage 1: non-group-of boxes by IoU; a detection whose best box is taken is an FP.
-    best_box, best_iou = _best_overlap(det_keys, det_boxes, plain_keys, plain_boxes, "iou")
-    is_tp = np.zeros(len(det_keys), dtype=bool)
+    best_box, best_iou = _best_overlap(
+        det_boxes, tables.plain_start[pair], tables.plain_count[pair], tables.plain_boxes, "iou"
+    )
+    is_tp = np.zeros(len(rows), dtype=bool)
     candidates = np.flatnonzero(best_iou >= iou_threshold)
     _, first = np.unique(best_box[candidates], return_index=True)
     is_tp[candidates[first]] = True
 
     # Stage 2: the rest against group-of boxes by IoA; one entry per group-of box.
     rest = np.flatnonzero(~is_tp)
+    rest_pair = pair[rest]
     best_group, best_ioa = _best_overlap(
-        det_keys[rest], det_boxes[rest], group_keys, group_boxes, "ioa"
+        det_boxes[rest],
+        tables.group_start[rest_pair],
+        tables.group_count[rest_pair],
+        tables.group_boxes,
+        "ioa",
     )
-    in_group = np.zeros(len(det_keys), dtype=bool)
+    in_group = np.zeros(len(rows), dtype=bool)
     absorbed = rest[best_ioa >= iou_threshold]
     in_group[absorbed] = True
     credited_boxes, first = np.unique(best_group[best_ioa >= iou_threshold], return_index=True)
-    group_scores = det_scores[absorbed[first]]
+    # The entry of a group-of box takes the place of its first (highest-scoring) detection,
+    # so the entries stay in (class, score) order.
+    group_entry = absorbed[first]
     # TF keeps a group-of entry only for a positive score and a positive weight.
-    credited = group_scores > 0 if group_of_weight > 0 else np.zeros(len(first), dtype=bool)
-    credited_classes = group_classes[credited_boxes[credited]]
-    group_scores = group_scores[credited]
+    if group_of_weight > 0:
+        credited = det_scores[group_entry] > 0
+    else:
+        credited = np.zeros(len(first), dtype=bool)
+    credited_classes = tables.group_classes[credited_boxes[credited]]
     report.ignored_in_group_of = int(len(absorbed) - credited.sum())
 
     scored = ~in_group
-    entry_classes = np.concatenate([det_class[scored], credited_classes])
-    entry_scores = np.concatenate([det_scores[scored], group_scores])
-    entry_tp = np.concatenate(
-        [is_tp[scored].astype(np.float64), np.full(len(group_scores), float(group_of_weight))]
-    )
+    entry_weight = is_tp.astype(np.float64)
+    entry_weight[group_entry[credited]] = float(group_of_weight)
+    is_entry = scored.copy()
+    is_entry[group_entry[credited]] = True
 
     num_instances = gt.num_instances(group_of_weight)
     ap = _average_precision_per_class(
-        entry_classes, entry_scores, entry_tp, num_instances, num_classes
+        classes[is_entry],
+        det_scores[is_entry],
+        entry_weight[is_entry],
+        num_instances,
+        num_classes,
     )
     return ChallengeResult(
         mids=list(gt.mids),
         ap=ap,
-        num_gt_boxes=np.bincount(gt.box_class[plain], minlength=num_classes),
-        num_group_of_boxes=np.bincount(group_classes, minlength=num_classes),
-        num_detections=np.bincount(det_class, minlength=num_classes),
-        num_true_positives=np.bincount(det_class[is_tp], minlength=num_classes)
+        num_gt_boxes=np.bincount(gt.box_class[~gt.box_is_group_of], minlength=num_classes),
+        num_group_of_boxes=np.bincount(tables.group_classes, minlength=num_classes),
+        num_detections=np.bincount(classes, minlength=num_classes),
+        num_true_positives=np.bincount(classes[is_tp], minlength=num_classes)
         + np.bincount(credited_classes, minlength=num_classes),
-        num_false_positives=np.bincount(det_class[scored & ~is_tp], minlength=num_classes),
+        num_false_positives=np.bincount(classes[scored & ~is_tp], minlength=num_classes),
         report=report,
         group_of_weight=float(group_of_weight),
         iou_threshold=float(iou_threshold),
@@ -468,30 +546,31 @@ def expand_rows(
     return rows, np.asarray(unique_classes, dtype=np.int64)[offsets[inverse[rows]] + within]
 
 
-def _sorted_contains(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    position = np.searchsorted(sorted_values, values)
-    position = np.minimum(position, max(len(sorted_values) - 1, 0))
-    if len(sorted_values) == 0:
-        return np.zeros(len(values), dtype=bool)
-    return sorted_values[position] == values
+def _order_by_class_then_score(
+    classes: np.ndarray, scores: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Stable order by class, then descending score: two stable sorts, the second one a
+    radix sort on 16-bit class indices (far cheaper than a two-key ``lexsort``)."""
+    by_score = np.argsort(-scores, kind="stable")
+    class_type = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int64
+    return by_score[np.argsort(classes[by_score].astype(class_type), kind="stable")]
 
 
 def _best_overlap(
-    det_keys: np.ndarray,
     det_boxes: np.ndarray,
-    gt_keys: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
     gt_boxes: np.ndarray,
     kind: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each detection, the GT box of its key with the highest overlap (first on ties).
+    """For each detection, the box of ``gt_boxes[starts[i] : starts[i] + counts[i]]`` with
+    the highest overlap (the first on ties).
 
-    Returns (index into gt arrays or -1, overlap or -1). ``gt_keys`` must be sorted.
+    Returns (index into ``gt_boxes`` or -1, overlap or -1).
     """
     overlap_fn = box_iou_paired if kind == "iou" else box_ioa_paired
-    best_box = np.full(len(det_keys), -1, dtype=np.int64)
-    best_overlap = np.full(len(det_keys), -1.0)
-    starts = np.searchsorted(gt_keys, det_keys, side="left")
-    counts = np.searchsorted(gt_keys, det_keys, side="right") - starts
+    best_box = np.full(len(det_boxes), -1, dtype=np.int64)
+    best_overlap = np.full(len(det_boxes), -1.0)
     with_gt = np.flatnonzero(counts)
     if len(with_gt) == 0:
         return best_box, best_overlap
@@ -527,9 +606,8 @@ def _average_precision_per_class(
     num_instances: np.ndarray,
     num_classes: int,
 ) -> np.ndarray:
+    """AP of each class with instances; the entries come sorted by class, then score."""
     ap = np.full(num_classes, np.nan)
-    order = np.lexsort((-scores, classes))
-    classes, scores, tp_weight = classes[order], scores[order], tp_weight[order]
     bounds = np.searchsorted(classes, np.arange(num_classes + 1))
     for k in np.flatnonzero(num_instances > 0):
         lo, hi = bounds[k], bounds[k + 1]
