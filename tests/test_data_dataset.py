@@ -197,3 +197,59 @@ def test_thin_boxes_widened_to_one_pixel(tmp_path):
     Image.new("RGB", (10, 4)).save(tmp_path / "img.jpg")
     _, target = OpenImagesDetection(index, hierarchy, tmp_path)[0]
     torch.testing.assert_close(target["boxes"], torch.tensor([[9.0, 1.5, 10.0, 2.5]]))
+
+
+def test_exif_orientation_is_applied_as_displayed(setup):
+    """A JPEG stored landscape with EXIF orientation 6 (rotate 90 degrees clockwise to
+    display) is read as displayed, the image its boxes were drawn on: img1's first object
+    (x 0.10-0.50, y 0.20-0.60 of the displayed image) is where the red square is."""
+    hierarchy, index, root, _ = setup
+    displayed = np.full((100, 40, 3), 255, dtype=np.uint8)  # 40 wide, 100 high
+    displayed[22:58, 6:18] = (255, 0, 0)  # inside the first object's box
+    # Stored pixels = displayed rotated 90 degrees counter-clockwise; the tag undoes it.
+    stored = Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(root / "img1.jpg", quality=95, exif=exif)
+    for name in ("img2", "img3"):
+        Image.open(root / f"{name}.png").save(root / f"{name}.jpg")
+    dataset = OpenImagesDetection(index, hierarchy, root)
+    image, target = dataset[0]
+    assert image.shape == (3, 100, 40)
+    x0, y0, x1, y1 = target["boxes"][0].round().int().tolist()
+    assert (x0, y0, x1, y1) == (4, 20, 20, 60)
+    red = (image[0] > 0.8) & (image[1] < 0.3) & (image[2] < 0.3)
+    ys, xs = torch.nonzero(red, as_tuple=True)
+    assert len(ys) > 300
+    assert x0 <= int(xs.min()) and int(xs.max()) < x1 and y0 <= int(ys.min()) and int(ys.max()) < y1
+
+
+def test_unreadable_training_images_found_in_workers_are_counted_per_reason(setup, caplog):
+    """Training (replace_unreadable=True) through DataLoader workers: the images the workers
+    could not decode are counted in the dataset of the main process, per reason, with the
+    stand-ins served; each is logged once, not on every draw."""
+    hierarchy, index, root, _ = setup
+    (root / "img1.png").unlink()  # missing: found when the dataset is built
+    data = (root / "img2.png").read_bytes()
+    (root / "img2.png").write_bytes(data[: len(data) // 3])  # truncated
+    dataset = OpenImagesDetection(index, hierarchy, root, image_suffix=".png", strict=False)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=3, collate_fn=collate_fn, num_workers=1
+    )
+    for _ in range(2):  # two epochs
+        _, targets = next(iter(loader))
+        assert [t["image_id"] for t in targets] == ["img3", "img3", "img3"]
+    report = dataset.skipped_images.to_dict()
+    assert report["count"] == 2
+    assert report["by_reason"] == {"file_not_found": 1, "cannot_decode": 1}
+    assert report["stand_ins"] == 4  # img1 and img2, in each of two epochs
+    assert {e["image_id"]: e["reason"] for e in report["examples"]} == {
+        "img1": "file_not_found",
+        "img2": "cannot_decode",
+    }
+    in_process = OpenImagesDetection(index, hierarchy, root, image_suffix=".png", strict=False)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert in_process[1][1]["image_id"] == "img3"
+    assert caplog.text.count("img2.png") == 1
+    assert in_process.skipped_images.stand_ins == 3

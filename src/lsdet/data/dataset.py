@@ -12,7 +12,8 @@ Each item is ``(image, target)``: ``image`` a float32 tensor ``[3, H, W]`` in [0
 * ``is_group_of`` bool ``[M]``;
 * ``image_id``    str.
 
-* ``skipped``     str, only in the placeholder item of an unreadable image (see below).
+* ``skipped``     str, only in the placeholder item of an unreadable image (see below), with
+                  ``skipped_reason`` (one of :data:`SKIP_REASONS`).
 
 Boxes of one object annotated several times (same image, IoU >= ``merge_iou``, same group-of
 flag; grouping is transitive) become one object with the union of their labels and the mean of
@@ -24,9 +25,17 @@ an :class:`ImageLoadError` naming the files; with ``strict=False`` it is recorde
 ``skipped_images`` (a :class:`SkippedImages`, complete in the process that built the
 dataset). A file that exists but cannot be decoded is found when it is loaded (possibly in a
 DataLoader worker): an error under ``strict``; otherwise, with ``replace_unreadable=True``
-(training) the next readable image takes its place, and with ``replace_unreadable=False``
-(evaluation) the item is a blank placeholder whose target carries ``skipped`` (the reason),
-so that the process that runs the model learns of it through the batch.
+(training) the next readable image takes its place (a stand-in), and with
+``replace_unreadable=False`` (evaluation) the item is a blank placeholder whose target carries
+``skipped`` (the reason), so that the process that runs the model learns of it through the
+batch. Either way the image is marked in a table in shared memory, so that the process that
+built the dataset counts it (``skipped_images``, with the stand-ins served) even when a
+DataLoader worker found it, and it is neither decoded nor logged again.
+
+Images are read as displayed: a JPEG's EXIF orientation is applied (PIL's
+``ImageOps.exif_transpose``), as the annotation tools did (Open Images boxes are drawn on the
+displayed image); :func:`read_image_rgb` is the one reader of training, evaluation and
+prediction.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -56,19 +65,59 @@ logger = logging.getLogger(__name__)
 DEFAULT_MERGE_IOU = 0.95
 
 
+# Why an image is skipped (strict=False), as counted in the reports; the code of each in the
+# dataset's shared table is its position here plus one (0: not skipped).
+SKIP_REASONS = ("file_not_found", "cannot_decode")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation; 1 = as stored
+
+
 class ImageLoadError(RuntimeError):
-    """An image file that is missing or cannot be decoded (names the image id and path)."""
+    """An image file that is missing or cannot be decoded (names the image id and path);
+    ``reason`` is one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, message: str, reason: str = "cannot_decode") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def as_displayed(image: Image.Image) -> Image.Image:
+    """``image`` as a viewer displays it: its EXIF orientation applied (rotated and/or
+    mirrored; PIL's ``ImageOps.exif_transpose``). An image without the tag, or with 1 (as
+    stored), is returned as it is, without a copy."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def read_image_rgb(path: str | Path, image_id: str) -> torch.Tensor:
+    """Decode one image file as displayed, uint8 RGB ``[3, H, W]``: a JPEG's EXIF orientation
+    is applied (rotated/mirrored as a viewer shows it, the image the annotators drew boxes
+    on). A file that cannot be decoded is an :class:`ImageLoadError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"image {image_id}: file not found: {path}", "file_not_found")
+    try:
+        with Image.open(path) as image:
+            pixels = np.array(as_displayed(image).convert("RGB"))  # writable copy for torch
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"image {image_id}: cannot decode {path}: {exc}") from exc
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 @dataclass
 class SkippedImages:
     """Images left out because their file is missing or cannot be decoded (``strict=False``).
 
-    ``entries`` are ``(image id, reason)`` in the order found. ``to_dict()`` is the JSON-ready
-    summary for a run's records (e.g. ``metrics.json``): the count and a few examples.
+    ``entries`` are ``(image id, message)`` in the order found, ``reasons`` the reason of each
+    image (one of :data:`SKIP_REASONS`), ``stand_ins`` how many training items were served by
+    the next readable image in place of a skipped one. ``to_dict()`` is the JSON-ready summary
+    for a run's records (``data_report.json``, ``metrics.json``): the count, the count per
+    reason, the stand-ins and a few examples.
     """
 
     entries: list[tuple[str, str]] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    stand_ins: int = 0
 
     @property
     def count(self) -> int:
@@ -78,22 +127,32 @@ class SkippedImages:
     def image_ids(self) -> list[str]:
         return [image_id for image_id, _ in self.entries]
 
-    def add(self, image_id: str, reason: str) -> None:
-        if image_id not in self.image_ids:
-            self.entries.append((image_id, reason))
+    def add(self, image_id: str, message: str, reason: str = "cannot_decode") -> None:
+        if image_id not in self.reasons:
+            self.entries.append((image_id, message))
+            self.reasons[image_id] = reason
 
     def add_from_targets(self, targets: list[dict[str, Any]]) -> None:
         """Record the placeholders of a batch (targets that carry ``skipped``)."""
         for target in targets:
             if "skipped" in target:
-                self.add(str(target["image_id"]), str(target["skipped"]))
+                reason = str(target.get("skipped_reason", "cannot_decode"))
+                self.add(str(target["image_id"]), str(target["skipped"]), reason)
+
+    def count_by_reason(self) -> dict[str, int]:
+        counts = dict.fromkeys(SKIP_REASONS, 0)
+        for reason in self.reasons.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
     def to_dict(self, max_examples: int = 10) -> dict[str, Any]:
         return {
             "count": self.count,
+            "by_reason": self.count_by_reason(),
+            "stand_ins": self.stand_ins,
             "examples": [
-                {"image_id": image_id, "reason": reason}
-                for image_id, reason in self.entries[:max_examples]
+                {"image_id": image_id, "reason": self.reasons[image_id], "message": message}
+                for image_id, message in self.entries[:max_examples]
             ],
         }
 
@@ -232,8 +291,13 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         self.strict = strict
         self.image_suffix = image_suffix
         self.replace_unreadable = replace_unreadable
-        self.bad_images: list[tuple[str, str]] = []  # (image id, reason), this process only
-        self.skipped_images = SkippedImages()
+        self.bad_images: list[tuple[str, str]] = []  # (image id, message), this process only
+        self._bad_seen: set[str] = set()
+        self._skipped = SkippedImages()
+        # Shared with DataLoader workers (forked, or sent by file descriptor when spawned):
+        # the reason code of each skipped image, and the stand-ins served for it.
+        self._skip_codes = torch.zeros(len(self), dtype=torch.uint8).share_memory_()
+        self._stand_ins = torch.zeros(len(self), dtype=torch.int32).share_memory_()
         self._missing = np.zeros(len(self), dtype=bool)
         if check_files:
             self._find_missing_files()
@@ -262,8 +326,26 @@ class OpenImagesDetection(torch.utils.data.Dataset):
                 "(data.strict=false on the command line)"
             )
         for k in missing:
-            self.skipped_images.add(self.index.image_id(k), f"file not found: {self.image_path(k)}")
+            self._mark_skipped(int(k), "file_not_found")
         logger.warning("%s; they are skipped (strict=False)", message)
+
+    def _mark_skipped(self, image_index: int, reason: str) -> None:
+        self._skip_codes[image_index] = SKIP_REASONS.index(reason) + 1
+
+    def _skip_message(self, image_index: int) -> str:
+        reason = SKIP_REASONS[int(self._skip_codes[image_index]) - 1]
+        what = "file not found:" if reason == "file_not_found" else "cannot decode"
+        return f"image {self.index.image_id(image_index)}: {what} {self.image_path(image_index)}"
+
+    @property
+    def skipped_images(self) -> SkippedImages:
+        """Every image skipped so far, also those found in DataLoader workers, with the
+        stand-ins served for them (``strict=False``)."""
+        for k in np.flatnonzero(self._skip_codes.numpy()):
+            reason = SKIP_REASONS[int(self._skip_codes[k]) - 1]
+            self._skipped.add(self.index.image_id(int(k)), self._skip_message(int(k)), reason)
+        self._skipped.stand_ins = int(self._stand_ins.sum())
+        return self._skipped
 
     def readable_indices(self) -> np.ndarray:
         """Positions of the images whose file was found (all of them without ``check_files``)."""
@@ -276,17 +358,9 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         return self.image_root / f"{self.index.image_id(image_index)}{self.image_suffix}"
 
     def load_image(self, image_index: int) -> torch.Tensor:
-        """Decode one image as uint8 RGB ``[3, H, W]``; ImageLoadError naming it if it fails."""
-        path = self.image_path(image_index)
-        image_id = self.index.image_id(image_index)
-        if not path.is_file():
-            raise ImageLoadError(f"image {image_id}: file not found: {path}")
-        try:
-            with Image.open(path) as image:
-                pixels = np.array(image.convert("RGB"))  # writable copy for torch
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageLoadError(f"image {image_id}: cannot decode {path}: {exc}") from exc
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+        """Decode one image as displayed (EXIF orientation applied), uint8 RGB ``[3, H, W]``;
+        ImageLoadError naming it if it fails."""
+        return read_image_rgb(self.image_path(image_index), self.index.image_id(image_index))
 
     def objects(self, image_index: int) -> MergedObjects:
         """The merged objects of one image (normalised boxes, labels as annotated)."""
@@ -304,23 +378,29 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             return self._make_item(image_index, self.load_image(image_index))
         for attempt in range(len(self)):
             position = (image_index + attempt) % len(self)
-            try:
-                if self._missing[position]:
-                    raise ImageLoadError(
-                        f"image {self.index.image_id(position)}: file not found: "
-                        f"{self.image_path(position)}"
-                    )
-                image = self.load_image(position)
-            except ImageLoadError as exc:
-                image_id = self.index.image_id(position)
-                self.bad_images.append((image_id, str(exc)))
-                self.skipped_images.add(image_id, str(exc))
-                if not self.replace_unreadable:
-                    return self._placeholder(position, str(exc))
-                if not self._missing[position]:  # missing files were reported when built
-                    logger.warning("%s; using the next image instead (strict=False)", exc)
-                continue
-            return self._make_item(position, image)
+            image_id = self.index.image_id(position)
+            if self._skip_codes[position]:
+                # Found when the dataset was built (a missing file) or by another process:
+                # not decoded again.
+                message = self._skip_message(position)
+            else:
+                try:
+                    image = self.load_image(position)
+                except ImageLoadError as exc:
+                    message = str(exc)
+                    self._mark_skipped(position, exc.reason)
+                    self._skipped.add(image_id, message, exc.reason)
+                    if self.replace_unreadable:
+                        logger.warning("%s; skipped, the next image stands in (strict=False)", exc)
+                else:
+                    if attempt > 0:
+                        self._stand_ins[image_index] += 1
+                    return self._make_item(position, image)
+            if image_id not in self._bad_seen:
+                self._bad_seen.add(image_id)
+                self.bad_images.append((image_id, message))
+            if not self.replace_unreadable:
+                return self._placeholder(position, message)
         raise ImageLoadError(f"no image of the dataset under {self.image_root} could be loaded")
 
     def _placeholder(self, image_index: int, reason: str) -> tuple[torch.Tensor, dict]:
@@ -334,6 +414,7 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             "is_group_of": torch.zeros(0, dtype=torch.bool),
             "image_id": self.index.image_id(image_index),
             "skipped": reason,
+            "skipped_reason": SKIP_REASONS[int(self._skip_codes[image_index]) - 1],
         }
         return torch.zeros((3, height, width), dtype=torch.float32), target
 
