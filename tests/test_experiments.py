@@ -311,6 +311,20 @@ def test_copy_results_keeps_small_files_only_and_writes_the_marker_last(tmp_path
     assert not Path(summary["run_dir"]).is_absolute() and summary["history"]
 
 
+def test_copy_results_records_the_start_and_copies_the_concurrent_rates(tmp_path):
+    task = tasks_of(tmp_path)["base_s0"]
+    fake_training_output(task, [0.2, 0.4])
+    started = {"settings": task.settings, "started_at": "2026-12-06T10:00:00"}
+    (task.run_dir / "task.json").write_text(json.dumps(started))
+    rates = "class_i_mid,class_i_name,class_j_mid,class_j_name,rate\n/a,A,/b,B,0.25\n"
+    (task.run_dir / "concurrent_rates.csv").write_text(rates)
+    run_all.copy_results(task, data_hash=None, wall_seconds=5.0)
+    record = run_all.recorded_result(task)
+    assert record["started_at"] == "2026-12-06T10:00:00"
+    assert (task.results_dir / "concurrent_rates.csv").read_text() == rates
+    assert "concurrent_rates.csv" in record["files"]
+
+
 def test_plan_skips_collects_runs_and_handles_missing_checkpoints(tmp_path):
     tasks = tasks_of(tmp_path)
     ordered = list(tasks.values())
@@ -388,6 +402,9 @@ def test_run_tasks_copies_results_skips_done_and_dependants_of_failures(tmp_path
     assert run_all.recorded_result(tasks[0])["task"] == "ok_s0"
     started = json.loads((tasks[2].run_dir / "task.json").read_text())["git_commit"]
     assert started.startswith("commit-")
+    # the start time is recorded when the task starts and kept with its results
+    started_at = json.loads((tasks[2].run_dir / "task.json").read_text())["started_at"]
+    assert run_all.recorded_result(tasks[2])["started_at"] == started_at
     assert run_all.recorded_result(tasks[2])["git_commit"] == started
     assert (tasks[2].results_dir / "metrics.json").is_file()
     assert not (tasks[0].results_dir / "checkpoints").exists()
