@@ -284,8 +284,10 @@ class FederatedLoss(ClassificationLoss):
         self.num_classes_per_batch = int(num_classes_per_batch)
         self.power = float(power)
         # Classes without training images are never drawn (0^power = 0, also for power 0).
-        draw = torch.where(counts > 0, counts.pow(self.power), 0.0)
-        self.register_buffer("draw_weights", draw.float(), persistent=False)
+        # The power is taken in float32 like detectron2's get_fed_loss_cls_weights, so that
+        # the weights, hence the seeded draws, are the reference's bit for bit.
+        draw = torch.where(counts > 0, counts.float().pow(self.power), 0.0)
+        self.register_buffer("draw_weights", draw, persistent=False)
 
     def batch_classes(self, multilabels: torch.Tensor) -> torch.Tensor:
         """[C] bool over the foreground classes: the set S of this batch. A background RoI
