@@ -26,7 +26,13 @@ def lvis_file(tmp_path, **changes):
                 "not_exhaustive_category_ids": [2],
             },
             {"id": 8, "width": 100, "height": 100, "file_name": "b.jpg", "neg_category_ids": []},
-            {"id": 9, "width": 50, "height": 50, "file_name": "c.jpg", "neg_category_ids": [1]},
+            {
+                "id": 9,
+                "width": 50,
+                "height": 50,
+                "neg_category_ids": [1],
+                "coco_url": "http://images.cocodataset.org/val2017/000000000009.jpg",
+            },
         ],
         "annotations": [
             {"id": 1, "image_id": 7, "category_id": 1, "bbox": [20, 10, 100, 50], "iscrowd": 0},
@@ -70,6 +76,7 @@ def test_reader_gives_the_open_images_tables(tmp_path):
     pairs = sorted(zip(labels.image_ids, labels.mids, labels.confidence.tolist(), strict=True))
     assert pairs == [("7", "1", 1), ("7", "2", 1), ("7", "3", 0), ("8", "3", 1), ("9", "1", 0)]
     assert read.not_exhaustive == {7: [2]}
+    assert read.file_names == ["a.jpg", "b.jpg", "val2017/000000000009.jpg"]
     assert flat_hierarchy(read.categories).leaf_mask.all()
 
 

@@ -237,3 +237,21 @@ def test_evaluate_from_config_writes_the_evaluation_files(tiny_file, tmp_path):
     (tmp_path / "absent_train.json").write_text(json.dumps(train))
     _, paths = evaluate_from_config(cfg)
     assert pd.read_csv(paths["per_class"])["train_images"].tolist() == [3, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("name", "train_file"),
+    [("lvis", "lvis_v1_train.json"), ("coco", "annotations/instances_train2017.json")],
+)
+def test_data_configs_name_the_expected_files(name, train_file):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(version_base=None, config_dir=str(conf)):
+        cfg = compose("evaluate", overrides=[f"data={name}", "data.root=/data/x"])
+    assert cfg.data.metric == name
+    assert cfg.data.train.annotation_json == f"/data/x/{train_file}"
+    assert cfg.data.val.annotation_json.startswith("/data/x/")
+    assert cfg.hierarchy_json is None  # the Open Images keys resolve, to null

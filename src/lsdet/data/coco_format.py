@@ -179,7 +179,11 @@ def read_coco_json(path: str | Path, *, strict: bool = True) -> CocoAnnotations:
     except (KeyError, TypeError, ValueError) as exc:
         raise DataFormatError(f"{path}: an image lacks an integer id, width or height") from exc
     _refuse_duplicates(path, "image", image_ids)
-    file_names = [str(image.get("file_name", "")) for image in images]
+    # LVIS v1 names an image by its COCO URL only (".../train2017/000000391895.jpg")
+    file_names = [
+        str(image.get("file_name") or "/".join(str(image.get("coco_url", "")).split("/")[-2:]))
+        for image in images
+    ]
     image_position = {int(image_id): i for i, image_id in enumerate(image_ids)}
 
     annotations = data["annotations"]

@@ -187,6 +187,7 @@ def _train(
         }
         if dist.is_main:
             write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+            data.write_read_reports(run_dir / "data_report.json")  # + images skipped in training
             report_progress(run, status)
             if status == "interrupted":
                 print(
