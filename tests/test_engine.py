@@ -1,6 +1,10 @@
 """Engine pieces: checkpoints, guards, optimizer, sampler counts, reports, image folders."""
 
+import csv
+import errno
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -8,18 +12,24 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lsdet.data import Hierarchy
 from lsdet.engine.builders import build_optimizer
 from lsdet.engine.checkpoint import (
+    CheckpointWriteError,
     config_differences,
     load_checkpoint,
+    non_finite_tensors,
+    resume_allowed_changes,
     rng_state,
     save_atomic,
+    save_keeping_previous,
     set_rng_state,
 )
 from lsdet.engine.inference import Detections, ImageFiles
 from lsdet.engine.loaders import ShardedSequence
 from lsdet.engine.report import comparison_table, plot_run_comparison, sampled_class_counts
-from lsdet.engine.run_state import NonFiniteGuard, NonFiniteLossError
+from lsdet.engine.run_state import DivergenceMonitor, NonFiniteGuard, NonFiniteLossError
+from lsdet.engine.training_log import write_concurrent_rates_csv
 
 
 def test_save_atomic_replaces_and_leaves_no_temporary(tmp_path):
@@ -57,6 +67,115 @@ def test_non_finite_guard_counts_and_stops():
     with pytest.raises(NonFiniteLossError, match="it 3"):
         guard.step_ok(False, "it 3")
     assert guard.count == 3
+
+
+def test_non_finite_guard_logs_each_skipped_step_and_stops_after_a_streak(caplog):
+    guard = NonFiniteGuard(max_count=100, max_consecutive=2)
+    caplog.set_level(logging.WARNING, logger="lsdet.engine.run_state")
+    assert not guard.step_ok(False, "it 0", step=1)
+    assert guard.step_ok(True, "it 1", step=2)  # a finite step ends the streak
+    assert not guard.step_ok(False, "it 2", step=3)
+    assert not guard.step_ok(False, "it 3", step=4)
+    assert "non-finite loss at step 4" in caplog.text
+    assert "2 in a row since step 3, 3 in the run, the first at step 1" in caplog.text
+    with pytest.raises(NonFiniteLossError, match=r"3 iterations in a row .*steps 3\.\.5"):
+        guard.step_ok(False, "it 4", step=5)
+    restored = NonFiniteGuard(max_count=100, max_consecutive=2)
+    restored.load_state_dict(guard.state_dict())
+    assert (restored.count, restored.consecutive, restored.first_step) == (4, 3, 1)
+
+
+def test_divergence_monitor_flags_a_loss_that_stays_far_above_its_running_mean():
+    monitor = DivergenceMonitor(factor=10.0, steps=3)
+    losses = [2.0, 1.8, 50.0, 1.7, 40.0, 1e3, 1e8, 1e12, 1e12]  # a spike, then divergence
+    flagged = [step for step, loss in enumerate(losses, 1) if monitor.update(loss, step)]
+    assert flagged == [7]  # steps 5, 6, 7 in a row; the spike at step 3 alone is no flag
+    assert monitor.diverged_at["since_step"] == 5 and monitor.diverged_at["loss"] == 1e8
+    assert monitor.running_mean < 2.0  # the diverging losses stay out of the running mean
+    assert DivergenceMonitor(factor=10.0, steps=0).update(1e30, 1) is False  # off
+
+
+def test_non_finite_tensors_names_weights_and_optimizer_state():
+    state = {
+        "model": {"w": torch.ones(2), "steps": torch.tensor([3])},
+        "optimizer": {"state": {0: {"exp_avg_sq": torch.tensor([1.0, float("inf")])}}},
+    }
+    assert non_finite_tensors(state) == ["optimizer.state.0.exp_avg_sq"]
+    state["model"]["w"][0] = float("nan")
+    assert non_finite_tensors(state)[0] == "model.w"
+
+
+def test_full_disk_refuses_the_checkpoint_and_keeps_the_last_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_keeping_previous({"step": 1, "w": torch.ones(1000)}, path)
+    real_usage = shutil.disk_usage
+
+    def nearly_full(where):
+        return real_usage(where)._replace(free=100)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    with pytest.raises(CheckpointWriteError, match=f"cannot write {path}: no space left"):
+        save_keeping_previous({"step": 2, "w": torch.ones(1000)}, path)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+
+    def write_fails(*args, **kwargs):  # the disk fills up while the file is written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", write_fails)
+    with pytest.raises(CheckpointWriteError, match=f"cannot write {path}: no space left"):
+        save_keeping_previous({"step": 2, "w": torch.ones(1000)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no leftovers
+
+
+def test_resume_allow_changes_accepts_only_the_lr_settings():
+    cfg = OmegaConf.create({"train": {"resume_allow_changes": ["optim.lr"]}})
+    assert resume_allowed_changes(cfg) == ("optim.lr",)
+    cfg.train.resume_allow_changes = ["model.fpn_channels"]
+    with pytest.raises(ValueError, match=r"'model.fpn_channels' cannot change on resume"):
+        resume_allowed_changes(cfg)
+    saved, current = {"optim": {"lr": 0.1}}, {"optim": {"lr": 0.01}}
+    assert config_differences(saved, current) == ["optim.lr"]
+    assert config_differences(saved, current, allowed=("optim.lr",)) == []
+
+
+def test_concurrent_rates_csv_lists_the_nonzero_pairs_by_hand(tmp_path):
+    # animal > {cat, dog}, car: rates [C+1, C+1] with row/column 0 the background
+    hierarchy = Hierarchy(
+        ["/animal", "/cat", "/dog", "/car"],
+        {"/r": ["/animal", "/car"], "/animal": ["/cat", "/dog"]},
+        root="/r",
+    )
+    rates = torch.zeros(5, 5)
+    rates[1:, 1:] = torch.eye(4)
+    rates[1, 2] = rates[2, 1] = rates[1, 3] = rates[3, 1] = 1.0  # hierarchy pairs
+    rates[2, 3] = 0.25  # cat boxes that are also dog boxes
+    rates[0, 2] = 0.5  # background: left out
+    path = write_concurrent_rates_csv(
+        tmp_path / "concurrent_rates.csv", rates, hierarchy, ["Animal", "Cat", "Dog", "Car"]
+    )
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == [
+        "class_i_mid",
+        "class_i_name",
+        "class_j_mid",
+        "class_j_name",
+        "rate",
+        "hierarchy_pair",
+    ]
+    pairs = {
+        (r["class_i_mid"], r["class_j_mid"]): (float(r["rate"]), r["hierarchy_pair"]) for r in rows
+    }
+    assert pairs == {
+        ("/animal", "/cat"): (1.0, "1"),
+        ("/cat", "/animal"): (1.0, "1"),
+        ("/animal", "/dog"): (1.0, "1"),
+        ("/dog", "/animal"): (1.0, "1"),
+        ("/cat", "/dog"): (0.25, "0"),
+    }
+    estimated = next(r for r in rows if r["hierarchy_pair"] == "0")
+    assert (estimated["class_i_name"], estimated["class_j_name"]) == ("Cat", "Dog")
 
 
 def test_build_optimizer_scales_lr_with_total_batch():

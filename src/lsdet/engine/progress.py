@@ -16,9 +16,10 @@ def write_progress(
     global_step: int,
     fraction: float,
     images_per_s: float = 0.0,
+    error: str | None = None,
 ) -> None:
     """Write progress.json atomically. ``fraction`` = epochs done (with the current one's
-    share) / all epochs of the schedule."""
+    share) / all epochs of the schedule. ``error``: why a run failed (status "failed")."""
     state = {
         "status": status,
         "phase": phase,
@@ -26,4 +27,6 @@ def write_progress(
         "fraction": min(max(fraction, 0.0), 1.0),
         "images_per_s": round(images_per_s, 2),
     }
+    if error is not None:
+        state["error"] = error
     write_text_atomic(Path(run_dir) / "progress.json", json.dumps(state))

@@ -9,6 +9,14 @@ The lr is a pure function of (phase, iteration) (``Schedule.lr_at``), so resumin
 scheduler object; a checkpoint holds the model, optimizer, sampler position, random state and
 loop position, and ``train.resume=true`` continues with exactly the data, weights and random
 draws an uninterrupted run would have had. See README "Reliability".
+
+Faults that would lose progress or hide a failure: a step with a non-finite loss is skipped and
+logged, and more than ``train.max_consecutive_nonfinite`` in a row stop the run naming its last
+checkpoint; a checkpoint is never written with NaN/inf weights or optimizer state, nor onto a
+disk without room for it; a finite loss that stays above ``train.divergence.factor`` x its
+running mean for ``train.divergence.steps`` steps is flagged in the log and in summary.json;
+a run that fails says so in progress.json (status "failed", the error). A run whose loss or
+scoring uses the concurrent rates writes them to ``concurrent_rates.csv``.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from lsdet.engine.builders import (
     unwrap,
     wrap_distributed,
 )
-from lsdet.engine.config_checks import check_training_config
+from lsdet.engine.config_checks import check_number, check_training_config
 from lsdet.engine.distributed import (
     DistInfo,
     all_reduce_flag,
@@ -48,7 +56,13 @@ from lsdet.engine.distributed import (
 from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader, open_batches
 from lsdet.engine.run_folder import RunFolder
 from lsdet.engine.run_logger import RunLogger
-from lsdet.engine.run_state import NonFiniteGuard, Position, Run
+from lsdet.engine.run_state import (
+    DivergenceMonitor,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    Position,
+    Run,
+)
 from lsdet.engine.signals import StopRequested
 from lsdet.engine.training_data import build_training_data, training_rates
 from lsdet.engine.training_log import (
@@ -56,6 +70,7 @@ from lsdet.engine.training_log import (
     after_step,
     log_sampler_histogram,
     report_progress,
+    write_concurrent_rates_csv,
 )
 from lsdet.engine.validation import validate
 from lsdet.sampling.schedule import Phase, Schedule
@@ -67,6 +82,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train as the config says; the run's files go to ``run_dir``. Returns the run summary
     (status finished | stopped (train.stop_after_iters) | interrupted (a signal))."""
     check_training_config(cfg)
+    check_reliability_settings(cfg)
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir, resume=cfg.train.resume, overwrite=cfg.train.get("overwrite"))
     device = resolve_device(cfg.train.device)
@@ -84,6 +100,17 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads_before)
         cleanup(dist)
+
+
+def check_reliability_settings(cfg: DictConfig) -> None:
+    """The non-finite, divergence and resume-change settings, checked before anything runs."""
+    train = cfg.train
+    check_number(
+        "train.max_consecutive_nonfinite", train.max_consecutive_nonfinite, int, 0, math.inf, True
+    )
+    check_number("train.divergence.factor", train.divergence.factor, float, 1.0, math.inf, False)
+    check_number("train.divergence.steps", train.divergence.steps, int, 0, math.inf, True)
+    ckpt.resume_allowed_changes(cfg)
 
 
 def _train(
@@ -147,58 +174,86 @@ def _train(
         model=model,
         logger=logger,
         stop=stop,
-        guard=NonFiniteGuard(int(cfg.train.max_nonfinite)),
+        guard=NonFiniteGuard(
+            int(cfg.train.max_nonfinite), int(cfg.train.max_consecutive_nonfinite)
+        ),
+        divergence=DivergenceMonitor(
+            float(cfg.train.divergence.factor), int(cfg.train.divergence.steps)
+        ),
         rates=rates,
     )
     if resume_state is not None:
         run.position = Position(**resume_state["position"])
-        run.guard.count = int(resume_state["nonfinite_count"])
+        run.guard.load_state_dict(
+            resume_state.get("nonfinite_guard", {"count": int(resume_state["nonfinite_count"])})
+        )
+        run.divergence.load_state_dict(resume_state.get("divergence", {}))
+        run.last_checkpoint = (Path(resume_state["loaded_from"]), run.position.global_step)
     if dist.is_main:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         data.write_read_reports(run_dir / "data_report.json")
+        rates_csv = run_dir / "concurrent_rates.csv"
+        if rates is not None and not (resume_state is not None and rates_csv.is_file()):
+            write_concurrent_rates_csv(rates_csv, rates, data.hierarchy, data.class_names)
 
     try:
-        status = "finished"
-        for phase_index, phase in enumerate(schedule.phases):
-            if phase_index < run.position.phase:
-                continue
-            if resume_state is None:
-                begin_phase_weights(run, phase_index, phase)
-            start_phase(run, phase)
-            if resume_state is not None:  # continue the phase the checkpoint was taken in
-                ckpt.restore_loop_state(run, resume_state)
-                resume_state = None
-            while run.position.epoch < phase.epochs:
-                if not train_one_epoch(run, phase):
-                    status = "interrupted" if stop.flag else "stopped"
-                    break
-                end_epoch(run, phase)
-            if status != "finished":
-                break
-            run.position.phase += 1
-            run.position.epoch = 0
-        summary = {
-            "status": status,
-            "global_step": run.position.global_step,
-            "nonfinite_steps": run.guard.count,
-            "seconds": round(time.perf_counter() - start, 1),  # this process's wall time
-            "history": run.position.history,
-            "run_dir": str(run_dir),
-        }
+        return _train_phases(run, resume_state, start)
+    except Exception as error:
         if dist.is_main:
-            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-            data.write_read_reports(run_dir / "data_report.json")  # + images skipped in training
-            report_progress(run, status)
-            if status == "interrupted":
-                print(
-                    f"Stopped by {stop.signal_name} after step {run.position.global_step}: "
-                    f"checkpoint {run.checkpoint_dir / ckpt.LAST_CHECKPOINT}; continue with the "
-                    "same command plus train.resume=true",
-                    flush=True,
-                )
-        return summary
+            try:
+                report_progress(run, "failed", error=f"{type(error).__name__}: {error}")
+            except OSError as progress_error:  # e.g. the full disk itself
+                log.error("progress.json cannot record the failure: %s", progress_error)
+        raise
     finally:
         logger.finish()
+
+
+def _train_phases(run: Run, resume_state: dict[str, Any] | None, start: float) -> dict[str, Any]:
+    """The phases of the schedule from where the run stands; returns the run summary."""
+    schedule, stop, dist, run_dir = run.schedule, run.stop, run.dist, run.run_dir
+    status = "finished"
+    for phase_index, phase in enumerate(schedule.phases):
+        if phase_index < run.position.phase:
+            continue
+        if resume_state is None:
+            begin_phase_weights(run, phase_index, phase)
+        start_phase(run, phase)
+        if resume_state is not None:  # continue the phase the checkpoint was taken in
+            ckpt.restore_loop_state(run, resume_state)
+            resume_state = None
+        while run.position.epoch < phase.epochs:
+            if not train_one_epoch(run, phase):
+                status = "interrupted" if stop.flag else "stopped"
+                break
+            end_epoch(run, phase)
+        if status != "finished":
+            break
+        run.position.phase += 1
+        run.position.epoch = 0
+    summary = {
+        "status": status,
+        "global_step": run.position.global_step,
+        "nonfinite_steps": run.guard.count,
+        "nonfinite_first_step": run.guard.first_step,
+        # the first flag of a diverging loss (step, loss, running mean) or null
+        "diverged": run.divergence.diverged_at,
+        "seconds": round(time.perf_counter() - start, 1),  # this process's wall time
+        "history": run.position.history,
+        "run_dir": str(run_dir),
+    }
+    if dist.is_main:
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        run.data.write_read_reports(run_dir / "data_report.json")  # + images skipped in training
+        report_progress(run, status)
+        if status == "interrupted":
+            print(
+                f"Stopped by {stop.signal_name} after step {run.position.global_step}: "
+                f"checkpoint {run.checkpoint_dir / ckpt.LAST_CHECKPOINT}; continue with the "
+                "same command plus train.resume=true",
+                flush=True,
+            )
+    return summary
 
 
 # --------------------------------------------------------------------------- phases
@@ -319,8 +374,12 @@ def train_step(run: Run, images: list, targets: list) -> dict[str, float] | None
     finite = not all_reduce_flag(not bool(torch.isfinite(loss)), run.dist)
     p = run.position
     run.optimizer.zero_grad(set_to_none=True)
-    if not run.guard.step_ok(finite, f"phase {p.phase} epoch {p.epoch} it {p.iteration}"):
-        return None
+    where = f"phase {p.phase} epoch {p.epoch} it {p.iteration}"
+    try:
+        if not run.guard.step_ok(finite, where, step=p.global_step + 1):
+            return None
+    except NonFiniteLossError as error:
+        raise NonFiniteLossError(f"{error} {ckpt.resume_hint(run)}") from None
     run.scaler.scale(loss).backward()
     clip = run.cfg.optim.clip_grad_norm
     if clip:

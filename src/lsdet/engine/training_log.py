@@ -1,17 +1,36 @@
 """What a training run reports while it trains: the progress bar's figures, progress.json,
-the wandb scalars after each step and the sampler's draws per class at each epoch start."""
+the wandb scalars after each step, the sampler's draws per class at each epoch start, a
+flagged divergence, and the concurrent rates it trained with (``concurrent_rates.csv``)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from lsdet.atomic_files import write_text_atomic
+from lsdet.data import Hierarchy
 from lsdet.engine.progress import write_progress
 from lsdet.engine.report import plot_sampler_histogram, sampled_class_counts
 from lsdet.engine.run_state import Run
 from lsdet.sampling.schedule import Phase
+
+log = logging.getLogger(__name__)
+
+RATES_CSV_COLUMNS = (
+    "class_i_mid",
+    "class_i_name",
+    "class_j_mid",
+    "class_j_name",
+    "rate",
+    "hierarchy_pair",
+)
 
 
 class Speed:
@@ -31,8 +50,20 @@ class Speed:
 
 
 def after_step(run: Run, losses: dict | None, lr: float, speed: Speed, bar: tqdm) -> None:
-    """Progress bar, progress.json and wandb after a step."""
+    """Progress bar, progress.json and wandb after a step; a divergence is flagged once."""
     if losses is not None:
+        step = run.position.global_step
+        if run.divergence.update(losses["loss"], step):
+            flag = run.divergence.diverged_at
+            message = (
+                f"the loss diverges: {flag['loss']:.4g} at step {step}, above "
+                f"{flag['factor']:g} x its running mean {flag['running_mean']:.4g} for "
+                f"{flag['steps']} steps in a row (since step {flag['since_step']}); lower "
+                "optim.lr (train.divergence sets the test)"
+            )
+            log.warning("%s", message)
+            if run.dist.is_main:
+                tqdm.write(f"WARNING: {message}")
         for key, value in losses.items():
             previous = run.loss_ema.get(key)
             run.loss_ema[key] = value if previous is None else 0.9 * previous + 0.1 * value
@@ -55,7 +86,9 @@ def after_step(run: Run, losses: dict | None, lr: float, speed: Speed, bar: tqdm
         )
 
 
-def report_progress(run: Run, status: str, images_per_s: float = 0.0) -> None:
+def report_progress(
+    run: Run, status: str, images_per_s: float = 0.0, error: str | None = None
+) -> None:
     if not run.dist.is_main:
         return
     iters = run.iters_this_epoch
@@ -68,6 +101,7 @@ def report_progress(run: Run, status: str, images_per_s: float = 0.0) -> None:
         global_step=run.position.global_step,
         fraction=done / run.schedule.total_epochs,
         images_per_s=images_per_s,
+        error=error,
     )
 
 
@@ -93,3 +127,33 @@ def log_sampler_histogram(run: Run, phase: Phase) -> None:
 
         histogram = wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
         run.logger.log({"train/sampler_draws_per_class": histogram}, step)
+
+
+def write_concurrent_rates_csv(
+    path: str | Path, rates: torch.Tensor, hierarchy: Hierarchy, class_names: list[str]
+) -> Path:
+    """The concurrent rates a run trained with (the matrix R of the paper's eq. 3 and 5): one
+    row per nonzero off-diagonal pair (i, j), ``rate`` = r_ij, the background row and column
+    left out. Ancestor/descendant pairs are included; they hold ``rates.hierarchy_rate``, set
+    rather than estimated, and are marked ``hierarchy_pair=1`` (0: estimated from the training
+    boxes). ``rates`` is [C+1, C+1] with index 0 the background, then ``hierarchy.mids``."""
+    matrix = rates.detach().cpu().double().numpy()[1:, 1:]
+    related = hierarchy.ancestors | hierarchy.descendants
+    mids = hierarchy.mids
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RATES_CSV_COLUMNS)
+    for i, j in zip(*np.nonzero(matrix), strict=True):
+        if i == j:
+            continue
+        writer.writerow(
+            [
+                mids[i],
+                class_names[i],
+                mids[j],
+                class_names[j],
+                f"{matrix[i, j]:.6g}",
+                int(related[i, j]),
+            ]
+        )
+    return write_text_atomic(path, buffer.getvalue())
