@@ -53,13 +53,19 @@ class TrainingData:
 
     def write_read_reports(self, path: str | Path) -> Path:
         """What the readers of each split read and skipped (``data.strict=false``), kept with
-        the annotation indexes, copied into the run folder."""
+        the annotation indexes, copied into the run folder; the images skipped are counted
+        per reason, with those found while training, when it is written again at the end."""
         from lsdet.atomic_files import write_text_atomic
 
         reports = {
             "train": self.train_set.index.read_report,
             "val": self.val_set.index.read_report,
-            "train_skipped_images": self.train_set.skipped_images.to_dict(),
+            # Training images found unreadable so far (also by DataLoader workers); each
+            # draw of one is served by the next readable image (counted as stand_ins).
+            "train_skipped_images": {
+                **self.train_set.skipped_images.to_dict(),
+                "handling": "the next readable image in index order stands in for it",
+            },
             "val_skipped_images": self.val_set.skipped_images.to_dict(),
         }
         return write_text_atomic(path, json.dumps(reports, indent=1, default=str) + "\n")
@@ -75,16 +81,43 @@ class TrainingData:
 
 
 def open_split_index(data_cfg: Any, split: str, hierarchy: Hierarchy) -> Any:
-    """The AnnotationIndex of ``data.<split>`` (built on first use, cached in data.cache_dir)."""
+    """The AnnotationIndex of ``data.<split>`` (built on first use, cached in data.cache_dir).
+    A bbox CSV that gives no box (only a header, or every row skipped under
+    ``data.strict=false``) is an error naming it: nothing could be trained or evaluated."""
     from lsdet.data import AnnotationIndex
 
     files = data_cfg[split]
-    return AnnotationIndex.build_or_open(
+    index = AnnotationIndex.build_or_open(
         files.bbox_csv,
         hierarchy,
         Path(str(data_cfg.cache_dir)) / split,
         image_labels_csv=files.image_labels_csv,
         strict=bool(data_cfg.get("strict", True)),
+    )
+    if index.num_boxes == 0:
+        raise ValueError(
+            f"data.{split}.bbox_csv: {_why_no_boxes(index, Path(str(files.bbox_csv)))}"
+        )
+    return index
+
+
+def _why_no_boxes(index: Any, bbox_csv: Path) -> str:
+    """Why an annotation index holds no box, naming the bbox CSV."""
+    report = next((r for r in index.reports if Path(str(r["path"])).name == bbox_csv.name), None)
+    if report is None or int(report["rows_read"]) == 0:
+        return (
+            f"{bbox_csv} holds no annotation rows (only a header?); nothing to train or evaluate on"
+        )
+    skipped = report.get("skipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in skipped.items())
+        return (
+            f"every one of the {report['rows_read']} rows of {bbox_csv} was skipped "
+            f"(data.strict=false; {reasons}); nothing to train or evaluate on"
+        )
+    return (
+        f"none of the {report['rows_read']} rows of {bbox_csv} is of a class of "
+        "data.class_descriptions_csv; nothing to train or evaluate on"
     )
 
 
