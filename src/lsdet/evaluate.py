@@ -92,10 +92,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     An image of the ground truth without a file is an error naming it (``strict=true``) or,
     with ``strict=false``, skipped, counted and reported in metrics.json; its ground truth is
     left out of the metric (a missing file must not pass for a weaker detector)."""
-    from lsdet.engine.inference import ImageFiles, load_detector_from_config, predict_images
+    from lsdet.engine.inference import (
+        ImageFiles,
+        load_detector_from_config,
+        predict_images,
+        skipped_by_reason,
+    )
     from lsdet.evaluation import evaluate, load_ground_truth
 
-    model, trained_hierarchy, _, device = load_detector_from_config(cfg)
+    # data.image_size: "auto" (conf/evaluate.yaml's default) = the checkpoint's training size.
+    model, trained_hierarchy, _, device, input_settings = load_detector_from_config(
+        cfg, image_size=cfg.data.get("image_size"), image_size_key="data.image_size"
+    )
     hierarchy = load_hierarchy(cfg.hierarchy_json, cfg.get("class_descriptions_csv"))
     if list(hierarchy.mids) != list(trained_hierarchy.mids):
         raise ValueError(
@@ -129,7 +137,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
         gt = gt.without_images([p.stem for p in missing], ["no image file"] * len(missing))
     missing_set = set(missing)
     dataset = ImageFiles(
-        [p for p in paths if p not in missing_set], image_size=cfg.data.get("image_size")
+        [p for p in paths if p not in missing_set],
+        image_size=input_settings.image_size,
+        strict=bool(cfg.strict),
     )
     detections = predict_images(
         model,
@@ -139,6 +149,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
         num_workers=int(cfg.num_workers),
         desc="evaluate checkpoint",
     )
+    if detections.skipped_images:  # files that cannot be decoded, with strict=false
+        undecodable = skipped_by_reason(detections.skipped_images)
+        logger.warning(
+            "%d images of the ground truth cannot be decoded (%s): skipped, their ground "
+            "truth left out of the metric",
+            len(detections.skipped_images),
+            ", ".join(f"{entry['count']} {reason}" for reason, entry in undecodable.items()),
+        )
+        ids, reasons = zip(*detections.skipped_images, strict=True)
+        gt = gt.without_images(list(ids), list(reasons))
     result = evaluate(
         gt,
         detections.image_ids,
@@ -163,6 +183,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
             "count": len(missing),
             "examples": [p.name for p in missing[:10]],
         },
+        "undecodable_images": skipped_by_reason(detections.skipped_images),
+        "input": input_settings.to_dict(),
     }
     outputs = write_evaluation_outputs(
         result,
@@ -172,7 +194,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
         plot=cfg.plot,
         extra=extra,
     )
-    print(f"mAP {result.map:.4f} ({model.roi_heads.scoring} scoring); outputs in {cfg.output_dir}")
+    print(
+        f"mAP {result.map:.4f} ({model.roi_heads.scoring} scoring, image_size "
+        f"{input_settings.image_size} ({input_settings.sources['image_size']})); outputs in "
+        f"{cfg.output_dir}"
+    )
     return result, outputs
 
 
