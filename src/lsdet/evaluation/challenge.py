@@ -10,7 +10,13 @@ import pandas as pd
 from lsdet.data import AnnotationIndex, Hierarchy, ReadReport, read_bbox_csv, read_image_labels_csv
 from lsdet.data.hierarchy import load_hierarchy
 from lsdet.data.index import FLAG_GROUP_OF
-from lsdet.evaluation.core import ChallengeResult, EvaluationGroundTruth, evaluate, expand_rows
+from lsdet.evaluation.core import (
+    ChallengeResult,
+    EvaluationGroundTruth,
+    evaluate,
+    expand_rows,
+    first_equal_row,
+)
 from lsdet.evaluation.predictions import read_predictions_csv
 
 
@@ -38,9 +44,10 @@ def load_ground_truth(
         strict=strict,
     )
     reports = [boxes.report]
-    label_images = np.empty(0, dtype=object)
+    label_images = np.empty(0, dtype=np.int64)
     label_classes = np.empty(0, dtype=np.int64)
     label_confidence = np.empty(0, dtype=np.int8)
+    image_id_values = boxes.image_id_values
     if image_labels_csv is not None:
         labels = read_image_labels_csv(
             image_labels_csv,
@@ -49,12 +56,15 @@ def load_ground_truth(
             strict=strict,
         )
         reports.append(labels.report)
-        label_images = labels.image_ids
+        # One dictionary of image ids for both files: the labels' codes come after the boxes'.
+        image_id_values = np.concatenate([boxes.image_id_values, labels.image_id_values])
+        label_images = labels.image_codes.astype(np.int64) + len(boxes.image_id_values)
         label_classes = labels.label_codes
         label_confidence = labels.confidence
-    gt = expand_ground_truth(
+    gt = _expand_ground_truth_codes(
         hierarchy,
-        boxes.image_ids,
+        image_id_values,
+        boxes.image_codes,
         boxes.label_codes,
         boxes.boxes,
         boxes.is_group_of,
@@ -83,10 +93,12 @@ def load_ground_truth_from_index(
             "hierarchy's (different MIDs or order)"
         )
     image_ids = np.asarray(index.image_ids, dtype=object)
-    box_images = np.repeat(image_ids, index.num_boxes_per_image())
-    label_images = np.repeat(image_ids, np.diff(np.asarray(index.label_offsets)))
-    gt = expand_ground_truth(
+    image_codes = np.arange(len(image_ids))
+    box_images = np.repeat(image_codes, index.num_boxes_per_image())
+    label_images = np.repeat(image_codes, np.diff(np.asarray(index.label_offsets)))
+    gt = _expand_ground_truth_codes(
         hierarchy,
+        image_ids,
         box_images,
         np.asarray(index.class_ids),
         np.asarray(index.boxes),
@@ -127,19 +139,49 @@ def expand_ground_truth(
     Image-level labels only say which classes are verified per image (a set), so copies
     there change nothing.
     """
+    box_image_ids = np.asarray(box_image_ids, dtype=object)
+    label_image_ids = np.asarray(label_image_ids, dtype=object)
+    codes, image_ids = pd.factorize(np.concatenate([box_image_ids, label_image_ids]))
+    return _expand_ground_truth_codes(
+        hierarchy,
+        np.asarray(image_ids, dtype=object),
+        codes[: len(box_image_ids)],
+        box_classes,
+        boxes,
+        box_is_group_of,
+        codes[len(box_image_ids) :],
+        label_classes,
+        label_confidence,
+        expand_gt=expand_gt,
+    )
+
+
+def _expand_ground_truth_codes(
+    hierarchy: Hierarchy,
+    image_id_values: np.ndarray,
+    box_images: np.ndarray,
+    box_classes: np.ndarray,
+    boxes: np.ndarray,
+    box_is_group_of: np.ndarray,
+    label_images: np.ndarray,
+    label_classes: np.ndarray,
+    label_confidence: np.ndarray,
+    *,
+    expand_gt: bool,
+) -> EvaluationGroundTruth:
+    """:func:`expand_ground_truth` with image ids as integer codes into ``image_id_values``."""
+    box_images = np.asarray(box_images, dtype=np.int64)
     box_classes = np.asarray(box_classes, dtype=np.int64)
     boxes = np.asarray(boxes).reshape(-1, 4)
     box_is_group_of = np.asarray(box_is_group_of, dtype=bool)
-    box_image_ids = np.asarray(box_image_ids, dtype=object)
+    label_images = np.asarray(label_images, dtype=np.int64)
     label_classes = np.asarray(label_classes, dtype=np.int64)
-    label_image_ids = np.asarray(label_image_ids, dtype=object)
     box_rows = np.arange(len(box_classes))
     label_rows = np.arange(len(label_classes))
     if expand_gt:
         box_rows, expanded = expand_rows(box_classes, hierarchy.expand_to_ancestors)
         keep = _without_repeated_expansion(
-            box_image_ids[box_rows],
-            expanded,
+            box_images[box_rows] * hierarchy.num_classes + expanded,
             boxes[box_rows],
             box_is_group_of[box_rows],
             created=expanded != box_classes[box_rows],
@@ -150,21 +192,21 @@ def expand_ground_truth(
             label_classes * 2 + (np.asarray(label_confidence) == 1),
             lambda keys: hierarchy.expand_image_labels(keys // 2, keys % 2)[:2],
         )
-    return EvaluationGroundTruth.from_arrays(
+    return EvaluationGroundTruth.from_image_codes(
         hierarchy.mids,
-        box_image_ids[box_rows],
+        image_id_values,
+        box_images[box_rows],
         box_classes,
         boxes[box_rows],
         box_is_group_of[box_rows],
-        label_image_ids[label_rows],
+        label_images[label_rows],
         label_classes,
         hierarchy=hierarchy,
     )
 
 
 def _without_repeated_expansion(
-    image_ids: np.ndarray,
-    classes: np.ndarray,
+    image_class_keys: np.ndarray,
     boxes: np.ndarray,
     is_group_of: np.ndarray,
     *,
@@ -173,23 +215,11 @@ def _without_repeated_expansion(
     """Mask of the rows to keep: of the rows with one (image, class, box, group-of) key, only
     the first is kept where any of them was created by the expansion; keys made only of
     rows of the file keep them all."""
-    if len(classes) == 0:
+    if len(image_class_keys) == 0:
         return np.ones(0, dtype=bool)
-    frame = pd.DataFrame(
-        {
-            "image": image_ids,
-            "class": classes,
-            "x0": boxes[:, 0],
-            "y0": boxes[:, 1],
-            "x1": boxes[:, 2],
-            "y1": boxes[:, 3],
-            "group_of": is_group_of,
-        }
-    )
-    key = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
-    key_has_created_row = np.bincount(key, weights=created.astype(np.float64)) > 0
-    first_of_key = ~pd.Series(key).duplicated().to_numpy()
-    return first_of_key | ~key_has_created_row[key]
+    first = first_equal_row([image_class_keys * 2 + is_group_of, *(boxes[:, k] for k in range(4))])
+    key_has_created_row = np.bincount(first, weights=created, minlength=len(first)) > 0
+    return (first == np.arange(len(first))) | ~key_has_created_row[first]
 
 
 def evaluate_predictions_csv(
