@@ -191,3 +191,35 @@ def test_analyze_never_generates_into_a_user_folder(tmp_path):
         "train/img.jpg",
     ]
     assert (root / "train" / "img.jpg").read_bytes() == b"user data"
+
+
+def test_analyze_refuses_a_benchmark_generated_with_other_settings(tmp_path):
+    """A data.root the generator wrote with other settings (here 24 training images of 16 px)
+    is an error naming the differing settings, never silently regenerated."""
+    from lsdet.data.synth import GeneratedWithOtherSettingsError, generate_synthetic_benchmark
+
+    root = tmp_path / "synth"
+    generate_synthetic_benchmark(
+        root,
+        {
+            "image_size": 16,
+            "num_train_images": 24,
+            "num_val_images": 8,
+            "num_families": 2,
+            "shapes_per_family": 1,
+            "hues_per_shape": 2,
+            "textures_per_shape": 1,
+            "imbalance": 4.0,
+            "mean_objects_per_image": 1.5,
+            "val_min_images_per_class": 1,
+            "confused_pairs": {"num_pairs": 0},
+        },
+    )
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("analyze", overrides=[f"data.root={root}", *TINY_DATA])
+    with pytest.raises(GeneratedWithOtherSettingsError) as error:
+        analyze(cfg, tmp_path / "out")
+    assert "data.generate.num_train_images: 24 there, 300 in the config" in str(error.value)
+    assert "data.image_size: 16 there, 32 in the config" in str(error.value)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
