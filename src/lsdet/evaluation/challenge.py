@@ -15,9 +15,8 @@ from lsdet.evaluation.core import (
     EvaluationGroundTruth,
     evaluate,
     expand_rows,
-    first_equal_row,
 )
-from lsdet.evaluation.predictions import read_predictions_csv
+from lsdet.evaluation.predictions import first_equal_row, read_predictions_csv
 
 
 def load_ground_truth(

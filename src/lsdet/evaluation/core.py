@@ -195,7 +195,7 @@ class EvaluationGroundTruth:
             box_class=box_classes[order],
             boxes=boxes[order],
             box_is_group_of=box_is_group_of[order],
-            verified_keys=_sorted_unique(np.concatenate([box_keys, label_keys])),
+            verified_keys=sorted_unique(np.concatenate([box_keys, label_keys])),
             hierarchy=hierarchy,
         )
 
@@ -584,87 +584,10 @@ def expand_rows(
     return rows, np.asarray(unique_classes, dtype=np.int64)[offsets[inverse[rows]] + within]
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
+def sorted_unique(values: np.ndarray) -> np.ndarray:
     """``np.unique`` of integers by a sort (numpy's hash-based unique is slower here)."""
     values = np.sort(values)
     return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
-
-
-def first_equal_row(columns: list[np.ndarray]) -> np.ndarray:
-    """For each row, the first row (lowest index) equal to it in every column, exactly.
-
-    Floats compare as numbers (-0.0 equals 0.0; a NaN equals nothing, not even itself).
-    One sort over packed keys: a 32-bit hash of the row's values above its row index, so
-    that equal rows come out adjacent, first row first, without an index sort. Each row is
-    then compared with the first row of its hash; rows that differ from it (a hash
-    collision) are grouped exactly by a ``lexsort`` of those few rows only.
-    """
-    num_rows = len(columns[0])
-    first = np.arange(num_rows, dtype=np.int64)
-    if num_rows < 2:
-        return first
-    if num_rows >= 1 << 32:
-        raise ValueError("first_equal_row handles fewer than 2**32 rows")
-    values = [_comparable(column) for column in columns]
-    packed = _row_hash(values) & np.uint64(0xFFFFFFFF00000000)
-    packed |= first.view(np.uint64)
-    packed.sort()
-    hash_of = packed >> np.uint64(32)
-    same_hash = hash_of[1:] == hash_of[:-1]
-    if not same_hash.any():  # the usual case for detections: no two rows alike
-        return first
-    run_start = np.r_[True, ~same_hash]
-    in_run = np.r_[same_hash, False] | ~run_start
-    rows = (packed[in_run] & np.uint64(0xFFFFFFFF)).astype(np.int64)  # run by run, in order
-    run_start = run_start[in_run]
-    run_first = rows[np.flatnonzero(run_start)[np.cumsum(run_start) - 1]]
-    equal = np.ones(len(rows), dtype=bool)
-    for column in values:
-        equal &= column[rows] == column[run_first]
-    first[rows[equal]] = run_first[equal]
-    collided = rows[~equal]  # rows that differ from their run's first row
-    if len(collided):
-        collided_hash = _sorted_unique(hash_of[in_run][~equal])
-        position = np.searchsorted(collided_hash, hash_of[in_run])
-        in_collided_run = (
-            collided_hash[np.minimum(position, len(collided_hash) - 1)] == (hash_of[in_run])
-        )
-        group = np.sort(rows[in_collided_run])
-        order = group[np.lexsort([column[group] for column in values[::-1]])]
-        starts = np.zeros(len(order), dtype=bool)
-        starts[0] = True
-        for column in values:
-            ordered = column[order]
-            starts[1:] |= ordered[1:] != ordered[:-1]
-        first[order] = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
-    return first
-
-
-def _comparable(column: np.ndarray) -> np.ndarray:
-    """An 8-byte copy or view of a column whose bits are equal for equal values."""
-    column = np.asarray(column)
-    if column.dtype.kind == "f":
-        return column.astype(np.float64) + 0.0  # -0.0 -> 0.0
-    if column.dtype.kind == "b":
-        return column.astype(np.int64)
-    return column.astype(np.int64, copy=False)
-
-
-def _row_hash(columns: list[np.ndarray]) -> np.ndarray:
-    """A 64-bit hash per row of 8-byte columns: a sum of the columns' bits times odd
-    constants, then a splitmix64 finaliser so that every input bit reaches the top bits."""
-    row_hash = np.zeros(len(columns[0]), dtype=np.uint64)
-    term = np.empty_like(row_hash)
-    for k, column in enumerate(columns):
-        multiplier = (0x9E3779B97F4A7C15 * (2 * k + 1)) % (1 << 64)  # odd, one per column
-        np.multiply(column.view(np.uint64), np.uint64(multiplier), out=term)
-        row_hash += term
-    row_hash ^= row_hash >> np.uint64(30)
-    row_hash *= np.uint64(0xBF58476D1CE4E5B9)
-    row_hash ^= row_hash >> np.uint64(27)
-    row_hash *= np.uint64(0x94D049BB133111EB)
-    row_hash ^= row_hash >> np.uint64(31)
-    return row_hash
 
 
 def _order_by_class_then_score(

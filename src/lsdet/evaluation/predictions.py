@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 
 from lsdet.data import DataFormatError
 from lsdet.data.formats import STRICT_HINT, dictionary_codes
-from lsdet.evaluation.core import EvaluationReport
+from lsdet.evaluation.core import EvaluationReport, sorted_unique
 
 TF_COLUMNS = ("ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax")
 SUBMISSION_COLUMNS = ("ImageId", "PredictionString")
@@ -162,8 +162,16 @@ def _line_numbers(rows: np.ndarray, invalid_lines: np.ndarray) -> np.ndarray:
     return rows + 2 + np.searchsorted(valid_before, rows, side="right")
 
 
-def _float_column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy().astype(np.float64)  # nulls -> NaN
+def _float_columns(table: pa.Table, names: Sequence[str]) -> np.ndarray:
+    """``[N, len(names)]`` float64 of float64 columns (nulls -> NaN), filled chunk by chunk
+    straight into place: one copy of each value."""
+    values = np.empty((table.num_rows, len(names)), dtype=np.float64)
+    for k, name in enumerate(names):
+        start = 0
+        for chunk in table.column(name).chunks:
+            values[start : start + len(chunk), k] = chunk.to_numpy(zero_copy_only=False)
+            start += len(chunk)
+    return values
 
 
 def _read_tf_layout(path: Path, mids: Sequence[str], strict: bool) -> PredictionTable:
@@ -188,8 +196,9 @@ def _read_tf_layout(path: Path, mids: Sequence[str], strict: bool) -> Prediction
 
     image_codes, image_ids = dictionary_codes(table.column("ImageID"))
     label_codes, labels = dictionary_codes(table.column("LabelName"))
-    scores = _float_column(table, "Score")
-    boxes = np.stack([_float_column(table, name) for name in ("XMin", "YMin", "XMax", "YMax")], 1)
+    scores = _float_columns(table, ["Score"])[:, 0]
+    boxes = _float_columns(table, ["XMin", "YMin", "XMax", "YMax"])
+    del table  # the numbers are copied out: free the Arrow buffers before validating
     rows = np.arange(len(scores))
     keep = _validate(
         bad,
@@ -294,54 +303,99 @@ def _repeated_detections(
     """Rows (among ``keep``) equal to an earlier kept row in image, class, score and box, in
     file order, and for each the row of its first occurrence.
 
-    Rows are grouped by a 64-bit hash of their values (one sort; a 4M-row file takes about a
-    second, where a pandas group-by over the seven columns takes twenty); a row is a repeat
-    when it equals the first row of its group. Groups where that does not hold (a hash
-    collision) are resolved exactly, by comparing values.
+    One sort over packed 64-bit keys (``first_equal_row``): image and label codes packed
+    into one integer column, the score and the four coordinates compared as numbers.
     """
-    candidates = np.flatnonzero(keep)
-    columns = [
-        image_codes[candidates].astype(np.int64),
-        label_codes[candidates].astype(np.int64),
-        scores[candidates].astype(np.float64) + 0.0,  # -0.0 -> 0.0
-        *(boxes[candidates, k].astype(np.float64) + 0.0 for k in range(4)),
-    ]
-    row_hash = _row_hash(columns)
-    repeated = np.zeros(len(candidates), dtype=bool)
-    first_of = np.full(len(candidates), -1, dtype=np.int64)
-    sorted_hash = np.sort(row_hash)
-    shared = np.unique(sorted_hash[1:][sorted_hash[1:] == sorted_hash[:-1]])
-    if len(shared) == 0:  # the usual case: no two rows alike, nothing more to do
-        return candidates[repeated], candidates[first_of[repeated]]
-    rows = np.flatnonzero(np.isin(row_hash, shared))  # rows whose hash is not unique
-    order = rows[np.argsort(row_hash[rows], kind="stable")]  # file order within a hash
-    sorted_hash = row_hash[order]
-    starts = np.r_[True, sorted_hash[1:] != sorted_hash[:-1]]
-    first = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
-    equal_to_first = np.ones(len(order), dtype=bool)
-    for column in columns:
-        equal_to_first &= column[order] == column[first]
-    repeated[order[~starts & equal_to_first]] = True
-    first_of[order] = first
-    collided_hashes = np.unique(sorted_hash[~equal_to_first])
-    if len(collided_hashes):
-        rows = np.flatnonzero(np.isin(row_hash, collided_hashes))
-        frame = pd.DataFrame({str(k): column[rows] for k, column in enumerate(columns)})
-        group = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
-        first_row_of_group = np.full(group.max() + 1, -1, dtype=np.int64)
-        first_row_of_group[group[::-1]] = rows[::-1]  # the last write wins: the first row
-        repeated[rows] = pd.Series(group).duplicated().to_numpy()
-        first_of[rows] = first_row_of_group[group]
-    return candidates[repeated], candidates[first_of[repeated]]
+    everything = bool(keep.all())
+    candidates = np.arange(len(keep)) if everything else np.flatnonzero(keep)
+
+    def kept(values: np.ndarray) -> np.ndarray:
+        return values if everything else values[candidates]
+
+    image_and_label = kept(image_codes).astype(np.int64) << 32
+    image_and_label |= kept(label_codes).astype(np.int64)
+    first = first_equal_row([image_and_label, kept(scores), *(kept(boxes[:, k]) for k in range(4))])
+    repeated = np.flatnonzero(first != np.arange(len(first)))
+    return candidates[repeated], candidates[first[repeated]]
+
+
+def first_equal_row(columns: list[np.ndarray]) -> np.ndarray:
+    """For each row, the first row (lowest index) equal to it in every column, exactly.
+
+    Floats compare as numbers (-0.0 equals 0.0; a NaN equals nothing, not even itself).
+    One sort over packed keys: a 32-bit hash of the row's values above its row index, so
+    that equal rows come out adjacent, first row first, without an index sort. Each row is
+    then compared with the first row of its hash; rows that differ from it (a hash
+    collision) are grouped exactly by a ``lexsort`` of those few rows only.
+    """
+    num_rows = len(columns[0])
+    first = np.arange(num_rows, dtype=np.int64)
+    if num_rows < 2:
+        return first
+    if num_rows >= 1 << 32:
+        raise ValueError("first_equal_row handles fewer than 2**32 rows")
+    values = [_comparable(column) for column in columns]
+    packed = _row_hash(values) & np.uint64(0xFFFFFFFF00000000)
+    packed |= first.view(np.uint64)
+    packed.sort()
+    hash_of = packed >> np.uint64(32)
+    same_hash = hash_of[1:] == hash_of[:-1]
+    if not same_hash.any():  # the usual case for detections: no two rows alike
+        return first
+    run_start = np.r_[True, ~same_hash]
+    in_run = np.r_[same_hash, False] | ~run_start
+    rows = (packed[in_run] & np.uint64(0xFFFFFFFF)).astype(np.int64)  # run by run, in order
+    run_start = run_start[in_run]
+    run_first = rows[np.flatnonzero(run_start)[np.cumsum(run_start) - 1]]
+    equal = np.ones(len(rows), dtype=bool)
+    for column in values:
+        equal &= column[rows] == column[run_first]
+    first[rows[equal]] = run_first[equal]
+    collided = rows[~equal]  # rows that differ from their run's first row
+    if len(collided):
+        collided_hash = sorted_unique(hash_of[in_run][~equal])
+        position = np.searchsorted(collided_hash, hash_of[in_run])
+        in_collided_run = (
+            collided_hash[np.minimum(position, len(collided_hash) - 1)] == (hash_of[in_run])
+        )
+        group = np.sort(rows[in_collided_run])
+        order = group[np.lexsort([column[group] for column in values[::-1]])]
+        starts = np.zeros(len(order), dtype=bool)
+        starts[0] = True
+        for column in values:
+            ordered = column[order]
+            starts[1:] |= ordered[1:] != ordered[:-1]
+        first[order] = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+    return first
+
+
+def _comparable(column: np.ndarray) -> np.ndarray:
+    """The column with 8-byte items (a view where it has them already)."""
+    column = np.asarray(column)
+    if column.dtype.kind == "f":
+        return column.astype(np.float64, copy=False)
+    return column.astype(np.int64, copy=False)
 
 
 def _row_hash(columns: list[np.ndarray]) -> np.ndarray:
-    """A 64-bit hash per row of 8-byte columns (splitmix64-style mixing of the bits)."""
-    row_hash = np.full(len(columns[0]), 0x9E3779B97F4A7C15, dtype=np.uint64)
-    for column in columns:
-        row_hash ^= column.view(np.uint64)
-        row_hash *= np.uint64(0xBF58476D1CE4E5B9)
-        row_hash ^= row_hash >> np.uint64(31)
+    """A 64-bit hash per row of 8-byte columns: a sum of the columns' bits times odd
+    constants, then a splitmix64 finaliser so that every input bit reaches the top bits.
+    The sign bit of floats is left out, so that -0.0 and 0.0 hash alike."""
+    row_hash = np.zeros(len(columns[0]), dtype=np.uint64)
+    term = np.empty_like(row_hash)
+    for k, column in enumerate(columns):
+        bits = column.view(np.uint64)
+        if column.dtype.kind == "f":
+            np.bitwise_and(bits, np.uint64(0x7FFFFFFFFFFFFFFF), out=term)
+        else:
+            term[:] = bits
+        term *= np.uint64((0x9E3779B97F4A7C15 * (2 * k + 1)) % (1 << 64))  # odd, per column
+        row_hash += term
+    row_hash ^= row_hash >> np.uint64(30)
+    row_hash *= np.uint64(0xBF58476D1CE4E5B9)
+    row_hash ^= row_hash >> np.uint64(27)
+    row_hash *= np.uint64(0x94D049BB133111EB)
+    row_hash ^= row_hash >> np.uint64(31)
     return row_hash
 
 
@@ -508,12 +562,15 @@ def _kept_predictions(
     """The table of the rows that passed validation, labels turned into class indices."""
     report.num_predictions = int(keep.sum())
     class_of_label = pd.Index(list(mids)).get_indexer(labels)
+    if not keep.all():
+        image_codes, label_codes = image_codes[keep], label_codes[keep]
+        scores, boxes = scores[keep], boxes[keep]
     return PredictionTable(
         image_ids=image_ids,
-        image_index=image_codes[keep],
-        class_indices=class_of_label[label_codes[keep]].astype(np.int64),
-        scores=scores[keep],
-        boxes=boxes[keep],
+        image_index=image_codes,
+        class_indices=class_of_label[label_codes].astype(np.int64, copy=False),
+        scores=scores,
+        boxes=boxes,
         layout=layout,
         report=report,
     )
