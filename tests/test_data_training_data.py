@@ -81,3 +81,22 @@ def test_data_report_counts_training_images_skipped_in_workers(data_cfg, tmp_pat
     assert report["stand_ins"] == 5
     assert sorted(e["image_id"] for e in report["examples"]) == sorted(p.stem for p in truncated)
     assert "stands in" in report["handling"]
+
+
+def test_training_refuses_a_benchmark_generated_with_other_settings(tmp_path):
+    """build_training_data (what a training calls first) with a data config whose generator
+    settings differ from the folder's: an error naming them, nothing regenerated."""
+    from lsdet.data.synth import GeneratedWithOtherSettingsError
+
+    root = tmp_path / "synth"
+    generate_synthetic_benchmark(root, MINI)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    cfg = OmegaConf.load(REPO_ROOT / "conf" / "data" / "synth.yaml")
+    generate = {k: v for k, v in MINI.items() if k != "image_size"}
+    cfg = OmegaConf.merge(cfg, {"root": str(root), "image_size": 32, "generate": generate})
+    assert build_training_data(cfg).num_train_images == 24  # the same settings: used
+    cfg.generate.num_train_images = 3000
+    with pytest.raises(GeneratedWithOtherSettingsError, match="num_train_images: 24 there, 3000"):
+        build_training_data(cfg)
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p in before}
+    assert after == before

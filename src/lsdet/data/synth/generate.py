@@ -263,8 +263,9 @@ def ensure_synthetic_benchmark(
         reason = "regeneration forced"
     else:
         reason = "a file of the benchmark is missing"
-    logger.warning("generating the synthetic benchmark in %s (%s)", root, reason)
     try:
+        validate_settings(settings)  # before saying that it generates
+        logger.warning("generating the synthetic benchmark in %s (%s)", root, reason)
         manifest = generate_synthetic_benchmark(root, settings)
     except SynthSettingsError as error:
         raise error.with_prefix(key_prefix) from None
