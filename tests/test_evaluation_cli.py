@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from lsdet.data import DataFormatError
 from lsdet.evaluate import evaluate_csv
 from lsdet.evaluation import EvaluationGroundTruth, evaluate
 from lsdet.evaluation.outputs import (
@@ -17,6 +18,7 @@ from lsdet.evaluation.outputs import (
     frequency_buckets,
     per_class_table,
     plot_ap_vs_frequency,
+    write_evaluation_outputs,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -172,3 +174,47 @@ def test_train_image_counts_none_without_a_training_csv(tmp_path):
     assert train_image_counts(OmegaConf.create({"train_bbox_csv": None}), hierarchy) is None
     missing = OmegaConf.create({"train_bbox_csv": str(tmp_path / "absent.csv")})
     assert train_image_counts(missing, hierarchy) is None
+
+
+def test_a_header_only_ground_truth_csv_is_an_error_naming_it(files, tmp_path):
+    files["boxes"].write_text(BOX_HEADER)
+    output_dir = tmp_path / "out"
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "evaluate", overrides=[*overrides(files, tmp_path), f"output_dir={output_dir}"]
+        )
+    with pytest.raises(DataFormatError, match=r"val-boxes\.csv: no ground-truth box.*0 rows read"):
+        evaluate_csv(cfg)
+    assert not (output_dir / "metrics.json").exists()
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_json_is_strict_json_with_null_for_undefined_numbers(tmp_path):
+    gt = EvaluationGroundTruth.from_arrays(
+        ["a", "b", "c"], ["i", "i"], [0, 1], [[0, 0, 1, 1]] * 2, [False] * 2
+    )
+    result = evaluate(gt, ["i"], [0], [0.9], [[0, 0, 1, 1]])
+    # Two evaluated classes cut in thirds: one bucket is empty and has no mean AP.
+    paths = write_evaluation_outputs(
+        result, tmp_path / "two", train_image_counts=np.array([5, 1, 0]), plot=False
+    )
+    metrics = _strict_json(paths["metrics"].read_text())
+    assert metrics["map"] == pytest.approx(0.5)
+    assert [row["mean_ap"] for row in metrics["frequency_buckets"]] == [0.0, 1.0, None]
+
+    labels_only = EvaluationGroundTruth.from_arrays(
+        ["a"], [], [], np.zeros((0, 4)), [], label_image_ids=["i"], label_classes=[0]
+    )
+    no_instances = evaluate(labels_only, ["i"], [0], [0.9], [[0, 0, 1, 1]])
+    paths = write_evaluation_outputs(
+        no_instances, tmp_path / "none", extra={"ratio": float("inf")}, plot=False
+    )
+    metrics = _strict_json(paths["metrics"].read_text())
+    assert metrics["map"] is None and metrics["num_classes_evaluated"] == 0
+    assert metrics["ratio"] is None

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lsdet.data import AnnotationIndex, Hierarchy, ReadReport, read_bbox_csv, read_image_labels_csv
+from lsdet.data import (
+    AnnotationIndex,
+    DataFormatError,
+    Hierarchy,
+    ReadReport,
+    read_bbox_csv,
+    read_image_labels_csv,
+)
 from lsdet.data.hierarchy import load_hierarchy
 from lsdet.data.index import FLAG_GROUP_OF
 from lsdet.evaluation.core import (
@@ -35,6 +42,8 @@ def load_ground_truth(
     files that were expanded already). MIDs must be classes of ``hierarchy`` (the data
     layer's checks apply; ``strict=False`` skips and counts); rows of classes left out of a
     subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted as excluded.
+    A box file that gives no box (only a header, or every row skipped or excluded) is an
+    error naming it: without a GT instance no class has an AP and the mAP is undefined.
     """
     boxes = read_bbox_csv(
         gt_bbox_csv,
@@ -42,6 +51,13 @@ def load_ground_truth(
         ignore_mids=hierarchy.excluded_mids,
         strict=strict,
     )
+    if len(boxes) == 0:
+        report = boxes.report
+        raise DataFormatError(
+            f"{gt_bbox_csv}: no ground-truth box to evaluate against ({report.rows_read} rows "
+            f"read, {report.rows_skipped} skipped as bad, {report.excluded} of classes outside "
+            "the hierarchy's selection); the mAP needs at least one box"
+        )
     reports = [boxes.report]
     label_images = np.empty(0, dtype=np.int64)
     label_classes = np.empty(0, dtype=np.int64)

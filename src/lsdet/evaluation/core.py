@@ -410,9 +410,10 @@ class ChallengeResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (per-class APs included, counts in :meth:`per_class_frame`)."""
+        """JSON-ready summary (per-class APs included, counts in :meth:`per_class_frame`);
+        ``map`` is None when no class has a GT instance."""
         return {
-            "map": self.map,
+            "map": self.map if self.has_ground_truth.any() else None,
             "num_classes_evaluated": int(self.has_ground_truth.sum()),
             "group_of_weight": self.group_of_weight,
             "iou_threshold": self.iou_threshold,

@@ -8,7 +8,9 @@ and ``ap_vs_frequency.png`` (per-class AP against training images, the paper's F
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,6 +122,20 @@ def plot_ap_vs_frequency(table: pd.DataFrame, path: str | Path, *, title: str = 
     return path
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None (JSON ``null``: ``json.dumps``
+    would write ``NaN``, which is not JSON) and numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_evaluation_outputs(
     result: ChallengeResult,
     output_dir: str | Path,
@@ -130,7 +146,8 @@ def write_evaluation_outputs(
     extra: dict | None = None,
 ) -> dict[str, Path]:
     """Write metrics.json, per_class.csv and (with training counts) frequency_buckets.csv,
-    and the plot; returns the paths by kind. ``extra`` is merged into metrics.json."""
+    and the plot; returns the paths by kind. ``extra`` is merged into metrics.json, which
+    is strict JSON: an undefined number (the mean AP of an empty bucket) is ``null``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     table = per_class_table(result, names=names, train_image_counts=train_image_counts)
@@ -142,7 +159,7 @@ def write_evaluation_outputs(
         paths["buckets"] = output_dir / "frequency_buckets.csv"
         summary.to_csv(paths["buckets"], index=False)
         metrics["frequency_buckets"] = summary.to_dict(orient="records")
-    paths["metrics"].write_text(json.dumps(metrics, indent=2))
+    paths["metrics"].write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
     if plot:
         paths["plot"] = plot_ap_vs_frequency(table, output_dir / "ap_vs_frequency.png")
     return paths
