@@ -172,15 +172,18 @@ class ImageDecodeError(RuntimeError):
 
 def read_rgb_image(path: str | Path) -> torch.Tensor:
     """Decode an image file as uint8 RGB ``[3, H, W]``, as the training set decodes its images
-    (Pillow, converted to RGB). Raises ``ImageDecodeError`` whose ``reason`` says why not."""
+    (Pillow, EXIF orientation applied, converted to RGB). Raises ``ImageDecodeError`` whose
+    ``reason`` says why not."""
     from PIL import Image, UnidentifiedImageError
+
+    from lsdet.data.dataset import as_displayed
 
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageDecodeError(path, EMPTY_FILE, "0 bytes")
         with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))  # writable copy for torch
+            pixels = np.array(as_displayed(image).convert("RGB"))  # writable copy for torch
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
