@@ -138,11 +138,13 @@ def generate_detections(path: Path, truth: dict, *, per_image: int, seed: int = 
 
 
 _MEASURE = """
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
 {body}
 seconds = time.perf_counter() - started
-peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# VmHWM: this process's own peak (ru_maxrss would start from the forking parent's)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+peak_gib = int(status.split()[0]) / 2**20
 print(json.dumps({{"seconds": round(seconds, 2), "peak_rss_gib": round(peak_gib, 2), **extra}}))
 """
 
