@@ -6,7 +6,7 @@ sweeps work as usual: ``python -m lsdet.train -m +experiment=t3_soft_balance
 sampler.lam=0.3,0.5,0.7 loss=softmax,concurrent_softmax``. Distributed: launch with
 ``torchrun --nproc_per_node N -m lsdet.train ...`` (NCCL on GPUs, gloo on CPU).
 The run's files (resolved config, checkpoints, evaluations, plots, wandb) go to the Hydra
-run folder, ``runs/<name>`` by default.
+run folder, ``runs/<name>`` by default; an unwritable run folder is an error naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lsdet.engine.run_folder import check_writable
 from lsdet.engine.trainer import run_training
 
 
@@ -26,7 +27,9 @@ def main(cfg: DictConfig) -> float | None:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    summary = run_training(cfg, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    check_writable(run_dir)  # before anything is logged to <run dir>/train.log
+    summary = run_training(cfg, run_dir)
     if summary["status"] == "interrupted":  # SIGTERM/SIGINT: checkpointed, resume later
         raise SystemExit(130)
     evaluated = [h["map"] for h in summary["history"] if "map" in h]

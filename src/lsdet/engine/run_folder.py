@@ -9,6 +9,11 @@ decides what a start means for a folder that already holds a checkpoint:
 - ``resume=true``: continue from it (an error if there is none);
 - ``resume=auto``: continue if there is one, else start (what a requeued cluster job wants);
 - ``resume=false``: start, only into a folder without a checkpoint unless ``overwrite=true``.
+
+A refused start leaves the folder as it was: conf/train.yaml keeps Hydra from writing its record
+``<run dir>/.hydra/`` before the task runs (``hydra.output_subdir: null``) and opens the log
+file only when something is logged; ``write_hydra_record`` writes the record once the start is
+accepted. An unwritable folder is an error naming it (``check_writable``).
 """
 
 from __future__ import annotations
@@ -19,13 +24,61 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lsdet.atomic_files import write_text_atomic
 from lsdet.engine.checkpoint import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
 
 RESUME_MODES = (False, True, "auto")
+HYDRA_RECORD = ".hydra"  # the folder name Hydra gives its record (hydra.output_subdir)
 
 
 class RunFolderBusyError(RuntimeError):
     """Another process is training into the run folder."""
+
+
+class RunFolderNotWritableError(PermissionError):
+    """The run folder (or the folder it is to be made in) cannot be written."""
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """RunFolderNotWritableError naming the folder unless this process may create files in
+    ``run_dir`` (or, when it does not exist yet, create it in its nearest existing parent)."""
+    run_dir = Path(run_dir)
+    folder = run_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RunFolderNotWritableError(
+            f"run folder {run_dir}: {folder} is not a folder; train into another folder "
+            "(name=, hydra.run.dir= or, for sweeps, hydra.sweep.dir=)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        which = f"run folder {run_dir}"
+        if folder != run_dir:
+            which = f"folder {folder} (to hold run folder {run_dir})"
+        raise RunFolderNotWritableError(
+            f"{which} is not writable by this user: make it writable (chmod u+w) or train into "
+            "another folder (name=, hydra.run.dir= or, for sweeps, hydra.sweep.dir=)"
+        )
+
+
+def write_hydra_record(run_dir: str | Path, cfg: DictConfig) -> None:
+    """Hydra's record of this start (``.hydra/config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``, as Hydra writes them), for an accepted start of a Hydra application
+    whose ``hydra.output_subdir`` is null; nothing otherwise (Hydra wrote it, or there is no
+    Hydra application)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    if hydra_cfg.hydra.output_subdir is not None:
+        return
+    folder = Path(run_dir) / HYDRA_RECORD
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
 
 def parse_resume(value: Any) -> bool | str:
@@ -72,6 +125,7 @@ class RunFolder:
         return found and self.resume_mode in (True, "auto")
 
     def __enter__(self) -> RunFolder:
+        check_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / ".lock"
         lock_file = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime

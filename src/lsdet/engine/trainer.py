@@ -54,7 +54,7 @@ from lsdet.engine.distributed import (
     init_distributed,
 )
 from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader, open_batches
-from lsdet.engine.run_folder import RunFolder
+from lsdet.engine.run_folder import RunFolder, write_hydra_record
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.run_state import (
     DivergenceMonitor,
@@ -63,7 +63,7 @@ from lsdet.engine.run_state import (
     Position,
     Run,
 )
-from lsdet.engine.signals import StopRequested
+from lsdet.engine.signals import StopRequested, resume_advice
 from lsdet.engine.training_data import build_training_data, training_rates
 from lsdet.engine.training_log import (
     Speed,
@@ -191,6 +191,7 @@ def _train(
         run.last_checkpoint = (Path(resume_state["loaded_from"]), run.position.global_step)
     if dist.is_main:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_hydra_record(run_dir, cfg)  # only now: a refused start leaves no trace
         data.write_read_reports(run_dir / "data_report.json")
         rates_csv = run_dir / "concurrent_rates.csv"
         if rates is not None and not (resume_state is not None and rates_csv.is_file()):
@@ -249,8 +250,8 @@ def _train_phases(run: Run, resume_state: dict[str, Any] | None, start: float) -
         if status == "interrupted":
             print(
                 f"Stopped by {stop.signal_name} after step {run.position.global_step}: "
-                f"checkpoint {run.checkpoint_dir / ckpt.LAST_CHECKPOINT}; continue with the "
-                "same command plus train.resume=true",
+                f"checkpoint {run.checkpoint_dir / ckpt.LAST_CHECKPOINT}; "
+                f"{resume_advice(run.run_dir, run.cfg)}",
                 flush=True,
             )
     return summary
