@@ -5,7 +5,8 @@ is accumulated in fp32 whatever the logits' dtype; no [N, C, C] intermediate exi
 
 Training (one program per block of BLOCK_M rows, column tiles of BLOCK_C, so any C works).
 A row's positives are given as "slots": slot_cols [N, K] holds each row's positive columns,
-padded with -1 (K = a power of two >= the most positives of any row). Then
+padded with -1 (K = a power of two >= the most positives of any row); the uint8 column roles
+say 0 = negative (y_j = 0), 1 = positive, 2 = ignored (in no sum, gradient 0). Then
     m   = max over the row's negative columns (the row max when it has none)
     S_i = sum_j (1 - y_j) q_ij e^{z_j - m}          for each positive i (a gathered row of Q)
     x_i = log S_i + m - z_i,   loss_i = w_i softplus(x_i) = -w_i log s*_i
@@ -95,7 +96,7 @@ def _negative_row_max(
 @triton.jit
 def _concurrent_softmax_loss_kernel(
     z_ptr,  # [N, C] logits, any float dtype
-    y_ptr,  # [N, C] uint8 multi-hot
+    y_ptr,  # [N, C] uint8 column roles: 0 = negative, 1 = positive, 2 = ignored
     slot_ptr,  # [N, NUM_SLOTS] int32: each row's positive columns, -1 = padding
     q_ptr,  # [C, C] fp32, q_ij = 1 - r_ij
     w_ptr,  # [C] fp32 per-class weights
@@ -162,7 +163,8 @@ def _concurrent_softmax_loss_kernel(
         a_q = tl.sum(a[:, :, None] * q, axis=1)  # [BM, BC]
         negative = mask & (y == 0)
         grad = tl.exp(tl.where(negative, z - shift[:, None], float("-inf"))) * a_q
-        tl.store(grad_ptr + offs, grad, mask=negative)
+        # Negatives get their gradient, ignored columns 0 (positives were written above).
+        tl.store(grad_ptr + offs, grad, mask=mask & (y != 1))
 
 
 @triton.autotune(configs=_INTERPRETER_CONFIGS if _INTERPRET else INFER_CONFIGS, key=["C"])
@@ -216,7 +218,8 @@ def concurrent_softmax_loss_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row losses [N] fp32 and dL/dz [N, C] fp32 (for unit upstream gradient), in one launch.
 
-    logits [N, C] (fp32/fp16/bf16), targets [N, C] uint8 multi-hot, slot_cols [N, K] int32
+    logits [N, C] (fp32/fp16/bf16), targets [N, C] uint8 column roles (0 = negative,
+    1 = positive, 2 = ignored: in no denominator, gradient 0), slot_cols [N, K] int32
     (each row's positive columns, -1 padding, K a power of two), q = 1 - R [C, C] fp32 with a
     diagonal of 1, weights [C] fp32. All on the same device, contiguous.
     """

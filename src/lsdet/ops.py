@@ -5,7 +5,9 @@ and the inference scores. (``soft_balance_weights`` is re-exported from
 Conventions: ``logits`` [N, C] with column 0 = background (the ops themselves treat every
 column alike); ``targets`` [N, C] multi-hot (bool, uint8 or float; non-zero = positive);
 ``rates`` [C, C] with rates[i, j] = r_ij, the probability that an object of class i is also
-labelled j (its diagonal is ignored); ``weights`` [C] per-column loss weights.
+labelled j (its diagonal is ignored); ``weights`` [C] per-column loss weights; ``ignore``
+[N, C] bool (optional): columns of a row that are neither positive nor negative in eq. 3 (left
+out of every denominator, gradient 0; a positive column stays positive).
 
 Two implementations compute the same thing: Triton kernels (``lsdet.kernels``) and a PyTorch
 reference. Both compute the loss (eq. 3) and its exact gradient in one forward pass (eq. 4 prints the
@@ -34,6 +36,7 @@ import torch
 from lsdet.sampling.soft_balance import soft_balance_weights
 
 __all__ = [
+    "POSITIVE_REDUCTIONS",
     "concurrent_softmax",
     "concurrent_softmax_loss",
     "concurrent_softmax_loss_reference",
@@ -43,6 +46,8 @@ __all__ = [
 
 _IMPLS = ("auto", "triton", "torch")
 _REDUCTIONS = ("none", "sum", "mean")
+# How the positives of one row combine in eq. 3 (``positive_reduction``).
+POSITIVE_REDUCTIONS = ("sum", "mean")
 
 
 # ----------------------------------------------------------------------------------------
@@ -76,10 +81,13 @@ def concurrent_softmax_loss_reference(
     targets: torch.Tensor,
     q: torch.Tensor,
     weights: torch.Tensor,
+    ignore: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row losses [N] and dL/dz [N, C] of eq. 3 in plain PyTorch (fp32, or fp64 for fp64).
 
-    ``q`` is 1 - R (see ``_rates_complement``); ``targets`` any dtype, non-zero = positive.
+    ``q`` is 1 - R (see ``_rates_complement``); ``targets`` any dtype, non-zero = positive;
+    ``ignore`` None or [N, C] bool: non-positive columns that are not negatives either (E = 0
+    there, so they enter no S and get gradient 0).
     With the shift m = the row's largest negative logit and E = exp(z - m):
         S = (E * (1 - Y)) Q^T,   x = log S + m - z,   loss_i = w_i softplus(x_i)  (i positive)
         dL/dz_k = -w_k sigmoid(x_k)  (k positive),   E_k (A Q)_k  (k negative),
@@ -95,12 +103,14 @@ def concurrent_softmax_loss_reference(
     positive = targets if targets.dtype == torch.bool else targets != 0
     q = q.to(dtype)
     w = weights.to(dtype)
-    negative_logits = torch.where(positive, float("-inf"), z)
+    not_negative = positive if ignore is None else positive | ignore.to(torch.bool)
+    negative_logits = torch.where(not_negative, float("-inf"), z)
     shift = negative_logits.amax(dim=1)
     if bool(torch.isinf(shift).any()):  # rows without a negative (or empty rows)
         shift = torch.where(torch.isinf(shift), z.amax(dim=1), shift)
         shift = torch.nan_to_num(shift, neginf=0.0)
-    # E at the negatives, 0 at the positives (exp(-inf)); in place, to spare [N, C] passes.
+    # E at the negatives, 0 at the positives and ignored columns (exp(-inf)); in place, to
+    # spare [N, C] passes.
     exp_negative = negative_logits.sub_(shift[:, None]).exp_()
 
     rows, cols, slot, num_slots = _positive_slots(positive)
@@ -136,7 +146,7 @@ def concurrent_softmax_loss_reference(
             grad.index_copy_(0, rows_s, grad.index_select(0, rows_s) + contribution)
     if grad is None:
         grad = z.new_zeros(z.shape)  # contiguous, whatever the logits' strides
-    # E = 0 at the positives, so grad holds 0 there before this.
+    # E = 0 at the positives (and ignored columns), so grad holds 0 there before this.
     grad.view(-1).index_copy_(0, rows * z.shape[1] + cols, grad_positive)
     return row_loss, grad
 
@@ -173,6 +183,7 @@ def _loss_op(
     targets: torch.Tensor,
     q: torch.Tensor,
     weights: torch.Tensor,
+    ignore: torch.Tensor | None,
     impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if impl == "triton":
@@ -181,18 +192,22 @@ def _loss_op(
         width = 1 << max(num_slots - 1, 0).bit_length()  # a power of two >= num_slots
         slot_cols = torch.full((logits.shape[0], width), -1, dtype=torch.int32, device=rows.device)
         slot_cols.view(-1).index_copy_(0, rows * width + slot, cols.to(torch.int32))
+        # The kernel's column roles: 0 = negative, 1 = positive, 2 = ignored.
+        roles = positive.to(torch.uint8)
+        if ignore is not None:
+            roles = torch.where(positive, roles, ignore.to(torch.uint8) * 2)
         return _triton_kernels().concurrent_softmax_loss_triton(
             logits.contiguous(),
-            positive.to(torch.uint8),
+            roles.contiguous(),
             slot_cols,
             q.float().contiguous(),
             weights.float().contiguous(),
         )
-    return concurrent_softmax_loss_reference(logits, targets, q, weights)
+    return concurrent_softmax_loss_reference(logits, targets, q, weights, ignore)
 
 
 @_loss_op.register_fake
-def _(logits, targets, q, weights, impl):
+def _(logits, targets, q, weights, ignore, impl):
     dtype = _compute_dtype(logits)
     n, c = logits.shape
     return logits.new_empty(n, dtype=dtype), logits.new_empty(n, c, dtype=dtype)
@@ -210,10 +225,10 @@ def _loss_setup_context(ctx, inputs, output):
 def _loss_backward(ctx, grad_loss, grad_of_grad_output):
     (grad_unit,) = ctx.saved_tensors
     if grad_loss is None:  # only the (non-differentiable) gradient output was used
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     # Out of place: the saved gradient stays intact (backward may run again, retain_graph).
     grad_logits = (grad_unit * grad_loss.to(grad_unit.dtype)[:, None]).to(ctx.logits_dtype)
-    return grad_logits, None, None, None, None
+    return grad_logits, None, None, None, None, None
 
 
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
@@ -292,14 +307,21 @@ def concurrent_softmax_loss(
     weights: torch.Tensor | None = None,
     reduction: str = "mean",
     impl: str = "auto",
+    *,
+    ignore: torch.Tensor | None = None,
+    positive_reduction: str = "sum",
 ) -> torch.Tensor:
     """Concurrent softmax loss (paper eq. 3), differentiable with the exact gradient.
 
     For row n with positives K (targets != 0):
         s*_i = e^{z_i} / (sum_j (1 - y_j)(1 - r_ij) e^{z_j} + e^{z_i}),
-        loss_n = -sum_{i in K} w_i log s*_i.
-    With rates = 0 and one positive per row this is softmax cross-entropy. A row without any
-    positive has loss 0 and gradient 0 (the op does not check, to avoid a device sync).
+        loss_n = -sum_{i in K} w_i log s*_i                       (positive_reduction="sum")
+        loss_n = -(1 / |K|) sum_{i in K} w_i log s*_i              (positive_reduction="mean")
+    With rates = 0 and one positive per row this is softmax cross-entropy, whatever the
+    positive reduction. A row without any positive has loss 0 and gradient 0 (the op does not
+    check, to avoid a device sync). Columns marked in ``ignore`` (and not positive) are
+    neither positive nor negative: they leave the sum over j (as if y_j = 1 without a term of
+    their own) and get gradient 0.
 
     Args:
         logits: [N, C] float32/bfloat16/float16 (float64 with impl="torch").
@@ -308,6 +330,9 @@ def concurrent_softmax_loss(
         weights: [C] per-class weights w (None = 1).
         reduction: "none" (per-row [N]), "sum", or "mean" over rows.
         impl: "auto" (Triton for CUDA tensors, PyTorch otherwise), "triton", "torch".
+        ignore: None, or [N, C] bool: the columns of each row left out of eq. 3.
+        positive_reduction: how a row's positives combine: "sum" (eq. 3 as printed) or "mean"
+            (the sum divided by the row's number of positives |K|; its gradient likewise).
 
     Returns:
         The loss in float32 (float64 for float64 logits): [N] for "none", else a scalar.
@@ -319,17 +344,33 @@ def concurrent_softmax_loss(
         )
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if positive_reduction not in POSITIVE_REDUCTIONS:
+        raise ValueError(
+            f"positive_reduction must be one of {POSITIVE_REDUCTIONS}, got {positive_reduction!r}"
+        )
     c = logits.shape[1]
     if weights is None:
         weights = torch.ones(c, dtype=torch.float32, device=logits.device)
     elif tuple(weights.shape) != (c,):
         raise ValueError(f"weights must be [C] = [{c}], got shape {tuple(weights.shape)}")
-    for name, tensor in (("targets", targets), ("weights", weights)):
-        if tensor.device != logits.device:
+    if ignore is not None:
+        if tuple(ignore.shape) != tuple(logits.shape):
+            raise ValueError(
+                f"ignore must have the logits' shape {tuple(logits.shape)}, "
+                f"got {tuple(ignore.shape)}"
+            )
+        if ignore.dtype != torch.bool:
+            raise ValueError(f"ignore must be a bool mask, got {ignore.dtype}")
+    for name, tensor in (("targets", targets), ("weights", weights), ("ignore", ignore)):
+        if tensor is not None and tensor.device != logits.device:
             raise ValueError(f"{name} on {tensor.device}, logits on {logits.device}")
     resolved = _resolve_impl(impl, logits)
     q = _rates_complement(rates, _compute_dtype(logits))
-    row_loss, _ = _loss_op(logits, targets, q, weights, resolved)
+    row_loss, _ = _loss_op(logits, targets, q, weights, ignore, resolved)
+    if positive_reduction == "mean":
+        # Outside the op: autograd divides the row's gradient by |K| too.
+        num_positive = (targets != 0).sum(dim=1).clamp(min=1)
+        row_loss = row_loss / num_positive.to(row_loss.dtype)
     if reduction == "none":
         return row_loss
     if reduction == "sum":

@@ -101,17 +101,66 @@ class SoftmaxCrossEntropy(ClassificationLoss):
         return (per_roi * self.row_weights(labels)).mean()
 
 
-class ConcurrentSoftmaxLoss(ClassificationLoss):
-    """The paper's concurrent softmax (eq. 3) over the multi-hot targets, via ``lsdet.ops``.
+POSITIVE_TARGETS = ("expanded", "annotated")
 
-    ``rates`` [C+1, C+1] (row/column 0 = background, zero). ``impl`` picks the op's
-    implementation ("auto": Triton on CUDA, PyTorch on CPU). Scored with eq. 5.
+
+class ConcurrentSoftmaxLoss(ClassificationLoss):
+    """The paper's concurrent softmax (Peng et al., CVPR 2020, section 3.1, eq. 3) over each
+    RoI's multi-hot targets, via ``lsdet.ops.concurrent_softmax_loss``; scored with eq. 5.
+
+    For a RoI with logits z, positives K and the concurrent rates R:
+        s*_i = e^{z_i} / (sum_j (1 - y_j)(1 - r_ij) e^{z_j} + e^{z_i}),   i in K
+        L = -sum_{i in K} w_i log s*_i
+
+    The paper leaves open which labels are K and how they combine; both are settings:
+
+    ``positive_targets`` (``loss.positive_targets``), which classes are K:
+      * ``expanded`` (default, what lsdet has always done): every label of the object and all
+        its ancestors, as the dataset gives them (``OpenImagesDetection`` expands each
+        object's labels up the hierarchy, as the Open Images tools expand ground truth). A
+        leaf box thus has the leaf and each ancestor as positives, and each ancestor's term
+        pushes down every negative outside its own subtree: on a 3-level hierarchy a leaf box
+        pushes the other families' classes down about three times as hard as softmax does.
+      * ``annotated``: only the object's annotated labels. The targets arrive expanded, so
+        they are recovered as the most specific ones: a positive that is an ancestor of
+        another positive of the RoI is taken as added by the expansion (an ancestor
+        annotated on the same object as its descendant cannot be told apart after
+        expansion and is treated alike). The ancestors of the annotated labels are then
+        neither positives nor negatives ("ignored": in no denominator, gradient 0): the
+        annotation says they are present, so they must not be pushed down. With
+        ``rates.hierarchy_rate=1`` (default) r_ij = 1 for the leaf's own term already
+        removes them; the ignoring matters with ``rates.hierarchy_rate=0`` (the paper's
+        literal wording, under which an ancestor that is a negative would suppress its own
+        leaf) and for the other positives of a RoI with labels in two subtrees. Descendants
+        of an annotated parent-only label stay negatives, suppressing it as
+        ``rates.hierarchy_rate`` says (1: not at all, 0: fully). Needs ``ancestors``.
+
+    ``positive_reduction`` (``loss.positive_reduction``), how a RoI's terms combine:
+    ``sum`` (default; eq. 3 as printed) or ``mean`` (the sum divided by |K|, gradient
+    likewise, so a RoI weighs the same whatever its number of positives).
+
+    With one positive per RoI and R = 0, every combination is softmax cross-entropy.
+
+    ``rates`` [C+1, C+1] (row/column 0 = background, zero); ``ancestors`` [C, C] bool over
+    the classes (ancestors[k, j]: j is a strict ancestor of k; no background), needed by
+    ``annotated``. ``impl`` picks the op's implementation ("auto": Triton on CUDA, PyTorch
+    on CPU).
     """
 
-    inputs: ClassVar[tuple[str, ...]] = ("rates",)
+    inputs: ClassVar[tuple[str, ...]] = ("rates", "ancestors")
     default_scoring: ClassVar[str] = "concurrent_softmax"
 
-    def __init__(self, num_classes, class_weights=None, *, rates, impl: str = "auto"):
+    def __init__(
+        self,
+        num_classes,
+        class_weights=None,
+        *,
+        rates,
+        ancestors=None,
+        impl: str = "auto",
+        positive_targets: str = "expanded",
+        positive_reduction: str = "sum",
+    ):
         super().__init__(num_classes, class_weights)
         if rates is None:
             raise ValueError("the concurrent_softmax loss needs the rates matrix [C+1, C+1]")
@@ -121,13 +170,63 @@ class ConcurrentSoftmaxLoss(ClassificationLoss):
                 f"rates must be [num_classes, num_classes] = [{num_classes}, {num_classes}] "
                 f"(row/col 0 = background), got {tuple(rates.shape)}"
             )
+        if positive_targets not in POSITIVE_TARGETS:
+            raise ValueError(
+                f"loss.positive_targets={positive_targets!r}; expected one of {POSITIVE_TARGETS}"
+            )
+        if positive_reduction not in ops.POSITIVE_REDUCTIONS:
+            raise ValueError(
+                f"loss.positive_reduction={positive_reduction!r}; expected one of "
+                f"{ops.POSITIVE_REDUCTIONS}"
+            )
         self.register_buffer("rates", rates, persistent=False)
         self.impl = impl
+        self.positive_targets = positive_targets
+        self.positive_reduction = positive_reduction
+        # [C+1, C+1] with the background row/column False; only "annotated" reads it.
+        ancestors_full = torch.zeros(num_classes, num_classes, dtype=torch.bool)
+        if positive_targets == "annotated":
+            c = num_classes - 1
+            if ancestors is None:
+                raise ValueError(
+                    "loss.positive_targets=annotated needs the class hierarchy's ancestors "
+                    "matrix [C, C]"
+                )
+            ancestors = _as_tensor(ancestors, torch.bool)
+            if tuple(ancestors.shape) != (c, c):
+                raise ValueError(
+                    f"ancestors must be [C, C] = [{c}, {c}] over the classes (no background), "
+                    f"got {tuple(ancestors.shape)}"
+                )
+            ancestors_full[1:, 1:] = ancestors
+        self.register_buffer("ancestors", ancestors_full, persistent=False)
+
+    def targets_and_ignored(
+        self, multilabels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The positives of eq. 3 [R, C+1] bool and the ignored columns (None: none), as
+        ``positive_targets`` says."""
+        positive = multilabels > 0
+        if self.positive_targets == "expanded":
+            return positive, None
+        # ancestor_of_positive[r, j]: j is a strict ancestor of some positive of row r.
+        ancestor_of_positive = (positive.float() @ self.ancestors.float()) > 0
+        annotated = positive & ~ancestor_of_positive
+        ignored = (annotated.float() @ self.ancestors.float()) > 0
+        return annotated, ignored
 
     def forward(self, logits, multilabels, labels):
         self._check(logits, multilabels, labels)
+        targets, ignored = self.targets_and_ignored(multilabels)
         return ops.concurrent_softmax_loss(
-            logits, multilabels, self.rates, self.class_weights, reduction="mean", impl=self.impl
+            logits,
+            targets,
+            self.rates,
+            self.class_weights,
+            reduction="mean",
+            impl=self.impl,
+            ignore=ignored,
+            positive_reduction=self.positive_reduction,
         )
 
 
