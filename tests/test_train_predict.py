@@ -58,8 +58,7 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
             "evaluate",
             overrides=[
                 f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
-                f"data.root={data_root}",
-                "data.image_size=64",
+                f"data.root={data_root}",  # the image size is the checkpoint's (64)
                 f"output_dir={tmp_path / 'eval'}",
                 "device=cpu",
                 "num_workers=0",

@@ -180,7 +180,7 @@ def write_submission(cfg: DictConfig) -> Path:
     )
     if listing.in_subfolders:
         log.info(
-            "%d images lie in subfolders: their ImageId is the path relative to %s without "
+            "%d image files lie in subfolders: their ImageId is the path relative to %s without "
             "the suffix (e.g. %s)",
             listing.in_subfolders,
             image_dir,
@@ -229,7 +229,7 @@ def write_submission(cfg: DictConfig) -> Path:
         "image_ids": "path relative to image_dir without the suffix, '/' between folders",
         "image_files_found": len(dataset),
         "images_predicted": len(predicted_ids),
-        "images_in_subfolders": listing.in_subfolders,
+        "image_files_in_subfolders": listing.in_subfolders,
         "detections": len(detections),
         "scoring": model.roi_heads.scoring,
         "undecodable_images": {

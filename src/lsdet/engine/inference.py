@@ -161,13 +161,25 @@ UNREADABLE = "file cannot be read"
 
 class ImageDecodeError(RuntimeError):
     """An image file that cannot be decoded: ``reason`` (one of this module's reasons) and
-    the decoder's ``detail``; the message names the file."""
+    the decoder's ``detail``; the message names the file. (``ImageDecodeError(message)``
+    alone also works, as DataLoader workers re-raise with the message only.)"""
 
-    def __init__(self, path: Path, reason: str, detail: str) -> None:
-        super().__init__(f"cannot decode image {path}: {reason} ({detail})")
+    def __init__(
+        self, message: str, *, path: Path | None = None, reason: str = "", detail: str = ""
+    ) -> None:
+        super().__init__(message)
         self.path = path
         self.reason = reason
         self.detail = detail
+
+    @classmethod
+    def of(cls, path: Path, reason: str, detail: str) -> ImageDecodeError:
+        return cls(
+            f"cannot decode image {path}: {reason} ({detail})",
+            path=path,
+            reason=reason,
+            detail=detail,
+        )
 
 
 def read_rgb_image(path: str | Path) -> torch.Tensor:
@@ -181,19 +193,19 @@ def read_rgb_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise ImageDecodeError(path, EMPTY_FILE, "0 bytes")
+            raise ImageDecodeError.of(path, EMPTY_FILE, "0 bytes")
         with Image.open(path) as image:
             pixels = np.array(as_displayed(image).convert("RGB"))  # writable copy for torch
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(path, UNIDENTIFIED, str(exc)) from exc
+        raise ImageDecodeError.of(path, UNIDENTIFIED, str(exc)) from exc
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(path, TOO_LARGE, str(exc)) from exc
+        raise ImageDecodeError.of(path, TOO_LARGE, str(exc)) from exc
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        raise ImageDecodeError(path, UNREADABLE, str(exc)) from exc
+        raise ImageDecodeError.of(path, UNREADABLE, str(exc)) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's plugins raise all three
-        raise ImageDecodeError(path, CORRUPT, str(exc)) from exc
+        raise ImageDecodeError.of(path, CORRUPT, str(exc)) from exc
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
@@ -258,7 +270,8 @@ class ImageFiles(torch.utils.data.Dataset):
     ``image_ids`` are given. ``image_size`` resizes every image to that square side (None keeps
     each image's size). A file that cannot be decoded raises ``ImageDecodeError`` naming it
     (``strict=True``) or gives a blank item whose target has ``skipped``:
-    ``"<reason>: <detail>"`` (``strict=False``; ``predict`` lists it in ``skipped_images``)."""
+    ``"<reason>: <file> (<detail>)"`` (``strict=False``; ``predict`` lists it in
+    ``skipped_images``)."""
 
     def __init__(
         self,
@@ -300,7 +313,7 @@ class ImageFiles(torch.utils.data.Dataset):
             if self.strict:
                 raise
             side = int(self.image_size) if self.image_size is not None else 32
-            skipped = f"{exc.reason}: {exc.detail}"
+            skipped = f"{exc.reason}: {exc.path} ({exc.detail})"
             return torch.zeros(3, side, side), {"image_id": image_id, "skipped": skipped}
         if self.image_size is not None:
             image = resize(image, [int(self.image_size)] * 2, antialias=True)
