@@ -4,9 +4,22 @@ resume command printed after an interrupted run or sweep."""
 
 from __future__ import annotations
 
-import pytest
-from train_helpers import CONF_DIR, compose_train
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict, read_write
+from train_helpers import CONF_DIR, compose_train, tiny_overrides
+
+from lsdet.data.synth import ensure_synthetic_benchmark
 from lsdet.engine.config_checks import (
     LOSS_SETTINGS,
     NUMERIC_SETTINGS,
@@ -14,6 +27,10 @@ from lsdet.engine.config_checks import (
     SAMPLER_SETTINGS,
     check_training_config,
 )
+from lsdet.engine.run_folder import RunFolderNotWritableError, check_writable
+from lsdet.engine.signals import resume_advice
+
+REPO = Path(__file__).resolve().parents[1]
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -113,3 +130,162 @@ def _leaves(node, prefix):
             yield from _leaves(value, f"{prefix}.{key}")
         else:
             yield f"{prefix}.{key}", value
+
+
+# --------------------------------------------------------------------------- the command line
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "synth"
+    ensure_synthetic_benchmark(compose_train(tiny_overrides(root)).data)
+    return root
+
+
+def tiny(data_root) -> list[str]:
+    return [o for o in tiny_overrides(data_root) if not o.startswith("name=")]
+
+
+def train_cli(args: list[str], cwd: Path = REPO, prefix: list[str] | None = None):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, *(prefix or ["-m", "lsdet.train"]), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_refused_start_leaves_the_run_folder_as_it_was(data_root, tmp_path):
+    run = tmp_path / "run"
+    args = [*tiny(data_root), f"hydra.run.dir={run}"]
+    first = train_cli([*args, "train.stop_after_iters=1"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Hydra's record, written by lsdet once the start was accepted
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").train.stop_after_iters == 1
+    assert "train.stop_after_iters=1" in OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.name == "train"
+    before = folder_contents(run)
+
+    refused = train_cli([*args, "train.resume=true", "optim.lr=0.5"])
+    assert refused.returncode != 0
+    assert (
+        "the config differs from the checkpoint" in refused.stderr and "optim.lr" in refused.stderr
+    )
+    assert folder_contents(run) == before
+
+    refused = train_cli(args)  # a new start into a folder holding a checkpoint
+    assert refused.returncode != 0 and "already holds a checkpoint" in refused.stderr
+    assert folder_contents(run) == before
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path):
+    """``folder`` made unwritable for this user (root writes into read-only folders, but not
+    into immutable ones)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: no folder is unwritable")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_an_unwritable_run_folder_is_an_error_naming_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with unwritable(run):
+        result = train_cli([f"hydra.run.dir={run}", "logger.mode=disabled"])
+    assert result.returncode != 0
+    assert f"run folder {run} is not writable" in result.stderr, result.stderr[-3000:]
+    assert "Unable to configure handler" not in result.stderr
+    assert list(run.iterdir()) == []
+
+
+def test_check_writable_names_the_parent_that_cannot_hold_a_new_run_folder(tmp_path):
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    with unwritable(parent), pytest.raises(RunFolderNotWritableError, match=f"folder {parent}"):
+        check_writable(parent / "new_run")
+    check_writable(parent / "new_run")  # writable again
+
+
+# --------------------------------------------------------------------------- resume advice
+@contextlib.contextmanager
+def hydra_job(overrides: list[str], mode: RunMode, output_dir: Path):
+    """The HydraConfig of a job of ``mode`` writing to ``output_dir``, as inside a run."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = mode
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield cfg
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_resume_advice_of_a_single_run(tmp_path):
+    with hydra_job([], RunMode.RUN, tmp_path / "runs" / "x") as cfg:
+        advice = resume_advice(tmp_path / "runs" / "x", cfg)
+    assert advice.endswith("same command plus: train.resume=true")
+    # a run folder named by the time of the start: the same command would start a new one
+    timestamped = ["hydra.run.dir=outputs/${now:%H-%M-%S-%f}"]
+    with hydra_job(timestamped, RunMode.RUN, tmp_path / "outputs" / "t") as cfg:
+        advice = resume_advice(tmp_path / "outputs" / "t", cfg)
+    assert advice.endswith(f"train.resume=true hydra.run.dir={tmp_path / 'outputs' / 't'}")
+
+
+def test_resume_advice_of_a_sweep_names_its_folder_and_resumes_or_starts_each_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    with hydra_job([f"hydra.sweep.dir={sweep}"], RunMode.MULTIRUN, sweep / "0") as cfg:
+        advice = resume_advice(sweep / "0", cfg)
+    assert advice.endswith(f"same command plus: train.resume=auto hydra.sweep.dir={sweep}")
+
+
+# Job 0 of the sweep gets a Ctrl-C during its first step; job 1 never starts.
+CTRL_C_IN_JOB_0 = """
+import os, runpy, signal
+from hydra.core.hydra_config import HydraConfig
+import lsdet.engine.trainer as trainer
+
+original = trainer.train_step
+
+def step_then_ctrl_c(run, images, targets):
+    if HydraConfig.get().job.num == 0 and run.position.global_step == 0:
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(run, images, targets)
+
+trainer.train_step = step_then_ctrl_c
+runpy.run_module("lsdet.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_printed_command_continues_a_sweep_stopped_by_ctrl_c(data_root, tmp_path):
+    args = [
+        "-m",
+        "loss=softmax,concurrent_softmax",
+        *tiny(data_root),
+        "train.max_iters_per_epoch=1",
+        "schedule.phases.main.lr.milestones=[]",
+    ]
+    # The default sweep folder, multirun/<date and time>, under the working directory.
+    stopped = train_cli(args, cwd=tmp_path, prefix=["-c", CTRL_C_IN_JOB_0])
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    assert not (sweep / "1").exists()  # never started
+    advice = stopped.stdout.split("same command plus: ", 1)[1].splitlines()[0]
+    assert shlex.split(advice) == ["train.resume=auto", f"hydra.sweep.dir={sweep}"]
+
+    resumed = train_cli([*args, *shlex.split(advice)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list((tmp_path / "multirun").iterdir()) == [sweep]
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["global_step"] == 2, summary
