@@ -174,3 +174,38 @@ def test_kernel_never_writes_into_saved_tensors():
     torch.testing.assert_close(scaled, 3.0 * first)
     # The logits' storage is not reused as the gradient's.
     assert first.data_ptr() != logits.data_ptr()
+
+
+# A row whose competitors are all ignored has S = 0: log(0) = -inf, softplus(-inf) = 0 (the
+# interpreter's numpy warns).
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
+@pytest.mark.parametrize("positive_reduction", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_loss_kernel_ignored_columns_and_positive_mean_match_reference(positive_reduction, dtype):
+    n, c = 21, 37
+    logits, targets, rates, weights = make_problem(n, c, seed=11, dtype=dtype)
+    gen = torch.Generator().manual_seed(12)
+    ignore = (torch.rand(n, c, generator=gen) < 0.2).to(DEVICE)
+    ignore[2] = ~targets[2]  # a row whose every non-positive is ignored
+    upstream = torch.linspace(0.5, 1.5, n, device=DEVICE)
+    results = {}
+    for impl in ("triton", "torch"):
+        z = logits.clone().requires_grad_(True)
+        loss = ops.concurrent_softmax_loss(
+            z,
+            targets,
+            rates,
+            weights,
+            "none",
+            impl=impl,
+            ignore=ignore,
+            positive_reduction=positive_reduction,
+        )
+        (grad,) = torch.autograd.grad((loss * upstream).sum(), z)
+        results[impl] = (loss, grad)
+    (loss, grad), (loss_ref, grad_ref) = results["triton"], results["torch"]
+    torch.testing.assert_close(loss, loss_ref, **TOLERANCES[dtype])
+    torch.testing.assert_close(grad.float(), grad_ref.float(), **TOLERANCES[dtype])
+    # Ignored columns get exactly 0 (never the fresh buffer's leftovers).
+    assert torch.all(grad[ignore & ~targets] == 0)
+    assert loss[2] == 0

@@ -41,6 +41,25 @@ def literal_loss(logits, targets, rates, weights):
     return torch.stack(rows)
 
 
+def literal_loss_with_choices(logits, targets, rates, weights, ignore, positive_reduction):
+    """Eq. 3 with ignored columns (in no denominator) and the positives' mean, by loops."""
+    z = logits.double()
+    rows = []
+    for n in range(z.shape[0]):
+        row = z.new_zeros(())
+        positives = [i for i in range(z.shape[1]) if targets[n, i]]
+        negatives = [j for j in range(z.shape[1]) if not targets[n, j] and not ignore[n, j]]
+        for i in positives:
+            denom = torch.exp(z[n, i])
+            for j in negatives:
+                denom = denom + (1 - rates[i, j]) * torch.exp(z[n, j])
+            row = row - weights[i] * torch.log(torch.exp(z[n, i]) / denom)
+        if positive_reduction == "mean" and positives:
+            row = row / len(positives)
+        rows.append(row)
+    return torch.stack(rows)
+
+
 def literal_scores(logits, rates):
     """Eq. 5 written out: s+_i = e^{z_i} / sum_j (1 - r_ij) e^{z_j}, r_ii = 0."""
     z = logits.double()
@@ -265,3 +284,69 @@ def test_non_contiguous_logits_and_a_row_without_positive():
     (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
     torch.testing.assert_close(grad, grad_expected)
     assert loss[2] == 0 and torch.all(grad[2] == 0)
+
+
+@pytest.mark.parametrize("positive_reduction", ["sum", "mean"])
+@pytest.mark.parametrize("with_ignore", [False, True])
+def test_ignored_columns_and_positive_reduction_match_literal_formula(
+    positive_reduction, with_ignore
+):
+    logits, targets, rates, weights = random_problem(7, 9, seed=21)
+    gen = torch.Generator().manual_seed(22)
+    ignore = torch.rand(7, 9, generator=gen) < (0.3 if with_ignore else 0.0)
+    ignore[0, targets[0].nonzero()[0, 0]] = True  # a positive also marked: it stays positive
+    ignore[1] = ~targets[1]  # every non-positive ignored: loss 0 for that row
+    logits.requires_grad_(True)
+    loss = ops.concurrent_softmax_loss(
+        logits,
+        targets,
+        rates,
+        weights,
+        "none",
+        impl="torch",
+        ignore=ignore,
+        positive_reduction=positive_reduction,
+    )
+    expected = literal_loss_with_choices(
+        logits, targets, rates, weights, ignore & ~targets, positive_reduction
+    )
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-10)
+    assert torch.all(grad[ignore & ~targets] == 0)
+    assert loss[1] == 0
+
+    def fn(z):
+        return ops.concurrent_softmax_loss(
+            z,
+            targets,
+            rates,
+            weights,
+            "none",
+            impl="torch",
+            ignore=ignore,
+            positive_reduction=positive_reduction,
+        )
+
+    assert torch.autograd.gradcheck(fn, (logits,))
+
+
+def test_mean_positive_reduction_divides_each_row_by_its_positives():
+    logits, targets, rates, weights = random_problem(6, 8, seed=23)
+    summed = ops.concurrent_softmax_loss(logits, targets, rates, weights, "none", impl="torch")
+    mean = ops.concurrent_softmax_loss(
+        logits, targets, rates, weights, "none", impl="torch", positive_reduction="mean"
+    )
+    torch.testing.assert_close(mean, summed / targets.sum(dim=1).double())
+    assert (targets.sum(dim=1) > 1).any()  # the rows where the two differ are there
+
+
+def test_bad_choices_get_clear_errors():
+    logits, targets, rates, _ = random_problem(2, 4, seed=24)
+    with pytest.raises(ValueError, match="positive_reduction must be one of"):
+        ops.concurrent_softmax_loss(logits, targets, rates, positive_reduction="max")
+    with pytest.raises(ValueError, match="ignore must have the logits' shape"):
+        ops.concurrent_softmax_loss(logits, targets, rates, ignore=torch.zeros(2, 3, dtype=bool))
+    with pytest.raises(ValueError, match="ignore must be a bool mask"):
+        ops.concurrent_softmax_loss(logits, targets, rates, ignore=torch.zeros(2, 4))
