@@ -111,6 +111,7 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run(data_root, tmp_p
     monkeypatch.setattr(trainer_module, "build_model", model_with_a_nan_step)
     summary = run_training(compose_train(tiny_overrides(data_root)), tmp_path / "a")
     assert summary["status"] == "finished" and summary["nonfinite_steps"] == 1
+    assert summary["nonfinite_first_step"] == 2
     with pytest.raises(NonFiniteLossError, match="max_nonfinite=0"):
         run_training(
             compose_train(tiny_overrides(data_root) + ["train.max_nonfinite=0"]), tmp_path / "b"

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsdet.atomic_files import write_atomic
 from lsdet.engine.builders import unwrap
-from lsdet.engine.distributed import DistInfo, barrier, gather_objects
+from lsdet.engine.distributed import DistInfo, all_reduce_flag, barrier, gather_objects
 
 if TYPE_CHECKING:
     from lsdet.engine.run_state import Run
@@ -353,10 +353,17 @@ def save_checkpoint(run: Run) -> None:
             f"written. {resume_hint(run)}"
         )
     path = run.checkpoint_dir / LAST_CHECKPOINT
+    write_error: CheckpointWriteError | None = None
     if run.dist.is_main:
-        save_keeping_previous(state, path)
+        try:
+            save_keeping_previous(state, path)
+        except CheckpointWriteError as error:
+            write_error = error
+    if all_reduce_flag(write_error is not None, run.dist):  # every rank stops, not only rank 0
+        raise write_error or CheckpointWriteError(
+            errno.EIO, f"cannot write {path}: rank 0 failed to write it (see its log)"
+        )
     run.last_checkpoint = (path, run.position.global_step)
-    barrier(run.dist)
 
 
 def load_resume_state(
