@@ -89,9 +89,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     """The checkpoint mode: predict every image of the ground truth (``data.val.image_dir``)
     with a training checkpoint in memory, score the detections and write the outputs.
 
+    The images are prepared as in the checkpoint's training (its ``data.image_size``, the
+    detector's ``min_size``/``max_size`` and normalisation) unless ``data.image_size``,
+    ``min_size`` or ``max_size`` are given; metrics.json's ``input`` says which were used.
+
     An image of the ground truth without a file is an error naming it (``strict=true``) or,
     with ``strict=false``, skipped, counted and reported in metrics.json; its ground truth is
-    left out of the metric (a missing file must not pass for a weaker detector)."""
+    left out of the metric (a missing file must not pass for a weaker detector); a file that
+    cannot be decoded likewise (``undecodable_images``, counted per reason)."""
     from lsdet.engine.inference import (
         ImageFiles,
         load_detector_from_config,
