@@ -647,3 +647,193 @@ def test_confused_pairs_follow_the_figure_3a_profile():
         coinciding = sum(set(mids) <= set(o.labels) for o in objects)
         measured = max(coinciding / boxes[m] for m in mids)
         assert measured == pytest.approx(taxonomy.confused_rate[a], abs=0.04), mids
+
+
+# --------------------------------------------------------------------------------------------
+# Dose-response variants: the share of objects with two leaf labels (generate.multi_label_rate)
+# and the placement of the confused pairs (generate.confused_pairs.placement).
+
+# A small benchmark whose settings and bytes are fixed: the values below were written by the
+# generator before multi_label_rate and placement existed; at their defaults it must write
+# the same bytes with the same settings hash.
+FIXED = {
+    "seed": 5,
+    "image_size": 24,
+    "num_train_images": 80,
+    "num_val_images": 20,
+    "num_families": 2,
+    "shapes_per_family": 2,
+    "hues_per_shape": 2,
+    "textures_per_shape": 2,
+    "imbalance": 8.0,
+    "val_min_images_per_class": 2,
+    "confused_pairs": {"num_pairs": 2, "top_rate": 0.6, "min_rate": 0.3},
+}
+FIXED_DIGESTS = {
+    "train-annotations-bbox.csv": "ee49768d8ee6ddfdf0157a3cffd5f130a14c226cc3235e1a0f0afed2e7546c72",
+    "validation-annotations-bbox.csv": (
+        "eca25af506b6abbe8183db764e43a48432a30aa3f39ca0d19ab58ab6939b416d"
+    ),
+    "train-annotations-image-labels.csv": (
+        "d7161ed0fecac4e2c75c5496532d6d7f921dfa9ae61569f5f2954d92368c533a"
+    ),
+    "manifest.json": "f86a4a82103b22aab95e997fe7e323ffb47e0543a75f6898c0737b1640c66c19",
+    "train/tr0000003.jpg": "6b195ab58b37b6e8aeaf11987906b8d12e8c1f1023d1665252a053d201bbe749",
+}
+
+
+def leaf_label_counts(root: Path, split: str = "train") -> pd.Series:
+    """Per drawn object, how many of its labels are leaves."""
+    hierarchy = Hierarchy.from_json(root / "hierarchy.json")
+    objects = pd.read_csv(split_files(root, split)["objects_csv"])
+    return objects["LabelNames"].map(
+        lambda names: sum(hierarchy.is_leaf(mid) for mid in names.split(";"))
+    )
+
+
+def test_defaults_keep_the_v2_settings_hash_and_bytes(tmp_path):
+    assert SynthSettings().content_hash() == "5e2473c572bc3a18"  # benchmark v2's
+    explicit = SynthSettings.from_mapping(
+        {"multi_label_rate": None, "confused_pairs": {"placement": "random"}}
+    )
+    assert explicit == SynthSettings() and explicit.content_hash() == "5e2473c572bc3a18"
+    assert "multi_label_rate" not in explicit.to_dict()
+    assert "placement" not in explicit.to_dict()["confused_pairs"]
+    manifest = generate_synthetic_benchmark(tmp_path / "fixed", FIXED)
+    assert manifest["settings_hash"] == "6da77b14a7d867e6"
+    assert "multi_label" not in manifest["summary"]
+    digests = file_digests(tmp_path / "fixed")
+    assert {name: digests[name] for name in FIXED_DIGESTS} == FIXED_DIGESTS
+    # a set multi_label_rate or another placement is another benchmark
+    hashes = {
+        SynthSettings.from_mapping(values).content_hash()
+        for values in (
+            {},
+            {"multi_label_rate": 0.0},
+            {"multi_label_rate": 0.1},
+            {"confused_pairs": {"placement": "across_frequency"}},
+        )
+    }
+    assert len(hashes) == 4
+
+
+def test_multi_label_rate_zero_gives_no_object_with_two_leaf_labels(tmp_path):
+    root = tmp_path / "m0"
+    manifest = generate_synthetic_benchmark(root, {**TINY, "multi_label_rate": 0})
+    for split in ("train", "validation"):  # validation is labelled as training (as_train)
+        assert leaf_label_counts(root, split).max() == 1, split
+    summary = manifest["summary"]
+    assert summary["confused_pairs"] == []
+    assert summary["multi_label"]["scale"] == 0 and summary["multi_label"]["target_rate"] == 0
+    assert summary["multi_label"]["train_two_leaf_share"] == 0
+    rates = summary["train"]["label_problem_rates"]
+    assert rates["two_leaves"] == rates["sibling_both"] == rates["confused_pair"] == 0
+    # the other label problems are unchanged (TINY: 0.1 each, about 1,000 objects)
+    for problem in ("leaf_and_parent", "sibling_swap", "parent_only"):
+        assert summary["multi_label"]["label_noise"][problem] == 0.1
+        assert rates[problem] == pytest.approx(0.1, abs=0.045), problem
+
+
+def test_multi_label_rate_sets_the_share_of_objects_with_two_leaf_labels(tmp_path):
+    # A small benchmark: about 1,000 training objects, sd of the share about 0.013.
+    root = tmp_path / "m0.2"
+    manifest = generate_synthetic_benchmark(root, {**TINY, "multi_label_rate": 0.2})
+    measured = (leaf_label_counts(root) == 2).mean()
+    assert measured == pytest.approx(0.2, abs=0.04)
+    assert manifest["summary"]["multi_label"]["train_two_leaf_share"] == pytest.approx(
+        measured, abs=1e-4
+    )
+    # The full-size benchmark (labels only, nothing rendered): the share of every m, placed
+    # either way, on 3 x the training objects; sibling_both and two_leaves scale together.
+    rng = np.random.default_rng(0)
+    for placement in ("random", "across_frequency"):
+        for m in (0.1, 0.2, 0.4):
+            settings = SynthSettings.from_mapping(
+                {"multi_label_rate": m, "confused_pairs": {"placement": placement}}
+            )
+            taxonomy = build_taxonomy(settings)
+            counts = target_image_counts(settings, taxonomy)["train"]
+            objects = [
+                SceneObject(leaf, (0, 0, 1, 1), False, [], (0, 0, 0), 0.0)
+                for leaf, n in enumerate(counts)
+                for _ in range(3 * n)
+            ]
+            _apply_label_problems(objects, settings, taxonomy, rng, noisy=True)
+            leaves = set(taxonomy.leaves)
+            two = np.mean([len(leaves.intersection(o.labels)) == 2 for o in objects])
+            assert two == pytest.approx(m, abs=0.01), (placement, m)
+            noise = taxonomy.label_noise
+            scale = taxonomy.multi_label_scale
+            assert noise.two_leaves == pytest.approx(0.04 * scale)
+            assert noise.sibling_both == pytest.approx(0.04 * scale)
+            assert (noise.leaf_and_parent, noise.sibling_swap, noise.parent_only) == (
+                0.08,
+                0.08,
+                0.08,
+            )
+            base = build_taxonomy(
+                SynthSettings.from_mapping({"confused_pairs": {"placement": placement}})
+            )
+            on_pair = base.confused_rate > 0  # the pairs stay where they were placed
+            np.testing.assert_array_equal(taxonomy.confused_rate > 0, on_pair)
+            np.testing.assert_allclose(
+                taxonomy.confused_rate[on_pair], 1 - (1 - base.confused_rate[on_pair]) ** scale
+            )
+
+
+def test_scaled_pair_rate_and_label_noise():
+    from lsdet.data.synth import scaled_label_noise, scaled_pair_rate
+
+    assert scaled_pair_rate(0.65, 1.0) == pytest.approx(0.65)
+    assert scaled_pair_rate(0.65, 0.0) == 0.0
+    assert scaled_pair_rate(0.1, 2.0) == pytest.approx(1 - 0.9**2)
+    assert 0.99 < scaled_pair_rate(0.65, 5.0) < 1
+    noise = scaled_label_noise(LabelNoise(0.1, 0.2, 0.3, 0.05, 0.1), 2.0)
+    assert noise == LabelNoise(0.1, 0.4, 0.3, 0.1, 0.1)
+
+
+def test_across_frequency_puts_confused_pairs_in_each_third_of_the_ranks():
+    def pair_ranks(settings: SynthSettings) -> list[int]:
+        taxonomy = build_taxonomy(settings)
+        return sorted(
+            int(min(taxonomy.leaf_rank[a], taxonomy.leaf_rank[taxonomy.sibling_partner[a]]))
+            for a in range(len(taxonomy.leaves))
+            if taxonomy.confused_rate[a] > 0 and a < taxonomy.sibling_partner[a]
+        )
+
+    spread = SynthSettings.from_mapping({"confused_pairs": {"placement": "across_frequency"}})
+    ranks = pair_ranks(spread)
+    assert len(ranks) == 10
+    thirds = np.bincount(np.asarray(ranks) * 3 // 120, minlength=3)
+    assert (thirds >= 3).all(), ranks
+    assert ranks[0] == 0  # the most frequent leaf's pair is one of them
+    # the rates keep the Figure 3a profile, in an order not tied to frequency
+    taxonomy = build_taxonomy(spread)
+    rates = sorted(set(taxonomy.confused_rate[taxonomy.confused_rate > 0]), reverse=True)
+    np.testing.assert_allclose(rates, np.linspace(0.65, 0.1, 10))
+
+
+def test_multi_label_and_placement_errors_name_the_full_key(tmp_path):
+    from lsdet.data.synth import SynthSettingsError
+
+    with pytest.raises(SynthSettingsError, match=r"^generate\.multi_label_rate: must be null or"):
+        SynthSettings.from_mapping({"multi_label_rate": 1.5})
+    with pytest.raises(SynthSettingsError, match=r"^generate\.multi_label_rate: expected a number"):
+        SynthSettings.from_mapping({"multi_label_rate": "high"})
+    with pytest.raises(
+        SynthSettingsError, match=r"^generate\.confused_pairs\.placement: must be one of"
+    ):
+        SynthSettings.from_mapping({"confused_pairs": {"placement": "middle"}})
+    with pytest.raises(SynthSettingsError, match=r"^generate\.multi_label_rate: 0\.9 cannot be"):
+        build_taxonomy(SynthSettings.from_mapping({"multi_label_rate": 0.9}))
+    with pytest.raises(
+        SynthSettingsError, match=r"^generate\.confused_pairs\.num_pairs: 3 pairs cannot be placed"
+    ):
+        build_taxonomy(
+            SynthSettings.from_mapping(
+                {**MINI, "confused_pairs": {"num_pairs": 3, "placement": "across_frequency"}}
+            )
+        )
+    with pytest.raises(SynthSettingsError, match=r"^data\.generate\.multi_label_rate: "):
+        ensure_synthetic_benchmark(mini_config(tmp_path / "s", multi_label_rate=-0.1))
+    assert not (tmp_path / "s").exists()

@@ -18,7 +18,12 @@ any method scores on it:
   labelled with its confusable sibling or with both, labelled with an ancestor only
   (Figure 3b); group-of boxes (several small instances in one box);
 * strongly confused sibling pairs whose concurrent rates follow the profile of the paper's
-  Figure 3a (:class:`ConfusedPairs`: top pairs about 0.5-0.65, a tail down to 0.1);
+  Figure 3a (:class:`ConfusedPairs`: top pairs about 0.5-0.65, a tail down to 0.1), placed
+  at random or spread over the frequency ranks (``confused_pairs.placement``);
+* benchmark variants with a given share m of training objects boxed with two leaf labels
+  (``multi_label_rate``): two_leaves, sibling_both and the confused pairs' rates scaled
+  together (m = 0: no object with two leaf labels); null keeps version 2 exactly (same bytes,
+  same settings hash);
 * validation labelled by the same processes as training (``val_label_noise: as_train``; the
   paper: torch and flashlight are annotated as each other "in both training and validation
   set"), holding every leaf at least ``val_min_images_per_class`` times; ``clean`` gives
@@ -80,6 +85,7 @@ from lsdet.data.synth.settings import (
     BBOX_HEADER,
     CLASS_DESCRIPTIONS_CSV,
     CONFUSED_PAIR,
+    CONFUSED_PAIR_PLACEMENTS,
     FAMILIES,
     GENERATOR_NAME,
     GENERATOR_VERSION,
@@ -104,13 +110,17 @@ from lsdet.data.synth.taxonomy import (
     both_probability_for_rate,
     build_taxonomy,
     pair_rates,
+    scaled_label_noise,
+    scaled_pair_rate,
     target_image_counts,
+    two_leaf_share,
 )
 
 __all__ = [
     "BBOX_HEADER",
     "CLASS_DESCRIPTIONS_CSV",
     "CONFUSED_PAIR",
+    "CONFUSED_PAIR_PLACEMENTS",
     "FAMILIES",
     "GeneratedWithOtherSettingsError",
     "GENERATOR_NAME",
@@ -140,8 +150,11 @@ __all__ = [
     "pair_rates",
     "planned_files",
     "read_own_manifest",
+    "scaled_label_noise",
+    "scaled_pair_rate",
     "settings_from_data_config",
     "split_files",
     "target_image_counts",
+    "two_leaf_share",
     "validate_settings",
 ]

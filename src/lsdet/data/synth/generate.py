@@ -26,9 +26,11 @@ from lsdet.data.synth.folder import (
 from lsdet.data.synth.scenes import _assign_leaves_to_images
 from lsdet.data.synth.settings import (
     CLASS_DESCRIPTIONS_CSV,
+    CONFUSED_PAIR,
     GENERATOR_NAME,
     GENERATOR_VERSION,
     HIERARCHY_JSON,
+    LABEL_PROBLEMS,
     SPLITS,
     SynthSettings,
     SynthSettingsError,
@@ -126,6 +128,19 @@ def _write_benchmark(
         summary[split] = _write_split(
             folder, split, counts[split], sizes[split], settings, taxonomy
         )
+    if settings.multi_label_rate is not None:  # absent otherwise: v2's manifest unchanged
+        rates = summary["train"]["label_problem_rates"]
+        summary["multi_label"] = {
+            "target_rate": settings.multi_label_rate,
+            "scale": round(taxonomy.multi_label_scale, 6),
+            "label_noise": {
+                name: round(getattr(taxonomy.label_noise, name), 6) for name in LABEL_PROBLEMS
+            },
+            # realised: training objects boxed with two leaf labels
+            "train_two_leaf_share": round(
+                rates["two_leaves"] + rates["sibling_both"] + rates[CONFUSED_PAIR], 4
+            ),
+        }
     manifest = {
         "generator": GENERATOR_NAME,
         "generator_version": GENERATOR_VERSION,

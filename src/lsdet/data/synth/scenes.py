@@ -117,7 +117,8 @@ def _apply_label_problems(
     rng: np.random.Generator,
     noisy: bool,
 ) -> None:
-    probs = [getattr(settings.label_noise, name) for name in LABEL_PROBLEMS]
+    # taxonomy.label_noise: generate.label_noise, scaled when multi_label_rate is set
+    probs = [getattr(taxonomy.label_noise, name) for name in LABEL_PROBLEMS]
     choices = [*LABEL_PROBLEMS, "clean"]
     probs = [*probs, 1.0 - sum(probs)]
     for obj in objects:

@@ -24,6 +24,12 @@ CONFUSED_PAIR = (
     "confused_pair"  # the LabelProblem of an object of a confused pair given both labels
 )
 VAL_LABEL_NOISE = ("as_train", "clean")
+# Where the confused pairs go: `random` among the sibling pairs (benchmark v2), or
+# `across_frequency`, spread evenly over the sibling pairs ordered by frequency rank.
+CONFUSED_PAIR_PLACEMENTS = ("random", "across_frequency")
+# The label problems that put two leaf labels on one object (with the confused pairs);
+# `generate.multi_label_rate` scales them together.
+TWO_LEAF_PROBLEMS = ("two_leaves", "sibling_both")
 
 HIERARCHY_JSON = "hierarchy.json"
 CLASS_DESCRIPTIONS_CSV = "class-descriptions.csv"
@@ -124,13 +130,20 @@ class ConfusedPairs:
     of a class's boxes that coincide with a box of its partner (the paper's Figure 3a), fall
     linearly from ``top_rate`` to ``min_rate``; the rate is reached by the pair's less
     frequent class (the higher of its two directions), the other direction follows from the
-    pair's class frequencies."""
+    pair's class frequencies. ``placement``: which sibling pairs are confused (see
+    :data:`CONFUSED_PAIR_PLACEMENTS`)."""
 
     num_pairs: int = 10
     top_rate: float = 0.65
     min_rate: float = 0.10
+    placement: str = "random"
 
     def __post_init__(self) -> None:
+        if self.placement not in CONFUSED_PAIR_PLACEMENTS:
+            raise SynthSettingsError(
+                "generate.confused_pairs.placement",
+                f"must be one of {CONFUSED_PAIR_PLACEMENTS}, got {self.placement!r}",
+            )
         if self.num_pairs < 0:
             raise SynthSettingsError(
                 "generate.confused_pairs.num_pairs", f"must be >= 0, got {self.num_pairs}"
@@ -177,6 +190,10 @@ class SynthSettings:
     random_candidates_per_image: int = 1
     label_noise: LabelNoise = field(default_factory=LabelNoise)
     confused_pairs: ConfusedPairs = field(default_factory=ConfusedPairs)
+    # The share m of training objects with two leaf labels: None keeps label_noise and
+    # confused_pairs as they are; a number scales two_leaves, sibling_both and the confused
+    # pairs' rates together to reach it (taxonomy.multi_label_scale).
+    multi_label_rate: float | None = None
     val_label_noise: str = "as_train"
     num_workers: int = 1
 
@@ -214,6 +231,11 @@ class SynthSettings:
                 raise SynthSettingsError(
                     f"generate.{key}", f"must be >= 0, got {getattr(self, key)}"
                 )
+        if self.multi_label_rate is not None and not 0 <= self.multi_label_rate < 1:
+            raise SynthSettingsError(
+                "generate.multi_label_rate",
+                f"must be null or in [0, 1), got {self.multi_label_rate}",
+            )
 
     @property
     def num_leaves(self) -> int:
@@ -258,11 +280,17 @@ class SynthSettings:
                 )
             values["confused_pairs"] = ConfusedPairs(
                 **{
-                    k: _number(
+                    k: v
+                    if k == "placement"
+                    else _number(
                         f"generate.confused_pairs.{k}", v, int if k == "num_pairs" else float
                     )
                     for k, v in pairs.items()
                 }
+            )
+        if values.get("multi_label_rate") is not None:
+            values["multi_label_rate"] = _number(
+                "generate.multi_label_rate", values["multi_label_rate"], float
             )
         for key in ("object_size", "group_of_instances", "clutter_per_image"):
             if key in values:
@@ -279,9 +307,17 @@ class SynthSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data. The settings added after benchmark v2 are left out
+        at their defaults (multi_label_rate null, confused-pair placement random), which
+        write the same bytes as before they existed: the manifest and the settings hash of
+        such a benchmark stay those of v2, so existing folders and sweeps stay valid."""
         data = asdict(self)
         for key in ("object_size", "group_of_instances", "clutter_per_image"):
             data[key] = list(data[key])
+        if data["multi_label_rate"] is None:
+            del data["multi_label_rate"]
+        if data["confused_pairs"]["placement"] == "random":
+            del data["confused_pairs"]["placement"]
         return data
 
     def content_hash(self) -> str:

@@ -12,8 +12,10 @@ import numpy as np
 
 from lsdet.data.synth.settings import (
     FAMILIES,
+    LABEL_PROBLEMS,
     ROOT_MID,
     TEXTURES,
+    TWO_LEAF_PROBLEMS,
     LabelNoise,
     SynthSettings,
     SynthSettingsError,
@@ -40,6 +42,12 @@ class Taxonomy:
     confused_rate: np.ndarray
     # [L] probability that an object of the leaf is labelled with its leaf and its partner
     confused_both_prob: np.ndarray
+    # the label problems' rates the scenes draw from: generate.label_noise, with two_leaves
+    # and sibling_both scaled by multi_label_scale when generate.multi_label_rate is set
+    label_noise: LabelNoise
+    # the factor c of generate.multi_label_rate (1 when it is null): two_leaves and
+    # sibling_both are multiplied by c, each confused pair's rate r becomes 1 - (1 - r)^c
+    multi_label_scale: float
 
     def lookalikes(self, leaf: int) -> list[int]:
         """The leaves a classifier would propose for an object of ``leaf``: the other variants
@@ -155,33 +163,24 @@ def build_taxonomy(settings: SynthSettings) -> Taxonomy:
         if candidates:
             other_family_partner[leaf] = candidates[rng.integers(len(candidates))]
 
-    # Strongly confused pairs: for each rate of the profile (strongest first), a random
-    # sibling pair not chosen yet whose rate without the confusion (from the sibling label
-    # problems alone) is below it, so that every pair can reach its rate.
-    # The images per leaf follow (rank + 1)^-alpha (target_image_counts).
+    # Strongly confused pairs, placed with the configured label problems (so that a
+    # multi_label_rate does not move them); the images per leaf follow (rank + 1)^-alpha
+    # (target_image_counts).
     alpha = math.log(s.imbalance) / math.log(num_leaves) if num_leaves > 1 else 0.0
     frequency = (leaf_rank + 1.0) ** -alpha
     pairs = sorted({(min(a, b), max(a, b)) for a, b in enumerate(sibling_partner) if b >= 0})
-    baseline = [max(pair_rates(0.0, frequency[a], frequency[b], s.label_noise)) for a, b in pairs]
-    confused_rate = np.zeros(num_leaves)
-    confused_both_prob = np.zeros(num_leaves)
-    free = list(range(len(pairs)))
-    for rate in s.confused_pairs.rates():
-        eligible = [k for k in free if baseline[k] < rate]
-        if not eligible:
-            raise SynthSettingsError(
-                "generate.confused_pairs.num_pairs",
-                f"{s.confused_pairs.num_pairs} pairs cannot be placed: no sibling pair left whose "
-                f"rate without the confusion is below {rate:.3f} ({len(pairs)} sibling pairs in "
-                "all); lower generate.confused_pairs.num_pairs or raise "
-                "generate.confused_pairs.min_rate",
-            )
-        k = eligible[rng.integers(len(eligible))]
-        free.remove(k)
-        a, b = pairs[k]
-        prob = both_probability_for_rate(rate, frequency[a], frequency[b], s.label_noise)
-        confused_rate[[a, b]] = rate
-        confused_both_prob[[a, b]] = prob
+    placed = _place_confused_pairs(pairs, frequency, leaf_rank, s, rng)
+
+    noise, scale = s.label_noise, 1.0
+    if s.multi_label_rate is not None:
+        counts = _train_counts(s, leaf_rank)
+        scale = _scale_for_multi_label_rate(
+            s, counts, pairs, placed, frequency, sibling_partner, other_family_partner
+        )
+        noise = scaled_label_noise(s.label_noise, scale)
+    confused_rate, confused_both_prob = _confused_arrays(
+        num_leaves, pairs, placed, frequency, noise, scale
+    )
 
     return Taxonomy(
         mids=mids,
@@ -198,7 +197,172 @@ def build_taxonomy(settings: SynthSettings) -> Taxonomy:
         other_family_partner=other_family_partner,
         confused_rate=confused_rate,
         confused_both_prob=confused_both_prob,
+        label_noise=noise,
+        multi_label_scale=scale,
     )
+
+
+def _place_confused_pairs(
+    pairs: list[tuple[int, int]],
+    frequency: np.ndarray,
+    leaf_rank: np.ndarray,
+    settings: SynthSettings,
+    rng: np.random.Generator,
+) -> list[tuple[int, float]]:
+    """(index into ``pairs``, target rate) of each confused pair, strongest rate first.
+
+    ``random`` (benchmark v2): for each rate of the profile, strongest first, a random sibling
+    pair not chosen yet whose rate without the confusion (from the sibling label problems
+    alone) is below it, so that every pair can reach its rate. ``across_frequency``: the
+    sibling pairs ordered by the frequency rank of their more frequent leaf, the pairs at
+    evenly spaced positions of that order (the most and the least frequent pair included),
+    the rates given to them in a random order (a pair's rate is not tied to its frequency)."""
+    s = settings
+    num = s.confused_pairs.num_pairs
+    rates = s.confused_pairs.rates()
+    baseline = [max(pair_rates(0.0, frequency[a], frequency[b], s.label_noise)) for a, b in pairs]
+    if s.confused_pairs.placement == "random":
+        placed = []
+        free = list(range(len(pairs)))
+        for rate in rates:
+            eligible = [k for k in free if baseline[k] < rate]
+            if not eligible:
+                raise SynthSettingsError(
+                    "generate.confused_pairs.num_pairs",
+                    f"{num} pairs cannot be placed: no sibling pair left whose rate without the "
+                    f"confusion is below {rate:.3f} ({len(pairs)} sibling pairs in all); lower "
+                    "generate.confused_pairs.num_pairs or raise generate.confused_pairs.min_rate",
+                )
+            k = eligible[rng.integers(len(eligible))]
+            free.remove(k)
+            placed.append((k, float(rate)))
+        return placed
+    if num > len(pairs):
+        raise SynthSettingsError(
+            "generate.confused_pairs.num_pairs",
+            f"{num} pairs cannot be placed: there are {len(pairs)} sibling pairs in all; lower "
+            "generate.confused_pairs.num_pairs",
+        )
+    if num == 0:
+        return []
+    by_rank = sorted(range(len(pairs)), key=lambda k: min(leaf_rank[a] for a in pairs[k]))
+    positions = np.round(np.linspace(0, len(pairs) - 1, num)).astype(int)
+    chosen = [by_rank[p] for p in positions]
+    order = rng.permutation(num)
+    placed = sorted(
+        ((chosen[i], float(rates[order[i]])) for i in range(num)), key=lambda kr: -kr[1]
+    )
+    for k, rate in placed:
+        if baseline[k] >= rate:
+            raise SynthSettingsError(
+                ("generate.confused_pairs.placement", "generate.confused_pairs.min_rate"),
+                f"the sibling pair {pairs[k]} placed across_frequency already has the rate "
+                f"{baseline[k]:.3f} without the confusion, not below its target {rate:.3f}; "
+                "raise generate.confused_pairs.min_rate or lower "
+                "generate.label_noise.sibling_both",
+            )
+    return placed
+
+
+def scaled_pair_rate(rate: float, scale: float) -> float:
+    """A confused pair's target rate under the multi-label scale c: 1 - (1 - r)^c, the
+    chance that at least one of c confusions at rate r happens. It is r at c = 1, 0 at c = 0,
+    grows with c and stays below 1, and keeps the order of the pairs' rates."""
+    return 1.0 - (1.0 - rate) ** scale
+
+
+def scaled_label_noise(noise: LabelNoise, scale: float) -> LabelNoise:
+    """``noise`` with the label problems that give an object two leaf labels (two_leaves,
+    sibling_both) multiplied by ``scale``, the others unchanged."""
+    values = {name: getattr(noise, name) for name in LABEL_PROBLEMS}
+    for name in TWO_LEAF_PROBLEMS:
+        values[name] *= scale
+    return LabelNoise(**values)
+
+
+def _confused_arrays(
+    num_leaves: int,
+    pairs: list[tuple[int, int]],
+    placed: list[tuple[int, float]],
+    frequency: np.ndarray,
+    noise: LabelNoise,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per leaf: the target concurrent rate of its confused pair and the probability that
+    an object of it gets both labels (0 for leaves of no pair, and for every leaf at
+    scale 0)."""
+    confused_rate = np.zeros(num_leaves)
+    confused_both_prob = np.zeros(num_leaves)
+    if scale == 0:
+        return confused_rate, confused_both_prob
+    for k, rate in placed:
+        a, b = pairs[k]
+        target = rate if scale == 1 else scaled_pair_rate(rate, scale)
+        confused_rate[[a, b]] = target
+        confused_both_prob[[a, b]] = both_probability_for_rate(
+            target, frequency[a], frequency[b], noise
+        )
+    return confused_rate, confused_both_prob
+
+
+def two_leaf_share(
+    counts: np.ndarray,
+    confused_both_prob: np.ndarray,
+    sibling_partner: np.ndarray,
+    other_family_partner: np.ndarray,
+    noise: LabelNoise,
+) -> float:
+    """The expected share of objects boxed with two leaf labels, for ``counts`` objects per
+    leaf: an object of a confused pair gets both labels with its pair's probability, else
+    (the label problems are drawn only then) two_leaves when it has an other-family partner
+    and sibling_both when it has a sibling (scenes._apply_label_problems)."""
+    single = noise.two_leaves * (other_family_partner >= 0) + noise.sibling_both * (
+        sibling_partner >= 0
+    )
+    per_object = confused_both_prob + (1.0 - confused_both_prob) * single
+    return float((counts * per_object).sum() / counts.sum())
+
+
+def _scale_for_multi_label_rate(
+    settings: SynthSettings,
+    counts: np.ndarray,
+    pairs: list[tuple[int, int]],
+    placed: list[tuple[int, float]],
+    frequency: np.ndarray,
+    sibling_partner: np.ndarray,
+    other_family_partner: np.ndarray,
+) -> float:
+    """The scale c at which the expected share of training objects with two leaf labels is
+    ``generate.multi_label_rate`` (bisection: the share grows with c). c is at most the value
+    at which the label problems' rates sum to 1."""
+    s = settings
+    target = s.multi_label_rate
+    assert target is not None
+    if target == 0:
+        return 0.0
+    num_leaves = len(frequency)
+
+    def share(scale: float) -> float:
+        noise = scaled_label_noise(s.label_noise, scale)
+        _, both = _confused_arrays(num_leaves, pairs, placed, frequency, noise, scale)
+        return two_leaf_share(counts, both, sibling_partner, other_family_partner, noise)
+
+    scaled = sum(getattr(s.label_noise, name) for name in TWO_LEAF_PROBLEMS)
+    others = sum(getattr(s.label_noise, n) for n in LABEL_PROBLEMS) - scaled
+    high = (1.0 - others) / scaled if scaled > 0 else 1000.0
+    if share(high) < target:
+        raise SynthSettingsError(
+            "generate.multi_label_rate",
+            f"{target} cannot be reached: at most {share(high):.3f} of the training objects "
+            "get two leaf labels with these label_noise and confused_pairs settings (the "
+            "label problems' rates must sum to <= 1); lower it, or raise "
+            "generate.label_noise.two_leaves / sibling_both",
+        )
+    low = 0.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if share(middle) < target else (low, middle)
+    return (low + high) / 2
 
 
 def pair_rates(
@@ -252,9 +416,19 @@ def target_image_counts(settings: SynthSettings, taxonomy: Taxonomy) -> dict[str
     to the validation size, with at least ``val_min_images_per_class`` per leaf.
     """
     s = settings
-    num_leaves = len(taxonomy.leaves)
+    train = _train_counts(s, taxonomy.leaf_rank)
+    scale = s.num_val_images / s.num_train_images
+    val = np.maximum(s.val_min_images_per_class, np.round(train * scale)).astype(np.int64)
+    val = np.minimum(val, s.num_val_images)
+    return {"train": train, "validation": val}
+
+
+def _train_counts(settings: SynthSettings, leaf_rank: np.ndarray) -> np.ndarray:
+    """Training images per leaf (target_image_counts)."""
+    s = settings
+    num_leaves = len(leaf_rank)
     alpha = math.log(s.imbalance) / math.log(num_leaves) if num_leaves > 1 else 0.0
-    shape = (taxonomy.leaf_rank + 1.0) ** -alpha
+    shape = (leaf_rank + 1.0) ** -alpha
     total = s.num_train_images * s.mean_objects_per_image
     # Round the smallest count first and derive the largest from it, so that the
     # imbalance comes out exactly as configured.
@@ -267,8 +441,4 @@ def target_image_counts(settings: SynthSettings, taxonomy: Taxonomy) -> dict[str
             f"(smallest has {n_min}); raise generate.num_train_images or lower "
             "generate.imbalance",
         )
-    train = np.maximum(n_min, np.round(n_max * shape)).astype(np.int64)
-    scale = s.num_val_images / s.num_train_images
-    val = np.maximum(s.val_min_images_per_class, np.round(train * scale)).astype(np.int64)
-    val = np.minimum(val, s.num_val_images)
-    return {"train": train, "validation": val}
+    return np.maximum(n_min, np.round(n_max * shape)).astype(np.int64)
