@@ -303,7 +303,8 @@ class _MatchingTables:
     def pair_of(self, image_index: np.ndarray, class_index: np.ndarray) -> np.ndarray:
         """The evaluated pair of each (image index >= 0, class index), -1 where none: the
         one join of the detections with the ground truth."""
-        keys = image_index * self.num_classes + class_index
+        keys = image_index.astype(np.int64) * self.num_classes
+        keys += class_index
         if self.dense_pair_of_key is not None:
             return self.dense_pair_of_key[keys]
         position = np.searchsorted(self.verified_keys, keys)
@@ -482,20 +483,25 @@ def evaluate(
         has_area = (det_boxes[:, 0] < det_boxes[:, 2]) & (det_boxes[:, 1] < det_boxes[:, 3])
     report.ignored_degenerate_box = int((~has_area & ~not_in_gt).sum())
     # ``rows`` index the input; every later array is one entry per element of ``rows``.
-    rows = np.flatnonzero(~not_in_gt & has_area)
-    classes = det_class[rows]
+    # (When every detection is kept, the input arrays serve as they are: no copies.)
+    kept = ~not_in_gt & has_area
+    rows = None if kept.all() else np.flatnonzero(kept)
+    images = det_image if rows is None else det_image[rows]
+    classes = det_class if rows is None else det_class[rows]
     if expand_predictions:
         if gt.hierarchy is None:
             raise ValueError("expand_predictions needs gt.hierarchy")
         copies, classes = expand_rows(classes, gt.hierarchy.expand_to_ancestors)
-        report.added_by_expansion = len(copies) - len(rows)
-        rows = rows[copies]
+        report.added_by_expansion = len(copies) - len(images)
+        rows = copies if rows is None else rows[copies]
+        images = images[copies]
 
     tables = gt.matching_tables()
-    pair = tables.pair_of(det_image[rows], classes)
-    verified = pair >= 0
-    report.ignored_class_not_verified = int(len(pair) - np.count_nonzero(verified))
-    rows, classes, pair = rows[verified], classes[verified], pair[verified]
+    pair = tables.pair_of(images, classes)
+    verified = np.flatnonzero(pair >= 0)
+    report.ignored_class_not_verified = int(len(pair) - len(verified))
+    rows = verified if rows is None else rows[verified]
+    classes, pair = classes[verified], pair[verified]
     # One order serves the matching and the AP: by class, then highest score first; stable,
     # so within an (image, class) pair ties keep the input order.
     order = _order_by_class_then_score(classes, det_scores[rows], num_classes)
@@ -616,7 +622,11 @@ def _best_overlap(
     overlap_fn = box_iou_paired if kind == "iou" else box_ioa_paired
     best_box = np.full(len(det_boxes), -1, dtype=np.int64)
     best_overlap = np.full(len(det_boxes), -1.0)
-    with_gt = np.flatnonzero(counts)
+    # Most detections have a single candidate box: no pairs to expand.
+    single = np.flatnonzero(counts == 1)
+    best_box[single] = starts[single]
+    best_overlap[single] = overlap_fn(det_boxes[single], gt_boxes[starts[single]])
+    with_gt = np.flatnonzero(counts > 1)
     if len(with_gt) == 0:
         return best_box, best_overlap
     # Chunks of detections with a bounded number of pairs each.

@@ -335,7 +335,8 @@ def first_equal_row(columns: list[np.ndarray]) -> np.ndarray:
     if num_rows >= 1 << 32:
         raise ValueError("first_equal_row handles fewer than 2**32 rows")
     values = [_comparable(column) for column in columns]
-    packed = _row_hash(values) & np.uint64(0xFFFFFFFF00000000)
+    packed = _row_hash(values)
+    packed &= np.uint64(0xFFFFFFFF00000000)
     packed |= first.view(np.uint64)
     packed.sort()
     hash_of = packed >> np.uint64(32)
@@ -378,19 +379,21 @@ def _comparable(column: np.ndarray) -> np.ndarray:
 
 
 def _row_hash(columns: list[np.ndarray]) -> np.ndarray:
-    """A 64-bit hash per row of 8-byte columns: a sum of the columns' bits times odd
-    constants, then a splitmix64 finaliser so that every input bit reaches the top bits.
-    The sign bit of floats is left out, so that -0.0 and 0.0 hash alike."""
-    row_hash = np.zeros(len(columns[0]), dtype=np.uint64)
-    term = np.empty_like(row_hash)
+    """A 64-bit hash per row of 8-byte columns: a sum of the columns' bits times constants,
+    then a splitmix64 finaliser so that every input bit reaches the top bits.
+
+    Float columns get even constants, which shift the sign bit out of the product, so that
+    -0.0 and 0.0 hash alike (as do x and -x: a collision, which only costs time).
+    """
+    row_hash = np.empty(len(columns[0]), dtype=np.uint64)
+    term = np.empty_like(row_hash) if len(columns) > 1 else row_hash
     for k, column in enumerate(columns):
-        bits = column.view(np.uint64)
+        multiplier = (0x9E3779B97F4A7C15 * (2 * k + 1)) % (1 << 64)  # odd, one per column
         if column.dtype.kind == "f":
-            np.bitwise_and(bits, np.uint64(0x7FFFFFFFFFFFFFFF), out=term)
-        else:
-            term[:] = bits
-        term *= np.uint64((0x9E3779B97F4A7C15 * (2 * k + 1)) % (1 << 64))  # odd, per column
-        row_hash += term
+            multiplier = (multiplier << 1) % (1 << 64)
+        np.multiply(column.view(np.uint64), np.uint64(multiplier), out=row_hash if k == 0 else term)
+        if k > 0:
+            row_hash += term
     row_hash ^= row_hash >> np.uint64(30)
     row_hash *= np.uint64(0xBF58476D1CE4E5B9)
     row_hash ^= row_hash >> np.uint64(27)
