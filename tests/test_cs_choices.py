@@ -397,3 +397,92 @@ def test_eq5_scores_and_each_parent_scoring():
     leaves = [col(m) for m in MIDS if HIERARCHY.is_leaf(m)]
     torch.testing.assert_close(raised[:, leaves], scores[:, leaves])
     torch.testing.assert_close(summed[:, leaves], scores[:, leaves])
+
+
+def fit_biases(row_losses, row_shares: torch.Tensor) -> torch.Tensor:
+    """The per-class logits b (the same for every box) that minimise the expected loss: what a
+    classifier learns from the class frequencies alone."""
+    biases = torch.zeros(NUM_COLUMNS, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [biases],
+        max_iter=300,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-13,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (row_losses(biases.expand(len(row_shares), NUM_COLUMNS)) * row_shares).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return biases.detach()
+
+
+def test_m0_class_priors_learned_by_a_bias_only_classifier():
+    # One row per kind of RoI: background (75% of the RoIs, as model.roi.positive_fraction
+    # 0.25) and each leaf with a long-tailed share of the rest. Softmax learns the class
+    # frequencies; eq. 5 of the biases concurrent softmax learns shows what its loss does to
+    # the scores before any feature helps.
+    leaves = ["a1x", "b1x", "a2x", "b2y", "a1y", "b1y", "b2x", "a2y"]  # most frequent first
+    shares = torch.tensor([(i + 1) ** -1.88 for i in range(len(leaves))], dtype=torch.float64)
+    row_shares = torch.cat([torch.tensor([0.75]), 0.25 * shares / shares.sum()])
+    multilabels = expanded_rows([None, *leaves])
+    labels = multilabels.argmax(dim=1)
+    labels[1:] = torch.tensor([col(m) for m in leaves])
+    # Softmax's optimum over constant logits is the class frequencies (its gradient there is
+    # 0), so its scores need no fit: softmax[labels] = row_shares.
+    softmax = torch.zeros(NUM_COLUMNS, dtype=torch.float64)
+    softmax[labels] = row_shares
+    logits = torch.log(softmax.clamp(min=1e-300)).requires_grad_(True)
+    expected_ce = (
+        F.cross_entropy(logits.expand(len(labels), -1), labels, reduction="none") * row_shares
+    ).sum()
+    (grad,) = torch.autograd.grad(expected_ce, logits)
+    assert grad.abs().max() < 1e-12
+
+    def eq5_scores(rates, **options):
+        loss_fn = build_loss(
+            "concurrent_softmax",
+            num_classes=NUM_COLUMNS,
+            rates=rates,
+            ancestors=torch.as_tensor(HIERARCHY.ancestors),
+            **options,
+        )
+        targets, ignored = loss_fn.targets_and_ignored(multilabels)
+
+        def row_losses(z):
+            return ops.concurrent_softmax_loss(
+                z,
+                targets,
+                rates,
+                None,
+                "none",
+                impl="torch",
+                ignore=ignored,
+                positive_reduction=loss_fn.positive_reduction,
+            )
+
+        return ops.concurrent_softmax(fit_biases(row_losses, row_shares)[None], rates)[0]
+
+    rates = m0_rates(1.0, 8)
+    leaf_columns = [col(m) for m in leaves]
+    # annotated: the leaves' and the background's scores are softmax's.
+    annotated = eq5_scores(rates, positive_targets="annotated")
+    torch.testing.assert_close(annotated[leaf_columns], softmax[leaf_columns], rtol=1e-4, atol=0)
+    torch.testing.assert_close(annotated[0], softmax[0], rtol=1e-4, atol=0)
+    # expanded (lsdet's default): three terms per leaf box push the background down (0.43
+    # instead of 0.75), and a leaf's score follows its subtree's share, not its own: a rare
+    # leaf whose sibling is frequent scores above its frequency, one in a rare subtree below.
+    expanded = eq5_scores(rates)
+    assert expanded[0].item() == pytest.approx(0.433, abs=0.002)
+    ratio = expanded[leaf_columns] / softmax[leaf_columns]
+    by_leaf = dict(zip(leaves, ratio.tolist(), strict=True))
+    assert by_leaf["a1x"] == pytest.approx(by_leaf["a1y"], rel=1e-3)  # one shape: one ratio
+    assert by_leaf["a1y"] > 1.1 and by_leaf["b2x"] < 0.7  # both in the rarest half
+    # mean: the background near softmax's (0.73), every leaf about a third of softmax's score.
+    mean = eq5_scores(rates, positive_reduction="mean")
+    assert mean[0].item() == pytest.approx(0.728, abs=0.002)
+    assert torch.all((mean[leaf_columns] / softmax[leaf_columns] - 0.38).abs() < 0.06)
