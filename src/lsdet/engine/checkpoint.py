@@ -48,6 +48,10 @@ class CheckpointError(RuntimeError):
 class CheckpointWriteError(OSError):
     """A checkpoint cannot be written (a full disk, a failed write); the old ones are intact."""
 
+    def __init__(self, message: str, no_space: bool) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC if no_space else errno.EIO
+
 
 # Settings that may differ from the checkpoint on resume only when the user lists them in
 # ``train.resume_allow_changes`` (e.g. a lower lr after a divergence): the loop reads them at
@@ -86,18 +90,18 @@ def save_keeping_previous(state: dict[str, Any], path: str | Path) -> Path:
     so that one complete checkpoint exists at every moment, even if ``path`` is damaged later.
 
     Raises CheckpointWriteError "cannot write <path>: no space left ..." before writing when
-    the disk has less free space than the checkpoint needs (the size of the current ``path``,
-    else the bytes of the state's tensors), and when the write fails; ``path`` and
+    the disk has less free space than the checkpoint needs (the larger of the current
+    ``path``'s size and the bytes of the state's tensors), and when the write fails; ``path`` and
     ``previous.pt`` are then as they were."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    needed = path.stat().st_size if path.is_file() else state_bytes(state)
+    needed = max(path.stat().st_size if path.is_file() else 0, state_bytes(state))
     free = shutil.disk_usage(path.parent).free
     if free < needed:
         raise CheckpointWriteError(
-            errno.ENOSPC,
             f"cannot write {path}: no space left ({free} bytes free in {path.parent}, the "
             f"checkpoint needs about {needed}); the checkpoints already there are intact",
+            no_space=True,
         )
     tmp = path.with_name(path.name + ".new")
     try:
@@ -105,13 +109,14 @@ def save_keeping_previous(state: dict[str, Any], path: str | Path) -> Path:
     except Exception as exc:  # torch wraps a failed write in RuntimeError (inline_container.cc)
         tmp.unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free
-        if _is_no_space(exc) or free < needed:
+        no_space = _is_no_space(exc) or free < needed
+        if no_space:
             reason = f"no space left ({free} bytes free in {path.parent})"
         else:
             reason = f"{type(exc).__name__}: {exc}"
         raise CheckpointWriteError(
-            errno.ENOSPC if _is_no_space(exc) or free < needed else errno.EIO,
             f"cannot write {path}: {reason}; the checkpoints already there are intact",
+            no_space=no_space,
         ) from exc
     if path.exists():
         os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
@@ -361,7 +366,7 @@ def save_checkpoint(run: Run) -> None:
             write_error = error
     if all_reduce_flag(write_error is not None, run.dist):  # every rank stops, not only rank 0
         raise write_error or CheckpointWriteError(
-            errno.EIO, f"cannot write {path}: rank 0 failed to write it (see its log)"
+            f"cannot write {path}: rank 0 failed to write it (see its log)", no_space=False
         )
     run.last_checkpoint = (path, run.position.global_step)
 
