@@ -36,7 +36,12 @@ def trained(tmp_path_factory):
     data_root = tmp_path / "synth"
     cfg = compose_train(
         tiny_overrides(data_root)
-        + ["model.roi.score_thresh=0.0", "model.roi.detections_per_img=30"]
+        + [
+            "model.roi.score_thresh=0.0",
+            "model.roi.detections_per_img=30",
+            # fewer proposals at test than in training: the cache must use training's
+            "model.rpn.post_nms_top_n_test=10",
+        ]
     )
     run_training(cfg, tmp_path / "run")
     return data_root, tmp_path / "run" / "checkpoints" / "last.pt"
