@@ -350,3 +350,16 @@ def test_bad_choices_get_clear_errors():
         ops.concurrent_softmax_loss(logits, targets, rates, ignore=torch.zeros(2, 3, dtype=bool))
     with pytest.raises(ValueError, match="ignore must be a bool mask"):
         ops.concurrent_softmax_loss(logits, targets, rates, ignore=torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_opcheck_loss_with_ignored_columns(impl):
+    logits, targets, rates, weights = random_problem(6, 5, seed=25, dtype=torch.float32)
+    ignore = torch.zeros(6, 5, dtype=torch.bool)
+    ignore[:, 4] = True
+    q = ops._rates_complement(rates, torch.float32)
+    logits.requires_grad_(True)
+    torch.library.opcheck(
+        torch.ops.lsdet.concurrent_softmax_loss.default,
+        (logits, targets, q, weights, impl, ignore),
+    )

@@ -183,8 +183,8 @@ def _loss_op(
     targets: torch.Tensor,
     q: torch.Tensor,
     weights: torch.Tensor,
-    ignore: torch.Tensor | None,
     impl: str,
+    ignore: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if impl == "triton":
         positive = targets != 0
@@ -207,7 +207,7 @@ def _loss_op(
 
 
 @_loss_op.register_fake
-def _(logits, targets, q, weights, ignore, impl):
+def _(logits, targets, q, weights, impl, ignore=None):
     dtype = _compute_dtype(logits)
     n, c = logits.shape
     return logits.new_empty(n, dtype=dtype), logits.new_empty(n, c, dtype=dtype)
@@ -366,7 +366,7 @@ def concurrent_softmax_loss(
             raise ValueError(f"{name} on {tensor.device}, logits on {logits.device}")
     resolved = _resolve_impl(impl, logits)
     q = _rates_complement(rates, _compute_dtype(logits))
-    row_loss, _ = _loss_op(logits, targets, q, weights, ignore, resolved)
+    row_loss, _ = _loss_op(logits, targets, q, weights, resolved, ignore)
     if positive_reduction == "mean":
         # Outside the op: autograd divides the row's gradient by |K| too.
         num_positive = (targets != 0).sum(dim=1).clamp(min=1)
