@@ -85,10 +85,12 @@ def build_loss(
         num_classes: C + 1, counting the background.
         rates: [C+1, C+1] concurrent rates (row/col 0 = background); used by
             concurrent_softmax and co_bce, ignored by the others.
-        ancestors: [C, C] bool, ancestors[k, j] = j is a strict ancestor of k; used by co_bce.
+        ancestors: [C, C] bool, ancestors[k, j] = j is a strict ancestor of k; used by co_bce
+            and by concurrent_softmax with ``positive_targets="annotated"``.
         image_counts: [C] training images per class (mids order); used by federated.
         class_weights: [C+1] per-column weights (see ``class_weights``), or None for 1.
-        options: the loss's own settings (e.g. gamma/alpha for focal, cooccur_threshold).
+        options: the loss's own settings (e.g. gamma/alpha for focal, cooccur_threshold,
+            positive_targets/positive_reduction for concurrent_softmax).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
