@@ -804,6 +804,164 @@ def leaf_mids_of(hierarchy_json: Path) -> set[str]:
     return {m for m, leaf in zip(hierarchy.mids, hierarchy.leaf_mask, strict=True) if leaf}
 
 
+# --------------------------------------------------------------------------- registered protocols
+PROTOCOLS = ("diagnosis_sweep", "crt_protocol")  # sweeps.yaml blocks registered before their runs
+MULTI_LABELLED_CSV = (
+    "multi_labelled_classes.csv"  # benchmark, mid (diagnosis.multi_labelled_leaves)
+)
+
+
+def last_two_mean(history: list[dict], per_class: bool = False) -> float | pd.DataFrame:
+    """The final metric of the diagnosis sweep: the mean of the last two evaluations' mAP,
+    or (per_class) of their per-class APs (mid, ap); nan / empty with fewer than two."""
+    if len(history) < 2:
+        return pd.DataFrame(columns=["mid", "ap"]) if per_class else np.nan
+    last = history[-2:]
+    if not per_class:
+        return float(np.mean([h["map"] for h in last]))
+    tables = [pd.read_csv(h["per_class_csv"])[["mid", "ap"]].set_index("mid") for h in last]
+    return ((tables[0]["ap"] + tables[1]["ap"]) / 2).rename("ap").reset_index()
+
+
+def _protocol_values(
+    runs: pd.DataFrame, row: str, metric: str, classes: set[str] | None
+) -> pd.Series:
+    """Per seed, a diagnosis row's final metric (fraction): mAP of the last two
+    evaluations, or the mean of their per-class APs over ``classes``."""
+    values = {}
+    for _, r in runs[runs["run"] == row].iterrows():
+        if metric == "map":
+            values[int(r["seed"])] = last_two_mean(r["history"])
+        else:
+            per_class = last_two_mean(r["history"], per_class=True)
+            chosen = per_class[per_class["mid"].isin(classes or set())]["ap"]
+            values[int(r["seed"])] = float(chosen.mean()) if len(chosen) else np.nan
+    return pd.Series(values, dtype=float)
+
+
+def _protocol_row(protocol: str, claim: dict, status: str, **values) -> dict:
+    return {
+        "protocol": protocol,
+        "claim": claim["claim"],
+        "kind": claim.get("kind", "paired"),
+        "status": status,
+        "registered": claim.get("registered") or "",
+        **values,
+    }
+
+
+def _words(test, expected: str | None, alpha: float) -> str:
+    """The verdict words: with a claimed direction the claims' words, else those of table
+    rows (higher / lower / equivalent / cannot tell)."""
+    if test.n < 2 or np.isnan(test.p):
+        return "n/a"
+    if expected:
+        return cs.verdict(test, expected, alpha)
+    if test.p < alpha:
+        return "higher" if test.mean > 0 else "lower"
+    return "equivalent" if test.equivalent else "cannot tell"
+
+
+def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.DataFrame:
+    """Every claim of the registered protocols (sweeps.yaml `diagnosis_sweep:` and
+    `crt_protocol:`), judged on the results in <results_root>/<block's results>/ when there
+    are some, else with status "not run yet". Diagnosis claims: kind slope (the slope of
+    the per-seed Δ over m, cs.slope_test, TOST at margin / the m range), pooled (block
+    model over the benchmarks) or equivalence; cRT claims: paired by seed."""
+    margin, alpha = settings["equivalence_margin"], settings["alpha"]
+    rows = []
+    for protocol in PROTOCOLS:
+        spec = sweeps.get(protocol)
+        if not spec:
+            continue
+        folder = Path(results_root) / spec["results"]
+        runs = collect_results(folder)[0] if (folder / "runs").is_dir() else pd.DataFrame()
+        multi_labelled = None
+        if (folder / MULTI_LABELLED_CSV).is_file():
+            table = pd.read_csv(folder / MULTI_LABELLED_CSV)
+            multi_labelled = {b: set(g["mid"]) for b, g in table.groupby("benchmark")}
+        for claim in spec.get("claims") or []:
+            if protocol == "crt_protocol":
+                pairs = [(claim["run"], claim["against"], None)]
+            else:
+                pairs = [
+                    (f"{claim['run']}_{b}", f"{claim['against']}_{b}", b)
+                    for b in claim["benchmarks"]
+                ]
+            present = [p for p in pairs if not runs.empty and {p[0], p[1]} <= set(runs["run"])]
+            if not present:
+                rows.append(_protocol_row(protocol, claim, "not run yet"))
+                continue
+            metric = claim.get("metric", "map")
+            if metric == "map_multi_labelled" and multi_labelled is None:
+                rows.append(
+                    _protocol_row(protocol, claim, f"needs {spec['results']}/{MULTI_LABELLED_CSV}")
+                )
+                continue
+            diffs = []  # (benchmark, Δ per seed in points)
+            for run_id, against, benchmark in present:
+                if protocol == "crt_protocol":
+                    a = seed_results(runs, run_id, "as_train")["map"]
+                    b = seed_results(runs, against, "as_train")["map"]
+                else:
+                    classes = (multi_labelled or {}).get(benchmark, set())
+                    a = _protocol_values(runs, run_id, metric, classes)
+                    b = _protocol_values(runs, against, metric, classes)
+                diffs.append((benchmark, paired_differences(a, b)))
+            kind = claim.get("kind", "paired")
+            if kind == "slope":
+                rates = {b: float(v["multi_label_rate"]) for b, v in spec["benchmarks"].items()}
+                x = np.concatenate([[rates[b]] * len(d) for b, d in diffs])
+                y = np.concatenate([d.to_numpy() for _, d in diffs])
+                span = max(rates.values()) - min(rates.values())
+                test = cs.slope_test(x, y, margin / span, alpha)
+            elif kind == "pooled":
+                test = cs.block_test([d.to_numpy() for _, d in diffs], margin, alpha)
+            else:
+                test = cs.paired_test(
+                    np.concatenate([d.to_numpy() for _, d in diffs]), margin, alpha
+                )
+            starts = list(runs[runs["run"].isin({r for p in present for r in p[:2]})]["started_at"])
+            registration, earliest = registration_status(claim.get("registered"), starts)
+            status = "run" if len(present) == len(pairs) else "partly run"
+            rows.append(
+                _protocol_row(
+                    protocol, claim, status,
+                    estimate=test.mean, n=test.n, df=test.df, t=test.t, p=test.p,
+                    tost_p=test.tost_p, verdict=_words(test, claim.get("expected"), alpha),
+                    registration=registration, first_result_started=earliest,
+                )
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def markdown_protocols(summary: pd.DataFrame) -> str:
+    """The registered protocols' claims as markdown: "not run yet" until results are there."""
+    lines = [
+        "**Registered before the diagnosis runs** (sweeps.yaml `diagnosis_sweep:`, "
+        "`crt_protocol:`; estimate = mean Δ, or the slope of Δ over m, in mAP points)",
+        "",
+        "| protocol | claim | status | estimate | t (df) | p | TOST p | verdict | registered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in summary.iterrows():
+        if r["status"] in ("run", "partly run"):
+            cells = [
+                _num(r["estimate"], sign=True),
+                f"{_num(r['t'])} ({r['df']})",
+                _p(r["p"]),
+                _p(r["tost_p"]),
+                f"**{r['verdict']}**",
+            ]
+        else:
+            cells = ["", "", "", "", ""]
+        lines.append(
+            f"| {r['protocol']} | {r['claim']} | {r['status']} | {' | '.join(cells)} | "
+            f"{r['registered']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- all
 def expected_results(sweeps: dict) -> set[tuple[str, str, int]]:
     """(run id, validation variant, seed) of every result the sweep should have."""
@@ -890,6 +1048,10 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
                 results_dir / f"pooled_claims_{variant}.csv", index=False, float_format="%.4f"
             )
             claim_texts.append(markdown_pooled_claims(pooled, variant, settings))
+    protocols = summarize_protocols(results_dir.parent, sweeps, settings)
+    if not protocols.empty:
+        protocols.to_csv(results_dir / "registered.csv", index=False, float_format="%.4f")
+        claim_texts.append(markdown_protocols(protocols))
     (results_dir / "claims.md").write_text("\n".join(claim_texts))
     if sweeps.get("diagnosis"):
         diagnosis_texts = []

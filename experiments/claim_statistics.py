@@ -126,3 +126,60 @@ def seeds_for_power(
         if power(effect, sd, n, alpha) >= target:
             return n
     return None
+
+
+@dataclass(frozen=True)
+class SlopeTest:
+    """The slope b of an ordinary least-squares line y = a + b x, its t-test of b = 0
+    (two-sided, df = n - 2) and the TOST of b at +-margin."""
+
+    slope: float
+    intercept: float
+    se: float  # standard error of the slope: s_residual / sqrt(sum (x - mean x)^2)
+    n: int
+    df: int
+    t: float
+    p: float
+    tost_p: float
+    equivalent: bool
+
+    @property
+    def mean(self) -> float:
+        """The slope, under the name :func:`verdict` reads."""
+        return self.slope
+
+
+def slope_test(
+    x: np.ndarray, y: np.ndarray, margin: float | None = None, alpha: float = 0.05
+) -> SlopeTest:
+    """Regression of y on x (e.g. the per-seed paired Δ on the multi-label rate m of its
+    benchmark): the slope's t-test, t = b / se(b), df = n - 2, two-sided; equivalent when
+    both one-sided tests of |b| >= margin are rejected at alpha. Pairs with a missing value
+    are left out; fewer than 3 points or a single x value give nan."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    n = len(x)
+    sxx = float(((x - x.mean()) ** 2).sum()) if n else 0.0
+    if n < 3 or bool((x == x[0]).all()):  # (sxx of equal x is rounding noise, not 0)
+        return SlopeTest(np.nan, np.nan, np.nan, n, n - 2, np.nan, np.nan, np.nan, False)
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    intercept = float(y.mean() - slope * x.mean())
+    df = n - 2
+    residual = y - intercept - slope * x
+    se = float(np.sqrt((residual**2).sum() / df / sxx))
+    if se == 0:
+        t = 0.0 if slope == 0 else float(np.copysign(np.inf, slope))
+        p = 1.0 if slope == 0 else 0.0
+        tost_p = np.nan if margin is None else (0.0 if abs(slope) < margin else 1.0)
+    else:
+        t = slope / se
+        p = float(2 * stats.t.sf(abs(t), df))
+        if margin is None:
+            tost_p = np.nan
+        else:
+            tost_p = float(
+                max(stats.t.sf((slope + margin) / se, df), stats.t.cdf((slope - margin) / se, df))
+            )
+    equivalent = bool(margin is not None and tost_p < alpha)
+    return SlopeTest(slope, intercept, se, n, df, float(t), float(p), float(tost_p), equivalent)

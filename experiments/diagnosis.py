@@ -284,3 +284,18 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     raise SystemExit(main())
+
+
+def multi_labelled_leaves(objects_csv: Path, hierarchy_json: Path, min_share: float) -> list[str]:
+    """The leaves of a generated benchmark of which at least ``min_share`` of the training
+    objects carry two leaf labels (its train-objects.csv: each drawn object's true class and
+    labels, lsdet.data.synth), sorted by MID."""
+    from lsdet.data import Hierarchy
+
+    hierarchy = Hierarchy.from_json(hierarchy_json)
+    objects = pd.read_csv(objects_csv)
+    two_leaves = objects["LabelNames"].map(
+        lambda names: sum(hierarchy.is_leaf(mid) for mid in str(names).split(";")) >= 2
+    )
+    share = two_leaves.groupby(objects["TrueLabelName"]).mean()
+    return sorted(str(mid) for mid in share.index[share >= min_share])

@@ -727,3 +727,226 @@ def test_committed_results_folder_is_not_git_ignored():
         ["git", "check-ignore", "-q", probe], cwd=EXPERIMENTS.parent, check=False
     ).returncode
     assert ignored == 1, f"{probe} is git-ignored: a sweep's results would never be committed"
+
+
+# --------------------------------------------------------------------------- registered protocols
+def test_slope_test_matches_scipy_linregress():
+    import claim_statistics as cs
+
+    rng = np.random.default_rng(1)
+    x = np.repeat([0.0, 0.1, 0.2, 0.4], 7)
+    y = 2.5 * x - 0.8 + rng.normal(0, 1.0, len(x))
+    test = cs.slope_test(x, y)
+    reference = stats.linregress(x, y)
+    assert test.slope == pytest.approx(reference.slope)
+    assert test.intercept == pytest.approx(reference.intercept)
+    assert test.se == pytest.approx(reference.stderr)
+    assert test.p == pytest.approx(reference.pvalue)
+    assert test.df == 26 and test.n == 28 and test.mean == test.slope
+    assert np.isnan(test.tost_p) and not test.equivalent
+    # TOST on the slope: both one-sided tests at +-margin
+    margin = 6.0
+    tost = cs.slope_test(x, y, margin=margin)
+    lower = stats.t.sf((tost.slope + margin) / tost.se, 26)
+    upper = stats.t.cdf((tost.slope - margin) / tost.se, 26)
+    assert tost.tost_p == pytest.approx(max(lower, upper))
+    assert tost.equivalent == (tost.tost_p < 0.05)
+    # missing values are left out; too few points or one x value give nan
+    with_nan = cs.slope_test(np.append(x, 0.3), np.append(y, np.nan))
+    assert with_nan.slope == pytest.approx(reference.slope) and with_nan.n == 28
+    assert np.isnan(cs.slope_test([0.1, 0.2], [1.0, 2.0]).p)
+    assert np.isnan(cs.slope_test([0.1, 0.1, 0.1], [1.0, 2.0, 3.0]).slope)
+    assert cs.verdict(test, "higher") in cs.VERDICTS
+
+
+def test_multi_labelled_leaves_from_the_objects_table(tmp_path):
+    import diagnosis
+
+    hierarchy = {
+        "LabelName": "/m/0bl9f",
+        "Subcategory": [
+            {"LabelName": "/p", "Subcategory": [{"LabelName": "/a"}, {"LabelName": "/b"}]},
+            {"LabelName": "/c"},
+        ],
+    }
+    (tmp_path / "hierarchy.json").write_text(json.dumps(hierarchy))
+    objects = pd.DataFrame(
+        {
+            "TrueLabelName": ["/a"] * 4 + ["/b"] * 10 + ["/c"] * 2,
+            # /a: 1 of 4 with two leaves; /b: 1 of 10 with a leaf and its parent only (one
+            # leaf) and 1 with two leaves; /c: none
+            "LabelNames": ["/a;/c", "/a", "/a", "/a"]
+            + ["/b;/p", "/b;/a"] + ["/b"] * 8
+            + ["/c", "/p"],
+        }
+    )  # fmt: skip
+    objects.to_csv(tmp_path / "train-objects.csv", index=False)
+    leaves = diagnosis.multi_labelled_leaves(
+        tmp_path / "train-objects.csv", tmp_path / "hierarchy.json", 0.1
+    )
+    assert leaves == ["/a", "/b"]
+    assert diagnosis.multi_labelled_leaves(
+        tmp_path / "train-objects.csv", tmp_path / "hierarchy.json", 0.2
+    ) == ["/a"]
+
+
+PROTOCOL_SWEEPS = {
+    **SWEEPS,
+    "diagnosis_sweep": {
+        "results": "diag",
+        "benchmarks": {
+            "m0": {"root": "data/m0", "multi_label_rate": 0.0},
+            "m0.2": {"root": "data/m0.2", "multi_label_rate": 0.2},
+            "m0.4": {"root": "data/m0.4", "multi_label_rate": 0.4},
+        },
+        "claims": [
+            {"claim": "slope", "kind": "slope", "run": "cs", "against": "sm",
+             "benchmarks": ["m0", "m0.2", "m0.4"], "expected": "higher",
+             "registered": "2026-01-01T00:00"},
+            {"claim": "multi", "kind": "pooled", "run": "cs", "against": "sm",
+             "benchmarks": ["m0.2", "m0.4"], "metric": "map_multi_labelled",
+             "expected": "higher", "registered": "2026-01-01T00:00"},
+            {"claim": "sanity", "kind": "equivalence", "run": "cs", "against": "sm",
+             "benchmarks": ["m0"], "registered": "2026-01-01T00:00"},
+        ],
+    },
+    "crt_protocol": {
+        "results": "crt",
+        "claims": [
+            {"claim": "cs vs softmax", "run": "cs_default", "against": "softmax",
+             "expected": "higher", "registered": "2026-01-01T00:00"},
+        ],
+    },
+}  # fmt: skip
+
+
+def fake_protocol_training(folder: Path, row: str, seed: int, maps: list[float], aps) -> None:
+    """A diagnosis training result as run_all.py copies it: run.json, summary.json and the
+    per-class APs of each evaluation (aps[i]: AP of /a and /b at evaluation i)."""
+    result = folder / "runs" / row / "val-as_train" / f"seed{seed}"
+    history = []
+    for epoch, (value, (ap_a, ap_b)) in enumerate(zip(maps, aps, strict=True), start=1):
+        eval_dir = result / "eval" / f"main_epoch{epoch}"
+        eval_dir.mkdir(parents=True)
+        pd.DataFrame({"mid": ["/a", "/b"], "ap": [ap_a, ap_b]}).to_csv(
+            eval_dir / "per_class.csv", index=False
+        )
+        history.append(
+            {"phase": "main", "epoch": epoch, "global_step": epoch, "map": value,
+             "eval_dir": f"eval/main_epoch{epoch}"}
+        )  # fmt: skip
+    (result / "summary.json").write_text(json.dumps({"status": "finished", "history": history}))
+    record = {"row": row, "validation": "as_train", "seed": seed, "kind": "train",
+              "started_at": "2026-02-01T00:00:00"}  # fmt: skip
+    (result / "run.json").write_text(json.dumps(record))
+
+
+def test_registered_protocols_not_run_yet_then_judged(tmp_path):
+    settings = aggregate.statistics_settings(PROTOCOL_SWEEPS)
+    summary = aggregate.summarize_protocols(tmp_path, PROTOCOL_SWEEPS, settings)
+    assert list(summary["status"]) == ["not run yet"] * 4
+    assert "| diagnosis_sweep | slope | not run yet |" in aggregate.markdown_protocols(summary)
+
+    # Diagnosis results: Δ(seed, m) of the last two evaluations' mean mAP, in points.
+    rng = np.random.default_rng(0)
+    rates = {"m0": 0.0, "m0.2": 0.2, "m0.4": 0.4}
+    expected_x, expected_y = [], []
+    for benchmark, m in rates.items():
+        for seed in range(4):
+            delta = 0.01 * (3.0 * m + rng.normal(0, 0.5))  # fraction (mAP 0-1)
+            base = 0.5 + 0.01 * seed
+            # three evaluations; only the last two count
+            fake_protocol_training(
+                tmp_path / "diag", f"sm_{benchmark}", seed, [0.1, base, base + 0.002],
+                [(0.2, 0.2), (0.4, 0.6), (0.4, 0.6)],
+            )  # fmt: skip
+            fake_protocol_training(
+                tmp_path / "diag", f"cs_{benchmark}", seed,
+                [0.1, base + delta - 0.001, base + 0.002 + delta + 0.001],
+                [(0.2, 0.2), (0.5, 0.6), (0.45, 0.6)],
+            )  # fmt: skip
+            expected_x.append(m)
+            expected_y.append(delta * 100)
+    # cRT results: lsdet.crt's run.json (an evaluation), one per arm and seed
+    for arm, value in (("softmax", 0.50), ("cs_default", 0.52)):
+        for seed in range(3):
+            result = tmp_path / "crt" / "runs" / arm / "val-as_train" / f"seed{seed}"
+            result.mkdir(parents=True)
+            (result / "metrics.json").write_text(json.dumps({"map": value + 0.001 * seed**2}))
+            record = {"row": arm, "validation": "as_train", "seed": seed, "kind": "evaluation",
+                      "started_at": "2025-12-01T00:00:00"}  # fmt: skip
+            (result / "run.json").write_text(json.dumps(record))
+    summary = aggregate.summarize_protocols(tmp_path, PROTOCOL_SWEEPS, settings).set_index("claim")
+    slope = summary.loc["slope"]
+    reference = stats.linregress(expected_x, expected_y)
+    assert slope["status"] == "run" and slope["df"] == 10
+    assert slope["estimate"] == pytest.approx(reference.slope)
+    assert slope["p"] == pytest.approx(reference.pvalue)
+    assert slope["registration"] == "pre-registered"
+    # without the multi-labelled classes the secondary claim says what it needs
+    assert summary.loc["multi", "status"] == "needs diag/multi_labelled_classes.csv"
+    sanity = summary.loc["sanity"]
+    assert sanity["n"] == 4 and sanity["verdict"] in (
+        "higher",
+        "lower",
+        "equivalent",
+        "cannot tell",
+    )
+    crt = summary.loc["cs vs softmax"]
+    assert crt["estimate"] == pytest.approx(2.0) and crt["verdict"] == "reproduces"
+    assert crt["registration"] == "post hoc"  # its results started before 2026-01-01
+
+    # the multi-labelled classes (/a only): CS's AP of /a is 0.475 against 0.4, every seed
+    pd.DataFrame({"benchmark": ["m0.2", "m0.4"], "mid": ["/a", "/a"]}).to_csv(
+        tmp_path / "diag" / aggregate.MULTI_LABELLED_CSV, index=False
+    )
+    summary = aggregate.summarize_protocols(tmp_path, PROTOCOL_SWEEPS, settings).set_index("claim")
+    multi = summary.loc["multi"]
+    assert multi["status"] == "run" and multi["estimate"] == pytest.approx(7.5)
+    assert multi["df"] == 8 - 2 and multi["verdict"] == "reproduces"
+
+
+def test_last_two_mean_is_the_final_metric(tmp_path):
+    assert np.isnan(aggregate.last_two_mean([{"map": 0.5}]))
+    history = [{"map": 0.1}, {"map": 0.4}, {"map": 0.5}]
+    assert aggregate.last_two_mean(history) == pytest.approx(0.45)
+
+
+def test_sweeps_yaml_registered_protocols_are_consistent():
+    from lsdet.data.synth import SynthSettings, build_taxonomy, target_image_counts
+
+    sweeps = run_all.load_sweeps()
+    defaults = yaml.safe_load(run_all.DATA_CONFIG.read_text())["generate"]
+    spec = sweeps["diagnosis_sweep"]
+    size = spec["size"]
+    assert run_all.pinned_differences(size, defaults) == []
+    assert size["data"]["generate"]["num_val_images"] == 4000
+    assert size["data"]["generate"]["val_min_images_per_class"] == 25
+    converged = sweeps["sizes"]["converged"]
+    assert size["schedules"]["single"] == [
+        o for o in converged["schedules"]["single"] if not o.startswith("train.eval_every")
+    ]
+    assert size["iterations_per_epoch"] == converged["iterations_per_epoch"]
+    assert sorted(b["multi_label_rate"] for b in spec["benchmarks"].values()) == [0, 0.1, 0.2, 0.4]
+    assert len({b["root"] for b in spec["benchmarks"].values()}) == 4
+    for name, benchmark in spec["benchmarks"].items():
+        generate = {**size["data"]["generate"], "multi_label_rate": benchmark["multi_label_rate"]}
+        settings = SynthSettings.from_mapping(
+            {**generate, "image_size": size["data"]["image_size"]}
+        )
+        counts = target_image_counts(settings, build_taxonomy(settings))
+        assert counts["validation"].min() >= 25, name
+    assert 7 <= len(spec["seeds"]) <= 9
+    experiments = {p.stem for p in (EXPERIMENTS.parent / "conf" / "experiment").glob("*.yaml")}
+    assert {r["experiment"] for r in spec["runs"].values()} <= experiments
+    crt = sweeps["crt_protocol"]
+    assert len(crt["seeds"]) >= 10 and crt["detector"]["run"] in sweeps["runs"]
+    for claim in spec["claims"] + crt["claims"]:
+        assert aggregate.registration_time(claim["registered"]) is not None
+        if claim in spec["claims"]:
+            assert {claim["run"], claim["against"]} <= set(spec["runs"])
+            assert set(claim["benchmarks"]) <= set(spec["benchmarks"])
+        else:
+            assert {claim["run"], claim["against"]} <= set(crt["arms"])
+    # the runner does not take these blocks for sizes: the converged sweep's tasks are as before
+    assert "diagnosis" not in sweeps["sizes"]
