@@ -306,13 +306,13 @@ def reference_challenge_ap(gt_rows, det_rows, verified, num_classes, weight=1.0,
     return aps
 
 
-@pytest.mark.parametrize("dense_join", [True, False])
+@pytest.mark.parametrize("bitmap_join", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_vectorised_metric_matches_a_loop_transcription_of_tf(seed, dense_join, monkeypatch):
+def test_vectorised_metric_matches_a_loop_transcription_of_tf(seed, bitmap_join, monkeypatch):
     from lsdet.evaluation import core
 
-    if not dense_join:  # the join by binary search, used where a dense table would be large
-        monkeypatch.setattr(core, "_DENSE_JOIN_MAX_KEYS", 0)
+    if not bitmap_join:  # the join by binary search, used where a bitmap would be large
+        monkeypatch.setattr(core, "_BITMAP_JOIN_MAX_KEYS", 0)
     rng = np.random.default_rng(seed)
     num_images, num_classes = 12, 4
 
