@@ -158,7 +158,10 @@ def _measure(body: str) -> dict:
         check=False,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"benchmark step failed:\n{completed.stderr[-3000:]}")
+        raise RuntimeError(
+            f"benchmark step failed with exit status {completed.returncode} (-9: killed, "
+            f"usually for memory):\n{completed.stderr[-3000:]}"
+        )
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
