@@ -837,3 +837,22 @@ def test_multi_label_and_placement_errors_name_the_full_key(tmp_path):
     with pytest.raises(SynthSettingsError, match=r"^data\.generate\.multi_label_rate: "):
         ensure_synthetic_benchmark(mini_config(tmp_path / "s", multi_label_rate=-0.1))
     assert not (tmp_path / "s").exists()
+
+
+def test_variants_of_m_share_the_training_images(tmp_path):
+    """A benchmark variant changes labels only: the images (and the objects' true classes
+    and boxes) are those of the other variants."""
+    first = generate_synthetic_benchmark(tmp_path / "a", {**FIXED, "multi_label_rate": 0.0})
+    second = generate_synthetic_benchmark(
+        tmp_path / "b",
+        {**FIXED, "multi_label_rate": 0.3, "confused_pairs": {**FIXED["confused_pairs"],
+                                                             "placement": "across_frequency"}},
+    )  # fmt: skip
+    assert first["settings_hash"] != second["settings_hash"]
+    a, b = file_digests(tmp_path / "a"), file_digests(tmp_path / "b")
+    images = [name for name in a if name.endswith(".jpg")]
+    assert images and all(a[name] == b[name] for name in images)
+    assert a["train-annotations-bbox.csv"] != b["train-annotations-bbox.csv"]
+    columns = ["ImageID", "ObjectIndex", "TrueLabelName", "XMin", "XMax", "YMin", "YMax"]
+    objects = [pd.read_csv(split_files(tmp_path / x, "train")["objects_csv"]) for x in "ab"]
+    pd.testing.assert_frame_equal(objects[0][columns], objects[1][columns])
