@@ -337,7 +337,7 @@ class _MatchingTables:
     def pair_of(self, image_index: np.ndarray, class_index: np.ndarray) -> np.ndarray:
         """The evaluated pair of each (image index >= 0, class index), -1 where none: the
         one join of the detections with the ground truth."""
-        keys = image_index.astype(np.int64) * self.num_classes
+        keys = image_index.astype(np.int64, copy=False) * self.num_classes
         keys += class_index
         if self.key_bitmap is not None:
             return self.key_bitmap.rank_of(keys)
