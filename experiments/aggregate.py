@@ -12,7 +12,10 @@ paper's Δ, the seeds for the stated power, and whether the claim is pre-registe
 hoc), pooled_claims_<variant>.csv (contrasts over several settings: all pairs and the block
 model), diagnosis_<variant>.csv, diagnosis.md and diagnosis_<variant>.png (per-class AP
 differences by class group, experiments/diagnosis.py), convergence.csv and convergence.png,
-Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt.
+Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt, and registered.csv
+(the claims of the protocols registered before their runs, sweeps.yaml `diagnosis_sweep:` and
+`crt_protocol:`, judged on the results beside this folder or "not run yet"; also at the end of
+claims.md).
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
