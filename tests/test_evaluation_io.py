@@ -385,3 +385,14 @@ def test_duplicates_are_found_exactly_even_when_hashes_collide(tmp_path, monkeyp
     assert [example.split(":")[0] for example in examples] == ["line 5", "line 7", "line 8"]
     assert "first on line 2" in examples[0] and "first on line 4" in examples[1]
     assert "first on line 2" in examples[2]
+
+
+def test_an_error_in_the_ground_truth_comes_before_one_in_the_predictions(files, tmp_path):
+    # The ground truth loads in a second thread while the predictions are read; when both
+    # are bad, the ground truth's error is the one raised, as when they are read in turn.
+    files["boxes"].write_text(GT_BOXES + "img3,/m/unknown,0.0,0.1,0.0,0.1,0\n")
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text(tf_rows(["img1,/m/cat,2.0,0.0,0.1,0.0,0.1"]))
+    with pytest.raises(DataFormatError, match=r"boxes\.csv, line 6") as error:
+        oid_challenge_map(files["hierarchy"], files["boxes"], files["labels"], predictions)
+    assert not isinstance(error.value, PredictionFormatError)

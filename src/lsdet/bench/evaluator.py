@@ -8,14 +8,15 @@ that the peak RSS is its own:
 
 * ``pandas``     -- ``pandas.read_csv`` of the GT boxes, labels and TF-layout predictions
   (a floor: an evaluator has to read them at least);
-* ``pyarrow``    -- ``pyarrow.csv.read_csv`` of the same three files (a faster floor);
-* ``tf``         -- ``oid_challenge_map`` on the TF-layout predictions, CSV reading included;
+* ``pyarrow``    -- ``pyarrow.csv.read_csv`` of the same three files (another floor);
+* ``tf``         -- ``oid_challenge_map`` on the TF-layout predictions, CSV reading included
+  (the ground truth loads in a second thread while the predictions are read);
 * ``submission`` -- the same on the submission-layout predictions.
 
-Prints wall time (with the phases: GT loading and expansion, predictions reading, metric),
-peak RSS and the ratio of each run to the faster of the two reads, side by side from one
-run (timings on a shared machine are noisy; the ratio is what to compare). Goal: the TF
-layout end to end within 3x the faster read, with the same mAP.
+Prints wall time (imports included, as the reads import pandas or pyarrow), peak RSS and
+the ratio of each run to the faster of the two reads, side by side from one run (timings
+on a shared machine are noisy; the ratio is what to compare). Goal: the TF layout end to
+end within 3x the faster read, with the same mAP.
 
     python -m lsdet.bench.evaluator                      # Challenge size (a few minutes)
     python -m lsdet.bench.evaluator --images 4000        # a tenth
@@ -175,7 +176,6 @@ def generate(
 
 def _child(task: str, paths: dict[str, Path]) -> dict:
     started = time.perf_counter()
-    phases: dict[str, float] = {}
     result: dict = {}
     if task == "pandas":
         import pandas as pd
@@ -186,13 +186,11 @@ def _child(task: str, paths: dict[str, Path]) -> dict:
 
         rows = sum(pa_csv.read_csv(paths[name]).num_rows for name in ("boxes", "labels", "tf"))
     elif task in ("tf", "submission"):
-        from lsdet.evaluation import evaluate_predictions_csv, load_ground_truth, load_hierarchy
+        from lsdet.evaluation import oid_challenge_map
 
-        hierarchy = load_hierarchy(paths["hierarchy"])
-        gt = load_ground_truth(hierarchy, paths["boxes"], paths["labels"])
-        phases["ground truth"] = time.perf_counter() - started
-        metrics = evaluate_predictions_csv(gt, paths[task])
-        phases["predictions + metric"] = time.perf_counter() - started - phases["ground truth"]
+        metrics = oid_challenge_map(
+            paths["hierarchy"], paths["boxes"], paths["labels"], paths[task]
+        )
         rows = metrics.report.num_predictions
         result = {"map": metrics.map, "report": metrics.report.to_dict()}
     else:
@@ -202,7 +200,6 @@ def _child(task: str, paths: dict[str, Path]) -> dict:
         "seconds": seconds,
         "peak_rss": peak_rss_bytes(),
         "rows": rows,
-        "phases": phases,
         **result,
     }
 
@@ -268,8 +265,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{labels[task]:<34}{run['seconds']:>8.2f}{run['seconds'] / floor:>14.2f}x"
             f"{run['peak_rss'] / 1e9:>13.2f}"
         )
-        for phase, seconds in run["phases"].items():
-            print(f"  {phase:<32}{seconds:>8.2f}")
     tf_run, submission_run = runs["tf"], runs["submission"]
     print(
         f"\nmAP {tf_run['map']:.12f} (TF layout) / {submission_run['map']:.12f} (submission) on "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from lsdet.evaluation.core import (
     evaluate,
     expand_rows,
 )
-from lsdet.evaluation.predictions import first_equal_row, read_predictions_csv
+from lsdet.evaluation.predictions import PredictionTable, first_equal_row, read_predictions_csv
 
 
 def load_ground_truth(
@@ -247,7 +248,23 @@ def evaluate_predictions_csv(
     strict: bool = True,
 ) -> ChallengeResult:
     """Evaluate a predictions CSV (TF or submission layout) against loaded ground truth."""
-    predictions = read_predictions_csv(predictions_csv, gt.mids, strict=strict)
+    return _evaluate_table(
+        gt,
+        read_predictions_csv(predictions_csv, gt.mids, strict=strict),
+        expand_predictions=expand_predictions,
+        group_of_weight=group_of_weight,
+        iou_threshold=iou_threshold,
+    )
+
+
+def _evaluate_table(
+    gt: EvaluationGroundTruth,
+    predictions: PredictionTable,
+    *,
+    expand_predictions: bool,
+    group_of_weight: float,
+    iou_threshold: float,
+) -> ChallengeResult:
     report = predictions.report
     report.ground_truth_files = [read_report.to_dict() for read_report in gt.read_reports]
     gt_index_of_image = gt.image_index_of(predictions.image_ids)
@@ -293,14 +310,28 @@ def oid_challenge_map(
     ``result.report``.
     """
     hierarchy = load_hierarchy(hierarchy_json, class_descriptions_csv)
-    gt = load_ground_truth(
-        hierarchy, gt_bbox_csv, image_labels_csv, expand_gt=expand_gt, strict=strict
-    )
-    return evaluate_predictions_csv(
+    # The ground truth loads in a second thread while this one reads the predictions: both
+    # are Arrow and numpy work that releases the GIL, so on two cores the ground truth
+    # costs little wall time.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        gt_future = pool.submit(
+            load_ground_truth,
+            hierarchy,
+            gt_bbox_csv,
+            image_labels_csv,
+            expand_gt=expand_gt,
+            strict=strict,
+        )
+        try:
+            predictions = read_predictions_csv(predictions_csv, hierarchy.mids, strict=strict)
+        except Exception:
+            gt_future.result()  # an error in the ground truth comes first, as read in turn
+            raise
+        gt = gt_future.result()
+    return _evaluate_table(
         gt,
-        predictions_csv,
+        predictions,
         expand_predictions=expand_predictions,
         group_of_weight=group_of_weight,
         iou_threshold=iou_threshold,
-        strict=strict,
     )
