@@ -267,7 +267,7 @@ def _evaluate_table(
 ) -> ChallengeResult:
     report = predictions.report
     report.ground_truth_files = [read_report.to_dict() for read_report in gt.read_reports]
-    gt_index_of_image = gt.image_index_of(predictions.image_ids)
+    gt_index_of_image = gt.image_index_of(predictions.image_ids).astype(np.int32)
     det_image = gt_index_of_image[predictions.image_index]
     images_with_predictions = np.zeros(len(predictions.image_ids), dtype=bool)
     images_with_predictions[predictions.image_index] = True

@@ -51,6 +51,7 @@ _MAX_EXAMPLES = 20  # examples of skipped images in a report
 # The join of detections with evaluated (image, class) pairs uses a bitmap over all
 # image * class keys up to this many keys (128 MB); beyond it, a binary search.
 _BITMAP_JOIN_MAX_KEYS = 1 << 30
+_ROWS_PER_BLOCK = 1 << 16  # rows per block of elementwise work on all detections
 
 
 @dataclass
@@ -281,13 +282,14 @@ class _KeyBitmap:
         word_index = keys >> 6
         word = self.words[word_index]
         bit = (keys & 63).astype(np.uint64)
-        present = (word >> bit) & np.uint64(1)
+        present = ((word >> bit) & np.uint64(1)).astype(bool)
         below = np.left_shift(np.uint64(1), bit)
         below -= np.uint64(1)
         below &= word
         rank = self.keys_before_word[word_index]
         rank += np.bitwise_count(below)
-        return np.where(present.astype(bool), rank, -1)
+        rank[~present] = -1
+        return rank
 
 
 @dataclass
@@ -334,11 +336,27 @@ class _MatchingTables:
             group_classes=gt.box_class[~plain],
         )
 
-    def pair_of(self, image_index: np.ndarray, class_index: np.ndarray) -> np.ndarray:
-        """The evaluated pair of each (image index >= 0, class index), -1 where none: the
-        one join of the detections with the ground truth."""
-        keys = image_index.astype(np.int64, copy=False) * self.num_classes
-        keys += class_index
+    def pair_of(
+        self, image_index: np.ndarray, class_index: np.ndarray, kept: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The evaluated pair of each (image index, class index), -1 where there is none
+        (or the row is not ``kept``, or its image index is -1): the one join of the
+        detections with the ground truth."""
+        pair = np.empty(len(image_index), dtype=np.int64)
+        # In blocks, so that the temporaries stay in the cache and are reused rather than
+        # mapped afresh for every step (page faults cost more than the arithmetic here).
+        for start in range(0, len(pair), _ROWS_PER_BLOCK):
+            block = slice(start, start + _ROWS_PER_BLOCK)
+            images = image_index[block]
+            valid = images >= 0
+            if kept is not None:
+                valid &= kept[block]
+            keys = np.where(valid, images, 0).astype(np.int64) * self.num_classes
+            keys += class_index[block]
+            pair[block] = np.where(valid, self._pair_of_keys(keys), -1)
+        return pair
+
+    def _pair_of_keys(self, keys: np.ndarray) -> np.ndarray:
         if self.key_bitmap is not None:
             return self.key_bitmap.rank_of(keys)
         position = np.searchsorted(self.verified_keys, keys)
@@ -486,12 +504,14 @@ def evaluate(
     num_classes = gt.num_classes
     image_ids = np.asarray(image_ids)
     if image_ids.dtype.kind in "iu":
-        det_image = image_ids.astype(np.int64, copy=False)
+        det_image = image_ids
         if len(det_image) and det_image.max() >= gt.num_images:
             raise ValueError("integer image_ids must index gt.image_ids (or be -1)")
     else:
         det_image = gt.image_index_of(image_ids)
-    det_class = np.asarray(class_indices).astype(np.int64, copy=False)
+    det_class = np.asarray(class_indices)
+    if det_class.dtype.kind not in "iu":
+        det_class = det_class.astype(np.int64)
     det_scores = np.asarray(scores).astype(np.float64, copy=False)
     det_boxes = np.asarray(boxes).astype(np.float64, copy=False).reshape(-1, 4)
     if not (len(det_image) == len(det_class) == len(det_scores) == len(det_boxes)):
@@ -516,24 +536,24 @@ def evaluate(
     with np.errstate(invalid="ignore"):
         has_area = (det_boxes[:, 0] < det_boxes[:, 2]) & (det_boxes[:, 1] < det_boxes[:, 3])
     report.ignored_degenerate_box = int((~has_area & ~not_in_gt).sum())
-    # ``rows`` index the input; every later array is one entry per element of ``rows``.
-    # (When every detection is kept, the input arrays serve as they are: no copies.)
     kept = ~not_in_gt & has_area
-    rows = None if kept.all() else np.flatnonzero(kept)
-    images = det_image if rows is None else det_image[rows]
-    classes = det_class if rows is None else det_class[rows]
+    tables = gt.matching_tables()
+    # ``rows`` index the input; every later array is one entry per element of ``rows``.
     if expand_predictions:
         if gt.hierarchy is None:
             raise ValueError("expand_predictions needs gt.hierarchy")
-        copies, classes = expand_rows(classes, gt.hierarchy.expand_to_ancestors)
-        report.added_by_expansion = len(copies) - len(images)
-        rows = copies if rows is None else rows[copies]
-        images = images[copies]
-
-    tables = gt.matching_tables()
-    pair = tables.pair_of(images, classes)
+        rows = np.flatnonzero(kept)
+        copies, classes = expand_rows(det_class[rows], gt.hierarchy.expand_to_ancestors)
+        report.added_by_expansion = len(copies) - len(rows)
+        rows = rows[copies]
+        pair = tables.pair_of(det_image[rows], classes)
+        num_candidates = len(rows)
+    else:  # one pass over the input, without copies; what is not kept has no pair
+        pair = tables.pair_of(det_image, det_class, kept)
+        rows, classes = None, det_class
+        num_candidates = int(np.count_nonzero(kept))
     verified = np.flatnonzero(pair >= 0)
-    report.ignored_class_not_verified = int(len(pair) - len(verified))
+    report.ignored_class_not_verified = num_candidates - len(verified)
     rows = verified if rows is None else rows[verified]
     classes, pair = classes[verified], pair[verified]
     # One order serves the matching and the AP: by class, then highest score first; stable,

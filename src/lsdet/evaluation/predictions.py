@@ -23,6 +23,7 @@ about halves the mAP). With ``strict=False`` the copies are dropped and counted
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ SUBMISSION_COLUMNS = ("ImageId", "PredictionString")
 _MAX_EXAMPLES = 20
 DUPLICATE_REASON = "duplicate detection (same image, class, score and box as an earlier one)"
 _ROWS_PER_SLICE = 5_000  # submission rows parsed at a time (about 500k detections)
+_ROWS_PER_BLOCK = 1 << 16  # rows hashed at a time: the temporaries stay in the cache
 
 
 class PredictionFormatError(DataFormatError):
@@ -303,102 +305,118 @@ def _repeated_detections(
     """Rows (among ``keep``) equal to an earlier kept row in image, class, score and box, in
     file order, and for each the row of its first occurrence.
 
-    One sort over packed 64-bit keys (``first_equal_row``): image and label codes packed
-    into one integer column, the score and the four coordinates compared as numbers.
+    One sort over packed 64-bit keys (:func:`repeated_rows`), the score and the four
+    coordinates compared as numbers.
     """
     everything = bool(keep.all())
-    candidates = np.arange(len(keep)) if everything else np.flatnonzero(keep)
+    candidates = None if everything else np.flatnonzero(keep)
 
     def kept(values: np.ndarray) -> np.ndarray:
-        return values if everything else values[candidates]
+        return values if candidates is None else values[candidates]
 
-    image_and_label = kept(image_codes).astype(np.int64) << 32
-    image_and_label |= kept(label_codes).astype(np.int64)
-    first = first_equal_row([image_and_label, kept(scores), *(kept(boxes[:, k]) for k in range(4))])
-    repeated = np.flatnonzero(first != np.arange(len(first)))
-    return candidates[repeated], candidates[first[repeated]]
+    rows, first_rows = repeated_rows(
+        [kept(image_codes), kept(label_codes), kept(scores), *(kept(boxes[:, k]) for k in range(4))]
+    )
+    if candidates is None:
+        return rows, first_rows
+    return candidates[rows], candidates[first_rows]
 
 
 def first_equal_row(columns: list[np.ndarray]) -> np.ndarray:
-    """For each row, the first row (lowest index) equal to it in every column, exactly.
+    """For each row, the first row (lowest index) equal to it in every column, exactly
+    (see :func:`repeated_rows`)."""
+    first = np.arange(len(columns[0]), dtype=np.int64)
+    rows, first_rows = repeated_rows(columns)
+    first[rows] = first_rows
+    return first
 
-    Floats compare as numbers (-0.0 equals 0.0; a NaN equals nothing, not even itself).
+
+def repeated_rows(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows equal in every column to an earlier row, in order, and for each the first
+    such row (lowest index). Exact: integers and floats compare as numbers (-0.0 equals
+    0.0; a NaN equals nothing, not even itself).
+
     One sort over packed keys: a 32-bit hash of the row's values above its row index, so
     that equal rows come out adjacent, first row first, without an index sort. Each row is
     then compared with the first row of its hash; rows that differ from it (a hash
     collision) are grouped exactly by a ``lexsort`` of those few rows only.
     """
     num_rows = len(columns[0])
-    first = np.arange(num_rows, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
     if num_rows < 2:
-        return first
+        return none, none
     if num_rows >= 1 << 32:
-        raise ValueError("first_equal_row handles fewer than 2**32 rows")
-    values = [_comparable(column) for column in columns]
-    packed = _row_hash(values)
-    packed &= np.uint64(0xFFFFFFFF00000000)
-    packed |= first.view(np.uint64)
+        raise ValueError("repeated_rows handles fewer than 2**32 rows")
+    values = [np.asarray(column) for column in columns]
+    packed = _row_hash(values)  # hash in the high half, row index in the low half
+    for start in range(0, num_rows, _ROWS_PER_BLOCK):
+        block = packed[start : start + _ROWS_PER_BLOCK]
+        block &= np.uint64(0xFFFFFFFF00000000)
+        block |= np.arange(start, start + len(block), dtype=np.uint64)
     packed.sort()
-    hash_of = packed >> np.uint64(32)
+    halves = packed.view(np.uint32)  # views, no copies
+    low, high = (0, 1) if sys.byteorder == "little" else (1, 0)
+    hash_of, row_of = halves[high::2], halves[low::2]
     same_hash = hash_of[1:] == hash_of[:-1]
     if not same_hash.any():  # the usual case for detections: no two rows alike
-        return first
+        return none, none
     run_start = np.r_[True, ~same_hash]
     in_run = np.r_[same_hash, False] | ~run_start
-    rows = (packed[in_run] & np.uint64(0xFFFFFFFF)).astype(np.int64)  # run by run, in order
+    rows = row_of[in_run].astype(np.int64)  # run by run, in row order within a run
+    run_hash = hash_of[in_run]
     run_start = run_start[in_run]
     run_first = rows[np.flatnonzero(run_start)[np.cumsum(run_start) - 1]]
     equal = np.ones(len(rows), dtype=bool)
     for column in values:
         equal &= column[rows] == column[run_first]
-    first[rows[equal]] = run_first[equal]
-    collided = rows[~equal]  # rows that differ from their run's first row
-    if len(collided):
-        collided_hash = sorted_unique(hash_of[in_run][~equal])
-        position = np.searchsorted(collided_hash, hash_of[in_run])
-        in_collided_run = (
-            collided_hash[np.minimum(position, len(collided_hash) - 1)] == (hash_of[in_run])
-        )
-        group = np.sort(rows[in_collided_run])
-        order = group[np.lexsort([column[group] for column in values[::-1]])]
-        starts = np.zeros(len(order), dtype=bool)
+    first_rows = np.where(equal, run_first, rows)
+    if not equal.all():  # a hash collision: the runs with a row unlike their first row
+        collided_hash = sorted_unique(run_hash[~equal])
+        position = np.minimum(np.searchsorted(collided_hash, run_hash), len(collided_hash) - 1)
+        in_collided_run = np.flatnonzero(collided_hash[position] == run_hash)
+        group = rows[in_collided_run]
+        # Stable: equal rows share a run, where they are in row order already.
+        order = np.lexsort([column[group] for column in values[::-1]])
+        by_value = group[order]
+        starts = np.zeros(len(by_value), dtype=bool)
         starts[0] = True
         for column in values:
-            ordered = column[order]
+            ordered = column[by_value]
             starts[1:] |= ordered[1:] != ordered[:-1]
-        first[order] = order[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
-    return first
-
-
-def _comparable(column: np.ndarray) -> np.ndarray:
-    """The column with 8-byte items (a view where it has them already)."""
-    column = np.asarray(column)
-    if column.dtype.kind == "f":
-        return column.astype(np.float64, copy=False)
-    return column.astype(np.int64, copy=False)
+        first_rows[in_collided_run[order]] = by_value[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+    repeated = first_rows != rows
+    rows, first_rows = rows[repeated], first_rows[repeated]
+    order = np.argsort(rows, kind="stable")
+    return rows[order], first_rows[order]
 
 
 def _row_hash(columns: list[np.ndarray]) -> np.ndarray:
-    """A 64-bit hash per row of 8-byte columns: a sum of the columns' bits times constants,
-    then a splitmix64 finaliser so that every input bit reaches the top bits.
+    """A 64-bit hash per row: a sum of the columns' values (as 8-byte bit patterns) times
+    constants, then a splitmix64 finaliser so that every input bit reaches the top bits.
+    Computed in blocks, so that the temporaries stay in the cache.
 
     Float columns get even constants, which shift the sign bit out of the product, so that
     -0.0 and 0.0 hash alike (as do x and -x: a collision, which only costs time).
     """
     row_hash = np.empty(len(columns[0]), dtype=np.uint64)
-    term = np.empty_like(row_hash) if len(columns) > 1 else row_hash
+    multipliers = []
     for k, column in enumerate(columns):
         multiplier = (0x9E3779B97F4A7C15 * (2 * k + 1)) % (1 << 64)  # odd, one per column
         if column.dtype.kind == "f":
             multiplier = (multiplier << 1) % (1 << 64)
-        np.multiply(column.view(np.uint64), np.uint64(multiplier), out=row_hash if k == 0 else term)
-        if k > 0:
-            row_hash += term
-    row_hash ^= row_hash >> np.uint64(30)
-    row_hash *= np.uint64(0xBF58476D1CE4E5B9)
-    row_hash ^= row_hash >> np.uint64(27)
-    row_hash *= np.uint64(0x94D049BB133111EB)
-    row_hash ^= row_hash >> np.uint64(31)
+        multipliers.append(np.uint64(multiplier))
+    for start in range(0, len(row_hash), _ROWS_PER_BLOCK):
+        block = row_hash[start : start + _ROWS_PER_BLOCK]
+        block[:] = 0
+        for column, multiplier in zip(columns, multipliers, strict=True):
+            values = column[start : start + _ROWS_PER_BLOCK]
+            wide = np.float64 if values.dtype.kind == "f" else np.int64
+            block += values.astype(wide).view(np.uint64) * multiplier
+        block ^= block >> np.uint64(30)
+        block *= np.uint64(0xBF58476D1CE4E5B9)
+        block ^= block >> np.uint64(27)
+        block *= np.uint64(0x94D049BB133111EB)
+        block ^= block >> np.uint64(31)
     return row_hash
 
 
@@ -571,7 +589,7 @@ def _kept_predictions(
     return PredictionTable(
         image_ids=image_ids,
         image_index=image_codes,
-        class_indices=class_of_label[label_codes].astype(np.int64, copy=False),
+        class_indices=class_of_label.astype(np.int32)[label_codes],
         scores=scores,
         boxes=boxes,
         layout=layout,
