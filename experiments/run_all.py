@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from lsdet.engine.run_folder import EvaluationFolder, RunFolder
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SWEEPS = HERE / "sweeps.yaml"
@@ -49,20 +51,22 @@ MACHINE_KEYS = (
     "num_workers=",
     "batch_size=",
 )
+# The files of an evaluation (the output folder of an evaluate task, eval/<tag>/ of a run).
+EVALUATION_FILES = (
+    EvaluationFolder.METRICS,
+    EvaluationFolder.PER_CLASS,
+    EvaluationFolder.FREQUENCY_BUCKETS,
+)
 # What is copied from a task's run folder into the repository (paths relative to it).
 RESULT_FILES = (
-    "config.yaml",
-    "summary.json",
-    "data_report.json",
-    "metrics.json",
-    "per_class.csv",
-    "frequency_buckets.csv",
-    "eval/*/metrics.json",
-    "eval/*/per_class.csv",
-    "eval/*/frequency_buckets.csv",
+    RunFolder.CONFIG,
+    RunFolder.SUMMARY,
+    RunFolder.DATA_REPORT,
+    *EVALUATION_FILES,
+    *(f"{RunFolder.evaluation_name('*')}/{name}" for name in EVALUATION_FILES),
     # the trainer's concurrent rates r_ij of the training split (absent in older runs): the
     # per-class diagnosis of experiments/aggregate.py groups classes by them
-    "concurrent_rates.csv",
+    RunFolder.CONCURRENT_RATES,
 )
 RESULT_MARKER = "run.json"  # written last: a results folder without it is incomplete
 
@@ -217,7 +221,12 @@ def build_tasks(
                 Task(name, "train", run_id, seed, own_variant, command, run_dir, results_dir,
                      data["root"])
             )  # fmt: skip
-            checkpoint = run_dir / "checkpoints" / spec.get("checkpoint", "phase_main.pt")
+            folder = RunFolder(run_dir)
+            checkpoint = (
+                folder.checkpoint_dir / spec["checkpoint"]
+                if spec.get("checkpoint")
+                else folder.phase_checkpoint("main")
+            )
             scorings = [(run_id, {})] + [(r, s) for r, s in rescoring_of.get(run_id, [])]
             for row_id, rescore in scorings:
                 for variant in variants.get(row_id, [own_variant]):
@@ -268,14 +277,13 @@ def evaluation_task(
 
 # --------------------------------------------------------------------------- state of a task
 def run_finished(task: Task) -> bool:
-    """The task's run folder holds a finished run (summary.json status) or an evaluation
-    (metrics.json), made with the task's settings (the runner's task.json there)."""
+    """The task's run folder holds a finished run (its summary's status) or an evaluation,
+    made with the task's settings (the runner's task.json there)."""
     if started_record(task).get("settings") != task.settings:
         return False
     if task.kind == "train":
-        summary = task.run_dir / "summary.json"
-        return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
-    return (task.run_dir / "metrics.json").is_file()
+        return RunFolder(task.run_dir).finished()
+    return EvaluationFolder(task.run_dir).metrics.is_file()
 
 
 def recorded_result(task: Task) -> dict | None:
@@ -350,7 +358,7 @@ def copy_results(task: Task, *, data_hash: str | None, wall_seconds: float | Non
             relative = source.relative_to(task.run_dir)
             target = task.results_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            if relative == Path("summary.json"):
+            if relative == Path(RunFolder.SUMMARY):
                 target.write_text(portable_summary(source.read_text()))
             else:
                 target.write_bytes(source.read_bytes())

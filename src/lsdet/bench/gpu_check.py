@@ -48,6 +48,8 @@ from typing import Any
 
 import torch
 
+from lsdet.engine.run_folder import EvaluationFolder, RunFolder
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Peak memory bandwidth in GB/s by card name, where the CUDA properties do not give the
 # memory clock (vendor data sheets).
@@ -338,8 +340,8 @@ def _training_overrides(data_root: Path, run_dir: Path) -> list[str]:
 
 
 def _run_summary(run_dir: Path, proc: subprocess.CompletedProcess) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    folder = RunFolder(run_dir)
+    summary = folder.read_summary() if folder.summary.is_file() else {}
     maps = [h["map"] for h in summary.get("history", []) if "map" in h]
     return {
         "returncode": proc.returncode,
@@ -379,7 +381,7 @@ def section_training(ctx: Context) -> SectionResult:
         notes.append("DDP training output:\n" + tail(proc.stdout + proc.stderr))
 
     eval_dir = runs / "eval"
-    checkpoint = amp_dir / "checkpoints" / "last.pt"
+    checkpoint = RunFolder(amp_dir).last_checkpoint
     command = [
         ctx.python,
         "-m",
@@ -391,8 +393,8 @@ def section_training(ctx: Context) -> SectionResult:
     ]
     start = time.perf_counter()
     proc = run_command(command, timeout=600)
-    metrics_path = eval_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    evaluation = EvaluationFolder(eval_dir)
+    metrics = evaluation.read_metrics() if evaluation.metrics.is_file() else {}
     figures["evaluation"] = {
         "returncode": proc.returncode,
         "map": metrics.get("map"),

@@ -30,13 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 from lsdet.atomic_files import write_atomic
 from lsdet.engine.builders import unwrap
 from lsdet.engine.distributed import DistInfo, all_reduce_flag, barrier, gather_objects
+from lsdet.engine.run_folder import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
 
 if TYPE_CHECKING:
     from lsdet.engine.run_state import Run
     from lsdet.engine.training_data import TrainingData
-
-LAST_CHECKPOINT = "last.pt"
-PREVIOUS_CHECKPOINT = "previous.pt"
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +355,7 @@ def save_checkpoint(run: Run) -> None:
             f"step {run.position.global_step}: NaN/inf in {shown}; the checkpoint is not "
             f"written. {resume_hint(run)}"
         )
-    path = run.checkpoint_dir / LAST_CHECKPOINT
+    path = run.folder.last_checkpoint
     write_error: CheckpointWriteError | None = None
     if run.dist.is_main:
         try:

@@ -19,7 +19,6 @@ Other arguments are Hydra overrides for every training run (e.g. ``train.max_ite
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lsdet.engine.report import comparison_table, final_metrics, plot_run_comparison
+from lsdet.engine.report import comparison_table, plot_run_comparison
+from lsdet.engine.run_folder import RunFolder
 
 
 def run(command: list[str]) -> None:
@@ -49,7 +49,7 @@ def run_side_by_side(
     commands: dict[str, list[str]], run_dirs: dict[str, Path], *, show_progress: bool = True
 ) -> None:
     """Start every command at once (output to <run_dir>.log) and show one progress bar per
-    run from its progress.json until all have ended; stop with the log's tail on a failure."""
+    run from its progress file until all have ended; stop with the log's tail on a failure."""
     processes, logs = {}, {}
     # One thread per process: the processes share the cores (idle threads of one stall others).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -77,7 +77,7 @@ def run_side_by_side(
         }
         while True:
             for name, bar in bars.items():
-                progress = read_progress(run_dirs[name] / "progress.json")
+                progress = RunFolder(run_dirs[name]).read_progress()
                 if progress:
                     bar.n = round(100 * progress["fraction"])
                     bar.set_postfix_str(
@@ -101,20 +101,20 @@ def run_side_by_side(
 
 
 RECALL_TOLERANCE = 0.005  # mAP change allowed when the inference filter is opened up
+RECALL_CHECK = "recall_check"  # the evaluation tag of the re-scoring
 
 
 def recall_check_command(run_dir: Path, overrides: list[str]) -> list[str]:
     """``lsdet.evaluate`` of the run's checkpoint at score threshold 0 and 10x the per-image
-    cap of its config; outputs in <run_dir>/eval/recall_check/."""
-    from omegaconf import OmegaConf
-
-    roi = OmegaConf.load(run_dir / "config.yaml").model.roi
-    out = run_dir / "eval" / "recall_check"
+    cap of its config; outputs in the run's evaluation folder ``recall_check``."""
+    folder = RunFolder(run_dir)
+    roi = folder.read_config().model.roi
+    out = folder.evaluation(RECALL_CHECK).path
     return [
         sys.executable,
         "-m",
         "lsdet.evaluate",
-        f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+        f"checkpoint={folder.last_checkpoint}",
         "score_thresh=0.0",
         f"detections_per_img={10 * int(roi.detections_per_img)}",
         "device=cpu",
@@ -128,11 +128,10 @@ def recall_check_command(run_dir: Path, overrides: list[str]) -> list[str]:
 def recall_check_line(run_dir: Path) -> str:
     """One line: the run's mAP at its inference defaults, with the filter opened up, and
     whether the difference is within ``RECALL_TOLERANCE``."""
-    from omegaconf import OmegaConf
-
-    roi = OmegaConf.load(run_dir / "config.yaml").model.roi
-    at_defaults = final_metrics(run_dir)["map"]
-    opened = json.loads((run_dir / "eval" / "recall_check" / "metrics.json").read_text())["map"]
+    folder = RunFolder(run_dir)
+    roi = folder.read_config().model.roi
+    at_defaults = folder.final_metrics()["map"]
+    opened = folder.evaluation(RECALL_CHECK).read_metrics()["map"]
     difference = opened - at_defaults
     verdict = "ok" if abs(difference) < RECALL_TOLERANCE else "FAILS: the defaults cut recall"
     return (
@@ -141,13 +140,6 @@ def recall_check_line(run_dir: Path) -> str:
         f"{10 * int(roi.detections_per_img)}: difference {difference:+.4f} "
         f"(tolerance {RECALL_TOLERANCE}) {verdict}"
     )
-
-
-def read_progress(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -182,7 +174,7 @@ def main(argv: list[str] | None = None) -> str:
         if not args.sequential:
             command += [f"train.threads={threads}", "train.num_workers=0", "train.progress=false"]
         commands[loss] = command + list(args.overrides)
-        (run_dir / "progress.json").unlink(missing_ok=True)
+        RunFolder(run_dir).progress.unlink(missing_ok=True)
     if args.sequential:
         for command in commands.values():
             run(command)
@@ -194,7 +186,9 @@ def main(argv: list[str] | None = None) -> str:
         for command in checks.values():
             run(command)
     else:
-        check_dirs = {loss: d / "eval" / "recall_check" for loss, d in run_dirs.items()}
+        check_dirs = {
+            loss: RunFolder(d).evaluation(RECALL_CHECK).path for loss, d in run_dirs.items()
+        }
         run_side_by_side(checks, check_dirs, show_progress=False)
     protocol = "\n".join(recall_check_line(d) for d in run_dirs.values())
 
@@ -211,7 +205,7 @@ def main(argv: list[str] | None = None) -> str:
     (out / "summary.md").write_text(text)
     print("\n" + text)
     print("plots: " + ", ".join(str(p) for p in plots))
-    print("per-run files: " + ", ".join(f"{d}/eval/" for d in runs))
+    print("per-run files: " + ", ".join(f"{RunFolder(d).evaluation('').path}/" for d in runs))
     return text
 
 

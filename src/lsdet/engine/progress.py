@@ -1,4 +1,5 @@
-"""``<run_dir>/progress.json``: where a run stands, for a watcher such as the demo driver."""
+"""A run's progress file (``RunFolder.progress``): where a run stands, for a watcher such as
+the demo driver."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from lsdet.atomic_files import write_text_atomic
 
 
 def write_progress(
-    run_dir: str | Path,
+    path: str | Path,
     *,
     status: str,
     phase: str,
@@ -18,7 +19,7 @@ def write_progress(
     images_per_s: float = 0.0,
     error: str | None = None,
 ) -> None:
-    """Write progress.json atomically. ``fraction`` = epochs done (with the current one's
+    """Write the progress file ``path`` atomically. ``fraction`` = epochs done (with the current one's
     share) / all epochs of the schedule. ``error``: why a run failed (status "failed")."""
     state = {
         "status": status,
@@ -29,4 +30,4 @@ def write_progress(
     }
     if error is not None:
         state["error"] = error
-    write_text_atomic(Path(run_dir) / "progress.json", json.dumps(state))
+    write_text_atomic(path, json.dumps(state))

@@ -5,7 +5,6 @@ buckets and the AP-vs-frequency plot are the evaluator's (lsdet.evaluate)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from lsdet.engine.run_folder import RunFolder  # noqa: E402
 
 
 def sampled_class_counts(
@@ -50,21 +51,12 @@ def plot_sampler_histogram(
     return path
 
 
-def final_metrics(run_dir: str | Path) -> dict:
-    """The last evaluation of a finished run (from its summary.json)."""
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    evaluated = [h for h in summary["history"] if "map" in h]
-    if not evaluated:
-        raise ValueError(f"{run_dir}: the run has no evaluation (train.eval_every=never?)")
-    return {**evaluated[-1], "status": summary["status"], "seconds": summary.get("seconds")}
-
-
 def comparison_table(run_dirs: list[str | Path]) -> str:
     """Markdown table: mAP overall and by frequency bucket per run, the difference of each
     run to the first (the baseline) and the run's wall time (training + evaluation)."""
     rows = []
     for run_dir in run_dirs:
-        metrics = final_metrics(run_dir)
+        metrics = RunFolder(run_dir).final_metrics()
         rows.append((Path(run_dir).name, metrics))
     header = (
         "| run | mAP | rare | common | frequent | vs first | minutes |\n"
@@ -91,7 +83,7 @@ def plot_run_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> list
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [Path(d).name for d in run_dirs]
-    metrics = [final_metrics(d) for d in run_dirs]
+    metrics = [RunFolder(d).final_metrics() for d in run_dirs]
     groups = ["map_rare", "map_common", "map_frequent", "map"]
     labels = ["rare", "common", "frequent", "all"]
     width = 0.8 / len(run_dirs)
@@ -110,10 +102,7 @@ def plot_run_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> list
     plt.close(fig)
 
     if len(run_dirs) >= 2:
-        tables = [
-            pd.read_csv(Path(d) / m["eval_dir"] / "per_class.csv")
-            for d, m in zip(run_dirs, metrics, strict=True)
-        ]
+        tables = [pd.read_csv(RunFolder(d).final_evaluation().per_class) for d in run_dirs]
         base = tables[0][["mid", "ap"]]
         fig, ax = plt.subplots(figsize=(5, 5))
         for name, table in zip(names[1:], tables[1:], strict=True):
@@ -138,7 +127,7 @@ def main(argv: list[str] | None = None) -> str:
         description="Side-by-side final mAP (overall, rare/common/frequent) of training runs; "
         "the first run is the baseline.",
     )
-    parser.add_argument("run_dirs", nargs="+", help="run folders holding summary.json")
+    parser.add_argument("run_dirs", nargs="+", help="folders of finished runs")
     parser.add_argument("--out", default=None, help="also write the table to this .md file")
     parser.add_argument("--plots", default=None, help="write comparison plots to this folder")
     args = parser.parse_args(argv)

@@ -1,10 +1,29 @@
-"""The run folder: one training at a time, and never a silent start over a finished one.
+"""The run folder: the name of every file a training run writes, the results read back, one
+training at a time, and never a silent start over a finished one.
 
-``RunFolder(run_dir, resume=..., overwrite=...)`` takes an exclusive lock on
-``<run_dir>/.lock`` (``fcntl.flock``: the kernel releases it when the holder dies, so the lock
-of a killed run never blocks its resume) and records the holder's pid and host in it, so a
-second training into the same folder is refused with a message naming the process. It also
-decides what a start means for a folder that already holds a checkpoint:
+A run folder holds::
+
+    config.yaml            the resolved config of the run
+    .hydra/                Hydra's record of the start (``write_hydra_record``)
+    train.log              the log (Hydra's job logging, conf/train.yaml)
+    checkpoints/last.pt    the newest checkpoint; previous.pt the one before it
+    checkpoints/phase_<name>.pt   the weights at the end of each phase of the schedule
+    summary.json           how the run ended, with every evaluation (``history``)
+    progress.json          where a running run stands (for a watcher such as the demo)
+    data_report.json       the rows and images the data readers skipped
+    concurrent_rates.csv   the concurrent rates the run trained with (when it uses them)
+    eval/<tag>/            one evaluation: metrics.json, per_class.csv, ... (``EvaluationFolder``)
+    sampler/               the sampler's draws per class at each epoch start
+    .lock                  held while a process trains into the folder
+
+``EvaluationFolder`` names the files of one evaluation (``eval/<tag>/`` of a run, or the
+``output_dir`` of ``lsdet.evaluate``).
+
+``RunFolder(run_dir, resume=..., overwrite=...)`` used as a context manager takes an exclusive
+lock on ``<run_dir>/.lock`` (``fcntl.flock``: the kernel releases it when the holder dies, so
+the lock of a killed run never blocks its resume) and records the holder's pid and host in it,
+so a second training into the same folder is refused with a message naming the process. It
+also decides what a start means for a folder that already holds a checkpoint:
 
 - ``resume=true``: continue from it (an error if there is none);
 - ``resume=auto``: continue if there is one, else start (what a requeued cluster job wants);
@@ -19,6 +38,7 @@ accepted. An unwritable folder is an error naming it (``check_writable``).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 from pathlib import Path
@@ -28,10 +48,46 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lsdet.atomic_files import write_text_atomic
-from lsdet.engine.checkpoint import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
 
 RESUME_MODES = (False, True, "auto")
 HYDRA_RECORD = ".hydra"  # the folder name Hydra gives its record (hydra.output_subdir)
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+PREVIOUS_CHECKPOINT = "previous.pt"
+EVALUATIONS = "eval"
+
+
+class EvaluationFolder:
+    """The files of one evaluation, as ``lsdet.evaluation.outputs.write_evaluation_outputs``
+    writes them: ``metrics.json`` (mAP, per-class AP, report), ``per_class.csv``,
+    ``frequency_buckets.csv`` and ``ap_vs_frequency.png``."""
+
+    METRICS = "metrics.json"
+    PER_CLASS = "per_class.csv"
+    FREQUENCY_BUCKETS = "frequency_buckets.csv"
+    AP_VS_FREQUENCY = "ap_vs_frequency.png"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def per_class(self) -> Path:
+        return self.path / self.PER_CLASS
+
+    @property
+    def frequency_buckets(self) -> Path:
+        return self.path / self.FREQUENCY_BUCKETS
+
+    @property
+    def ap_vs_frequency(self) -> Path:
+        return self.path / self.AP_VS_FREQUENCY
+
+    def read_metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics.read_text())
 
 
 class RunFolderBusyError(RuntimeError):
@@ -91,19 +147,114 @@ def parse_resume(value: Any) -> bool | str:
 
 
 class RunFolder:
-    """Context manager holding the run folder's lock (see the module docstring)."""
+    """The paths of a run folder and its results; as a context manager, the lock of a
+    training into it (see the module docstring)."""
 
-    def __init__(self, run_dir: str | Path, *, resume: Any, overwrite: bool = False) -> None:
+    CONFIG = "config.yaml"
+    SUMMARY = "summary.json"
+    PROGRESS = "progress.json"
+    DATA_REPORT = "data_report.json"
+    CONCURRENT_RATES = "concurrent_rates.csv"
+    TRAIN_LOG = "train.log"
+    SAMPLER_PLOTS = "sampler"
+    LOCK = ".lock"
+
+    def __init__(
+        self, run_dir: str | Path, *, resume: Any = False, overwrite: bool = False
+    ) -> None:
         self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.checkpoint_dir = self.run_dir / CHECKPOINTS
         self.resume_mode = parse_resume(resume)
         self.overwrite = bool(overwrite)
         self._lock_file = None
 
+    # ----------------------------------------------------------------- paths
+    @property
+    def config(self) -> Path:
+        return self.run_dir / self.CONFIG
+
+    @property
+    def summary(self) -> Path:
+        return self.run_dir / self.SUMMARY
+
+    @property
+    def progress(self) -> Path:
+        return self.run_dir / self.PROGRESS
+
+    @property
+    def data_report(self) -> Path:
+        return self.run_dir / self.DATA_REPORT
+
+    @property
+    def concurrent_rates(self) -> Path:
+        return self.run_dir / self.CONCURRENT_RATES
+
+    @property
+    def train_log(self) -> Path:
+        return self.run_dir / self.TRAIN_LOG
+
+    @property
+    def lock(self) -> Path:
+        return self.run_dir / self.LOCK
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / LAST_CHECKPOINT
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.checkpoint_dir / PREVIOUS_CHECKPOINT
+
+    def phase_checkpoint(self, phase_name: str) -> Path:
+        """The weights at the end of the phase ``phase_name`` of the schedule."""
+        return self.checkpoint_dir / f"phase_{phase_name}.pt"
+
+    def sampler_plot(self, phase_name: str, epoch: int) -> Path:
+        """The sampler's draws per class at the start of ``epoch`` (1-based) of a phase."""
+        return self.run_dir / self.SAMPLER_PLOTS / f"{phase_name}_epoch{epoch}.png"
+
+    @staticmethod
+    def evaluation_name(tag: str) -> str:
+        """The folder of the evaluation ``tag`` relative to the run folder (the ``eval_dir``
+        of the run's history)."""
+        return f"{EVALUATIONS}/{tag}"
+
+    def evaluation(self, tag: str) -> EvaluationFolder:
+        return EvaluationFolder(self.run_dir / self.evaluation_name(tag))
+
+    # ----------------------------------------------------------------- results
+    def read_config(self) -> DictConfig:
+        return OmegaConf.load(self.config)
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text())
+
+    def read_progress(self) -> dict[str, Any] | None:
+        """progress.json, or None while it is absent or being replaced."""
+        try:
+            return json.loads(self.progress.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def finished(self) -> bool:
+        """The run ended with status "finished" (its summary.json says so)."""
+        return self.summary.is_file() and self.read_summary().get("status") == "finished"
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The last evaluation of a finished run (its summary's history), with the run's
+        status and wall time."""
+        summary = self.read_summary()
+        evaluated = [h for h in summary["history"] if "map" in h]
+        if not evaluated:
+            raise ValueError(f"{self.run_dir}: the run has no evaluation (train.eval_every=never?)")
+        return {**evaluated[-1], "status": summary["status"], "seconds": summary.get("seconds")}
+
+    def final_evaluation(self) -> EvaluationFolder:
+        """The folder of the run's last evaluation."""
+        return EvaluationFolder(self.run_dir / self.final_metrics()["eval_dir"])
+
     def has_checkpoint(self) -> bool:
-        return any(
-            (self.checkpoint_dir / n).is_file() for n in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT)
-        )
+        return self.last_checkpoint.is_file() or self.previous_checkpoint.is_file()
 
     def should_resume(self) -> bool:
         """Whether this start continues from the folder's checkpoint; raises when the folder's
@@ -112,13 +263,13 @@ class RunFolder:
         if self.resume_mode is True and not found:
             raise FileNotFoundError(
                 f"train.resume=true but there is no checkpoint at "
-                f"{self.checkpoint_dir / LAST_CHECKPOINT}; start without train.resume, or point "
+                f"{self.last_checkpoint}; start without train.resume, or point "
                 "hydra.run.dir (or name=) at the run to continue"
             )
         if self.resume_mode is False and found and not self.overwrite:
             raise FileExistsError(
                 f"run folder {self.run_dir} already holds a checkpoint "
-                f"({self.checkpoint_dir / LAST_CHECKPOINT}). Continue it with "
+                f"({self.last_checkpoint}). Continue it with "
                 "train.resume=true, start it over with train.overwrite=true, or give the run "
                 "another name= (or hydra.run.dir=)"
             )
@@ -127,7 +278,7 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         check_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / ".lock"
+        path = self.lock
         lock_file = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lsdet.engine.distributed import DistInfo
+from lsdet.engine.run_folder import RunFolder
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.signals import StopRequested
 from lsdet.engine.training_data import TrainingData
@@ -165,7 +166,7 @@ class Run:
     """What a training run holds while it trains; everything in a checkpoint comes from here."""
 
     cfg: DictConfig
-    run_dir: Path
+    folder: RunFolder
     device: torch.device
     dist: DistInfo
     data: TrainingData
@@ -199,8 +200,8 @@ class Run:
         return bool(self.cfg.train.amp) and self.device.type == "cuda"
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+    def run_dir(self) -> Path:
+        return self.folder.run_dir
 
     def global_epoch(self) -> int:
         """Epochs of earlier phases + this phase's epoch: seeds the sampler's stream."""

@@ -96,7 +96,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     try:
         with lock, StopRequested() as stop:
             resuming = folder.should_resume()
-            return _train(cfg, run_dir, device, dist, stop, resuming)
+            return _train(cfg, folder, device, dist, stop, resuming)
     finally:
         torch.set_num_threads(threads_before)
         cleanup(dist)
@@ -115,13 +115,14 @@ def check_reliability_settings(cfg: DictConfig) -> None:
 
 def _train(
     cfg: DictConfig,
-    run_dir: Path,
+    folder: RunFolder,
     device: torch.device,
     dist: DistInfo,
     stop: StopRequested,
     resuming: bool,
 ) -> dict[str, Any]:
     start = time.perf_counter()
+    run_dir = folder.run_dir
     ckpt.seed_everything(int(cfg.seed) + dist.rank)
     if cfg.model.backbone.norm == "sync_bn" and device.type != "cuda":
         # SyncBatchNorm synchronises over NCCL only; on CPU it is plain batch norm.
@@ -148,7 +149,7 @@ def _train(
     model = build_model(cfg, data, loss_fn, rates, device)
 
     resume_state = (
-        ckpt.load_resume_state(run_dir / "checkpoints", cfg, dist, data) if resuming else None
+        ckpt.load_resume_state(folder.checkpoint_dir, cfg, dist, data) if resuming else None
     )
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -166,7 +167,7 @@ def _train(
     )
     run = Run(
         cfg=cfg,
-        run_dir=run_dir,
+        folder=folder,
         device=device,
         dist=dist,
         data=data,
@@ -190,10 +191,10 @@ def _train(
         run.divergence.load_state_dict(resume_state.get("divergence", {}))
         run.last_checkpoint = (Path(resume_state["loaded_from"]), run.position.global_step)
     if dist.is_main:
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(folder.config, OmegaConf.to_yaml(cfg, resolve=True))
         write_hydra_record(run_dir, cfg)  # only now: a refused start leaves no trace
-        data.write_read_reports(run_dir / "data_report.json")
-        rates_csv = run_dir / "concurrent_rates.csv"
+        data.write_read_reports(folder.data_report)
+        rates_csv = folder.concurrent_rates
         if rates is not None and not (resume_state is not None and rates_csv.is_file()):
             write_concurrent_rates_csv(rates_csv, rates, data.hierarchy, data.class_names)
 
@@ -244,13 +245,13 @@ def _train_phases(run: Run, resume_state: dict[str, Any] | None, start: float) -
         "run_dir": str(run_dir),
     }
     if dist.is_main:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-        run.data.write_read_reports(run_dir / "data_report.json")  # + images skipped in training
+        write_text_atomic(run.folder.summary, json.dumps(summary, indent=1) + "\n")
+        run.data.write_read_reports(run.folder.data_report)  # + images skipped in training
         report_progress(run, status)
         if status == "interrupted":
             print(
                 f"Stopped by {stop.signal_name} after step {run.position.global_step}: "
-                f"checkpoint {run.checkpoint_dir / ckpt.LAST_CHECKPOINT}; "
+                f"checkpoint {run.folder.last_checkpoint}; "
                 f"{resume_advice(run.run_dir, run.cfg)}",
                 flush=True,
             )
@@ -267,7 +268,7 @@ def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
     model = unwrap(run.model)
     if phase.init_from_previous:
         previous = run.schedule.phases[phase_index - 1]
-        state = ckpt.load_checkpoint(run.checkpoint_dir / f"phase_{previous.name}.pt")
+        state = ckpt.load_checkpoint(run.folder.phase_checkpoint(previous.name))
         model.load_state_dict(state["model"])
         return
     with torch.random.fork_rng(devices=[]):
@@ -421,7 +422,7 @@ def end_epoch(run: Run, phase: Phase) -> None:
                 "config": OmegaConf.to_container(run.cfg, resolve=True),
                 "phase_name": phase.name,
             },
-            run.checkpoint_dir / f"phase_{phase.name}.pt",
+            run.folder.phase_checkpoint(phase.name),
         )
     barrier(run.dist)
     when = run.cfg.train.eval_every

@@ -95,7 +95,7 @@ def report_progress(
     done = run.global_epoch() + (run.position.iteration / iters if iters else 0.0)
     phase = run.schedule.phases[min(run.position.phase, len(run.schedule.phases) - 1)]
     write_progress(
-        run.run_dir,
+        run.folder.progress,
         status=status,
         phase=phase.name,
         global_step=run.position.global_step,
@@ -117,7 +117,7 @@ def log_sampler_histogram(run: Run, phase: Phase) -> None:
     path = plot_sampler_histogram(
         counts,
         data.image_counts,
-        run.run_dir / "sampler" / f"{phase.name}_epoch{run.position.epoch + 1}.png",
+        run.folder.sampler_plot(phase.name, run.position.epoch + 1),
         title=f"{phase.name}: sampler {phase.sampler.get('name')} draws per class",
     )
     step = run.position.global_step

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from lsdet.engine.distributed import DistInfo, broadcast_object
 from lsdet.engine.inference import gather_detections, predict
 from lsdet.engine.loaders import ShardedSequence, make_loader
+from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.training_data import TrainingData
 
@@ -67,16 +68,17 @@ def validate(
             detections.boxes,
         )
         seconds = time.perf_counter() - start
+        out = RunFolder(run_dir).evaluation(tag)
         metrics = record_evaluation(
-            result, data, run_dir / "eval" / tag, run_name=run_name, tag=tag, seconds=seconds
+            result, data, out.path, run_name=run_name, tag=tag, seconds=seconds
         )
-        log_evaluation(logger, metrics, run_dir / "eval" / tag, step)
+        log_evaluation(logger, metrics, out, step)
         buckets = {k: v for k, v in metrics.items() if k.startswith("map_")}
         tqdm.write(
             f"[{tag}] mAP {metrics['map']:.4f} | "
             + " | ".join(f"{k[4:]} {v:.4f}" for k, v in buckets.items())
         )
-        metrics["eval_dir"] = str(Path("eval") / tag)  # relative to the run folder
+        metrics["eval_dir"] = RunFolder.evaluation_name(tag)  # relative to the run folder
     return broadcast_object(metrics, dist)
 
 
@@ -103,15 +105,17 @@ def record_evaluation(
     return metrics
 
 
-def log_evaluation(logger: RunLogger, metrics: dict[str, Any], out_dir: Path, step: int) -> None:
+def log_evaluation(
+    logger: RunLogger, metrics: dict[str, Any], out: EvaluationFolder, step: int
+) -> None:
     """The figures, the per-class AP table and the AP-vs-frequency plot to wandb."""
     import pandas as pd
 
     logger.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
-    table = pd.read_csv(out_dir / "per_class.csv")
+    table = pd.read_csv(out.per_class)
     columns = [c for c in ("mid", "name", "train_images", "bucket", "ap") if c in table]
     rows = table[columns].replace({np.nan: None}).values.tolist()
     logger.log_table("val/per_class_ap", columns, rows, step)
-    plot = out_dir / "ap_vs_frequency.png"
+    plot = out.ap_vs_frequency
     if plot.is_file():
         logger.log_image("val/ap_vs_frequency", plot, step)
