@@ -315,6 +315,8 @@ def test_cli_cache_train_evaluate_end_to_end(trained, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=true"):
         crt.run(compose_crt(checkpoint, out, "loss=concurrent_softmax", "stage=train"))
     assert before.read_bytes() == before_bytes
+    with pytest.raises(FileExistsError, match="metrics.json already exists"):
+        crt.run(compose_crt(checkpoint, out, "loss=concurrent_softmax", "stage=evaluate"))
     # evaluate alone re-reads the saved classifier and gives the same mAP
     again = crt.run(
         compose_crt(

@@ -761,6 +761,7 @@ def run_seed(
         )
     if not evaluate:
         return {}
+    _refuse_existing(out_dir / "metrics.json", bool(cfg.overwrite), f"arm {cfg.arm} seed {seed}:")
     if not train:
         predictor, record = load_classifier(
             classifier_file, loss_cfg, cache, checkpoint_weights, data, device
