@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # with concurrent softmax on CPU, evaluates both with the OID metric and prints the table
 # (runs/demo/summary.md, plots in runs/demo/ and runs/demo_<loss>/eval/).
 demo: $(STAMP)
-	$(PY) -m lsdet.engine.demo
+	$(PY) -m lsdet.apps.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

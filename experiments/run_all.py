@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from lsdet.apps.launch import evaluate_command, train_command
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 
 HERE = Path(__file__).resolve().parent
@@ -212,10 +213,11 @@ def build_tasks(
             name = f"{run_id}_s{seed}"
             run_dir = out / name
             data = variant_data(size_cfg, own_variant)
-            command = [python, "-m", "lsdet.train", f"+experiment={spec['experiment']}"]
-            command += list(spec.get("overrides", [])) + list(size_cfg["schedules"][kind])
-            command += iterations + dotted(data, "data.") + common
-            command += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
+            overrides = [f"+experiment={spec['experiment']}", *spec.get("overrides", [])]
+            overrides += list(size_cfg["schedules"][kind]) + iterations
+            overrides += dotted(data, "data.") + common
+            overrides += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
+            command = train_command(overrides, python=python)
             results_dir = results / "runs" / run_id / f"val-{own_variant}" / f"seed{seed}"
             tasks.append(
                 Task(name, "train", run_id, seed, own_variant, command, run_dir, results_dir,
@@ -260,14 +262,14 @@ def evaluation_task(
     name = f"{row_id}_s{seed}" + ("" if own else f"_val-{variant}")
     run_dir = out / name
     data = variant_data(size_cfg, variant)
-    command = [python, "-m", "lsdet.evaluate", f"checkpoint={checkpoint}"]
     # lsdet.evaluate estimates the concurrent rates of a checkpoint trained without them
     # (eq. 5 with R = 0 would be plain softmax).
-    for key in ("scoring", "parent_scores"):
-        if rescore.get(key):
-            command.append(f"{key}={rescore[key]}")
-    command += dotted(data, "data.")
-    command += ["plot=false", f"output_dir={run_dir}", f"hydra.run.dir={run_dir}"]
+    overrides = [
+        f"{key}={rescore[key]}" for key in ("scoring", "parent_scores") if rescore.get(key)
+    ]
+    overrides += dotted(data, "data.")
+    overrides += ["plot=false", f"output_dir={run_dir}", f"hydra.run.dir={run_dir}"]
+    command = evaluate_command(checkpoint, overrides, python=python)
     results_dir = results / "runs" / row_id / f"val-{variant}" / f"seed{seed}"
     return Task(
         name, "evaluate", row_id, seed, variant, command, run_dir, results_dir, data["root"],

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lsdet.apps.report import comparison_table, plot_run_comparison
 from lsdet.data import Hierarchy
 from lsdet.engine.builders import build_optimizer
 from lsdet.engine.checkpoint import (
@@ -27,9 +28,8 @@ from lsdet.engine.checkpoint import (
 )
 from lsdet.engine.inference import Detections, ImageFiles
 from lsdet.engine.loaders import ShardedSequence
-from lsdet.engine.report import comparison_table, plot_run_comparison, sampled_class_counts
 from lsdet.engine.run_state import DivergenceMonitor, NonFiniteGuard, NonFiniteLossError
-from lsdet.engine.training_log import write_concurrent_rates_csv
+from lsdet.engine.training_log import sampled_class_counts, write_concurrent_rates_csv
 
 
 def test_save_atomic_replaces_and_leaves_no_temporary(tmp_path):
@@ -276,7 +276,7 @@ def test_config_differences_only_in_the_settings_that_must_match():
 def test_demo_driver_trains_both_losses_and_prints_the_table(tmp_path):
     from train_helpers import tiny_overrides
 
-    from lsdet.engine.demo import main
+    from lsdet.apps.demo import main
 
     overrides = [o for o in tiny_overrides(tmp_path / "synth") if not o.startswith("name=")]
     overrides += ["train.max_iters_per_epoch=1", "train.eval_every=phase"]

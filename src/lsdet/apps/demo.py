@@ -1,4 +1,4 @@
-"""The demo behind `make demo`: ``python -m lsdet.engine.demo [--losses softmax ...]``.
+"""The demo behind `make demo`: ``python -m lsdet.apps.demo [--losses softmax ...]``.
 
 1. generates the synthetic benchmark (data/synth) unless it is already there;
 2. trains the `demo` experiment once per loss (default: the softmax baseline and the
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lsdet.engine.report import comparison_table, plot_run_comparison
+from lsdet.apps.launch import evaluate_command, train_command
+from lsdet.apps.report import comparison_table, plot_run_comparison
 from lsdet.engine.run_folder import RunFolder
 
 
@@ -110,19 +111,18 @@ def recall_check_command(run_dir: Path, overrides: list[str]) -> list[str]:
     folder = RunFolder(run_dir)
     roi = folder.read_config().model.roi
     out = folder.evaluation(RECALL_CHECK).path
-    return [
-        sys.executable,
-        "-m",
-        "lsdet.evaluate",
-        f"checkpoint={folder.last_checkpoint}",
-        "score_thresh=0.0",
-        f"detections_per_img={10 * int(roi.detections_per_img)}",
-        "device=cpu",
-        "num_workers=0",
-        f"output_dir={out}",
-        f"hydra.run.dir={out}",
-        *[o for o in overrides if o.startswith("data.")],
-    ]
+    return evaluate_command(
+        folder.last_checkpoint,
+        [
+            "score_thresh=0.0",
+            f"detections_per_img={10 * int(roi.detections_per_img)}",
+            "device=cpu",
+            "num_workers=0",
+            f"output_dir={out}",
+            f"hydra.run.dir={out}",
+            *[o for o in overrides if o.startswith("data.")],
+        ],
+    )
 
 
 def recall_check_line(run_dir: Path) -> str:
@@ -143,7 +143,7 @@ def recall_check_line(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m lsdet.engine.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lsdet.apps.demo", description=__doc__)
     parser.add_argument(
         "--losses",
         nargs="+",
@@ -169,11 +169,11 @@ def main(argv: list[str] | None = None) -> str:
     commands = {}
     threads = max(1, (os.cpu_count() or 1) // len(args.losses))
     for loss, run_dir in run_dirs.items():
-        command = [python, "-m", "lsdet.train", "+experiment=demo", f"loss={loss}"]
-        command += [f"hydra.run.dir={run_dir}", "train.resume=auto"]
+        overrides = ["+experiment=demo", f"loss={loss}", f"hydra.run.dir={run_dir}"]
+        overrides += ["train.resume=auto"]
         if not args.sequential:
-            command += [f"train.threads={threads}", "train.num_workers=0", "train.progress=false"]
-        commands[loss] = command + list(args.overrides)
+            overrides += [f"train.threads={threads}", "train.num_workers=0", "train.progress=false"]
+        commands[loss] = train_command(overrides + list(args.overrides), python=python)
         RunFolder(run_dir).progress.unlink(missing_ok=True)
     if args.sequential:
         for command in commands.values():

@@ -1,6 +1,6 @@
-"""Training-side summaries: sampler draws per class (plot) and the side-by-side table of
-finished runs (``python -m lsdet.engine.report RUN_DIR ...``). Per-class AP tables, frequency
-buckets and the AP-vs-frequency plot are the evaluator's (lsdet.evaluate)."""
+"""The side-by-side table and plots of finished runs (``python -m lsdet.apps.report RUN_DIR
+...``). Per-class AP tables, frequency buckets and the AP-vs-frequency plot of one evaluation
+are the evaluator's (lsdet.evaluate)."""
 
 from __future__ import annotations
 
@@ -12,43 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from lsdet.engine.run_folder import RunFolder  # noqa: E402
-
-
-def sampled_class_counts(
-    stream: np.ndarray, class_offsets: np.ndarray, class_images: np.ndarray, num_images: int
-) -> np.ndarray:
-    """[C] number of drawn images that contain each class, for an epoch's stream of image
-    indices (an image drawn twice counts twice)."""
-    draws = np.bincount(np.asarray(stream, dtype=np.int64), minlength=num_images)
-    per_pair = draws[np.asarray(class_images, dtype=np.int64)]
-    cumulative = np.concatenate([[0], np.cumsum(per_pair)])
-    offsets = np.asarray(class_offsets, dtype=np.int64)
-    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
-
-
-def plot_sampler_histogram(
-    draws: np.ndarray, image_counts: np.ndarray, path: str | Path, title: str = ""
-) -> Path:
-    """Draws per class in one epoch beside the class's training images, classes sorted by
-    frequency (log y)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(-np.asarray(image_counts), kind="stable")
-    x = np.arange(len(order))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(x, np.maximum(np.asarray(image_counts)[order], 0.5), label="training images")
-    ax.bar(x, np.maximum(np.asarray(draws)[order], 0.5), alpha=0.6, label="draws this epoch")
-    ax.set_yscale("log")
-    ax.set_xlabel("class (sorted by training images)")
-    ax.set_ylabel("images")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def comparison_table(run_dirs: list[str | Path]) -> str:
@@ -78,8 +44,6 @@ def plot_run_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> list
     """Plots of finished runs side by side: mAP by frequency bucket per run
     (``map_by_bucket.png``) and, with two or more runs, each class's AP in a run against the
     first run's (``per_class_ap_vs_<first>.png``)."""
-    import pandas as pd
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [Path(d).name for d in run_dirs]
@@ -123,7 +87,7 @@ def plot_run_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> list
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
-        prog="python -m lsdet.engine.report",
+        prog="python -m lsdet.apps.report",
         description="Side-by-side final mAP (overall, rare/common/frequent) of training runs; "
         "the first run is the baseline.",
     )

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from lsdet.apps.launch import evaluate_command, train_command
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -365,32 +366,27 @@ def section_training(ctx: Context) -> SectionResult:
 
     amp_dir = runs / "amp"
     proc = run_command(
-        [ctx.python, "-m", "lsdet.train", *_training_overrides(data_root, amp_dir)], timeout=900
+        train_command(_training_overrides(data_root, amp_dir), python=ctx.python), timeout=900
     )
     figures["AMP training"] = _run_summary(amp_dir, proc)
     if not _run_ok(figures["AMP training"]):
         notes.append("AMP training output:\n" + tail(proc.stdout + proc.stderr))
 
     ddp_dir = runs / "ddp"
-    torchrun = [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
     ddp_overrides = _training_overrides(data_root, ddp_dir)
     ddp_overrides += ["train.dist_backend=nccl", "model.backbone.norm=sync_bn"]
-    proc = run_command([*torchrun, "-m", "lsdet.train", *ddp_overrides], timeout=900)
+    proc = run_command(train_command(ddp_overrides, python=ctx.python, processes=1), timeout=900)
     figures["DDP (NCCL, SyncBN, 1 process)"] = _run_summary(ddp_dir, proc)
     if not _run_ok(figures["DDP (NCCL, SyncBN, 1 process)"]):
         notes.append("DDP training output:\n" + tail(proc.stdout + proc.stderr))
 
     eval_dir = runs / "eval"
     checkpoint = RunFolder(amp_dir).last_checkpoint
-    command = [
-        ctx.python,
-        "-m",
-        "lsdet.evaluate",
-        f"checkpoint={checkpoint}",
-        f"data.root={data_root}",
-        "device=cuda",
-        f"hydra.run.dir={eval_dir}",
-    ]
+    command = evaluate_command(
+        checkpoint,
+        [f"data.root={data_root}", "device=cuda", f"hydra.run.dir={eval_dir}"],
+        python=ctx.python,
+    )
     start = time.perf_counter()
     proc = run_command(command, timeout=600)
     evaluation = EvaluationFolder(eval_dir)
@@ -423,7 +419,7 @@ def section_demo(ctx: Context) -> SectionResult:
     command = [
         ctx.python,
         "-m",
-        "lsdet.engine.demo",
+        "lsdet.apps.demo",
         "--runs",
         str(ctx.scratch / "demo_runs"),
         "--out",

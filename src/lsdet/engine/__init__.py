@@ -1,4 +1,4 @@
-"""The training application: the loop (trainer), data/loader set-up, checkpoints,
-distributed set-up, inference and evaluation of checkpoints, logging, run reports and the
-demo driver. Entry points: ``python -m lsdet.train``, ``lsdet.predict``, ``lsdet.evaluate
-checkpoint=...``, ``lsdet.engine.demo`` (``make demo``), ``lsdet.engine.report``."""
+"""The training core: ``trainer.py`` (``run_training``, the loop) and what it is made of: the run
+folder, checkpoints, the hooks (checkpointing, evaluation, logging and progress, signals, the
+sampler histogram), data and loaders, distributed set-up. Entry point: ``python -m
+lsdet.train``."""

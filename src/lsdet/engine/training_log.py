@@ -10,16 +10,19 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
+import matplotlib
 
-from lsdet.atomic_files import write_text_atomic
-from lsdet.data import Hierarchy
-from lsdet.engine.progress import write_progress
-from lsdet.engine.report import plot_sampler_histogram, sampled_class_counts
-from lsdet.engine.run_state import Run
-from lsdet.sampling.schedule import Phase
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from lsdet.atomic_files import write_text_atomic  # noqa: E402
+from lsdet.data import Hierarchy  # noqa: E402
+from lsdet.engine.progress import write_progress  # noqa: E402
+from lsdet.engine.run_state import Run  # noqa: E402
+from lsdet.sampling.schedule import Phase  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,41 @@ def log_sampler_histogram(run: Run, phase: Phase) -> None:
 
         histogram = wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
         run.logger.log({"train/sampler_draws_per_class": histogram}, step)
+
+
+def sampled_class_counts(
+    stream: np.ndarray, class_offsets: np.ndarray, class_images: np.ndarray, num_images: int
+) -> np.ndarray:
+    """[C] number of drawn images that contain each class, for an epoch's stream of image
+    indices (an image drawn twice counts twice)."""
+    draws = np.bincount(np.asarray(stream, dtype=np.int64), minlength=num_images)
+    per_pair = draws[np.asarray(class_images, dtype=np.int64)]
+    cumulative = np.concatenate([[0], np.cumsum(per_pair)])
+    offsets = np.asarray(class_offsets, dtype=np.int64)
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+
+
+def plot_sampler_histogram(
+    draws: np.ndarray, image_counts: np.ndarray, path: str | Path, title: str = ""
+) -> Path:
+    """Draws per class in one epoch beside the class's training images, classes sorted by
+    frequency (log y)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(-np.asarray(image_counts), kind="stable")
+    x = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(x, np.maximum(np.asarray(image_counts)[order], 0.5), label="training images")
+    ax.bar(x, np.maximum(np.asarray(draws)[order], 0.5), alpha=0.6, label="draws this epoch")
+    ax.set_yscale("log")
+    ax.set_xlabel("class (sorted by training images)")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_concurrent_rates_csv(
