@@ -166,14 +166,15 @@ def _line_numbers(rows: np.ndarray, invalid_lines: np.ndarray) -> np.ndarray:
 
 def _float_columns(table: pa.Table, names: Sequence[str]) -> np.ndarray:
     """``[N, len(names)]`` float64 of float64 columns (nulls -> NaN), filled chunk by chunk
-    straight into place: one copy of each value."""
-    values = np.empty((table.num_rows, len(names)), dtype=np.float64)
+    straight into place: one copy of each value. Column-major (each column contiguous:
+    filled, checked and hashed column by column without strided passes)."""
+    values = np.empty((len(names), table.num_rows), dtype=np.float64)
     for k, name in enumerate(names):
         start = 0
         for chunk in table.column(name).chunks:
-            values[start : start + len(chunk), k] = chunk.to_numpy(zero_copy_only=False)
+            values[k, start : start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
             start += len(chunk)
-    return values
+    return values.T
 
 
 def _read_tf_layout(path: Path, mids: Sequence[str], strict: bool) -> PredictionTable:
