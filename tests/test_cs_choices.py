@@ -21,7 +21,7 @@ from lsdet import ops
 from lsdet.data.hierarchy import Hierarchy
 from lsdet.data.rates import concurrent_rates_from_boxes
 from lsdet.losses import build_loss, loss_from_config
-from lsdet.models.roi_heads import raise_parents_to_descendants, score_logits, sum_subtrees
+from lsdet.losses.scoring import raise_parents_to_descendants, score_logits, sum_subtrees
 
 CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
 

@@ -15,6 +15,7 @@ from lsdet.losses import (
     build_loss,
     class_weights,
     effective_number_weights,
+    loss_class,
     loss_from_config,
 )
 
@@ -286,3 +287,31 @@ def test_every_config_builds_and_trains(config, weighting):
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_each_loss_states_its_head_contract():
+    """num_logits, the scorer of model.scoring=auto, and whether the rates are needed."""
+    rates = torch.zeros(4, 4)
+    ancestors = torch.zeros(3, 3, dtype=torch.bool)
+    counts = torch.ones(3)
+    logits_columns = {}
+    for name, cls in LOSSES.items():
+        loss_fn = build_loss(
+            name, num_classes=4, rates=rates, ancestors=ancestors, image_counts=counts
+        )
+        logits_columns[name] = loss_fn.num_logits
+        assert cls.scoring_for("auto") == cls.default_scoring
+        assert cls.scoring_for("sigmoid") == "sigmoid"  # a test-time override selects it
+        assert cls.needs_rates("concurrent_softmax")
+        assert cls.needs_rates("auto") == (name in ("concurrent_softmax", "co_bce"))
+    assert logits_columns == {name: 5 if name == "seesaw" else 4 for name in LOSSES}
+    with pytest.raises(ValueError, match="model.scoring='argmax'"):
+        LOSSES["softmax"].scoring_for("argmax")
+    with pytest.raises(ValueError, match="unknown loss"):
+        loss_class("hinge")
+    logits = torch.randn(5, 4)
+    torch.testing.assert_close(LOSSES["dist_ce"].scores(logits), logits.softmax(dim=1))
+    torch.testing.assert_close(LOSSES["focal"].scores(logits), logits.sigmoid())
+    torch.testing.assert_close(
+        LOSSES["concurrent_softmax"].scores(logits, rates=rates), logits.softmax(dim=1)
+    )

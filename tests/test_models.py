@@ -12,16 +12,14 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from lsdet.bench.postprocess import main as postprocess_benchmark
 from lsdet.bench.postprocess import synthetic_candidates
+from lsdet.losses import LOSSES
+from lsdet.losses.scoring import raise_parents_to_descendants, score_logits, sum_subtrees
 from lsdet.models import (
     MultiLabelBoxPredictor,
     TimmFPNBackbone,
     best_after_nms,
     build_detector,
     prior_bias,
-    raise_parents_to_descendants,
-    resolve_scoring,
-    score_logits,
-    sum_subtrees,
 )
 from lsdet.models.detector import anchor_sizes_for
 
@@ -73,11 +71,11 @@ def tiny_targets(num_fg: int):
 
 
 def test_resolve_scoring_follows_loss_unless_explicit():
-    assert resolve_scoring("auto", "softmax") == "softmax"
-    assert resolve_scoring("auto", "concurrent_softmax") == "concurrent_softmax"
-    assert resolve_scoring("auto", "focal", sigmoid_loss=True) == "sigmoid"
-    assert resolve_scoring("auto", "dist_ce") == "softmax"
-    assert resolve_scoring("concurrent_softmax", "softmax") == "concurrent_softmax"
+    assert LOSSES["softmax"].scoring_for("auto") == "softmax"
+    assert LOSSES["concurrent_softmax"].scoring_for("auto") == "concurrent_softmax"
+    assert LOSSES["focal"].scoring_for("auto") == "sigmoid"
+    assert LOSSES["dist_ce"].scoring_for("auto") == "softmax"
+    assert LOSSES["softmax"].scoring_for("concurrent_softmax") == "concurrent_softmax"
 
 
 def test_prior_bias_gives_prior_probability():
@@ -455,3 +453,47 @@ def test_eqlv2_detector_scores_with_its_background_sigmoid():
     bias = model.roi_heads.box_predictor.cls_score.bias
     assert torch.allclose(bias, torch.full_like(bias, prior_bias(0.01)))
     assert model.roi_heads.box_predictor.objectness_score is None
+
+
+def test_detector_from_checkpoint_has_plain_bn_no_pretrained_weights_and_keeps_the_config():
+    cfg = tiny_cfg(**{"backbone.norm": "sync_bn", "backbone.pretrained": True})
+    before = OmegaConf.to_yaml(cfg)
+    model = build_detector(cfg, num_classes=4, loss_fn=torch.nn.Identity(), from_checkpoint=True)
+    norms = [
+        m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    assert norms and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert OmegaConf.to_yaml(cfg) == before  # the training config is not changed
+    # training off CUDA: plain batch norm too; on the training device the config's choice
+    cpu = build_detector(
+        tiny_cfg(**{"backbone.norm": "sync_bn"}),
+        num_classes=4,
+        loss_fn=PrimaryCrossEntropy(),
+        device=torch.device("cpu"),
+    )
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in cpu.modules())
+    synced = build_detector(
+        tiny_cfg(**{"backbone.norm": "sync_bn"}), num_classes=4, loss_fn=PrimaryCrossEntropy()
+    )
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+
+
+def test_the_head_scores_through_its_loss_class():
+    from lsdet.losses import build_loss
+
+    descendants = torch.zeros(3, 3, dtype=torch.bool)
+    descendants[0, 1] = True
+    model = build_detector(
+        tiny_cfg(parent_scores="subtree_sum"),
+        num_classes=4,
+        loss_fn=build_loss("bce", num_classes=4),
+        descendants=descendants,
+    )
+    assert model.roi_heads.head_contract is LOSSES["bce"]
+    logits = torch.randn(7, 4)
+    expected = LOSSES["bce"].scores(
+        logits, scoring="auto", descendants=descendants, parent_scores="subtree_sum"
+    )
+    torch.testing.assert_close(model.roi_heads.class_scores(logits), expected)
+    sigmoid = logits.sigmoid()
+    torch.testing.assert_close(expected[:, 1], (sigmoid[:, 1] + sigmoid[:, 2]).clamp(max=1.0))

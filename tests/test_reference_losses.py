@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from lsdet.losses import build_loss
-from lsdet.models.roi_heads import MultiLabelBoxPredictor, score_logits
+from lsdet.losses.scoring import score_logits
+from lsdet.models.roi_heads import MultiLabelBoxPredictor
 
 # Loss values agree to this relative tolerance, gradients to it plus a small absolute floor
 # (lsdet computes in float32, the references here in float64).

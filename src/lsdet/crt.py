@@ -301,7 +301,7 @@ def load_cache(cache_file: str | Path) -> dict[str, Any]:
 def build_arm_loss(
     loss_cfg: dict[str, Any], train_cfg: Any, data: Any, device: torch.device
 ) -> nn.Module:
-    """The arm's loss as the trainer builds it (``lsdet.engine.builders.build_loss``): class
+    """The arm's loss as the trainer builds it (``lsdet.engine.builders.build_model``): class
     counts of the training split, and the concurrent rates (``rates`` settings of the
     checkpoint's run) when the loss takes them."""
     from lsdet.engine.training_data import training_rates
@@ -524,12 +524,10 @@ def classifier_state(predictor: nn.Module) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- stage 3: evaluate
 def arm_scoring(loss_cfg: dict[str, Any], scoring: str = "auto") -> str:
-    """The inference scoring of an arm: ``auto`` = its loss's (``resolve_scoring``)."""
-    from lsdet.losses import LOSSES
-    from lsdet.models import resolve_scoring
+    """The inference scoring of an arm: ``auto`` = its loss's (``scoring_for``)."""
+    from lsdet.losses import loss_class
 
-    name = loss_cfg["name"]
-    return resolve_scoring(scoring, name, bool(LOSSES[name].sigmoid_classifier))
+    return loss_class(loss_cfg["name"]).scoring_for(scoring)
 
 
 def detector_with_predictor(

@@ -1,4 +1,5 @@
-"""The pieces a training run builds from its config: device, loss, detector, optimizer."""
+"""The pieces a training run builds from its config: device, loss, detector, optimizer, the
+DistributedDataParallel wrapper."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lsdet.engine.training_data import TrainingData
+from lsdet.losses import loss_from_config
+from lsdet.models import build_detector
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +51,9 @@ def build_optimizer(
     return make(params, lr=base_lr), base_lr
 
 
-def loss_needs_rates(cfg: DictConfig) -> bool:
-    """Whether the loss or the inference scoring uses the concurrent rates."""
-    from lsdet.losses import LOSSES
-
-    name = cfg.loss.name
-    if name not in LOSSES:
-        raise ValueError(f"loss.name={name!r}; registered losses: {sorted(LOSSES)}")
-    return "rates" in LOSSES[name].inputs or cfg.model.scoring == "concurrent_softmax"
-
-
-def build_loss(cfg: DictConfig, data: TrainingData, rates: torch.Tensor | None) -> nn.Module:
-    """The RoI classification loss of ``cfg.loss`` with its class weights."""
-    from lsdet.losses import loss_from_config
-
+def training_loss(cfg: DictConfig, data: TrainingData, rates: torch.Tensor | None) -> nn.Module:
+    """The loss of ``cfg.loss`` (``lsdet.losses.loss_from_config``) with the class counts of
+    the training split and the statistics it takes (``rates``, the hierarchy's ancestors)."""
     return loss_from_config(
         OmegaConf.to_container(cfg.loss, resolve=True),
         num_classes=data.num_classes + 1,
@@ -79,9 +71,8 @@ def build_model(
     rates: torch.Tensor | None,
     device: torch.device,
 ) -> nn.Module:
-    """The detector (``cfg.model``) around the loss, on ``device``."""
-    from lsdet.models import build_detector
-
+    """The detector of ``cfg.model`` (``lsdet.models.build_detector``) around the loss, on
+    ``device``."""
     ancestors = torch.as_tensor(data.hierarchy.ancestors, dtype=torch.bool)
     model = build_detector(
         cfg.model,
@@ -90,6 +81,7 @@ def build_model(
         loss_name=cfg.loss.name,
         rates=rates,
         descendants=ancestors.T.contiguous(),
+        device=device,
     )
     return model.to(device)
 

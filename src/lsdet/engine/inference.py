@@ -3,6 +3,7 @@ and image files without annotations. Scoring the detections is ``lsdet.evaluatio
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from lsdet.data import load_hierarchy
+from lsdet.engine.checkpoint import load_checkpoint
 from lsdet.engine.distributed import DistInfo, gather_objects
+from lsdet.engine.training_data import open_split_index, training_rates
+from lsdet.losses.scoring import RATE_SCORINGS
+from lsdet.models import build_detector
 
 logger = logging.getLogger(__name__)
 
@@ -349,12 +356,6 @@ def load_detector(
     (own | max_descendants | subtree_sum: re-scoring with another scoring usually needs the
     parent scoring that fits it); ``overrides`` other ``model.roi`` settings (e.g.
     score_thresh, detections_per_img)."""
-    from omegaconf import OmegaConf
-
-    from lsdet.data import load_hierarchy
-    from lsdet.engine.checkpoint import load_checkpoint
-    from lsdet.models import build_detector
-
     state = load_checkpoint(checkpoint_path)
     if "config" not in state or "model" not in state:
         raise ValueError(f"{checkpoint_path} is not a checkpoint written by lsdet.train")
@@ -368,22 +369,16 @@ def load_detector(
             f"{checkpoint_path}: the model has {classifier.shape[0] - 1} classes, the hierarchy "
             f"{cfg.data.hierarchy_json} has {hierarchy.num_classes}"
         )
-    model_cfg = cfg.model
+    model_cfg = copy.deepcopy(cfg.model)  # the returned training config stays as trained
     if parent_scores is not None:
         model_cfg.parent_scores = parent_scores
     for key, value in (overrides or {}).items():
         if value is not None:
             OmegaConf.update(model_cfg, f"roi.{key}", value)
-    if model_cfg.backbone.norm == "sync_bn":
-        model_cfg.backbone.norm = "bn"  # same weights; no process group at inference
-    model_cfg.backbone.pretrained = False
-    model_cfg.backbone.checkpoint_path = None
     rates = weights["roi_heads.rates"]
-    if scoring == "concurrent_softmax" and not bool(rates.any()):
+    if scoring is not None and scoring in RATE_SCORINGS and not bool(rates.any()):
         # Trained without concurrent softmax: the trainer did not need the rates then, and
         # eq. 5 with R = 0 would be plain softmax. Estimate them as the trainer would.
-        from lsdet.engine.training_data import open_split_index, training_rates
-
         train_index = open_split_index(cfg.data, "train", hierarchy)
         rates = training_rates(cfg.rates, train_index, hierarchy)
         weights["roi_heads.rates"] = rates
@@ -394,17 +389,11 @@ def load_detector(
         loss_name=cfg.loss.name,
         rates=rates,
         descendants=weights["roi_heads.descendants"],
+        from_checkpoint=True,
     )
     model.load_state_dict(weights)
-    # The trained scoring is recorded in the config (auto -> the loss's), unless replaced.
-    if scoring is not None:
+    if scoring is not None:  # another scorer than the trained one (model.scoring)
         model.roi_heads.scoring = scoring
-    else:
-        from lsdet.losses import LOSSES
-        from lsdet.models import resolve_scoring
-
-        sigmoid = bool(LOSSES[cfg.loss.name].sigmoid_classifier)
-        model.roi_heads.scoring = resolve_scoring(model_cfg.scoring, cfg.loss.name, sigmoid)
     return model.to(device).eval(), hierarchy, cfg
 
 

@@ -37,11 +37,10 @@ from tqdm import tqdm
 from lsdet.atomic_files import write_text_atomic
 from lsdet.engine import checkpoint as ckpt
 from lsdet.engine.builders import (
-    build_loss,
     build_model,
     build_optimizer,
-    loss_needs_rates,
     resolve_device,
+    training_loss,
     unwrap,
     wrap_distributed,
 )
@@ -73,6 +72,7 @@ from lsdet.engine.training_log import (
     write_concurrent_rates_csv,
 )
 from lsdet.engine.validation import validate
+from lsdet.losses import loss_class
 from lsdet.sampling.schedule import Phase, Schedule
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,10 @@ def _train(
         barrier(dist)
     rates = (
         training_rates(cfg.rates, data.train_set.index, data.hierarchy)
-        if loss_needs_rates(cfg)
+        if loss_class(cfg.loss.name).needs_rates(cfg.model.scoring)
         else None
     )
-    loss_fn = build_loss(cfg, data, rates)
+    loss_fn = training_loss(cfg, data, rates)
     model = build_model(cfg, data, loss_fn, rates, device)
 
     resume_state = (
@@ -273,7 +273,7 @@ def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)  # the same fresh weights on every rank
-        loss_fn = build_loss(run.cfg, run.data, run.rates)
+        loss_fn = training_loss(run.cfg, run.data, run.rates)
         fresh = build_model(run.cfg, run.data, loss_fn, run.rates, run.device)
     model.load_state_dict(fresh.state_dict())
 

@@ -4,9 +4,11 @@ loss_fn = build_loss("concurrent_softmax", num_classes=C + 1, rates=rates,
                      class_weights=class_weights("soft_balance", image_counts=n, lam=0.7))
 loss = loss_fn(logits [R, C+1], multilabels [R, C+1], labels [R])
 
-The registry is a plain dict from the config's ``loss.name`` to the class: each class says
-which training-data inputs it takes (``inputs``) and what it needs from the detector, so that
-the trainer, ``lsdet.models.build_detector`` and the inference code all read one place.
+The registry is a plain dict from the config's ``loss.name`` to the class (``loss_class``):
+each class holds its head contract (``ClassificationLoss``: the training statistics it takes,
+the classifier it needs, ``num_logits``, and ``scores`` with the scorers of
+``lsdet.losses.scoring``), so that the trainer, ``lsdet.models.build_detector`` and the
+inference code all read one place.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from lsdet.losses.classification import (
     SoftmaxCrossEntropy,
 )
 from lsdet.losses.longtail import EQLv2Loss, FederatedLoss, SeesawLoss, sum_over_ranks
+from lsdet.losses.scoring import PARENT_SCORES, SCORERS, SCORINGS
 from lsdet.losses.weighting import WEIGHTINGS, class_weights, effective_number_weights
 
 __all__ = [
     "LOSSES",
+    "PARENT_SCORES",
+    "SCORERS",
+    "SCORINGS",
     "WEIGHTINGS",
     "BinaryCrossEntropy",
     "ClassificationLoss",
@@ -46,6 +52,7 @@ __all__ = [
     "build_loss",
     "class_weights",
     "effective_number_weights",
+    "loss_class",
     "loss_from_config",
     "sum_over_ranks",
 ]
@@ -66,6 +73,13 @@ LOSSES: dict[str, type[ClassificationLoss]] = {
 _INPUTS = ("rates", "ancestors", "image_counts")
 # Keys of conf/loss/*.yaml that are not options of the loss module itself.
 _CONFIG_KEYS = ("name", "weighting", "weight_lam", "beta", "parent_scores")
+
+
+def loss_class(name: str) -> type[ClassificationLoss]:
+    """The class registered as ``loss.name`` = ``name``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss loss.name={name!r}; registered: {sorted(LOSSES)}")
+    return LOSSES[name]
 
 
 def build_loss(
@@ -92,9 +106,7 @@ def build_loss(
         options: the loss's own settings (e.g. gamma/alpha for focal, cooccur_threshold,
             positive_targets/positive_reduction for concurrent_softmax).
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
-    loss_cls = LOSSES[name]
+    loss_cls = loss_class(name)
     own_options = [
         p
         for p in inspect.signature(loss_cls.__init__).parameters

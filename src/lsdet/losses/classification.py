@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from lsdet import ops
+from lsdet.losses.scoring import RATE_SCORINGS, check_scoring_key, class_scores
 
 
 def _as_tensor(values: ArrayLike | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -37,14 +38,16 @@ def _as_tensor(values: ArrayLike | torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 class ClassificationLoss(nn.Module):
-    """Shared plumbing: the class-weight buffer and input checks.
+    """Shared plumbing (the class-weight buffer, input checks) and the head contract: what a
+    loss needs from the training data and the detector, and how its detector is scored.
 
-    Class attributes say what a loss needs from the training data and the detector:
-    ``inputs`` (what ``build_loss`` passes besides the class weights: "rates", "ancestors",
-    "image_counts"), ``sigmoid_classifier`` (prior-probability bias init),
-    ``classifier_temperature`` (None: a linear classifier; a number: a normalised (cosine)
-    classifier with that temperature), ``objectness_logit`` (the detector adds a foreground
-    objectness logit: logits [R, C+2]) and ``default_scoring`` (``model.scoring=auto``).
+    Class attributes: ``inputs`` (the training statistics ``build_loss`` passes besides the
+    class weights: "rates", "ancestors", "image_counts"), ``sigmoid_classifier``
+    (prior-probability bias init), ``classifier_temperature`` (None: a linear classifier; a
+    number: a normalised (cosine) classifier with that temperature), ``objectness_logit``
+    (the detector adds a foreground objectness logit: ``num_logits`` = C + 2) and
+    ``default_scoring`` (the scorer of ``lsdet.losses.scoring`` that ``model.scoring=auto``
+    selects). ``scoring_for``, ``needs_rates`` and ``scores`` read them.
     """
 
     inputs: ClassVar[tuple[str, ...]] = ()
@@ -74,7 +77,44 @@ class ClassificationLoss(nn.Module):
     @property
     def num_logits(self) -> int:
         """Columns of the logits this loss takes (C + 1, or C + 2 with an objectness logit)."""
-        return self.num_classes
+        return self.num_classes + int(self.objectness_logit)
+
+    @classmethod
+    def scoring_for(cls, scoring: str) -> str:
+        """The scorer key of ``model.scoring``: ``auto`` -> this loss's ``default_scoring``
+        (the paper scores a concurrent-softmax model with eq. 5, Seesaw uses its objectness,
+        EQLv2 multiplies by its background sigmoid); any other key selects that scorer."""
+        if scoring == "auto":
+            return cls.default_scoring
+        check_scoring_key(scoring)
+        return scoring
+
+    @classmethod
+    def needs_rates(cls, scoring: str) -> bool:
+        """Whether training with this loss and scoring with ``scoring`` (``model.scoring``)
+        use the concurrent rates."""
+        return "rates" in cls.inputs or cls.scoring_for(scoring) in RATE_SCORINGS
+
+    @classmethod
+    def scores(
+        cls,
+        logits: torch.Tensor,
+        *,
+        scoring: str = "auto",
+        rates: torch.Tensor | None = None,
+        descendants: torch.Tensor | None = None,
+        parent_scores: str = "own",
+    ) -> torch.Tensor:
+        """Class scores [R, C+1] of a detector trained with this loss: the scorer
+        ``scoring_for(scoring)`` on the logits, then the parents as ``parent_scores`` says
+        (``lsdet.losses.scoring.class_scores``)."""
+        return class_scores(
+            logits,
+            cls.scoring_for(scoring),
+            rates=rates,
+            descendants=descendants,
+            parent_scores=parent_scores,
+        )
 
     def _check(self, logits: torch.Tensor, multilabels: torch.Tensor, labels: torch.Tensor):
         if logits.dim() != 2 or tuple(logits.shape) != (logits.shape[0], self.num_logits):

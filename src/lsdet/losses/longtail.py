@@ -3,8 +3,8 @@
 Written from the papers' formulas (and, for the choices the papers leave open, the behaviour of
 the reference implementations named in each docstring), in this package's layout: logits
 [R, C+1] with column 0 = background, multi-hot ``multilabels`` [R, C+1], primary ``labels``
-[R]. Each loss states what it needs from the detector through class attributes that
-``lsdet.models.build_detector`` reads (``sigmoid_classifier``, ``classifier_temperature``,
+[R]. Each loss states what it needs from the detector through the head contract of
+``ClassificationLoss`` (``sigmoid_classifier``, ``classifier_temperature``,
 ``objectness_logit``, ``default_scoring``).
 
 Statistics accumulated over training (Seesaw's class counts, EQLv2's gradient sums) are
@@ -89,10 +89,6 @@ class SeesawLoss(ClassificationLoss):
         self.eps = float(eps)
         # Primary labels of the sampled RoIs seen so far, column 0 = background.
         self.register_buffer("class_counts", torch.zeros(num_classes, dtype=torch.float64))
-
-    @property
-    def num_logits(self) -> int:
-        return self.num_classes + 1  # + the foreground objectness logit
 
     def accumulate(self, labels: torch.Tensor) -> None:
         step = torch.bincount(labels, minlength=self.num_classes).to(self.class_counts)

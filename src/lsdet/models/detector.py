@@ -8,6 +8,7 @@ FPN levels (not the extra max-pool level, as in torchvision).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,38 +19,34 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from lsdet.losses import ClassificationLoss, loss_class
 from lsdet.models.backbone import TimmFPNBackbone
 from lsdet.models.roi_heads import MultiLabelBoxPredictor, MultiLabelRoIHeads
 
+log = logging.getLogger(__name__)
 
-def loss_class(loss_fn: nn.Module, loss_name: str) -> type | None:
-    """The lsdet.losses class that says what the loss needs from the detector: the loss
-    module's own class, else (inference builds the detector with a placeholder loss) the one
-    registered under ``loss_name``; None for a loss outside the registry."""
-    from lsdet.losses import LOSSES, ClassificationLoss
 
+def head_contract(loss_fn: nn.Module, loss_name: str) -> type[ClassificationLoss]:
+    """The loss class whose head contract the detector follows: the loss module's own class,
+    else (inference builds the detector with a placeholder loss) the one registered as
+    ``loss_name``."""
     if isinstance(loss_fn, ClassificationLoss):
         return type(loss_fn)
-    return LOSSES.get(loss_name)
+    return loss_class(loss_name)
 
 
-def is_sigmoid_loss(loss_fn: nn.Module) -> bool:
-    """Losses with a per-class sigmoid classifier (lsdet.losses: ``sigmoid_classifier``) need
-    the prior-probability bias init and are scored with a sigmoid when model.scoring=auto."""
-    return bool(getattr(loss_fn, "sigmoid_classifier", False))
-
-
-def resolve_scoring(scoring: str, loss_name: str, sigmoid_loss: bool = False) -> str:
-    """``auto`` -> the scoring that matches the training loss (its ``default_scoring``: the
-    paper scores a concurrent-softmax model with eq. 5, Seesaw uses its objectness, EQLv2
-    multiplies by its background sigmoid); any explicit value is kept."""
-    from lsdet.losses import LOSSES
-
-    if scoring != "auto":
-        return scoring
-    if loss_name in LOSSES:
-        return LOSSES[loss_name].default_scoring
-    return "sigmoid" if sigmoid_loss else "softmax"
+def backbone_norm(norm: str, *, device: torch.device | None, from_checkpoint: bool) -> str:
+    """``model.backbone.norm`` as the backbone is built: ``sync_bn`` becomes ``bn`` (the same
+    weights) where no process group synchronises it: at inference, and in training off
+    CUDA (SyncBatchNorm synchronises over NCCL only)."""
+    if norm != "sync_bn":
+        return norm
+    if from_checkpoint:
+        return "bn"
+    if device is not None and device.type != "cuda":
+        log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", device)
+        return "bn"
+    return norm
 
 
 def anchor_sizes_for(model_cfg: Mapping[str, Any], strides: list[int], num_levels: int) -> list:
@@ -74,23 +71,31 @@ def build_detector(
     loss_name: str = "softmax",
     rates: torch.Tensor | None = None,
     descendants: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    from_checkpoint: bool = False,
 ) -> FasterRCNN:
-    """The detector. ``num_classes`` counts the background (C + 1). ``rates`` [C+1, C+1] for
-    concurrent-softmax scoring; ``descendants`` [C, C] bool for parent scoring.
+    """The detector, for training and for loading a checkpoint. ``num_classes`` counts the
+    background (C + 1). ``rates`` [C+1, C+1] for concurrent-softmax scoring; ``descendants``
+    [C, C] bool for parent scoring.
 
-    The classifier follows the loss (``loss_fn``'s class, or the one registered as
-    ``loss_name`` when ``loss_fn`` is a placeholder, as at inference): prior bias for sigmoid
-    losses, a normalised classifier and an objectness logit for Seesaw. ``loss_fn`` is a
-    submodule (``roi_heads.loss_fn``): statistics it accumulates are saved with the model."""
+    The classifier and the scoring follow the loss's head contract (``loss_fn``'s class, or
+    the one registered as ``loss_name`` when ``loss_fn`` is a placeholder, as at inference):
+    prior bias for sigmoid losses, a normalised classifier and an objectness logit for Seesaw,
+    ``model.scoring=auto`` -> the loss's scorer. ``loss_fn`` is a submodule
+    (``roi_heads.loss_fn``): statistics it accumulates are saved with the model.
+
+    ``device``: where training runs (``sync_bn`` is plain batch norm off CUDA);
+    ``from_checkpoint``: the weights come from a checkpoint, so no pretrained backbone is
+    loaded and ``sync_bn`` is plain batch norm. ``model_cfg`` is not changed."""
     bb = model_cfg["backbone"]
     backbone = TimmFPNBackbone(
         bb["name"],
         out_indices=tuple(bb["out_indices"]),
         fpn_channels=int(model_cfg["fpn_channels"]),
         extra_pool_level=bool(model_cfg["extra_pool_level"]),
-        pretrained=bool(bb["pretrained"]),
-        checkpoint_path=bb.get("checkpoint_path"),
-        norm=bb["norm"],
+        pretrained=bool(bb["pretrained"]) and not from_checkpoint,
+        checkpoint_path=None if from_checkpoint else bb.get("checkpoint_path"),
+        norm=backbone_norm(bb["norm"], device=device, from_checkpoint=from_checkpoint),
     )
     sizes = anchor_sizes_for(model_cfg, backbone.strides, backbone.num_levels)
     ratios = tuple(float(r) for r in model_cfg["aspect_ratios"])
@@ -104,19 +109,18 @@ def build_detector(
         sampling_ratio=int(roi["sampling_ratio"]),
     )
     box_head = TwoMLPHead(backbone.out_channels * output_size**2, int(roi["representation_size"]))
-    spec = loss_class(loss_fn, loss_name)
+    contract = head_contract(loss_fn, loss_name)
     # The loss module's settings, else its class's defaults (inference: the checkpoint's
     # weights, the normalised classifier's temperature buffer included, replace them).
-    settings = loss_fn if spec is type(loss_fn) else spec
-    sigmoid_loss = bool(getattr(settings, "sigmoid_classifier", False))
-    prior = float(model_cfg["prior_prob"]) if sigmoid_loss else None
+    settings = loss_fn if contract is type(loss_fn) else contract
+    prior = float(model_cfg["prior_prob"]) if contract.sigmoid_classifier else None
     box_predictor = MultiLabelBoxPredictor(
         int(roi["representation_size"]),
         num_classes,
         class_agnostic_box_reg=bool(roi["class_agnostic_box_reg"]),
         prior_prob=prior,
-        temperature=getattr(settings, "classifier_temperature", None),
-        objectness_logit=bool(getattr(settings, "objectness_logit", False)),
+        temperature=settings.classifier_temperature,
+        objectness_logit=contract.objectness_logit,
     )
     rpn = model_cfg["rpn"]
     mean = model_cfg.get("image_mean")
@@ -139,7 +143,6 @@ def build_detector(
         box_head=box_head,
         box_predictor=box_predictor,
     )
-    scoring = resolve_scoring(model_cfg["scoring"], loss_name, sigmoid_loss)
     model.roi_heads = MultiLabelRoIHeads(
         box_roi_pool,
         box_head,
@@ -154,7 +157,8 @@ def build_detector(
         detections_per_img=int(roi["detections_per_img"]),
         loss_fn=loss_fn,
         num_classes=num_classes,
-        scoring=scoring,
+        head_contract=contract,
+        scoring=contract.scoring_for(model_cfg["scoring"]),
         parent_scores=model_cfg["parent_scores"],
         rates=rates,
         descendants=descendants,

@@ -6,11 +6,9 @@ proposals get the one-hot background row; the classification loss is any loss of
 ``lsdet.losses`` called as ``loss_fn(logits [R, C+1], multilabels [R, C+1], labels [R])``
 (logits [R, C+2] for a loss with an objectness logit: Seesaw).
 
-Inference: class scores [R, C+1] from the logits (``SCORINGS``), then parent classes scored
-as ``parent_scores`` says: ``own`` (the parent's own output: losses that train parents as
-positives), ``max_descendants`` (at least its best descendant) or ``subtree_sum`` (its own
-score plus its descendants', capped at 1: the probability of the subtree when the scores are
-those of one softmax, whose classes are mutually exclusive). Box regression is class-agnostic
+Inference: class scores [R, C+1] from the logits by the training loss's head contract
+(``ClassificationLoss.scores``: the scorer ``scoring`` selects, then the parents as
+``parent_scores`` says). Box regression is class-agnostic
 by default: parent classes are rarely anyone's primary label, so class-specific regressors
 for them would stay untrained.
 """
@@ -25,16 +23,8 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-# softmax_objectness: Seesaw's (softmax over the classes x the foreground probability of its
-# objectness pair); sigmoid_objectness: EQLv2's (sigmoid x (1 - the background sigmoid)).
-SCORINGS = (
-    "softmax",
-    "concurrent_softmax",
-    "sigmoid",
-    "softmax_objectness",
-    "sigmoid_objectness",
-)
-PARENT_SCORES = ("own", "max_descendants", "subtree_sum")
+from lsdet.losses import ClassificationLoss
+from lsdet.losses.scoring import SCORINGS, check_parent_scores
 
 
 def prior_bias(prior_prob: float) -> float:
@@ -116,54 +106,6 @@ class MultiLabelBoxPredictor(nn.Module):
         return logits, self.bbox_pred(x)
 
 
-def score_logits(
-    logits: torch.Tensor, scoring: str, rates: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-class scores [R, C+1] (column 0 = background) from logits [R, C+1], or [R, C+2]
-    for ``softmax_objectness`` (column 0 = background objectness, C+1 = foreground
-    objectness)."""
-    logits = logits.float()
-    if scoring == "softmax":
-        return F.softmax(logits, dim=-1)
-    if scoring == "sigmoid":
-        return torch.sigmoid(logits)
-    if scoring == "concurrent_softmax":
-        if rates is None:
-            raise ValueError("scoring=concurrent_softmax needs the concurrent rates matrix")
-        from lsdet.ops import concurrent_softmax
-
-        return concurrent_softmax(logits, rates.float())
-    if scoring == "softmax_objectness":
-        objectness = F.softmax(torch.stack([logits[:, 0], logits[:, -1]], dim=1), dim=1)
-        classes = F.softmax(logits[:, 1:-1], dim=1) * objectness[:, 1:]
-        return torch.cat([objectness[:, :1], classes], dim=1)
-    if scoring == "sigmoid_objectness":
-        probs = torch.sigmoid(logits)
-        return torch.cat([probs[:, :1], probs[:, 1:] * (1.0 - probs[:, :1])], dim=1)
-    raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
-
-
-def raise_parents_to_descendants(scores: torch.Tensor, descendants: torch.Tensor) -> torch.Tensor:
-    """scores [R, C+1]; descendants [C, C] bool (descendants[i, j]: j is below i).
-
-    Returns scores where each parent column is max(own score, best descendant's score)."""
-    out = scores.clone()
-    for parent in torch.nonzero(descendants.any(dim=1)).flatten().tolist():
-        below = torch.nonzero(descendants[parent]).flatten() + 1
-        out[:, parent + 1] = torch.maximum(scores[:, parent + 1], scores[:, below].amax(dim=1))
-    return out
-
-
-def sum_subtrees(scores: torch.Tensor, descendants: torch.Tensor) -> torch.Tensor:
-    """scores [R, C+1]; descendants [C, C] bool (descendants[i, j]: j is below i).
-
-    Returns scores where each class column is min(1, own score + the sum of its descendants'
-    scores), each descendant counted once (also when the hierarchy reaches it by two paths)."""
-    foreground = scores[:, 1:]
-    below = foreground @ descendants.to(foreground.dtype).T
-    return torch.cat([scores[:, :1], (foreground + below).clamp(max=1.0)], dim=1)
-
-
 def best_after_nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -208,13 +150,18 @@ def check_scoring(scoring: str, box_predictor: nn.Module) -> None:
 
 
 class MultiLabelRoIHeads(RoIHeads):
-    """torchvision RoIHeads (boxes only) with multi-hot targets and a pluggable loss."""
+    """torchvision RoIHeads (boxes only) with multi-hot targets and a pluggable loss.
+
+    ``head_contract`` is the training loss's class (``lsdet.losses``): it scores the logits
+    (``scores``) with the scorer ``scoring`` selects. ``loss_fn`` is the loss module (a
+    placeholder when the detector is built for inference)."""
 
     def __init__(
         self,
         *args,
         loss_fn: nn.Module,
         num_classes: int,
+        head_contract: type[ClassificationLoss],
         scoring: str = "softmax",
         parent_scores: str = "max_descendants",
         rates: torch.Tensor | None = None,
@@ -222,10 +169,10 @@ class MultiLabelRoIHeads(RoIHeads):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if parent_scores not in PARENT_SCORES:
-            raise ValueError(f"model.parent_scores={parent_scores!r}; expected {PARENT_SCORES}")
+        check_parent_scores(parent_scores)
         check_scoring(scoring, self.box_predictor)
         self.loss_fn = loss_fn
+        self.head_contract = head_contract
         self.scoring = scoring
         self.parent_scores = parent_scores
         num_fg = num_classes - 1
@@ -319,13 +266,13 @@ class MultiLabelRoIHeads(RoIHeads):
     def class_scores(self, class_logits: torch.Tensor) -> torch.Tensor:
         """Scores [R, C+1] of the box predictor's logits, parents as ``parent_scores`` says."""
         check_scoring(self.scoring, self.box_predictor)
-        scores = score_logits(class_logits, self.scoring, self.rates)
-        if bool(self.descendants.any()):
-            if self.parent_scores == "max_descendants":
-                scores = raise_parents_to_descendants(scores, self.descendants)
-            elif self.parent_scores == "subtree_sum":
-                scores = sum_subtrees(scores, self.descendants)
-        return scores
+        return self.head_contract.scores(
+            class_logits,
+            scoring=self.scoring,
+            rates=self.rates,
+            descendants=self.descendants,
+            parent_scores=self.parent_scores,
+        )
 
     def postprocess_detections(
         self,
