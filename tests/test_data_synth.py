@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
+from train_helpers import mini_generator_settings
 
 from lsdet.data.formats import read_bbox_csv, read_class_descriptions, read_image_labels_csv
 from lsdet.data.hierarchy import Hierarchy
@@ -318,21 +319,7 @@ def test_generator_defaults_equal_the_shipped_data_config():
 # --------------------------------------------------------------------------------------------
 # The generator never deletes or overwrites what it did not write.
 
-MINI = {
-    "seed": 1,
-    "image_size": 16,
-    "num_train_images": 24,
-    "num_val_images": 8,
-    "num_families": 2,
-    "shapes_per_family": 1,
-    "hues_per_shape": 2,
-    "textures_per_shape": 1,
-    "imbalance": 4.0,
-    "mean_objects_per_image": 1.5,
-    "object_size": [0.4, 0.6],
-    "val_min_images_per_class": 1,
-    "confused_pairs": {"num_pairs": 0},
-}
+MINI = mini_generator_settings(image_size=16)
 
 
 def mini_config(root: Path, **generate):

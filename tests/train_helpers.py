@@ -69,3 +69,24 @@ def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml composed with overrides, as `python -m lsdet.train` would."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def mini_generator_settings(image_size: int) -> dict[str, object]:
+    """Generator settings of a minimal synthetic benchmark (4 leaves in 2 families holding two
+    sibling pairs, 24 training and 8 validation images, no confused pairs), for the tests that
+    write one with generate_synthetic_benchmark. A fresh dict on each call."""
+    return {
+        "seed": 1,
+        "image_size": image_size,
+        "num_train_images": 24,
+        "num_val_images": 8,
+        "num_families": 2,
+        "shapes_per_family": 1,
+        "hues_per_shape": 2,
+        "textures_per_shape": 1,
+        "imbalance": 4.0,
+        "mean_objects_per_image": 1.5,
+        "object_size": [0.4, 0.6],
+        "val_min_images_per_class": 1,
+        "confused_pairs": {"num_pairs": 0},
+    }
