@@ -17,19 +17,17 @@ from lsdet.data import Hierarchy
 from lsdet.engine.builders import build_optimizer
 from lsdet.engine.checkpoint import (
     CheckpointWriteError,
-    config_differences,
     load_checkpoint,
     non_finite_tensors,
-    resume_allowed_changes,
-    rng_state,
     save_atomic,
     save_keeping_previous,
-    set_rng_state,
 )
-from lsdet.engine.inference import Detections, ImageFiles
 from lsdet.engine.loaders import ShardedSequence
+from lsdet.engine.random_state import rng_state, set_rng_state
+from lsdet.engine.resume import config_differences, resume_allowed_changes
 from lsdet.engine.run_state import DivergenceMonitor, NonFiniteGuard, NonFiniteLossError
 from lsdet.engine.training_log import sampled_class_counts, write_concurrent_rates_csv
+from lsdet.inference import Detections, ImageFiles
 
 
 def test_save_atomic_replaces_and_leaves_no_temporary(tmp_path):

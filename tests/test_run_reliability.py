@@ -19,6 +19,7 @@ import pytest
 import torch
 from train_helpers import compose_train, tiny_overrides
 
+from lsdet.engine import hooks as hooks_module
 from lsdet.engine import trainer as trainer_module
 from lsdet.engine.checkpoint import (
     CheckpointError,
@@ -163,7 +164,7 @@ def test_failed_evaluation_is_reported_after_the_checkpoint_and_training_goes_on
     def broken_validation(*args, **kwargs):
         raise OSError("validation image 0042.jpg cannot be read")
 
-    monkeypatch.setattr(trainer_module, "validate", broken_validation)
+    monkeypatch.setattr(hooks_module, "validate", broken_validation)
     cfg = compose_train(tiny_overrides(data_root) + ["train.eval_every=epoch"])
     summary = run_training(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["global_step"] == 6

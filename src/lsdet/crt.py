@@ -177,9 +177,9 @@ def cache_roi_features(
     """Stage 1: cache the sampled RoIs of the training images (see the module docstring);
     writes ``cache_file`` and returns what it holds."""
     from lsdet.data.dataset import collate_fn
-    from lsdet.engine.checkpoint import seed_everything
     from lsdet.engine.inference import load_detector
     from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader
+    from lsdet.engine.random_state import seed_everything
 
     cache_file = Path(cache_file)
     _refuse_existing(cache_file, overwrite, "cache file (cache_file)")

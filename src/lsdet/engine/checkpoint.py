@@ -1,6 +1,6 @@
-"""Training checkpoints: atomic writes that keep the previous one, readable errors, the
-random-number-generator state, the settings a resumed run must share with its checkpoint, and
-a training run's checkpoint (what it holds, saving it, checking and restoring it on resume).
+"""Checkpoint files: written atomically keeping the previous one, read with errors that name
+the file, an unreadable one set aside. (What a training run's checkpoint holds is the trainer's
+``Trainer.state_dict``; whether it may continue with a config is ``resume``.)
 
 A run folder holds ``checkpoints/last.pt`` and, once a second checkpoint was written,
 ``checkpoints/previous.pt``: a new checkpoint is written completely (to a temporary file,
@@ -17,24 +17,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from lsdet.atomic_files import write_atomic
-from lsdet.engine.builders import unwrap
-from lsdet.engine.distributed import DistInfo, all_reduce_flag, barrier, gather_objects
 from lsdet.engine.run_folder import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
-
-if TYPE_CHECKING:
-    from lsdet.engine.run_state import Run
-    from lsdet.engine.training_data import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +40,6 @@ class CheckpointWriteError(OSError):
     def __init__(self, message: str, no_space: bool) -> None:
         super().__init__(message)
         self.errno = errno.ENOSPC if no_space else errno.EIO
-
-
-# Settings that may differ from the checkpoint on resume only when the user lists them in
-# ``train.resume_allow_changes`` (e.g. a lower lr after a divergence): the loop reads them at
-# every step, so the resumed run uses the new values.
-RESUME_MAY_CHANGE_WHEN_ASKED = ("optim.lr", "optim.lr_per_image", "optim.clip_grad_norm")
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
@@ -174,111 +159,6 @@ def load_latest_checkpoint(checkpoint_dir: str | Path) -> tuple[dict[str, Any], 
         return state, previous
 
 
-def rng_state() -> dict[str, Any]:
-    """Every generator a training step may draw from: Python, numpy, torch CPU and CUDA."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# Settings a resumed run must share with its checkpoint; the others (evaluation, logging,
-# progress, workers) may change on resume.
-RESUME_MUST_MATCH = (
-    "data",
-    "model",
-    "loss",
-    "sampler",
-    "schedule",
-    "optim",
-    "rates",
-    "seed",
-    "train.batch_size",
-    "train.max_iters_per_epoch",
-    "train.hflip_prob",
-)
-# Data settings that do not change what is trained: where the files are (the training data
-# and the class list are compared by content instead, so data staged to another disk
-# resumes), the cache, how bad rows are handled (the index records what it skipped), the
-# validation split, and whether a benchmark made with other settings may be regenerated
-# (the generator settings themselves must match).
-RESUME_MAY_CHANGE = (
-    "data.root",
-    "data.hierarchy_json",
-    "data.class_descriptions_csv",
-    "data.cache_dir",
-    "data.strict",
-    "data.regenerate",
-    "data.val",
-    "data.train",
-)
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a.b.c": value} for a nested dict/list config."""
-    if isinstance(config, dict):
-        items = config.items()
-    elif isinstance(config, list):
-        items = ((str(i), v) for i, v in enumerate(config))
-    else:
-        return {prefix: config}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def config_differences(
-    saved: dict, current: dict, keys=RESUME_MUST_MATCH, allowed: tuple[str, ...] = ()
-) -> list[str]:
-    """Dotted keys under ``keys`` (and not in ``RESUME_MAY_CHANGE`` or ``allowed``) whose
-    values differ between two resolved configs."""
-    a, b = flatten(saved), flatten(current)
-    may_change = RESUME_MAY_CHANGE + tuple(allowed)
-    return sorted(
-        k
-        for k in set(a) | set(b)
-        if _under(k, keys) and not _under(k, may_change) and a.get(k) != b.get(k)
-    )
-
-
-def resume_allowed_changes(cfg: Any) -> tuple[str, ...]:
-    """``train.resume_allow_changes``, checked against ``RESUME_MAY_CHANGE_WHEN_ASKED``."""
-    listed = cfg.train.get("resume_allow_changes") or []
-    if isinstance(listed, str):
-        listed = [listed]
-    allowed = tuple(str(key) for key in listed)
-    for key in allowed:
-        if key not in RESUME_MAY_CHANGE_WHEN_ASKED:
-            raise ValueError(
-                f"train.resume_allow_changes: {key!r} cannot change on resume; the settings "
-                f"that can are {list(RESUME_MAY_CHANGE_WHEN_ASKED)}"
-            )
-    return allowed
-
-
 def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
     """Dotted names of the floating-point tensors holding NaN/inf in a nested state."""
     if torch.is_tensor(state):
@@ -294,136 +174,3 @@ def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
     for key, value in items:
         out += non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
     return out
-
-
-def resume_hint(run: Run) -> str:
-    """Where the run can continue from: its newest checkpoint (all written ones are finite)."""
-    if run.last_checkpoint is None:
-        return "No checkpoint was written yet: start again with a lower optim.lr."
-    path, step = run.last_checkpoint
-    return (
-        f"The last finite checkpoint is {path} (step {step}): continue from it with "
-        "train.resume=true optim.lr=<lower> train.resume_allow_changes=[optim.lr]."
-    )
-
-
-# ------------------------------------------------------------- a training run's checkpoint
-def checkpoint_state(run: Run) -> dict[str, Any]:
-    """Everything needed to continue exactly (collective: gathers every rank's RNG state)."""
-    rng_states = gather_objects(rng_state(), run.dist)
-    sampler_state = run.sampler.state_dict()
-    sampler_state["epoch"] = run.global_epoch()
-    # consumed by finished steps (the last batch of an epoch may be short)
-    consumed = run.position.iteration * run.batch_size
-    sampler_state["num_yielded"] = min(consumed, len(run.sampler))
-    p = run.position
-    return {
-        "model": unwrap(run.model).state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "grad_scaler": run.scaler.state_dict(),
-        "sampler": sampler_state,
-        "position": {
-            "phase": p.phase,
-            "epoch": p.epoch,
-            "iteration": p.iteration,
-            "global_step": p.global_step,
-            "history": p.history,
-        },
-        "phase_name": run.schedule.phases[p.phase].name,
-        "rng": rng_states,
-        "nonfinite_count": run.guard.count,
-        "nonfinite_guard": run.guard.state_dict(),
-        "divergence": run.divergence.state_dict(),
-        "wandb_run_id": run.logger.run_id,
-        "world_size": run.dist.world_size,
-        "train_data_fingerprint": run.data.train_fingerprint,
-        "class_mids": list(run.data.hierarchy.mids),
-        "config": OmegaConf.to_container(run.cfg, resolve=True),
-    }
-
-
-def save_checkpoint(run: Run) -> None:
-    """Write ``last.pt`` (collective). Refused with NonFiniteStateError when the weights or the
-    optimizer state hold NaN/inf: a checkpoint is always one a run can continue from."""
-    from lsdet.engine.run_state import NonFiniteStateError
-
-    state = checkpoint_state(run)  # collective
-    bad = non_finite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
-    if bad:  # the same on every rank: DDP keeps the weights and optimizer states equal
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise NonFiniteStateError(
-            f"step {run.position.global_step}: NaN/inf in {shown}; the checkpoint is not "
-            f"written. {resume_hint(run)}"
-        )
-    path = run.folder.last_checkpoint
-    write_error: CheckpointWriteError | None = None
-    if run.dist.is_main:
-        try:
-            save_keeping_previous(state, path)
-        except CheckpointWriteError as error:
-            write_error = error
-    if all_reduce_flag(write_error is not None, run.dist):  # every rank stops, not only rank 0
-        raise write_error or CheckpointWriteError(
-            f"cannot write {path}: rank 0 failed to write it (see its log)", no_space=False
-        )
-    run.last_checkpoint = (path, run.position.global_step)
-
-
-def load_resume_state(
-    checkpoint_dir: Path, cfg: DictConfig, dist: DistInfo, data: TrainingData
-) -> dict[str, Any]:
-    """The run folder's newest readable checkpoint, after checking that it can continue with
-    this config and this training data (``state["loaded_from"]``: the file read). An unreadable
-    ``last.pt`` is set aside (rank 0)."""
-    state, path = load_latest_checkpoint(checkpoint_dir)
-    barrier(dist)  # every rank has read before rank 0 renames an unreadable last.pt
-    if dist.is_main and path.name != LAST_CHECKPOINT:
-        last = checkpoint_dir / LAST_CHECKPOINT
-        if last.is_file():
-            log.warning("%s cannot be read: kept as %s", last, set_aside(last).name)
-    if state["world_size"] != dist.world_size:
-        raise ValueError(
-            f"checkpoint {path} was written by {state['world_size']} processes, this run "
-            f"has {dist.world_size}: the sampler shards would not continue"
-        )
-    allowed = resume_allowed_changes(cfg)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    changed = config_differences(state["config"], current, allowed=allowed)
-    if changed:
-        askable = [k for k in changed if k in RESUME_MAY_CHANGE_WHEN_ASKED]
-        hint = (
-            f" ({askable} may change with train.resume_allow_changes={askable})" if askable else ""
-        )
-        raise ValueError(
-            f"train.resume: the config differs from the checkpoint {path} in {changed}; "
-            f"resume with the run's settings (or start a new run name){hint}"
-        )
-    for key in config_differences(state["config"], current, keys=allowed):
-        log.warning(
-            "train.resume: %s changes from %r to %r (train.resume_allow_changes)",
-            key,
-            flatten(state["config"]).get(key),
-            flatten(current).get(key),
-        )
-    if state["class_mids"] != list(data.hierarchy.mids):
-        raise ValueError(
-            f"train.resume: the classes of data.hierarchy_json / data.class_descriptions_csv "
-            f"differ from those the checkpoint {path} was trained on"
-        )
-    if state["train_data_fingerprint"] != data.train_fingerprint:
-        raise ValueError(
-            f"train.resume: the training data differs from the data the checkpoint {path} was "
-            f"trained on (files {data.train_files}); resume with the same files (a copy at "
-            "another data.root is fine) or start a new run name"
-        )
-    state["loaded_from"] = str(path)
-    return state
-
-
-def restore_loop_state(run: Run, state: dict[str, Any]) -> None:
-    # The optimizer's saved lr is replaced at the next step by the schedule's lr over this
-    # config's base lr, so an lr changed with train.resume_allow_changes takes effect.
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["grad_scaler"])
-    run.sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"][run.dist.rank])

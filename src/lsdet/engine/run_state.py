@@ -1,6 +1,6 @@
-"""What a training run holds while it trains (``Run``: everything a checkpoint is made of),
+"""What a training run holds while it trains (``Run``, owned and changed by the ``Trainer``),
 where it stands (``Position``), the guard that skips steps with a non-finite loss and the
-monitor that flags a diverging one."""
+monitor that flags a diverging one (kept by the divergence hook)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from torch import nn
 from lsdet.engine.distributed import DistInfo
 from lsdet.engine.run_folder import RunFolder
 from lsdet.engine.run_logger import RunLogger
-from lsdet.engine.signals import StopRequested
 from lsdet.engine.training_data import TrainingData
 from lsdet.sampling.schedule import Schedule
 
@@ -163,7 +162,8 @@ class Position:
 
 @dataclass
 class Run:
-    """What a training run holds while it trains; everything in a checkpoint comes from here."""
+    """What a training run holds while it trains: the model, optimizer, sampler and where the
+    loop stands. The trainer builds it and is the only one to change it; the hooks read it."""
 
     cfg: DictConfig
     folder: RunFolder
@@ -173,9 +173,7 @@ class Run:
     schedule: Schedule
     model: nn.Module
     logger: RunLogger
-    stop: StopRequested
     guard: NonFiniteGuard
-    divergence: DivergenceMonitor
     position: Position = field(default_factory=Position)
     optimizer: torch.optim.Optimizer | None = None
     base_lr: float = 0.0
@@ -183,9 +181,6 @@ class Run:
     sampler: Any = None
     rates: torch.Tensor | None = None
     iters_this_epoch: int = 0
-    loss_ema: dict[str, float] = field(default_factory=dict)
-    # the newest checkpoint this run wrote or resumed from: (path, global step)
-    last_checkpoint: tuple[Path, int] | None = None
 
     @property
     def seed(self) -> int:

@@ -1,22 +1,20 @@
-"""Training, top to bottom: ``run_training`` reads the data, estimates the concurrent rates,
-builds the loss and the detector, then for each phase of the schedule builds the sampler and a
-fresh optimizer and trains epoch after epoch (``train_one_epoch``, ``train_step``).
-What the run holds is ``run_state.Run``; checkpoints (``checkpoint``), validation
-(``validation``), progress and logging (``training_log``, ``run_logger``), signals
-(``signals``) and the run folder's lock (``run_folder``) are separate pieces it calls.
+"""Training, top to bottom: ``run_training`` takes the run folder's lock and the stop signals,
+``setup`` reads the data, estimates the concurrent rates, builds the detector (and its loss) and
+continues a checkpoint, and the ``Trainer`` runs the phases of the schedule: for each phase a
+sampler and a fresh optimizer (``start_phase``), then epoch after epoch, step after step
+(``train_step``). Everything else a run does is a hook (``hooks``): the checkpoints, the
+validation, the progress and logging, the stop signals and the sampler histogram. ``Run``
+(``run_state``) is what the run holds; the trainer alone changes it.
 
 The lr is a pure function of (phase, iteration) (``Schedule.lr_at``), so resuming needs no
-scheduler object; a checkpoint holds the model, optimizer, sampler position, random state and
-loop position, and ``train.resume=true`` continues with exactly the data, weights and random
-draws an uninterrupted run would have had. See README "Reliability".
+scheduler object; a checkpoint holds the model, optimizer, sampler position, random state, loop
+position and the hooks' states, and ``train.resume=true`` continues with exactly the data,
+weights and random draws an uninterrupted run would have had. See README "Reliability".
 
-Faults that would lose progress or hide a failure: a step with a non-finite loss is skipped and
-logged, and more than ``train.max_consecutive_nonfinite`` in a row stop the run naming its last
-checkpoint; a checkpoint is never written with NaN/inf weights or optimizer state, nor onto a
-disk without room for it; a finite loss that stays above ``train.divergence.factor`` x its
-running mean for ``train.divergence.steps`` steps is flagged in the log and in summary.json;
-a run that fails says so in progress.json (status "failed", the error). A run whose loss or
-scoring uses the concurrent rates writes them to ``concurrent_rates.csv``.
+A step with a non-finite loss is skipped and logged, and more than
+``train.max_consecutive_nonfinite`` in a row (or ``train.max_nonfinite`` in the run) stop the
+run naming its last checkpoint. A run that fails says so in its progress file (status "failed",
+the error). A run whose loss or scoring uses the concurrent rates writes them to its folder.
 """
 
 from __future__ import annotations
@@ -32,47 +30,47 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm import tqdm
 
 from lsdet.atomic_files import write_text_atomic
-from lsdet.engine import checkpoint as ckpt
 from lsdet.engine.builders import (
+    build_loss,
     build_model,
     build_optimizer,
+    loss_needs_rates,
     resolve_device,
-    training_loss,
     unwrap,
     wrap_distributed,
 )
+from lsdet.engine.checkpoint import load_checkpoint
 from lsdet.engine.config_checks import check_number, check_training_config
 from lsdet.engine.distributed import (
     DistInfo,
     all_reduce_flag,
     barrier,
     cleanup,
+    gather_objects,
     init_distributed,
 )
+from lsdet.engine.hooks import (
+    CheckpointHook,
+    DivergenceHook,
+    EvalHook,
+    Hook,
+    LoggingHook,
+    SamplerHistogramHook,
+    StepOutcome,
+    StopHook,
+)
 from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader, open_batches
+from lsdet.engine.random_state import rng_state, seed_everything, set_rng_state
+from lsdet.engine.resume import load_resume_state, resume_allowed_changes
 from lsdet.engine.run_folder import RunFolder, write_hydra_record
 from lsdet.engine.run_logger import RunLogger
-from lsdet.engine.run_state import (
-    DivergenceMonitor,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    Position,
-    Run,
-)
-from lsdet.engine.signals import StopRequested, resume_advice
+from lsdet.engine.run_state import NonFiniteGuard, NonFiniteLossError, Position, Run
+from lsdet.engine.signals import StopRequested
 from lsdet.engine.training_data import build_training_data, training_rates
-from lsdet.engine.training_log import (
-    Speed,
-    after_step,
-    log_sampler_histogram,
-    report_progress,
-    write_concurrent_rates_csv,
-)
-from lsdet.engine.validation import validate
-from lsdet.losses import loss_class
+from lsdet.engine.training_log import write_concurrent_rates_csv
+from lsdet.sampling import build_sampler
 from lsdet.sampling.schedule import Phase, Schedule
 
 log = logging.getLogger(__name__)
@@ -83,7 +81,6 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     (status finished | stopped (train.stop_after_iters) | interrupted (a signal))."""
     check_training_config(cfg)
     check_reliability_settings(cfg)
-    run_dir = Path(run_dir)
     folder = RunFolder(run_dir, resume=cfg.train.resume, overwrite=cfg.train.get("overwrite"))
     device = resolve_device(cfg.train.device)
     dist = init_distributed(cfg.train.dist_backend, device.type)
@@ -96,7 +93,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     try:
         with lock, StopRequested() as stop:
             resuming = folder.should_resume()
-            return _train(cfg, folder, device, dist, stop, resuming)
+            return setup(cfg, folder, device, dist, stop, resuming).train()
     finally:
         torch.set_num_threads(threads_before)
         cleanup(dist)
@@ -110,27 +107,28 @@ def check_reliability_settings(cfg: DictConfig) -> None:
     )
     check_number("train.divergence.factor", train.divergence.factor, float, 1.0, math.inf, False)
     check_number("train.divergence.steps", train.divergence.steps, int, 0, math.inf, True)
-    ckpt.resume_allowed_changes(cfg)
+    resume_allowed_changes(cfg)
 
 
-def _train(
+def setup(
     cfg: DictConfig,
     folder: RunFolder,
     device: torch.device,
     dist: DistInfo,
     stop: StopRequested,
     resuming: bool,
-) -> dict[str, Any]:
+) -> Trainer:
+    """The run's data, detector and hooks, continued from the folder's checkpoint when
+    ``resuming``; the run's config and data report written to its folder."""
     start = time.perf_counter()
-    run_dir = folder.run_dir
-    ckpt.seed_everything(int(cfg.seed) + dist.rank)
+    seed_everything(int(cfg.seed) + dist.rank)
     if cfg.model.backbone.norm == "sync_bn" and device.type != "cuda":
         # SyncBatchNorm synchronises over NCCL only; on CPU it is plain batch norm.
         log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", device)
         cfg.model.backbone.norm = "bn"
     schedule = Schedule.from_config(cfg.schedule)
 
-    # Data -> rates -> loss -> detector. Rank 0 generates / indexes the data first.
+    # Data -> rates -> detector. Rank 0 generates / indexes the data first.
     if not dist.is_main:
         barrier(dist)
     data = build_training_data(
@@ -142,15 +140,13 @@ def _train(
         barrier(dist)
     rates = (
         training_rates(cfg.rates, data.train_set.index, data.hierarchy)
-        if loss_class(cfg.loss.name).needs_rates(cfg.model.scoring)
+        if loss_needs_rates(cfg)
         else None
     )
-    loss_fn = training_loss(cfg, data, rates)
+    loss_fn = build_loss(cfg, data, rates)
     model = build_model(cfg, data, loss_fn, rates, device)
 
-    resume_state = (
-        ckpt.load_resume_state(folder.checkpoint_dir, cfg, dist, data) if resuming else None
-    )
+    resume_state = load_resume_state(folder, cfg, dist, data) if resuming else None
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
     if dist.enabled:
@@ -158,7 +154,7 @@ def _train(
     logger = RunLogger(
         mode=cfg.logger.mode,
         project=cfg.logger.project,
-        run_dir=run_dir,
+        run_dir=folder.run_dir,
         name=cfg.name,
         config=OmegaConf.to_container(cfg, resolve=True),
         run_id=resume_state["wandb_run_id"] if resume_state else None,
@@ -174,91 +170,248 @@ def _train(
         schedule=schedule,
         model=model,
         logger=logger,
-        stop=stop,
         guard=NonFiniteGuard(
             int(cfg.train.max_nonfinite), int(cfg.train.max_consecutive_nonfinite)
         ),
-        divergence=DivergenceMonitor(
-            float(cfg.train.divergence.factor), int(cfg.train.divergence.steps)
-        ),
         rates=rates,
     )
-    if resume_state is not None:
-        run.position = Position(**resume_state["position"])
-        run.guard.load_state_dict(
-            resume_state.get("nonfinite_guard", {"count": int(resume_state["nonfinite_count"])})
-        )
-        run.divergence.load_state_dict(resume_state.get("divergence", {}))
-        run.last_checkpoint = (Path(resume_state["loaded_from"]), run.position.global_step)
+    train = cfg.train
+    checkpointer = CheckpointHook(
+        every=int(train.checkpoint_every or 0),
+        resumed_from=(
+            (Path(resume_state["loaded_from"]), resume_state["position"]["global_step"])
+            if resume_state is not None
+            else None
+        ),
+    )
+    hooks = [
+        DivergenceHook(float(train.divergence.factor), int(train.divergence.steps)),
+        SamplerHistogramHook(),
+        LoggingHook(log_every=int(train.log_every), show_progress=bool(train.progress)),
+        StopHook(
+            stop,
+            None if train.stop_after_iters is None else int(train.stop_after_iters),
+            cfg,
+        ),
+        checkpointer,
+        EvalHook(
+            when=train.eval_every,
+            run_name=cfg.name,
+            batch_size=int(train.eval_batch_size),
+            num_workers=int(train.num_workers),
+            max_images=train.eval_max_images,
+            show_progress=bool(train.progress),
+        ),
+    ]
+    trainer = Trainer(run, hooks, checkpointer, resume_state, start)
     if dist.is_main:
         write_text_atomic(folder.config, OmegaConf.to_yaml(cfg, resolve=True))
-        write_hydra_record(run_dir, cfg)  # only now: a refused start leaves no trace
+        write_hydra_record(folder.run_dir, cfg)  # only now: a refused start leaves no trace
         data.write_read_reports(folder.data_report)
         rates_csv = folder.concurrent_rates
         if rates is not None and not (resume_state is not None and rates_csv.is_file()):
             write_concurrent_rates_csv(rates_csv, rates, data.hierarchy, data.class_names)
-
-    try:
-        return _train_phases(run, resume_state, start)
-    except Exception as error:
-        if dist.is_main:
-            try:
-                report_progress(run, "failed", error=f"{type(error).__name__}: {error}")
-            except OSError as progress_error:  # e.g. the full disk itself
-                log.error("progress.json cannot record the failure: %s", progress_error)
-        raise
-    finally:
-        logger.finish()
+    return trainer
 
 
-def _train_phases(run: Run, resume_state: dict[str, Any] | None, start: float) -> dict[str, Any]:
-    """The phases of the schedule from where the run stands; returns the run summary."""
-    schedule, stop, dist, run_dir = run.schedule, run.stop, run.dist, run.run_dir
-    status = "finished"
-    for phase_index, phase in enumerate(schedule.phases):
-        if phase_index < run.position.phase:
-            continue
-        if resume_state is None:
-            begin_phase_weights(run, phase_index, phase)
-        start_phase(run, phase)
-        if resume_state is not None:  # continue the phase the checkpoint was taken in
-            ckpt.restore_loop_state(run, resume_state)
-            resume_state = None
-        while run.position.epoch < phase.epochs:
-            if not train_one_epoch(run, phase):
-                status = "interrupted" if stop.flag else "stopped"
-                break
-            end_epoch(run, phase)
-        if status != "finished":
-            break
-        run.position.phase += 1
-        run.position.epoch = 0
-    summary = {
-        "status": status,
-        "global_step": run.position.global_step,
-        "nonfinite_steps": run.guard.count,
-        "nonfinite_first_step": run.guard.first_step,
-        # the first flag of a diverging loss (step, loss, running mean) or null
-        "diverged": run.divergence.diverged_at,
-        "seconds": round(time.perf_counter() - start, 1),  # this process's wall time
-        "history": run.position.history,
-        "run_dir": str(run_dir),
-    }
-    if dist.is_main:
-        write_text_atomic(run.folder.summary, json.dumps(summary, indent=1) + "\n")
-        run.data.write_read_reports(run.folder.data_report)  # + images skipped in training
-        report_progress(run, status)
-        if status == "interrupted":
-            print(
-                f"Stopped by {stop.signal_name} after step {run.position.global_step}: "
-                f"checkpoint {run.folder.last_checkpoint}; "
-                f"{resume_advice(run.run_dir, run.cfg)}",
-                flush=True,
+class Trainer:
+    """Runs the phases of the schedule from where ``run`` stands and calls the hooks (in their
+    order) around each epoch and step; the only code that changes ``run``."""
+
+    def __init__(
+        self,
+        run: Run,
+        hooks: list[Hook],
+        checkpointer: CheckpointHook,
+        resume_state: dict[str, Any] | None,
+        start: float,
+    ) -> None:
+        self.run = run
+        self.hooks = hooks
+        self.checkpointer = checkpointer  # also one of the hooks
+        self.resume_state = resume_state  # what is left to restore: dropped once restored
+        self.start = start  # perf_counter at the start: the summary's wall time
+        self.stop_status: str | None = None  # set by a hook: "stopped" or "interrupted"
+        if resume_state is not None:
+            run.position = Position(**resume_state["position"])
+            run.guard.load_state_dict(
+                resume_state.get("nonfinite_guard", {"count": int(resume_state["nonfinite_count"])})
             )
-    return summary
+            for hook in hooks:
+                if hook.state_key is not None:
+                    hook.load_state_dict(resume_state.get(hook.state_key, {}))
+
+    # ----------------------------------------------------------------- called by hooks
+    def request_stop(self, status: str) -> None:
+        """End the loop after this step with ``status`` (stopped | interrupted)."""
+        self.stop_status = status
+
+    def add_evaluation(self, figures: dict[str, Any]) -> None:
+        """The evaluation of the epoch just ended joins its history record, and the checkpoint
+        is written again so that it holds it."""
+        self.run.position.history[-1].update(figures)
+        self.checkpointer.save(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (collective: gathers every rank's RNG
+        state)."""
+        run = self.run
+        rng_states = gather_objects(rng_state(), run.dist)
+        sampler_state = run.sampler.state_dict()
+        sampler_state["epoch"] = run.global_epoch()
+        # consumed by finished steps (the last batch of an epoch may be short)
+        consumed = run.position.iteration * run.batch_size
+        sampler_state["num_yielded"] = min(consumed, len(run.sampler))
+        p = run.position
+        state = {
+            "model": unwrap(run.model).state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "grad_scaler": run.scaler.state_dict(),
+            "sampler": sampler_state,
+            "position": {
+                "phase": p.phase,
+                "epoch": p.epoch,
+                "iteration": p.iteration,
+                "global_step": p.global_step,
+                "history": p.history,
+            },
+            "phase_name": run.schedule.phases[p.phase].name,
+            "rng": rng_states,
+            "nonfinite_count": run.guard.count,
+            "nonfinite_guard": run.guard.state_dict(),
+            "wandb_run_id": run.logger.run_id,
+            "world_size": run.dist.world_size,
+            "train_data_fingerprint": run.data.train_fingerprint,
+            "class_mids": list(run.data.hierarchy.mids),
+            "config": OmegaConf.to_container(run.cfg, resolve=True),
+        }
+        for hook in self.hooks:
+            if hook.state_key is not None:
+                state[hook.state_key] = hook.state_dict()
+        return state
+
+    # ----------------------------------------------------------------- the run
+    def train(self) -> dict[str, Any]:
+        """The phases from where the run stands; returns the run summary."""
+        try:
+            return self._train_phases()
+        except Exception as error:
+            for hook in self.hooks:
+                hook.on_failure(self, error)
+            raise
+        finally:
+            self.run.logger.finish()
+
+    def _train_phases(self) -> dict[str, Any]:
+        run = self.run
+        status = "finished"
+        for phase_index, phase in enumerate(run.schedule.phases):
+            if phase_index < run.position.phase:
+                continue
+            if self.resume_state is None:
+                begin_phase_weights(run, phase_index, phase)
+            start_phase(run, phase)
+            if self.resume_state is not None:  # continue the phase the checkpoint was taken in
+                self._restore_loop_state(self.resume_state)
+                self.resume_state = None
+            while run.position.epoch < phase.epochs:
+                if not self.train_one_epoch(phase):
+                    status = self.stop_status
+                    break
+                self.end_epoch(phase)
+            if status != "finished":
+                break
+            run.position.phase += 1
+            run.position.epoch = 0
+        summary = {
+            "status": status,
+            "global_step": run.position.global_step,
+            "nonfinite_steps": run.guard.count,
+            "nonfinite_first_step": run.guard.first_step,
+        }
+        for hook in self.hooks:
+            summary.update(hook.summary())
+        summary.update(
+            seconds=round(time.perf_counter() - self.start, 1),  # this process's wall time
+            history=run.position.history,
+            run_dir=str(run.run_dir),
+        )
+        if run.dist.is_main:
+            write_text_atomic(run.folder.summary, json.dumps(summary, indent=1) + "\n")
+            run.data.write_read_reports(run.folder.data_report)  # + images skipped in training
+        for hook in self.hooks:
+            hook.after_train(self, status)
+        return summary
+
+    def _restore_loop_state(self, state: dict[str, Any]) -> None:
+        # The optimizer's saved lr is replaced at the next step by the schedule's lr over this
+        # config's base lr, so an lr changed with train.resume_allow_changes takes effect.
+        run = self.run
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["grad_scaler"])
+        run.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"][run.dist.rank])
+
+    def train_one_epoch(self, phase: Phase) -> bool:
+        """Trains the rest of the current epoch; False when a hook stopped the loop."""
+        run, position = self.run, self.run.position
+        run.sampler.set_epoch(run.global_epoch())
+        run.iters_this_epoch = iters = iters_per_epoch(run)
+        for hook in self.hooks:
+            hook.before_epoch(self, phase)
+        loader = make_loader(
+            SeededDataset(run.data.train_set),
+            SeededSampler(
+                run.sampler,
+                seed=run.seed,
+                rank=run.dist.rank,
+                epoch=run.global_epoch(),
+                start=position.iteration * run.batch_size,
+            ),
+            batch_size=run.batch_size,
+            num_workers=int(run.cfg.train.num_workers),
+            collate_fn=run.data.collate_fn,
+            seed=run.seed * 100_003 + run.global_epoch(),
+        )
+        run.model.train()
+        with open_batches(loader) as batches:
+            while position.iteration < iters:
+                images, targets = next(batches)
+                lr = run.schedule.lr_at(
+                    position.phase,
+                    position.epoch * iters + position.iteration,
+                    base_lr=run.base_lr,
+                    iters_per_epoch=iters,
+                )
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                try:
+                    losses = train_step(run, images, targets)
+                except NonFiniteLossError as error:
+                    raise NonFiniteLossError(f"{error} {self.checkpointer.resume_hint()}") from None
+                position.iteration += 1
+                position.global_step += 1
+                step = StepOutcome(losses=losses, lr=lr, images=len(images))
+                for hook in self.hooks:
+                    hook.after_step(self, step)
+                if self.stop_status is not None:
+                    return False
+        return True
+
+    def end_epoch(self, phase: Phase) -> None:
+        """Count the epoch, append its history record; then the hooks (checkpoint first, so
+        the epoch's steps are safe, then validation)."""
+        position = self.run.position
+        position.epoch += 1
+        position.iteration = 0
+        position.history.append(
+            {"phase": phase.name, "epoch": position.epoch, "global_step": position.global_step}
+        )
+        for hook in self.hooks:
+            hook.after_epoch(self, phase)
 
 
-# --------------------------------------------------------------------------- phases
+# --------------------------------------------------------------------------- phases and steps
 def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
     """The weights a phase starts from: phase 1 from the initial model; a later phase from the
     previous phase's final weights (``init_from_previous: true``) or from a fresh model built
@@ -268,20 +421,18 @@ def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
     model = unwrap(run.model)
     if phase.init_from_previous:
         previous = run.schedule.phases[phase_index - 1]
-        state = ckpt.load_checkpoint(run.folder.phase_checkpoint(previous.name))
+        state = load_checkpoint(run.folder.phase_checkpoint(previous.name))
         model.load_state_dict(state["model"])
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)  # the same fresh weights on every rank
-        loss_fn = training_loss(run.cfg, run.data, run.rates)
+        loss_fn = build_loss(run.cfg, run.data, run.rates)
         fresh = build_model(run.cfg, run.data, loss_fn, run.rates, run.device)
     model.load_state_dict(fresh.state_dict())
 
 
 def start_phase(run: Run, phase: Phase) -> None:
     """This phase's sampler, a fresh optimizer and grad scaler."""
-    from lsdet.sampling import build_sampler
-
     run.sampler = build_sampler(
         phase.sampler,
         class_offsets=run.data.class_offsets,
@@ -302,66 +453,6 @@ def iters_per_epoch(run: Run) -> int:
     return min(n, int(cap)) if cap else n
 
 
-# --------------------------------------------------------------------------- the loop
-def train_one_epoch(run: Run, phase: Phase) -> bool:
-    """Trains the rest of the current epoch; False when a stop was requested."""
-    cfg, position = run.cfg, run.position
-    run.sampler.set_epoch(run.global_epoch())
-    if position.iteration == 0:
-        log_sampler_histogram(run, phase)
-    iters = run.iters_this_epoch = iters_per_epoch(run)
-    loader = make_loader(
-        SeededDataset(run.data.train_set),
-        SeededSampler(
-            run.sampler,
-            seed=run.seed,
-            rank=run.dist.rank,
-            epoch=run.global_epoch(),
-            start=position.iteration * run.batch_size,
-        ),
-        batch_size=run.batch_size,
-        num_workers=int(cfg.train.num_workers),
-        collate_fn=run.data.collate_fn,
-        seed=run.seed * 100_003 + run.global_epoch(),
-    )
-    run.model.train()
-    bar = tqdm(
-        total=iters,
-        initial=position.iteration,
-        desc=f"{phase.name} epoch {position.epoch + 1}/{phase.epochs}",
-        disable=not (run.dist.is_main and cfg.train.progress),
-        unit="it",
-        dynamic_ncols=True,
-    )
-    speed = Speed(run.dist.world_size)
-    with open_batches(loader) as batches:
-        while position.iteration < iters:
-            images, targets = next(batches)
-            lr = run.schedule.lr_at(
-                position.phase,
-                position.epoch * iters + position.iteration,
-                base_lr=run.base_lr,
-                iters_per_epoch=iters,
-            )
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            losses = train_step(run, images, targets)
-            position.iteration += 1
-            position.global_step += 1
-            speed.add(len(images))
-            bar.update(1)
-            after_step(run, losses, lr, speed, bar)
-            if stop_requested(run):
-                ckpt.save_checkpoint(run)
-                bar.close()
-                return False
-            every = int(cfg.train.checkpoint_every or 0)
-            if every and position.global_step % every == 0:
-                ckpt.save_checkpoint(run)
-    bar.close()
-    return True
-
-
 def train_step(run: Run, images: list, targets: list) -> dict[str, float] | None:
     """One optimizer step; None when the loss was not finite (step skipped)."""
     device = run.device
@@ -377,11 +468,8 @@ def train_step(run: Run, images: list, targets: list) -> dict[str, float] | None
     p = run.position
     run.optimizer.zero_grad(set_to_none=True)
     where = f"phase {p.phase} epoch {p.epoch} it {p.iteration}"
-    try:
-        if not run.guard.step_ok(finite, where, step=p.global_step + 1):
-            return None
-    except NonFiniteLossError as error:
-        raise NonFiniteLossError(f"{error} {ckpt.resume_hint(run)}") from None
+    if not run.guard.step_ok(finite, where, step=p.global_step + 1):
+        return None
     run.scaler.scale(loss).backward()
     clip = run.cfg.optim.clip_grad_norm
     if clip:
@@ -392,68 +480,3 @@ def train_step(run: Run, images: list, targets: list) -> dict[str, float] | None
     out = {k: float(v.detach()) for k, v in loss_dict.items()}
     out["loss"] = float(loss.detach())
     return out
-
-
-def stop_requested(run: Run) -> bool:
-    """A signal arrived (on any rank) or ``train.stop_after_iters`` is reached."""
-    stop_after = run.cfg.train.stop_after_iters
-    planned = stop_after is not None and run.position.global_step >= int(stop_after)
-    return all_reduce_flag(run.stop.flag or planned, run.dist)
-
-
-def end_epoch(run: Run, phase: Phase) -> None:
-    """Checkpoint first (the epoch's steps are safe), then validate: a failed validation is
-    reported in the history and the log and does not stop the training."""
-    position = run.position
-    position.epoch += 1
-    position.iteration = 0
-    record: dict[str, Any] = {
-        "phase": phase.name,
-        "epoch": position.epoch,
-        "global_step": position.global_step,
-    }
-    position.history.append(record)
-    ckpt.save_checkpoint(run)
-    last_of_phase = position.epoch == phase.epochs
-    if last_of_phase and run.dist.is_main:
-        ckpt.save_atomic(
-            {
-                "model": unwrap(run.model).state_dict(),
-                "config": OmegaConf.to_container(run.cfg, resolve=True),
-                "phase_name": phase.name,
-            },
-            run.folder.phase_checkpoint(phase.name),
-        )
-    barrier(run.dist)
-    when = run.cfg.train.eval_every
-    if when == "epoch" or (when == "phase" and last_of_phase):
-        report_progress(run, "evaluating")
-        record.update(run_validation(run, tag=f"{phase.name}_epoch{position.epoch}"))
-        ckpt.save_checkpoint(run)  # the history now holds the evaluation
-
-
-def run_validation(run: Run, tag: str) -> dict[str, Any]:
-    """``validate`` with the run's settings; an exception becomes ``{"eval_error": ...}``."""
-    cfg = run.cfg
-    try:
-        return validate(
-            unwrap(run.model),
-            run.data,
-            tag=tag,
-            run_dir=run.run_dir,
-            run_name=cfg.name,
-            device=run.device,
-            dist=run.dist,
-            logger=run.logger,
-            step=run.position.global_step,
-            batch_size=int(cfg.train.eval_batch_size),
-            num_workers=int(cfg.train.num_workers),
-            max_images=cfg.train.eval_max_images,
-            amp=run.amp,
-            progress=bool(cfg.train.progress),
-        )
-    except Exception as exc:  # reported, and the training goes on
-        message = f"{type(exc).__name__}: {exc}"
-        log.error("evaluation %s failed (training continues): %s", tag, message)
-        tqdm.write(f"[{tag}] evaluation failed (training continues): {message}")
-        return {"eval_error": message}

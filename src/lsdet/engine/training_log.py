@@ -1,14 +1,17 @@
-"""What a training run reports while it trains: the progress bar's figures, progress.json,
-the wandb scalars after each step, the sampler's draws per class at each epoch start, a
-flagged divergence, and the concurrent rates it trained with (``concurrent_rates.csv``)."""
+"""What a training run reports while it trains, as the hooks call it: the speed, the progress
+file (``report_progress``), the wandb scalars of a step, a flagged divergence, the sampler's
+draws per class at an epoch start (plot and wandb), and the concurrent rates it trained with
+(``write_concurrent_rates_csv``)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,7 +23,6 @@ from tqdm import tqdm  # noqa: E402
 
 from lsdet.atomic_files import write_text_atomic  # noqa: E402
 from lsdet.data import Hierarchy  # noqa: E402
-from lsdet.engine.progress import write_progress  # noqa: E402
 from lsdet.engine.run_state import Run  # noqa: E402
 from lsdet.sampling.schedule import Phase  # noqa: E402
 
@@ -52,60 +54,55 @@ class Speed:
         return self.images / max(time.perf_counter() - self.start, 1e-9)
 
 
-def after_step(run: Run, losses: dict | None, lr: float, speed: Speed, bar: tqdm) -> None:
-    """Progress bar, progress.json and wandb after a step; a divergence is flagged once."""
-    if losses is not None:
-        step = run.position.global_step
-        if run.divergence.update(losses["loss"], step):
-            flag = run.divergence.diverged_at
-            message = (
-                f"the loss diverges: {flag['loss']:.4g} at step {step}, above "
-                f"{flag['factor']:g} x its running mean {flag['running_mean']:.4g} for "
-                f"{flag['steps']} steps in a row (since step {flag['since_step']}); lower "
-                "optim.lr (train.divergence sets the test)"
-            )
-            log.warning("%s", message)
-            if run.dist.is_main:
-                tqdm.write(f"WARNING: {message}")
-        for key, value in losses.items():
-            previous = run.loss_ema.get(key)
-            run.loss_ema[key] = value if previous is None else 0.9 * previous + 0.1 * value
-        bar.set_postfix(
-            loss=f"{run.loss_ema['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{speed.images_per_s:.1f}"
-        )
-    step, every = run.position.global_step, int(run.cfg.train.log_every)
-    if step % every == 0 or run.position.iteration == run.iters_this_epoch:
-        report_progress(run, "training", speed.images_per_s)
-    if run.dist.is_main and step % every == 0 and run.loss_ema:
-        run.logger.log(
-            {
-                **{f"train/{k}": v for k, v in run.loss_ema.items()},
-                "train/lr": lr,
-                "train/images_per_s": speed.images_per_s,
-                "train/nonfinite_steps": run.guard.count,
-                "train/phase": run.position.phase,
-            },
-            step=step,
-        )
+def warn_divergence(flag: dict[str, Any], step: int, is_main: bool) -> None:
+    """The log line (and, on the main process, the console line) of a flagged divergence."""
+    message = (
+        f"the loss diverges: {flag['loss']:.4g} at step {step}, above "
+        f"{flag['factor']:g} x its running mean {flag['running_mean']:.4g} for "
+        f"{flag['steps']} steps in a row (since step {flag['since_step']}); lower "
+        "optim.lr (train.divergence sets the test)"
+    )
+    log.warning("%s", message)
+    if is_main:
+        tqdm.write(f"WARNING: {message}")
+
+
+def log_step(run: Run, loss_ema: dict[str, float], lr: float, images_per_s: float) -> None:
+    """The step's scalars to wandb (main process)."""
+    run.logger.log(
+        {
+            **{f"train/{k}": v for k, v in loss_ema.items()},
+            "train/lr": lr,
+            "train/images_per_s": images_per_s,
+            "train/nonfinite_steps": run.guard.count,
+            "train/phase": run.position.phase,
+        },
+        step=run.position.global_step,
+    )
 
 
 def report_progress(
     run: Run, status: str, images_per_s: float = 0.0, error: str | None = None
 ) -> None:
+    """Where the run stands, to its progress file (main process): ``status`` (training,
+    evaluating, finished, stopped, interrupted, failed), the phase, the step, the fraction of
+    the schedule done (epochs done with the current one's share / all epochs) and the speed;
+    ``error``: why a run failed."""
     if not run.dist.is_main:
         return
     iters = run.iters_this_epoch
     done = run.global_epoch() + (run.position.iteration / iters if iters else 0.0)
     phase = run.schedule.phases[min(run.position.phase, len(run.schedule.phases) - 1)]
-    write_progress(
-        run.folder.progress,
-        status=status,
-        phase=phase.name,
-        global_step=run.position.global_step,
-        fraction=done / run.schedule.total_epochs,
-        images_per_s=images_per_s,
-        error=error,
-    )
+    state = {
+        "status": status,
+        "phase": phase.name,
+        "global_step": run.position.global_step,
+        "fraction": min(max(done / run.schedule.total_epochs, 0.0), 1.0),
+        "images_per_s": round(images_per_s, 2),
+    }
+    if error is not None:
+        state["error"] = error
+    write_text_atomic(run.folder.progress, json.dumps(state))
 
 
 def log_sampler_histogram(run: Run, phase: Phase) -> None:
