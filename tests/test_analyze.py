@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from train_helpers import mini_generator_settings
 
 from lsdet.analyze import (
     analyze,
@@ -199,22 +200,7 @@ def test_analyze_refuses_a_benchmark_generated_with_other_settings(tmp_path):
     from lsdet.data.synth import GeneratedWithOtherSettingsError, generate_synthetic_benchmark
 
     root = tmp_path / "synth"
-    generate_synthetic_benchmark(
-        root,
-        {
-            "image_size": 16,
-            "num_train_images": 24,
-            "num_val_images": 8,
-            "num_families": 2,
-            "shapes_per_family": 1,
-            "hues_per_shape": 2,
-            "textures_per_shape": 1,
-            "imbalance": 4.0,
-            "mean_objects_per_image": 1.5,
-            "val_min_images_per_class": 1,
-            "confused_pairs": {"num_pairs": 0},
-        },
-    )
+    generate_synthetic_benchmark(root, mini_generator_settings(image_size=16))
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"data.root={root}", *TINY_DATA])

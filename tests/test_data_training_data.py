@@ -9,27 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from train_helpers import mini_generator_settings
 
 from lsdet.data.synth import generate_synthetic_benchmark
 from lsdet.engine.training_data import build_training_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-MINI = {
-    "seed": 1,
-    "image_size": 32,
-    "num_train_images": 24,
-    "num_val_images": 8,
-    "num_families": 2,
-    "shapes_per_family": 1,
-    "hues_per_shape": 2,
-    "textures_per_shape": 1,
-    "imbalance": 4.0,
-    "mean_objects_per_image": 1.5,
-    "object_size": [0.4, 0.6],
-    "val_min_images_per_class": 1,
-    "confused_pairs": {"num_pairs": 0},
-}
+MINI = mini_generator_settings(image_size=32)
 
 
 @pytest.fixture()
