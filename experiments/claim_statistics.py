@@ -43,25 +43,34 @@ class TTest:
     equivalent: bool
 
 
-def _test(mean: float, sd: float, n: int, df: int, margin: float | None, alpha: float) -> TTest:
-    if n < 2 or df < 1:
-        return TTest(mean, sd, n, df, np.nan, np.nan, np.nan, False)
-    se = sd / np.sqrt(n)
-    if se == 0:  # every difference the same: t is infinite unless the mean is 0
-        t = 0.0 if mean == 0 else np.copysign(np.inf, mean)
-        p = 1.0 if mean == 0 else 0.0
-        tost_p = np.nan if margin is None else (0.0 if abs(mean) < margin else 1.0)
+def _t_and_tost(
+    estimate: float, se: float, df: int, margin: float | None, alpha: float
+) -> tuple[float, float, float, bool]:
+    """t = estimate / se with its two-sided p (df degrees of freedom), the TOST p at +-margin
+    (the larger of the two one-sided p values; nan without a margin) and whether it is below
+    alpha. se = 0 (every value the same): t is infinite unless the estimate is 0."""
+    if se == 0:
+        t = 0.0 if estimate == 0 else float(np.copysign(np.inf, estimate))
+        p = 1.0 if estimate == 0 else 0.0
+        tost_p = np.nan if margin is None else (0.0 if abs(estimate) < margin else 1.0)
     else:
-        t = mean / se
+        t = estimate / se
         p = float(2 * stats.t.sf(abs(t), df))
         if margin is None:
             tost_p = np.nan
         else:
-            p_above_lower = stats.t.sf((mean + margin) / se, df)  # H0: mean <= -margin
-            p_below_upper = stats.t.cdf((mean - margin) / se, df)  # H0: mean >= +margin
+            p_above_lower = stats.t.sf((estimate + margin) / se, df)  # H0: estimate <= -margin
+            p_below_upper = stats.t.cdf((estimate - margin) / se, df)  # H0: estimate >= +margin
             tost_p = float(max(p_above_lower, p_below_upper))
     equivalent = bool(margin is not None and tost_p < alpha)
-    return TTest(float(mean), float(sd), n, df, float(t), float(p), float(tost_p), equivalent)
+    return float(t), float(p), float(tost_p), equivalent
+
+
+def _test(mean: float, sd: float, n: int, df: int, margin: float | None, alpha: float) -> TTest:
+    if n < 2 or df < 1:
+        return TTest(mean, sd, n, df, np.nan, np.nan, np.nan, False)
+    t, p, tost_p, equivalent = _t_and_tost(mean, sd / np.sqrt(n), df, margin, alpha)
+    return TTest(float(mean), float(sd), n, df, t, p, tost_p, equivalent)
 
 
 def paired_test(diffs: np.ndarray, margin: float | None = None, alpha: float = 0.05) -> TTest:
@@ -168,18 +177,5 @@ def slope_test(
     df = n - 2
     residual = y - intercept - slope * x
     se = float(np.sqrt((residual**2).sum() / df / sxx))
-    if se == 0:
-        t = 0.0 if slope == 0 else float(np.copysign(np.inf, slope))
-        p = 1.0 if slope == 0 else 0.0
-        tost_p = np.nan if margin is None else (0.0 if abs(slope) < margin else 1.0)
-    else:
-        t = slope / se
-        p = float(2 * stats.t.sf(abs(t), df))
-        if margin is None:
-            tost_p = np.nan
-        else:
-            tost_p = float(
-                max(stats.t.sf((slope + margin) / se, df), stats.t.cdf((slope - margin) / se, df))
-            )
-    equivalent = bool(margin is not None and tost_p < alpha)
-    return SlopeTest(slope, intercept, se, n, df, float(t), float(p), float(tost_p), equivalent)
+    t, p, tost_p, equivalent = _t_and_tost(slope, se, df, margin, alpha)
+    return SlopeTest(slope, intercept, se, n, df, t, p, tost_p, equivalent)
