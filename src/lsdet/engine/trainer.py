@@ -33,11 +33,10 @@ from torch import nn
 
 from lsdet.atomic_files import write_text_atomic
 from lsdet.engine.builders import (
-    build_loss,
     build_model,
     build_optimizer,
-    loss_needs_rates,
     resolve_device,
+    training_loss,
     unwrap,
     wrap_distributed,
 )
@@ -70,6 +69,7 @@ from lsdet.engine.run_state import NonFiniteGuard, NonFiniteLossError, Position,
 from lsdet.engine.signals import StopRequested
 from lsdet.engine.training_data import build_training_data, training_rates
 from lsdet.engine.training_log import write_concurrent_rates_csv
+from lsdet.losses import loss_class
 from lsdet.sampling import build_sampler
 from lsdet.sampling.schedule import Phase, Schedule
 
@@ -140,10 +140,10 @@ def setup(
         barrier(dist)
     rates = (
         training_rates(cfg.rates, data.train_set.index, data.hierarchy)
-        if loss_needs_rates(cfg)
+        if loss_class(cfg.loss.name).needs_rates(cfg.model.scoring)
         else None
     )
-    loss_fn = build_loss(cfg, data, rates)
+    loss_fn = training_loss(cfg, data, rates)
     model = build_model(cfg, data, loss_fn, rates, device)
 
     resume_state = load_resume_state(folder, cfg, dist, data) if resuming else None
@@ -426,7 +426,7 @@ def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)  # the same fresh weights on every rank
-        loss_fn = build_loss(run.cfg, run.data, run.rates)
+        loss_fn = training_loss(run.cfg, run.data, run.rates)
         fresh = build_model(run.cfg, run.data, loss_fn, run.rates, run.device)
     model.load_state_dict(fresh.state_dict())
 
