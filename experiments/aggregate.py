@@ -338,6 +338,29 @@ def registration_status(registered: str | None, starts: list[str | None]) -> tup
     return "pre-registered", earliest
 
 
+def _registration_columns(
+    runs: pd.DataFrame, sweeps: dict, claim: dict, row_ids: list[str]
+) -> dict[str, str]:
+    """A claim's registration columns: its registration date, the earliest start of the
+    results it judges (those of row_ids and of their training runs) and registration_status."""
+    judged = claim_results(runs, sweeps, row_ids)
+    status, earliest = registration_status(claim.get("registered"), list(judged["started_at"]))
+    return {
+        "registered": claim.get("registered") or "",
+        "first_result_started": earliest,
+        "registration": status,
+    }
+
+
+def _paired_metric_differences(
+    runs: pd.DataFrame, run_id: str, against: str, variant: str, metric: str
+) -> pd.Series:
+    """Per seed, `metric` of run_id minus that of `against` on one validation variant."""
+    return paired_differences(
+        seed_results(runs, run_id, variant)[metric], seed_results(runs, against, variant)[metric]
+    )
+
+
 def _test_columns(test: cs.TTest, prefix: str = "") -> dict:
     return {
         f"{prefix}delta_mean": test.mean,
@@ -380,10 +403,7 @@ def summarize_claims(
     out = []
     for claim in claims:
         metric = claim.get("metric", "map")
-        diff = paired_differences(
-            seed_results(runs, claim["run"], variant)[metric],
-            seed_results(runs, claim["against"], variant)[metric],
-        )
+        diff = _paired_metric_differences(runs, claim["run"], claim["against"], variant, metric)
         paper_delta, direction = _claim_direction(claim)
         test = cs.paired_test(diff.to_numpy(), settings["equivalence_margin"], settings["alpha"])
         record = {"claim": claim["claim"], "run": claim["run"], "against": claim["against"]}
@@ -393,12 +413,7 @@ def summarize_claims(
         record["paper_delta"] = paper_delta
         record["paper_direction"] = direction
         record["seeds_for_power"] = _seeds_needed(paper_delta, test.sd, settings)
-        judged = claim_results(runs, sweeps, [claim["run"], claim["against"]])
-        status, earliest = registration_status(claim.get("registered"), list(judged["started_at"]))
-        record.update(
-            {"registered": claim.get("registered") or "", "first_result_started": earliest}
-        )
-        record["registration"] = status
+        record.update(_registration_columns(runs, sweeps, claim, [claim["run"], claim["against"]]))
         out.append(record)
     return pd.DataFrame(out)
 
@@ -415,10 +430,7 @@ def summarize_pooled_claims(
         metric = claim.get("metric", "map")
         by_setting = []
         for run_id, against in claim["pairs"]:
-            diff = paired_differences(
-                seed_results(runs, run_id, variant)[metric],
-                seed_results(runs, against, variant)[metric],
-            )
+            diff = _paired_metric_differences(runs, run_id, against, variant, metric)
             by_setting.append(diff.to_numpy())
         if "paper_delta" in claim:  # the paper's effect in one of the settings (power only)
             paper_delta = float(claim["paper_delta"])
@@ -443,12 +455,7 @@ def summarize_pooled_claims(
         record["seeds_for_power"] = _seeds_needed(paper_delta, all_pairs.sd, settings)
         record["block_seeds_for_power"] = _seeds_needed(paper_delta, block.sd, settings)
         row_ids = [r for pair in claim["pairs"] for r in pair]
-        judged = claim_results(runs, sweeps, row_ids)
-        status, earliest = registration_status(claim.get("registered"), list(judged["started_at"]))
-        record.update(
-            {"registered": claim.get("registered") or "", "first_result_started": earliest}
-        )
-        record["registration"] = status
+        record.update(_registration_columns(runs, sweeps, claim, row_ids))
         out.append(record)
     return pd.DataFrame(out)
 
