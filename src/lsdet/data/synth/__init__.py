@@ -47,6 +47,10 @@ Everything is drawn from ``seed``; the same settings give the same bytes. Files 
                                                     LabelProblem applied and its LabelNames
                                                     (in the order of its rows in the bbox CSV)
     {train,validation}/<ImageID>.jpg
+    lvis_train.json, lvis_val.json                  only when asked (``write_lvis``): the
+                                                    same annotations in LVIS v1 format
+                                                    (module ``lvis``: leaves as categories,
+                                                    negatives, not-exhaustive categories)
     manifest.json                                   settings, their hash, a summary and
                                                     every file written
 
@@ -67,8 +71,8 @@ regenerates only with ``data.regenerate=true``.
 The modules, in the order the generator uses them: ``settings`` (the settings, their hash,
 file names), ``taxonomy`` (the class tree, confused pairs, images per leaf), ``scenes``
 (objects, their label problems, verified image-level labels), ``render`` (the images),
-``splits`` (writing one split), ``folder`` (folder safety, the manifest) and ``generate``
-(the entry points and the command line).
+``splits`` (writing one split), ``lvis`` (the LVIS files), ``folder`` (folder safety, the
+manifest) and ``generate`` (the entry points and the command line).
 """
 
 from lsdet.data.synth.folder import NotAGeneratedFolderError, planned_files, read_own_manifest
@@ -80,6 +84,7 @@ from lsdet.data.synth.generate import (
     settings_from_data_config,
     validate_settings,
 )
+from lsdet.data.synth.lvis import LVIS_JSON, LvisImage, lvis_frequency, lvis_image_id
 from lsdet.data.synth.scenes import SceneObject
 from lsdet.data.synth.settings import (
     BBOX_HEADER,
@@ -128,6 +133,7 @@ __all__ = [
     "HIERARCHY_JSON",
     "IMAGE_LABELS_HEADER",
     "LABEL_PROBLEMS",
+    "LVIS_JSON",
     "MANIFEST_JSON",
     "OBJECTS_HEADER",
     "ROOT_MID",
@@ -136,6 +142,7 @@ __all__ = [
     "VAL_LABEL_NOISE",
     "ConfusedPairs",
     "LabelNoise",
+    "LvisImage",
     "NotAGeneratedFolderError",
     "SceneObject",
     "SynthSettings",
@@ -146,6 +153,8 @@ __all__ = [
     "ensure_synthetic_benchmark",
     "generate_synthetic_benchmark",
     "image_ids",
+    "lvis_frequency",
+    "lvis_image_id",
     "main",
     "pair_rates",
     "planned_files",

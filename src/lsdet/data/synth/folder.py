@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lsdet.atomic_files import write_text_atomic
+from lsdet.data.synth.lvis import LVIS_JSON
 from lsdet.data.synth.settings import (
     CLASS_DESCRIPTIONS_CSV,
     GENERATOR_NAME,
@@ -30,10 +31,12 @@ class NotAGeneratedFolderError(FileExistsError):
     """The folder holds files the generator did not write; it refuses to touch any of them."""
 
 
-def planned_files(settings: SynthSettings) -> list[str]:
+def planned_files(settings: SynthSettings, *, write_lvis: bool = False) -> list[str]:
     """Every file the generator writes for ``settings`` except manifest.json, relative to the
-    root (POSIX separators), in a fixed order."""
+    root (POSIX separators), in a fixed order; ``write_lvis`` adds the LVIS files."""
     files = [HIERARCHY_JSON, CLASS_DESCRIPTIONS_CSV]
+    if write_lvis:
+        files += [LVIS_JSON[split] for split in SPLITS]
     sizes = {"train": settings.num_train_images, "validation": settings.num_val_images}
     for split in SPLITS:
         paths = split_files(Path(), split)
@@ -70,6 +73,14 @@ def read_own_manifest(root: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def has_lvis_files(manifest: Mapping[str, Any] | None) -> bool:
+    """Whether an own manifest lists the LVIS files (a generation asked for them)."""
+    if manifest is None or "files_written" not in manifest:
+        return False
+    written = {str(rel) for rel in manifest["files_written"]}
+    return all(LVIS_JSON[split] in written for split in SPLITS)
+
+
 def _files_of_manifest(manifest: Mapping[str, Any]) -> list[str]:
     """The files an own manifest says the generator wrote (relative to the root)."""
     if "files_written" in manifest:
@@ -103,13 +114,15 @@ def _refusal(root: Path, reason: str) -> NotAGeneratedFolderError:
     )
 
 
-def _check_folder(root: Path, settings: SynthSettings) -> tuple[list[str], set[str]]:
+def _check_folder(
+    root: Path, settings: SynthSettings, *, write_lvis: bool = False
+) -> tuple[list[str], set[str]]:
     """Whether the generator may write ``settings``' files into ``root``: raises
     :class:`NotAGeneratedFolderError` if not, and touches nothing either way. Returns the
     files to write and the files the folder's own manifest lists (to be replaced)."""
     if root.exists() and not root.is_dir():
         raise _refusal(root, "it is a file, not a folder")
-    planned = planned_files(settings)
+    planned = planned_files(settings, write_lvis=write_lvis)
     manifest = read_own_manifest(root) if root.is_dir() else None
     if manifest is None:
         if root.is_dir() and any(root.iterdir()):

@@ -21,8 +21,10 @@ from lsdet.data.synth.folder import (
     _move_into_place,
     _staging_folder,
     _write_manifest,
+    has_lvis_files,
     read_own_manifest,
 )
+from lsdet.data.synth.lvis import LVIS_JSON, LvisImage, write_lvis_files
 from lsdet.data.synth.scenes import _assign_leaves_to_images
 from lsdet.data.synth.settings import (
     CLASS_DESCRIPTIONS_CSV,
@@ -67,10 +69,18 @@ def validate_settings(settings: SynthSettings) -> tuple[Taxonomy, dict[str, np.n
 
 
 def generate_synthetic_benchmark(
-    root: str | Path, settings: SynthSettings | Mapping[str, Any] | None = None
+    root: str | Path,
+    settings: SynthSettings | Mapping[str, Any] | None = None,
+    *,
+    write_lvis: bool = False,
 ) -> dict[str, Any]:
     """Writes the synthetic benchmark under ``root``; returns the manifest (paths, settings,
     settings hash, summary, every file written).
+
+    ``write_lvis`` also writes the same annotations in LVIS v1 format (``lvis_train.json``,
+    ``lvis_val.json``: :mod:`lsdet.data.synth.lvis`). They are extra outputs, not settings:
+    the Open Images files, the settings and their hash are the same with or without them. A
+    folder whose manifest lists them keeps them when it is regenerated.
 
     Every setting is checked first (:func:`validate_settings`, a :class:`SynthSettingsError`
     naming the key). ``root`` must be missing, empty, or a folder the generator wrote (its
@@ -84,11 +94,15 @@ def generate_synthetic_benchmark(
         settings = SynthSettings.from_mapping(settings)
     root = Path(root)
     taxonomy, counts = validate_settings(settings)
-    planned, old_own = _check_folder(root, settings)
+    if root.is_dir() and has_lvis_files(read_own_manifest(root)):
+        write_lvis = True
+    planned, old_own = _check_folder(root, settings, write_lvis=write_lvis)
     start = time.perf_counter()
     staging = _staging_folder(root)
     try:
-        manifest = _write_benchmark(staging, settings, taxonomy, counts, planned)
+        manifest = _write_benchmark(
+            staging, settings, taxonomy, counts, planned, write_lvis=write_lvis
+        )
         _move_into_place(staging, root, planned, old_own, manifest)
     finally:
         if staging.exists():
@@ -103,6 +117,8 @@ def _write_benchmark(
     taxonomy: Taxonomy,
     counts: dict[str, np.ndarray],
     planned: list[str],
+    *,
+    write_lvis: bool = False,
 ) -> dict[str, Any]:
     """Writes every file of the benchmark and its complete manifest into ``folder``."""
     (folder / HIERARCHY_JSON).write_text(json.dumps(taxonomy.hierarchy_json(), indent=1) + "\n")
@@ -124,10 +140,19 @@ def _write_benchmark(
         ],
     }
     sizes = {"train": settings.num_train_images, "validation": settings.num_val_images}
+    lvis_images: dict[str, list[LvisImage]] = {split: [] for split in SPLITS}
     for split in SPLITS:
         summary[split] = _write_split(
-            folder, split, counts[split], sizes[split], settings, taxonomy
+            folder,
+            split,
+            counts[split],
+            sizes[split],
+            settings,
+            taxonomy,
+            lvis_images[split] if write_lvis else None,
         )
+    if write_lvis:  # absent otherwise: the manifest of a benchmark without them unchanged
+        summary["lvis"] = write_lvis_files(folder, taxonomy, lvis_images, settings.image_size)
     if settings.multi_label_rate is not None:  # absent otherwise: v2's manifest unchanged
         rates = summary["train"]["label_problem_rates"]
         summary["multi_label"] = {
@@ -156,6 +181,7 @@ def _write_benchmark(
                 for split in SPLITS
                 for key, path in split_files(folder, split).items()
             },
+            **({f"{split}.lvis_json": LVIS_JSON[split] for split in SPLITS} if write_lvis else {}),
         },
         "summary": summary,
     }
@@ -230,7 +256,11 @@ def ensure_synthetic_benchmark(
     key, false) or ``force`` is true. ``force`` regenerates even an up-to-date folder. A
     folder the generator did not write raises :class:`NotAGeneratedFolderError` (see
     :func:`generate_synthetic_benchmark`). Settings errors name the full key, starting
-    with ``key_prefix`` (``data.`` in a training or analysis config)."""
+    with ``key_prefix`` (``data.`` in a training or analysis config).
+
+    The config's ``write_lvis`` (default false; conf/data/synth_lvis.yaml sets it) asks for
+    the LVIS files too: a folder with the same settings but without them is regenerated
+    with them (the Open Images files come out byte for byte the same)."""
     try:
         settings = settings_from_data_config(data_cfg)
     except SynthSettingsError as error:
@@ -238,21 +268,30 @@ def ensure_synthetic_benchmark(
     if regenerate is None:
         regenerate = bool(data_cfg.get("regenerate", False))
     root = Path(str(data_cfg["root"]))
+    write_lvis = bool(data_cfg.get("write_lvis", False))
+    # The files the config reads (null where it reads none: the LVIS view nulls the Open
+    # Images files, the Open Images view names no annotation_json).
     configured = [
-        data_cfg["hierarchy_json"],
-        data_cfg["class_descriptions_csv"],
-        *(
-            data_cfg[split][key]
-            for split in ("train", "val")
-            for key in ("bbox_csv", "image_labels_csv", "image_dir")
-        ),
+        path
+        for path in (
+            data_cfg.get("hierarchy_json"),
+            data_cfg.get("class_descriptions_csv"),
+            *(
+                data_cfg[split].get(key)
+                for split in ("train", "val")
+                for key in ("bbox_csv", "image_labels_csv", "image_dir", "annotation_json")
+            ),
+        )
+        if path is not None
     ]
     manifest = read_own_manifest(root)
     complete = manifest is not None and manifest.get("complete") is True
     same_settings = complete and manifest.get("settings_hash") == settings.content_hash()
+    lvis_missing = write_lvis and not has_lvis_files(manifest)
     if (
         not force
         and same_settings
+        and not lvis_missing
         and all((root / rel).is_file() for rel in _files_of_manifest(manifest))
         and all(Path(str(p)).exists() for p in configured)
     ):
@@ -276,12 +315,14 @@ def ensure_synthetic_benchmark(
         )
     elif force:
         reason = "regeneration forced"
+    elif lvis_missing:
+        reason = f"the LVIS files ({key_prefix}write_lvis=true) are not there yet"
     else:
         reason = "a file of the benchmark is missing"
     try:
         validate_settings(settings)  # before saying that it generates
         logger.warning("generating the synthetic benchmark in %s (%s)", root, reason)
-        manifest = generate_synthetic_benchmark(root, settings)
+        manifest = generate_synthetic_benchmark(root, settings, write_lvis=write_lvis)
     except SynthSettingsError as error:
         raise error.with_prefix(key_prefix) from None
     missing = [str(p) for p in configured if not Path(str(p)).exists()]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lsdet.data.synth.lvis import LvisImage
 from lsdet.data.synth.render import _render
 from lsdet.data.synth.scenes import (
     SceneObject,
@@ -64,7 +65,10 @@ def _write_split(
     num_images: int,
     settings: SynthSettings,
     taxonomy: Taxonomy,
+    lvis_images: list[LvisImage] | None = None,
 ) -> dict[str, Any]:
+    """Writes one split's images and CSV files; returns its summary. When ``lvis_images``
+    is a list, each image's annotations for the LVIS files are appended to it."""
     s = settings
     split_code = SPLITS.index(split)
     files = split_files(root, split)
@@ -143,6 +147,27 @@ def _write_split(
             candidate_counts[key] += value
         label_lines += [f"{image_id},verification,{mid},1" for mid in sorted(positives)]
         label_lines += [f"{image_id},verification,{mid},0" for mid in sorted(negatives)]
+        if lvis_images is not None:
+            leaf_set = set(taxonomy.leaves)
+            lvis_images.append(
+                LvisImage(
+                    image_id=image_id,
+                    boxes=[
+                        (mid, visible[k][1], visible[k][0].group_of)
+                        for k, mid, _ in rows
+                        if mid in leaf_set
+                    ],
+                    negatives=sorted(negatives),
+                    # objects left without their own leaf label (sibling_swap, parent_only)
+                    not_exhaustive=sorted(
+                        {
+                            taxonomy.leaves[obj.leaf]
+                            for obj, _ in visible
+                            if taxonomy.leaves[obj.leaf] not in obj.labels
+                        }
+                    ),
+                )
+            )
 
     files["bbox_csv"].write_text("\n".join(bbox_lines) + "\n")
     files["image_labels_csv"].write_text("\n".join(label_lines) + "\n")
