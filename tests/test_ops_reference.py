@@ -297,27 +297,8 @@ def test_ignored_columns_and_positive_reduction_match_literal_formula(
     ignore[0, targets[0].nonzero()[0, 0]] = True  # a positive also marked: it stays positive
     ignore[1] = ~targets[1]  # every non-positive ignored: loss 0 for that row
     logits.requires_grad_(True)
-    loss = ops.concurrent_softmax_loss(
-        logits,
-        targets,
-        rates,
-        weights,
-        "none",
-        impl="torch",
-        ignore=ignore,
-        positive_reduction=positive_reduction,
-    )
-    expected = literal_loss_with_choices(
-        logits, targets, rates, weights, ignore & ~targets, positive_reduction
-    )
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
-    (grad,) = torch.autograd.grad(loss.sum(), logits)
-    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
-    torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-10)
-    assert torch.all(grad[ignore & ~targets] == 0)
-    assert loss[1] == 0
 
-    def fn(z):
+    def loss_of(z):
         return ops.concurrent_softmax_loss(
             z,
             targets,
@@ -329,7 +310,17 @@ def test_ignored_columns_and_positive_reduction_match_literal_formula(
             positive_reduction=positive_reduction,
         )
 
-    assert torch.autograd.gradcheck(fn, (logits,))
+    loss = loss_of(logits)
+    expected = literal_loss_with_choices(
+        logits, targets, rates, weights, ignore & ~targets, positive_reduction
+    )
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-10)
+    assert torch.all(grad[ignore & ~targets] == 0)
+    assert loss[1] == 0
+    assert torch.autograd.gradcheck(loss_of, (logits,))
 
 
 def test_mean_positive_reduction_divides_each_row_by_its_positives():
