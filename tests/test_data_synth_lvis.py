@@ -317,6 +317,23 @@ def test_lvis_files_are_extra_outputs_that_keep_the_settings_hash(tmp_path):
     assert again["generated"] and file_digests(root) == after
 
 
+def test_the_command_line_writes_the_lvis_files_when_asked(tmp_path, capsys):
+    from lsdet.data.synth import main
+
+    root = tmp_path / "bench"
+    small = data_config(root).generate
+    args = [f"root={root}", f"image_size={SETTINGS['image_size']}"]
+    args += [f"generate.{key}={small[key]}" for key in ("seed", "num_train_images")]
+    args += [f"generate.{key}={small[key]}" for key in ("num_val_images", "imbalance")]
+    args += ["generate.num_families=2", "generate.val_min_images_per_class=1"]
+    assert main(args)["generated"] and not (root / LVIS_JSON["train"]).exists()
+    manifest = main([*args, "write_lvis=true"])
+    assert manifest["generated"] and "lvis" in manifest["summary"]
+    assert read_coco_json(root / LVIS_JSON["validation"]).categories.is_lvis
+    assert not main([*args, "write_lvis=true"])["generated"]
+    assert "up to date" in capsys.readouterr().out
+
+
 def test_a_user_file_in_place_of_an_lvis_file_is_refused(tmp_path):
     from lsdet.data.synth import NotAGeneratedFolderError
 
