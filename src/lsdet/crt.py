@@ -177,9 +177,9 @@ def cache_roi_features(
     """Stage 1: cache the sampled RoIs of the training images (see the module docstring);
     writes ``cache_file`` and returns what it holds."""
     from lsdet.data.dataset import collate_fn
-    from lsdet.engine.inference import load_detector
     from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader
     from lsdet.engine.random_state import seed_everything
+    from lsdet.inference import load_detector
 
     cache_file = Path(cache_file)
     _refuse_existing(cache_file, overwrite, "cache file (cache_file)")
@@ -543,7 +543,7 @@ def detector_with_predictor(
     """The checkpoint's detector (``load_detector``: concurrent rates estimated when the
     scoring needs them and the checkpoint has none) with ``predictor`` as its box predictor,
     in eval mode; returns (model, training config)."""
-    from lsdet.engine.inference import load_detector
+    from lsdet.inference import load_detector
     from lsdet.models.roi_heads import check_scoring
 
     model, _, train_cfg = load_detector(
@@ -579,7 +579,6 @@ def evaluate_predictor(
     the validation split with the Open Images Challenge metric as the trainer's validation
     does; writes metrics.json, per_class.csv, frequency_buckets.csv into ``out_dir`` and
     returns the mAP and the frequency-bucket mAPs."""
-    from lsdet.engine.inference import predict
     from lsdet.engine.loaders import make_loader
     from lsdet.evaluation import evaluate
     from lsdet.evaluation.outputs import (
@@ -587,6 +586,7 @@ def evaluate_predictor(
         per_class_table,
         write_evaluation_outputs,
     )
+    from lsdet.inference import predict
 
     start = time.perf_counter()
     model, train_cfg = detector_with_predictor(

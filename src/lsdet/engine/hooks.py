@@ -45,7 +45,7 @@ from lsdet.engine.training_log import (
     report_progress,
     warn_divergence,
 )
-from lsdet.engine.validation import validate
+from lsdet.inference.validation import validate
 from lsdet.sampling.schedule import Phase
 
 if TYPE_CHECKING:  # the trainer builds the hooks: a run-time import would be a cycle

@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from lsdet.engine.distributed import DistInfo, broadcast_object
-from lsdet.engine.inference import gather_detections, predict
-from lsdet.engine.loaders import ShardedSequence, make_loader
+from lsdet.engine.loaders import ShardedSequence
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.training_data import TrainingData
+from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
+from lsdet.inference.metric import detect_and_evaluate
 
 
 def validate(
@@ -39,34 +41,23 @@ def validate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """mAP and bucket mAPs of the model on the validation split (the same dict on every rank)."""
-    from lsdet.evaluation import evaluate
-
     n = len(data.val_set) if not max_images else min(len(data.val_set), int(max_images))
-    loader = make_loader(
+    start = time.perf_counter()
+    _, result = detect_and_evaluate(
+        model,
         data.val_set,
-        ShardedSequence(n, dist.rank, dist.world_size),
+        data.val_gt,
+        device=device,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=data.collate_fn,
+        indices=ShardedSequence(n, dist.rank, dist.world_size),
+        dist=dist,
+        amp=amp,
+        progress=dist.is_main and progress,
+        desc=f"eval {tag}",
     )
-    start = time.perf_counter()
-    detections = predict(
-        model, loader, device, amp=amp, progress=dist.is_main and progress, desc=f"eval {tag}"
-    )
-    detections = gather_detections(detections, dist)
     metrics: dict[str, Any] = {}
     if dist.is_main:
-        gt = data.val_gt
-        if detections.skipped_images:  # unreadable images: their ground truth is left out
-            ids, reasons = zip(*detections.skipped_images, strict=True)
-            gt = gt.without_images(list(ids), list(reasons))
-        result = evaluate(
-            gt,
-            detections.image_ids,
-            detections.class_indices,
-            detections.scores,
-            detections.boxes,
-        )
         seconds = time.perf_counter() - start
         out = RunFolder(run_dir).evaluation(tag)
         metrics = record_evaluation(
@@ -87,8 +78,6 @@ def record_evaluation(
 ) -> dict[str, Any]:
     """Write the evaluator's files for ``result`` into ``out_dir``; returns the mAP, the
     frequency-bucket mAPs and the evaluation time."""
-    from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
-
     names = dict(zip(data.hierarchy.mids, data.class_names, strict=True))
     counts = data.expanded_image_counts
     write_evaluation_outputs(
@@ -109,8 +98,6 @@ def log_evaluation(
     logger: RunLogger, metrics: dict[str, Any], out: EvaluationFolder, step: int
 ) -> None:
     """The figures, the per-class AP table and the AP-vs-frequency plot to wandb."""
-    import pandas as pd
-
     logger.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
     table = pd.read_csv(out.per_class)
     columns = [c for c in ("mid", "name", "train_images", "bucket", "ap") if c in table]
