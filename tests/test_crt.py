@@ -21,10 +21,10 @@ from train_helpers import CONF_DIR, compose_train, tiny_overrides
 from lsdet import crt
 from lsdet.data.dataset import collate_fn
 from lsdet.engine.checkpoint import load_checkpoint
-from lsdet.engine.inference import load_detector
 from lsdet.engine.random_state import seed_everything
 from lsdet.engine.trainer import run_training
 from lsdet.evaluate import evaluate_checkpoint
+from lsdet.inference import load_detector
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CPU = torch.device("cpu")

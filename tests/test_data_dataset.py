@@ -223,7 +223,7 @@ def test_exif_orientation_is_applied_as_displayed(setup):
     assert len(ys) > 300
     assert x0 <= int(xs.min()) and int(xs.max()) < x1 and y0 <= int(ys.min()) and int(ys.max()) < y1
     # Prediction reads the file the same way (lsdet.predict / lsdet.evaluate).
-    from lsdet.engine.inference import read_rgb_image
+    from lsdet.inference import read_rgb_image
 
     torch.testing.assert_close(read_rgb_image(root / "img1.jpg"), dataset.load_image(0))
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from lsdet.evaluate import run_evaluation
 from lsdet.evaluation.lvis_metric import (
     cap_detections_per_image,
     evaluate_detections,
@@ -244,10 +247,6 @@ def test_evaluate_from_config_writes_the_evaluation_files(tiny_file, tmp_path):
     [("lvis", "lvis_v1_train.json"), ("coco", "annotations/instances_train2017.json")],
 )
 def test_data_configs_name_the_expected_files(name, train_file):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(version_base=None, config_dir=str(conf)):
         cfg = compose("evaluate", overrides=[f"data={name}", "data.root=/data/x"])
@@ -255,3 +254,33 @@ def test_data_configs_name_the_expected_files(name, train_file):
     assert cfg.data.train.annotation_json == f"/data/x/{train_file}"
     assert cfg.data.val.annotation_json.startswith("/data/x/")
     assert cfg.hierarchy_json is None  # the Open Images keys resolve, to null
+
+
+def test_lsdet_evaluate_picks_the_metric_of_the_data_config(tiny_file, tmp_path):
+    """data=lvis: `python -m lsdet.evaluate` scores with the LVIS metric (data.metric)."""
+    results = [
+        {"image_id": int(r[0]), "bbox": r[1:5].tolist(), "score": r[5], "category_id": int(r[6])}
+        for r in TINY_DETECTIONS
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [
+        "data=lvis",
+        f"data.root={tmp_path}",  # holds lvis_v1_val.json (tiny_file); no training file
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"predictions_csv={tmp_path / 'results.json'}",
+        f"output_dir={tmp_path / 'eval'}",
+        "plot=false",
+    ]
+    with initialize_config_dir(version_base=None, config_dir=str(conf)):
+        cfg = compose("evaluate", overrides=overrides)
+        refused = compose("evaluate", overrides=[*overrides, "checkpoint=last.pt"])
+        unknown = compose("evaluate", overrides=[*overrides, "data.metric=voc"])
+    result, paths = run_evaluation(cfg)
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["metric"] == "lvis" and metrics["APr"] == pytest.approx(CAT_AP, abs=1e-6)
+    assert result.map == pytest.approx((CAT_AP + DOG_AP + APPLE_AP) / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="data.metric=lvis: checkpoint="):
+        run_evaluation(refused)
+    with pytest.raises(ValueError, match="data.metric='voc'"):
+        run_evaluation(unknown)

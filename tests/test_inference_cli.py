@@ -14,9 +14,12 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from train_helpers import CONF_DIR, compose_train, tiny_overrides
 
-import lsdet.engine.inference as inference
+import lsdet.inference as inference
+import lsdet.inference.metric
 import lsdet.predict
-from lsdet.engine.inference import (
+from lsdet.engine.trainer import run_training
+from lsdet.evaluate import evaluate_checkpoint
+from lsdet.inference import (
     CORRUPT,
     EMPTY_FILE,
     UNIDENTIFIED,
@@ -24,8 +27,6 @@ from lsdet.engine.inference import (
     list_image_folder,
     read_rgb_image,
 )
-from lsdet.engine.trainer import run_training
-from lsdet.evaluate import evaluate_checkpoint
 from lsdet.predict import write_submission
 
 
@@ -66,7 +67,7 @@ def seen_inputs(monkeypatch):
         )
         return original(model, images, device, **kwargs)
 
-    monkeypatch.setattr(inference, "predict_images", spy)
+    monkeypatch.setattr(lsdet.inference.metric, "predict_images", spy)
     monkeypatch.setattr(lsdet.predict, "predict_images", spy)
     return calls
 
@@ -105,7 +106,7 @@ def test_evaluate_checkpoint_uses_the_checkpoints_image_size(
 ):
     data_root, checkpoint, trained_map = trained
     cfg = compose_evaluate(data_root, checkpoint, tmp_path / "eval")  # no data.image_size
-    with caplog.at_level(logging.INFO, logger="lsdet.engine.inference"):
+    with caplog.at_level(logging.INFO, logger="lsdet.inference.detector"):
         result, paths = evaluate_checkpoint(cfg)
     assert seen_inputs[0] == {"shape": (3, 64, 64), "min_size": (64,), "max_size": 64}
     # the images the trainer's evaluation saw, so its mAP exactly
@@ -125,7 +126,7 @@ def test_an_overridden_image_size_wins_and_the_detector_follows(
 ):
     data_root, checkpoint, _ = trained
     cfg = compose_evaluate(data_root, checkpoint, tmp_path / "a", "data.image_size=96")
-    with caplog.at_level(logging.INFO, logger="lsdet.engine.inference"):
+    with caplog.at_level(logging.INFO, logger="lsdet.inference.detector"):
         _, paths = evaluate_checkpoint(cfg)
     # the training tied model.min_size/max_size to data.image_size: they follow the override
     assert seen_inputs[-1] == {"shape": (3, 96, 96), "min_size": (96,), "max_size": 96}

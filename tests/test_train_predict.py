@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 from train_helpers import CONF_DIR, compose_train, tiny_overrides
 
 from lsdet.data import load_hierarchy
-from lsdet.engine.inference import load_detector
 from lsdet.engine.trainer import run_training
 from lsdet.evaluate import evaluate_checkpoint
 from lsdet.evaluation import oid_challenge_map, read_predictions_csv
+from lsdet.inference import load_detector
 from lsdet.predict import write_submission
 
 

@@ -1,21 +1,32 @@
-"""``python -m lsdet.evaluate``: the Open Images Challenge metric of a predictions CSV
-(``predictions_csv=``) or of a training checkpoint (``checkpoint=``: the validation images are
-predicted in memory). Writes the evaluator's files (``lsdet.evaluation.outputs``) to
-``output_dir``.
+"""``python -m lsdet.evaluate``: the metric of the data config (``data.metric``) for a
+predictions file or a training checkpoint; writes the evaluator's files (metrics.json,
+per_class.csv, frequency_buckets.csv, ap_vs_frequency.png) to ``output_dir``.
+
+* ``oid_challenge`` (the default, Open Images and the synthetic data): the Open Images
+  Challenge metric of a predictions CSV (``predictions_csv=``) or of a training checkpoint
+  (``checkpoint=``: the validation images are predicted in memory, ``lsdet.inference``).
+* ``lvis`` / ``coco`` (``data=lvis``, ``data=coco``): the LVIS or COCO box metric of a
+  predictions CSV or a COCO results JSON (``lsdet.evaluation.lvis_metric``).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 from lsdet.data import Hierarchy, load_hierarchy, read_class_descriptions
-from lsdet.evaluation import ChallengeResult, oid_challenge_map
+from lsdet.data.index import AnnotationIndex
+from lsdet.evaluation import ChallengeResult, load_ground_truth, oid_challenge_map
+from lsdet.evaluation.lvis_metric import METRIC_STYLES, evaluate_from_config
 from lsdet.evaluation.outputs import write_evaluation_outputs
+
+OID_CHALLENGE = "oid_challenge"
+METRICS = (OID_CHALLENGE, *METRIC_STYLES)
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +35,6 @@ def train_image_counts(cfg: DictConfig, hierarchy: Hierarchy) -> np.ndarray | No
     """Training images per class, a class counted with its descendants (as the trainer's
     reports count it), from the data layer's cached index of ``cfg.train_bbox_csv``; None
     (no frequency buckets) when the config names no training CSV or it does not exist."""
-    from lsdet.data.index import AnnotationIndex
-
     if not cfg.get("train_bbox_csv"):
         return None
     if not Path(cfg.train_bbox_csv).is_file():
@@ -97,13 +106,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     with ``strict=false``, skipped, counted and reported in metrics.json; its ground truth is
     left out of the metric (a missing file must not pass for a weaker detector); a file that
     cannot be decoded likewise (``undecodable_images``, counted per reason)."""
-    from lsdet.engine.inference import (
+    # Imported here: torch takes seconds to import, and the CSV modes do not need it.
+    from lsdet.inference import (
         ImageFiles,
+        detect_and_evaluate,
         load_detector_from_config,
-        predict_images,
         skipped_by_reason,
     )
-    from lsdet.evaluation import evaluate, load_ground_truth
 
     # data.image_size: "auto" (conf/evaluate.yaml's default) = the checkpoint's training size.
     model, trained_hierarchy, _, device, input_settings = load_detector_from_config(
@@ -146,13 +155,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
         image_size=input_settings.image_size,
         strict=bool(cfg.strict),
     )
-    detections = predict_images(
+    detections, result = detect_and_evaluate(
         model,
         dataset,
-        device,
+        gt,
+        device=device,
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.num_workers),
         desc="evaluate checkpoint",
+        group_of_weight=cfg.group_of_weight,
+        iou_threshold=cfg.iou_threshold,
+        expand_predictions=cfg.expand_predictions,
     )
     if detections.skipped_images:  # files that cannot be decoded, with strict=false
         undecodable = skipped_by_reason(detections.skipped_images)
@@ -162,18 +175,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
             len(detections.skipped_images),
             ", ".join(f"{entry['count']} {reason}" for reason, entry in undecodable.items()),
         )
-        ids, reasons = zip(*detections.skipped_images, strict=True)
-        gt = gt.without_images(list(ids), list(reasons))
-    result = evaluate(
-        gt,
-        detections.image_ids,
-        detections.class_indices,
-        detections.scores,
-        detections.boxes,
-        group_of_weight=cfg.group_of_weight,
-        iou_threshold=cfg.iou_threshold,
-        expand_predictions=cfg.expand_predictions,
-    )
     names = (
         read_class_descriptions(cfg.class_descriptions_csv)
         if cfg.get("class_descriptions_csv")
@@ -207,12 +208,28 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     return result, outputs
 
 
+def run_evaluation(cfg: DictConfig) -> tuple[Any, dict[str, Path]]:
+    """The evaluation ``data.metric`` names (``oid_challenge`` when the data config has no
+    ``metric``); returns the result and the paths of the files written."""
+    metric = cfg.data.get("metric") or OID_CHALLENGE
+    if metric not in METRICS:
+        raise ValueError(f"data.metric={metric!r}; expected one of {METRICS}")
+    if metric != OID_CHALLENGE:
+        if cfg.get("checkpoint"):
+            raise ValueError(
+                f"data.metric={metric}: checkpoint= evaluates with the Open Images Challenge "
+                "metric only; write the detections with lsdet.predict and pass them as "
+                "predictions_csv="
+            )
+        return evaluate_from_config(cfg)
+    if cfg.get("checkpoint"):  # a training checkpoint: predict in memory, then evaluate
+        return evaluate_checkpoint(cfg)
+    return evaluate_csv(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    if cfg.get("checkpoint"):  # a training checkpoint: predict in memory, then evaluate
-        evaluate_checkpoint(cfg)
-    else:
-        evaluate_csv(cfg)
+    run_evaluation(cfg)
 
 
 if __name__ == "__main__":

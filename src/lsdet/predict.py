@@ -18,8 +18,12 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
 
-from lsdet.engine.inference import (
+from lsdet.data import read_class_descriptions
+from lsdet.evaluation import write_predictions_csv
+from lsdet.inference import (
     Detections,
     ImageFiles,
     load_detector_from_config,
@@ -86,8 +90,6 @@ def draw_detections(
 ) -> torch.Tensor:
     """``image`` (uint8 [3, H, W]) with ``boxes`` (normalised xmin, ymin, xmax, ymax) drawn
     with their ``labels`` (torchvision.utils.draw_bounding_boxes)."""
-    from torchvision.utils import draw_bounding_boxes
-
     height, width = image.shape[-2:]
     scale = np.array([width, height, width, height], dtype=np.float64)
     pixel_boxes = torch.as_tensor(np.asarray(boxes).reshape(-1, 4) * scale, dtype=torch.float32)
@@ -107,8 +109,6 @@ def write_visualizations(
     """The first ``count`` decodable images of ``dataset`` at their own size, with their
     detections of score >= ``min_score`` drawn (class name and score), as
     ``folder/<image id>.png``; returns the paths."""
-    from PIL import Image
-
     skipped = {image_id for image_id, _ in detections.skipped_images}
     written: list[Path] = []
     for path, image_id in zip(dataset.paths, dataset.image_ids, strict=True):
@@ -139,9 +139,6 @@ def write_submission(cfg: DictConfig) -> Path:
     reads) is predicted; its ImageId is its path relative to ``image_dir`` without the
     suffix. Files that cannot be decoded get no row and are counted per reason, other files
     are ignored and counted per suffix: both in the log and in the report JSON."""
-    from lsdet.data import read_class_descriptions
-    from lsdet.evaluation import write_predictions_csv
-
     paths = output_paths(cfg)
     check_settings(cfg, paths)
     model, hierarchy, train_cfg, device, input_settings = load_detector_from_config(

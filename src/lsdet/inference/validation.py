@@ -1,0 +1,108 @@
+"""Validation during training: predict the validation split (sharded over ranks), score it with
+the Open Images Challenge metric against the ground truth of the same validation index, write
+the evaluator's files under ``<run_dir>/eval/<tag>/`` and log the figures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lsdet.engine.distributed import DistInfo, broadcast_object
+from lsdet.engine.loaders import ShardedSequence
+from lsdet.engine.run_folder import EvaluationFolder, RunFolder
+from lsdet.engine.run_logger import RunLogger
+from lsdet.engine.training_data import TrainingData
+from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
+from lsdet.inference.metric import detect_and_evaluate
+
+
+def validate(
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    tag: str,
+    run_dir: Path,
+    run_name: str,
+    device: torch.device,
+    dist: DistInfo,
+    logger: RunLogger,
+    step: int,
+    batch_size: int,
+    num_workers: int,
+    max_images: int | None = None,
+    amp: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mAP and bucket mAPs of the model on the validation split (the same dict on every rank)."""
+    n = len(data.val_set) if not max_images else min(len(data.val_set), int(max_images))
+    start = time.perf_counter()
+    _, result = detect_and_evaluate(
+        model,
+        data.val_set,
+        data.val_gt,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        indices=ShardedSequence(n, dist.rank, dist.world_size),
+        dist=dist,
+        amp=amp,
+        progress=dist.is_main and progress,
+        desc=f"eval {tag}",
+    )
+    metrics: dict[str, Any] = {}
+    if dist.is_main:
+        seconds = time.perf_counter() - start
+        out = RunFolder(run_dir).evaluation(tag)
+        metrics = record_evaluation(
+            result, data, out.path, run_name=run_name, tag=tag, seconds=seconds
+        )
+        log_evaluation(logger, metrics, out, step)
+        buckets = {k: v for k, v in metrics.items() if k.startswith("map_")}
+        tqdm.write(
+            f"[{tag}] mAP {metrics['map']:.4f} | "
+            + " | ".join(f"{k[4:]} {v:.4f}" for k, v in buckets.items())
+        )
+        metrics["eval_dir"] = RunFolder.evaluation_name(tag)  # relative to the run folder
+    return broadcast_object(metrics, dist)
+
+
+def record_evaluation(
+    result: Any, data: TrainingData, out_dir: Path, *, run_name: str, tag: str, seconds: float
+) -> dict[str, Any]:
+    """Write the evaluator's files for ``result`` into ``out_dir``; returns the mAP, the
+    frequency-bucket mAPs and the evaluation time."""
+    names = dict(zip(data.hierarchy.mids, data.class_names, strict=True))
+    counts = data.expanded_image_counts
+    write_evaluation_outputs(
+        result,
+        out_dir,
+        names=names,
+        train_image_counts=counts,
+        extra={"run": run_name, "tag": tag, "eval_seconds": round(seconds, 2)},
+    )
+    table = per_class_table(result, names=names, train_image_counts=counts)
+    buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
+    metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
+    metrics["eval_seconds"] = round(seconds, 2)
+    return metrics
+
+
+def log_evaluation(
+    logger: RunLogger, metrics: dict[str, Any], out: EvaluationFolder, step: int
+) -> None:
+    """The figures, the per-class AP table and the AP-vs-frequency plot to wandb."""
+    logger.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
+    table = pd.read_csv(out.per_class)
+    columns = [c for c in ("mid", "name", "train_images", "bucket", "ap") if c in table]
+    rows = table[columns].replace({np.nan: None}).values.tolist()
+    logger.log_table("val/per_class_ap", columns, rows, step)
+    plot = out.ap_vs_frequency
+    if plot.is_file():
+        logger.log_image("val/ap_vs_frequency", plot, step)
