@@ -51,6 +51,9 @@ import torch
 from lsdet.apps.launch import evaluate_command, train_command
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 
+# Each section imports its benchmark module (Triton kernels, CUDA-only code) when it runs, so
+# that a machine without a GPU gets its one-line answer instead of an import error.
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Peak memory bandwidth in GB/s by card name, where the CUDA properties do not give the
 # memory clock (vendor data sheets).

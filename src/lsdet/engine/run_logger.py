@@ -1,7 +1,8 @@
 """wandb logging, offline by default (no network, no key needed), disabled in tests.
 
 Only the main process logs. ``mode``: online (needs a wandb key), offline (writes
-``<run_dir>/wandb/offline-run-*``, upload later with ``wandb sync``), disabled.
+``<run_dir>/wandb/offline-run-*``, upload later with ``wandb sync``), disabled. wandb is
+imported only by a logger that logs: the import takes seconds, and a disabled run needs none.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
@@ -85,9 +87,6 @@ def resume_advice(run_dir: str | Path, cfg: DictConfig | None = None) -> str:
     """What continues a stopped run, as printed after the checkpoint line: the overrides to add
     to the command that started it (see the module docstring). ``cfg``: the run's config (its
     ``name`` may put a time stamp into the run folder's name)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return f"continue with train.resume=true into the same run folder {run_dir}"
     hydra_cfg = HydraConfig.get()

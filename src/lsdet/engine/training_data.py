@@ -14,7 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lsdet.data import Hierarchy
+from lsdet.atomic_files import write_text_atomic
+from lsdet.data import AnnotationIndex, Hierarchy, load_hierarchy, read_class_descriptions
+from lsdet.data.dataset import OpenImagesDetection, collate_fn
+from lsdet.data.rates import concurrent_rates_from_index
+from lsdet.data.synth import ensure_synthetic_benchmark
+from lsdet.evaluation import load_ground_truth_from_index
 
 
 @dataclass
@@ -55,8 +60,6 @@ class TrainingData:
         """What the readers of each split read and skipped (``data.strict=false``), kept with
         the annotation indexes, copied into the run folder; the images skipped are counted
         per reason, with those found while training, when it is written again at the end."""
-        from lsdet.atomic_files import write_text_atomic
-
         reports = {
             "train": self.train_set.index.read_report,
             "val": self.val_set.index.read_report,
@@ -84,8 +87,6 @@ def open_split_index(data_cfg: Any, split: str, hierarchy: Hierarchy) -> Any:
     """The AnnotationIndex of ``data.<split>`` (built on first use, cached in data.cache_dir).
     A bbox CSV that gives no box (only a header, or every row skipped under
     ``data.strict=false``) is an error naming it: nothing could be trained or evaluated."""
-    from lsdet.data import AnnotationIndex
-
     files = data_cfg[split]
     index = AnnotationIndex.build_or_open(
         files.bbox_csv,
@@ -134,13 +135,7 @@ def build_training_data(
     multi-label target), the same threshold the concurrent rates use (``rates.iou_threshold``).
     An unreadable validation image (``data.strict=false``) is skipped and its ground truth
     left out of the metric; an unreadable training image is replaced by the next one."""
-    from lsdet.data import load_hierarchy, read_class_descriptions
-    from lsdet.data.dataset import OpenImagesDetection, collate_fn
-    from lsdet.evaluation import load_ground_truth_from_index
-
     if data_cfg.get("generate") is not None and generate_if_missing:
-        from lsdet.data.synth import ensure_synthetic_benchmark
-
         ensure_synthetic_benchmark(data_cfg)
     for key in ("hierarchy_json", "class_descriptions_csv"):
         if not Path(str(data_cfg[key])).is_file():
@@ -185,8 +180,6 @@ def training_rates(rates_cfg: Any, train_index: Any, hierarchy: Hierarchy) -> to
     """The [C+1, C+1] concurrent rates of the training boxes (row/col 0 background), columns
     in ``hierarchy.mids`` order, from the training annotation index (``rates.*`` settings;
     see ``lsdet.data.rates`` for the estimator)."""
-    from lsdet.data.rates import concurrent_rates_from_index
-
     rates = concurrent_rates_from_index(
         train_index,
         hierarchy,

@@ -123,7 +123,7 @@ def log_sampler_histogram(run: Run, phase: Phase) -> None:
     step = run.position.global_step
     run.logger.log_image("train/sampler_class_histogram", path, step)
     if run.logger.active:
-        import wandb
+        import wandb  # only when logging (see run_logger)
 
         histogram = wandb.Histogram(np_histogram=np.histogram(counts, bins=min(64, len(counts))))
         run.logger.log({"train/sampler_draws_per_class": histogram}, step)
