@@ -270,3 +270,36 @@ def test_content_fingerprint_follows_the_content_not_the_place(tmp_path, hierarc
     )
     assert set(with_labels.source_sha256) == {"bbox_csv", "image_labels_csv"}
     assert with_labels.content_fingerprint != index.content_fingerprint
+
+
+def test_one_reader_gives_the_index_and_the_evaluator_the_same_rows(tmp_path, bbox_csv):
+    """read_split_annotations reads a split for both: same rows kept, same reports."""
+    from lsdet.data.formats import read_split_annotations
+    from lsdet.evaluation import load_ground_truth
+
+    tree = {
+        "LabelName": "root",
+        "Subcategory": [
+            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
+            {"LabelName": "C"},
+        ],
+    }
+    (tmp_path / "h.json").write_text(json.dumps(tree))
+    subset = Hierarchy.from_json(tmp_path / "h.json", subset_mids=["C", "A"])
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(
+        "ImageID,Source,LabelName,Confidence\nimg_a,h,C,1\nimg_x,h,/m/nope,1\nimg_b,h,B,0\n"
+    )
+    boxes, labels = read_split_annotations(subset, bbox_csv, labels_csv, strict=False)
+    assert len(boxes) == 4 and boxes.report.excluded == 1  # the B box: outside the subset
+    assert len(labels) == 1 and labels.report.excluded == 1
+    assert labels.report.skipped == {"unknown MID": 1}
+    assert read_split_annotations(subset, bbox_csv)[1] is None
+    with pytest.raises(DataFormatError, match=r"labels\.csv, line 3: unknown MID"):
+        read_split_annotations(subset, bbox_csv, labels_csv)
+    index = AnnotationIndex.build_or_open(
+        bbox_csv, subset, tmp_path / "cache", image_labels_csv=labels_csv, strict=False
+    )
+    gt = load_ground_truth(subset, bbox_csv, labels_csv, strict=False)
+    assert index.reports == [boxes.report.to_dict(), labels.report.to_dict()]
+    assert [r.to_dict() for r in gt.read_reports] == index.reports

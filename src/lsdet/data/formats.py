@@ -1,6 +1,6 @@
-"""Readers for the Open Images CSV files: class descriptions, boxes, image-level labels.
-(One module over 400 lines on purpose: the three readers share the row checks, the bad-row
-report and the dictionary-encoded tables, and split apart they would import each other.)
+"""Readers for the Open Images CSV files: class descriptions, boxes, image-level labels, and
+the ground truth of a split (``read_split_annotations``). The readers share the row checks,
+the bad-row report and the dictionary-encoded tables.
 
 The big files (12M box rows) are parsed by pyarrow's multi-threaded CSV reader and checked with
 vectorised numpy masks. String columns come back dictionary-encoded: per row an int32 code into
@@ -23,11 +23,15 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+
+if TYPE_CHECKING:  # hierarchy.py imports this module's class-description reader
+    from lsdet.data.hierarchy import Hierarchy
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +278,33 @@ def read_image_labels_csv(
         confidence=confidence[keep].astype(np.int8),
         report=report,
     )
+
+
+def read_split_annotations(
+    hierarchy: Hierarchy,
+    bbox_csv: str | Path,
+    image_labels_csv: str | Path | None = None,
+    *,
+    strict: bool = True,
+) -> tuple[BoxTable, ImageLabelTable | None]:
+    """The ground truth of one split as read from its files: the boxes and (when
+    ``image_labels_csv`` is given) the verified image-level labels, checked against the
+    classes of ``hierarchy``: an unknown MID is an error naming the file and line
+    (``strict=False``: skipped and counted), rows of classes left out of a subset hierarchy
+    (``hierarchy.excluded_mids``) are dropped and counted as excluded. The annotation index
+    and the evaluator's ground truth both read a split through this function."""
+    boxes = read_bbox_csv(
+        bbox_csv, known_mids=hierarchy.mids, ignore_mids=hierarchy.excluded_mids, strict=strict
+    )
+    if image_labels_csv is None:
+        return boxes, None
+    labels = read_image_labels_csv(
+        image_labels_csv,
+        known_mids=hierarchy.mids,
+        ignore_mids=hierarchy.excluded_mids,
+        strict=strict,
+    )
+    return boxes, labels
 
 
 # ---------------------------------------------------------------------------- internals

@@ -1,6 +1,5 @@
-"""A compact, memory-mapped columnar cache of box annotations (the annotation index).
-(One module over 400 lines on purpose: building, caching and reading the index are one file
-format, kept together so that the writer and the reader cannot drift apart.)
+"""A compact, memory-mapped columnar cache of box annotations (the annotation index): its
+writer and its reader, one file format.
 
 Built once from a bbox CSV (12M rows for the Open Images Challenge train set) into a folder of
 numpy ``.npy`` files that are opened with ``mmap_mode="r"``: opening takes milliseconds, and
@@ -50,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from lsdet.data.formats import read_bbox_csv, read_image_labels_csv
+from lsdet.data.formats import read_split_annotations
 from lsdet.data.hierarchy import Hierarchy
 
 logger = logging.getLogger(__name__)
@@ -204,22 +203,11 @@ class AnnotationIndex:
         if num_classes > np.iinfo(np.int16).max:
             raise ValueError(f"{num_classes} classes do not fit the int16 class ids")
 
-        table = read_bbox_csv(
-            bbox_csv,
-            known_mids=hierarchy.mids,
-            ignore_mids=hierarchy.excluded_mids,
-            strict=strict,
-        )
+        table, labels = read_split_annotations(hierarchy, bbox_csv, image_labels_csv, strict=strict)
         reports = [table.report.to_dict()]
         used = np.bincount(table.image_codes, minlength=len(table.image_id_values)) > 0
         image_ids = table.image_id_values[used]
-        if image_labels_csv is not None:
-            labels = read_image_labels_csv(
-                image_labels_csv,
-                known_mids=hierarchy.mids,
-                ignore_mids=hierarchy.excluded_mids,
-                strict=strict,
-            )
+        if labels is not None:
             reports.append(labels.report.to_dict())
             labelled = np.bincount(labels.image_codes, minlength=len(labels.image_id_values)) > 0
             image_ids = np.union1d(image_ids, labels.image_id_values[labelled])

@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lsdet.data import (
-    AnnotationIndex,
-    DataFormatError,
-    Hierarchy,
-    ReadReport,
-    read_bbox_csv,
-    read_image_labels_csv,
-)
+from lsdet.data import AnnotationIndex, DataFormatError, Hierarchy, ReadReport
+from lsdet.data.formats import read_split_annotations
 from lsdet.data.hierarchy import load_hierarchy
 from lsdet.data.index import FLAG_GROUP_OF
 from lsdet.evaluation.core import (
@@ -42,16 +36,13 @@ def load_ground_truth(
     expand the files before the official evaluator runs (see :func:`expand_ground_truth` for
     files that were expanded already). MIDs must be classes of ``hierarchy`` (the data
     layer's checks apply; ``strict=False`` skips and counts); rows of classes left out of a
-    subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted as excluded.
+    subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted as excluded: the
+    files are read by ``lsdet.data.formats.read_split_annotations``, as the annotation index
+    reads them.
     A box file that gives no box (only a header, or every row skipped or excluded) is an
     error naming it: without a GT instance no class has an AP and the mAP is undefined.
     """
-    boxes = read_bbox_csv(
-        gt_bbox_csv,
-        known_mids=hierarchy.mids,
-        ignore_mids=hierarchy.excluded_mids,
-        strict=strict,
-    )
+    boxes, labels = read_split_annotations(hierarchy, gt_bbox_csv, image_labels_csv, strict=strict)
     if len(boxes) == 0:
         report = boxes.report
         raise DataFormatError(
@@ -64,13 +55,7 @@ def load_ground_truth(
     label_classes = np.empty(0, dtype=np.int64)
     label_confidence = np.empty(0, dtype=np.int8)
     image_id_values = boxes.image_id_values
-    if image_labels_csv is not None:
-        labels = read_image_labels_csv(
-            image_labels_csv,
-            known_mids=hierarchy.mids,
-            ignore_mids=hierarchy.excluded_mids,
-            strict=strict,
-        )
+    if labels is not None:
         reports.append(labels.report)
         # One dictionary of image ids for both files: the labels' codes come after the boxes'.
         image_id_values = np.concatenate([boxes.image_id_values, labels.image_id_values])
