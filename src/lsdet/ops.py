@@ -172,6 +172,8 @@ def concurrent_softmax_reference(logits: torch.Tensor, q: torch.Tensor) -> torch
 
 
 def _triton_kernels():
+    # Imported on the first Triton call only: Triton's import is slow, and the CPU path
+    # never needs it.
     from lsdet.kernels import concurrent_softmax as kernels
 
     return kernels

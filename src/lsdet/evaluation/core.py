@@ -1,6 +1,5 @@
-"""The Open Images Challenge detection metric on in-memory arrays, vectorised.
-(One module over 400 lines on purpose: the ground truth, the matching and the AP are one
-algorithm whose steps share sorted array layouts; split, each part would depend on them all.)
+"""The Open Images Challenge detection metric on in-memory arrays, vectorised: the ground
+truth, the matching and the AP share sorted array layouts.
 
 Semantics are those of the TF Object Detection API's ``OpenImagesChallengeEvaluator``
 (``object_detection_evaluation.py`` with ``per_image_evaluation.py``):

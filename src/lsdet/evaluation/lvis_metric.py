@@ -36,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from faster_coco_eval import COCO, COCOeval_faster
 
-from lsdet.data.coco_format import FREQUENCY_BUCKET_NAMES
+from lsdet.data.coco_format import FREQUENCY_BUCKET_NAMES, build_or_open_coco_index
 from lsdet.data.formats import DataFormatError
 from lsdet.evaluation.outputs import bucket_summary, frequency_buckets, plot_ap_vs_frequency
+from lsdet.evaluation.predictions import read_predictions_csv
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +82,6 @@ class CocoStyleResult:
 
 def load_ground_truth(annotation_json: str | Path | dict):
     """faster-coco-eval's ``COCO`` object of an annotation file (or its parsed dict)."""
-    from faster_coco_eval import COCO
-
     if isinstance(annotation_json, dict):
         return COCO(annotation_json)
     path = Path(annotation_json)
@@ -97,8 +97,6 @@ def read_detections(path: str | Path, ground_truth, *, strict: bool = True) -> n
     path = Path(path)
     if path.suffix.lower() == ".json":
         return _detections_from_results_json(path, ground_truth)
-    from lsdet.evaluation.predictions import read_predictions_csv
-
     categories = sorted(ground_truth.cats)
     table = read_predictions_csv(path, [str(c) for c in categories], strict=strict)
     try:
@@ -184,8 +182,6 @@ def evaluate_detections(
     max_detections_per_image: int | None = None,
 ) -> CocoStyleResult:
     """Run faster-coco-eval on ``detections`` (``[N, 7]`` as :func:`read_detections`)."""
-    from faster_coco_eval import COCOeval_faster
-
     if style not in METRIC_STYLES:
         raise ValueError(f"metric style must be one of {METRIC_STYLES}, got {style!r}")
     started = time.perf_counter()
@@ -331,8 +327,6 @@ def training_image_counts(
     file's annotation index (images with a box of the category), else the evaluation file's
     LVIS ``image_count`` (LVIS's frequency is defined on it), else none."""
     if train_annotation_json and Path(train_annotation_json).is_file():
-        from lsdet.data.coco_format import build_or_open_coco_index
-
         built = build_or_open_coco_index(train_annotation_json, cache_dir, strict=strict)
         by_mid = dict(zip(built.index.mids, built.index.class_image_counts().tolist(), strict=True))
         counts = np.array([by_mid.get(mid, 0) for mid in per_class["mid"]], dtype=np.int64)

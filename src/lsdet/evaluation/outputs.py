@@ -73,6 +73,8 @@ def plot_ap_vs_frequency(table: pd.DataFrame, path: str | Path, *, title: str = 
     Uses ``train_images`` when the table has it, otherwise the GT instances of the
     evaluation set.
     """
+    # Imported where a plot is drawn: matplotlib takes about a second to import, and the
+    # file-only Agg backend is chosen here, not for whoever imports this module.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,6 +1,5 @@
-"""Reading and writing detection predictions in the two Open Images layouts.
-(One module over 400 lines on purpose: both layouts' readers and the writer share the checks
-and the final table, so that what is written is exactly what is read back.)
+"""Reading and writing detection predictions in the two Open Images layouts; the readers and
+the writer share the checks and the final table, so what is written is what is read back.
 
 * TF Object Detection API layout: ``ImageID,LabelName,Score,XMin,XMax,YMin,YMax``
   (one detection per row; extra columns are ignored).
