@@ -43,6 +43,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from lsdet.engine.run_folder import EvaluationFolder, RunFolder  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import claim_statistics as cs  # noqa: E402
@@ -72,7 +74,7 @@ def read_result(result_dir: Path) -> dict | None:
     out = {"run": record["row"], "validation": record["validation"], "seed": record["seed"]}
     out["started_at"] = started_at(record)
     if record["kind"] == "train":
-        summary = json.loads((result_dir / "summary.json").read_text())
+        summary = RunFolder(result_dir).read_summary()
         if summary.get("status") != "finished":
             return None
         history = []
@@ -86,7 +88,7 @@ def read_result(result_dir: Path) -> dict | None:
                     "epoch_total": epoch_total,
                     "iteration": h.get("global_step"),
                     **{m: h.get(m, np.nan) for m in METRICS},
-                    "per_class_csv": str(result_dir / h["eval_dir"] / "per_class.csv"),
+                    "per_class_csv": str(EvaluationFolder(result_dir / h["eval_dir"]).per_class),
                 }
             )
         if not history:
@@ -99,13 +101,14 @@ def read_result(result_dir: Path) -> dict | None:
             "per_class_csv": last["per_class_csv"],
             "history": history,
         }
-    metrics = json.loads((result_dir / "metrics.json").read_text())
+    evaluation = EvaluationFolder(result_dir)
+    metrics = evaluation.read_metrics()
     row = {**out, "kind": "evaluation", **{m: np.nan for m in METRICS}, "map": metrics["map"]}
-    buckets_csv = result_dir / "frequency_buckets.csv"
+    buckets_csv = evaluation.frequency_buckets
     if buckets_csv.is_file():
         for _, b in pd.read_csv(buckets_csv).iterrows():
             row[f"map_{b['bucket']}"] = float(b["mean_ap"])
-    row["per_class_csv"] = str(result_dir / "per_class.csv")
+    row["per_class_csv"] = str(evaluation.per_class)
     row["history"] = []
     return row
 

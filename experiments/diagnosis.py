@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from lsdet.engine.run_folder import EvaluationFolder, RunFolder  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 CLASS_GROUPS_CSV = "class_groups.csv"
 GROUP_COLUMNS = [
@@ -270,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     if not spec:
         raise SystemExit(f"{args.sweeps}: no `diagnosis:` block")
     source = results / "runs" / spec["rates_from"] / "val-as_train" / "seed0"
-    summary = json.loads((source / "summary.json").read_text())
-    per_class = source / summary["history"][-1]["eval_dir"] / "per_class.csv"
+    run = RunFolder(source)
+    per_class = EvaluationFolder(source / run.read_summary()["history"][-1]["eval_dir"]).per_class
     out = results / spec.get("class_groups", CLASS_GROUPS_CSV)
     if out.exists():
         raise SystemExit(f"{out} exists: move it away to make it again")
-    table = class_groups_from_data(source / "config.yaml", per_class)
+    table = class_groups_from_data(run.config, per_class)
     table.to_csv(out, index=False, float_format="%.4f")
     print(f"wrote {out}: {len(table)} classes, {int(table['is_leaf'].sum())} leaves")
     return 0

@@ -1,6 +1,6 @@
-"""``make gpu-check``: everything lsdet must show on a CUDA GPU, in one command and one report.
-(One module over 400 lines on purpose: one section per figure the report holds, each a short
-function, and the report writer they share.)
+"""``make gpu-check``: everything lsdet must show on a CUDA GPU, in one command and one report:
+one section per figure the report holds, each a short function, and the report writer they
+share.
 
     python -m lsdet.bench.gpu_check                      # all sections, about 20-30 minutes
     python -m lsdet.bench.gpu_check --sections kernel_tests,kernel_bench

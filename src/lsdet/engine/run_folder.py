@@ -155,7 +155,6 @@ class RunFolder:
     PROGRESS = "progress.json"
     DATA_REPORT = "data_report.json"
     CONCURRENT_RATES = "concurrent_rates.csv"
-    TRAIN_LOG = "train.log"
     SAMPLER_PLOTS = "sampler"
     LOCK = ".lock"
 
@@ -188,10 +187,6 @@ class RunFolder:
     @property
     def concurrent_rates(self) -> Path:
         return self.run_dir / self.CONCURRENT_RATES
-
-    @property
-    def train_log(self) -> Path:
-        return self.run_dir / self.TRAIN_LOG
 
     @property
     def lock(self) -> Path:

@@ -174,6 +174,9 @@ class Run:
     model: nn.Module
     logger: RunLogger
     guard: NonFiniteGuard
+    seed: int
+    batch_size: int  # per process
+    amp: bool  # mixed precision: train.amp on a CUDA device
     position: Position = field(default_factory=Position)
     optimizer: torch.optim.Optimizer | None = None
     base_lr: float = 0.0
@@ -181,18 +184,6 @@ class Run:
     sampler: Any = None
     rates: torch.Tensor | None = None
     iters_this_epoch: int = 0
-
-    @property
-    def seed(self) -> int:
-        return int(self.cfg.seed)
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.cfg.train.batch_size)
-
-    @property
-    def amp(self) -> bool:
-        return bool(self.cfg.train.amp) and self.device.type == "cuda"
 
     @property
     def run_dir(self) -> Path:

@@ -122,10 +122,6 @@ def setup(
     ``resuming``; the run's config and data report written to its folder."""
     start = time.perf_counter()
     seed_everything(int(cfg.seed) + dist.rank)
-    if cfg.model.backbone.norm == "sync_bn" and device.type != "cuda":
-        # SyncBatchNorm synchronises over NCCL only; on CPU it is plain batch norm.
-        log.warning("model.backbone.norm=sync_bn needs CUDA: using bn on %s", device)
-        cfg.model.backbone.norm = "bn"
     schedule = Schedule.from_config(cfg.schedule)
 
     # Data -> rates -> detector. Rank 0 generates / indexes the data first.
@@ -173,6 +169,9 @@ def setup(
         guard=NonFiniteGuard(
             int(cfg.train.max_nonfinite), int(cfg.train.max_consecutive_nonfinite)
         ),
+        seed=int(cfg.seed),
+        batch_size=int(cfg.train.batch_size),
+        amp=bool(cfg.train.amp) and device.type == "cuda",
         rates=rates,
     )
     train = cfg.train
