@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from train_helpers import CONF_DIR, compose_train, tiny_overrides
 
 from lsdet.data import load_hierarchy
+from lsdet.engine.checkpoint import load_checkpoint
 from lsdet.engine.trainer import run_training
 from lsdet.evaluate import evaluate_checkpoint
 from lsdet.evaluation import oid_challenge_map, read_predictions_csv
@@ -93,3 +94,19 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
     assert not torch.allclose(
         cs_model.roi_heads.class_scores(logits), softmax_model.roi_heads.class_scores(logits)
     )
+
+
+def test_sync_bn_off_cuda_trains_with_batch_norm_and_leaves_the_config(tmp_path):
+    """model.backbone.norm=sync_bn on CPU: the detector builder uses plain batch norm; the
+    run's config (and so its config file and checkpoints) still says what was asked."""
+    cfg = compose_train(
+        tiny_overrides(tmp_path / "synth")
+        + ["model.backbone.norm=sync_bn", "train.eval_every=never"]
+    )
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["status"] == "finished"
+    assert cfg.model.backbone.norm == "sync_bn"
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["config"]["model"]["backbone"]["norm"] == "sync_bn"
+    model, _, _ = load_detector(tmp_path / "run" / "checkpoints" / "last.pt", torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
