@@ -58,6 +58,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from lsdet.engine.run_folder import EvaluationFolder
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "lsdet-crt-roi-cache-v1"
@@ -759,7 +761,9 @@ def run_seed(
         )
     if not evaluate:
         return {}
-    _refuse_existing(out_dir / "metrics.json", bool(cfg.overwrite), f"arm {cfg.arm} seed {seed}:")
+    _refuse_existing(
+        EvaluationFolder(out_dir).metrics, bool(cfg.overwrite), f"arm {cfg.arm} seed {seed}:"
+    )
     if not train:
         predictor, record = load_classifier(
             classifier_file, loss_cfg, cache, checkpoint_weights, data, device
