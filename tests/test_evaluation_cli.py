@@ -218,3 +218,9 @@ def test_metrics_json_is_strict_json_with_null_for_undefined_numbers(tmp_path):
     metrics = _strict_json(paths["metrics"].read_text())
     assert metrics["map"] is None and metrics["num_classes_evaluated"] == 0
     assert metrics["ratio"] is None
+
+
+def test_the_csv_modes_of_lsdet_evaluate_do_not_import_torch():
+    """torch takes seconds to import; only checkpoint= needs it (lsdet.inference)."""
+    code = "import sys, lsdet.evaluate; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
