@@ -166,3 +166,14 @@ def test_concurrent_rates_come_from_coinciding_boxes(tmp_path):
     # row/column 0 is the background; mug = 1, cup = 2, person = 3
     assert rates[1, 2] == 1.0 and rates[2, 1] == 0.5  # cup has a second, lone box
     assert rates[1, 3] == 0 and rates[3, 1] == 0
+
+
+def test_index_keeps_each_images_file_name(tmp_path):
+    """file_name by image id, also for an image named by its COCO URL only (LVIS v1) and for
+    one with no box (9: a negative label only); a cache of the tables without them is rebuilt
+    (the conversion version is part of the cache key)."""
+    path, _ = lvis_file(tmp_path)
+    built = build_or_open_coco_index(path, tmp_path / "cache")
+    assert built.file_names == {"7": "a.jpg", "8": "b.jpg", "9": "val2017/000000000009.jpg"}
+    assert all(built.index.image_id(k) in built.file_names for k in range(built.index.num_images))
+    assert (built.tables_dir / "file_names.json").is_file()

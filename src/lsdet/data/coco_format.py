@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 BOX_TOLERANCE_PIXELS = 1.0  # a box may overrun its image by this much (then it is clipped)
 LVIS_FREQUENCIES = ("r", "c", "f")
 FREQUENCY_BUCKET_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
-_CONVERSION_VERSION = 1
+_CONVERSION_VERSION = 2  # 2: file_names.json
 
 
 class CocoReadReport(ReadReport):
@@ -410,7 +410,10 @@ class CocoIndex:
     hierarchy: Hierarchy
     categories: CocoCategories
     read_report: dict  # the JSON reader's report (skipped annotations with strict=False)
-    tables_dir: Path  # the converted tables, image sizes and categories
+    tables_dir: Path  # the converted tables, image sizes, file names and categories
+    # Each image's file_name (relative to the image folder), keyed by the image id as the
+    # index names it (the integer id as text); every image of the file, boxed or not.
+    file_names: dict[str, str]
 
 
 def build_or_open_coco_index(
@@ -452,12 +455,13 @@ def build_or_open_coco_index(
         image_labels_csv=tables_dir / "image-labels.csv",
         strict=True,  # the converted tables hold only annotations that passed the checks
     )
-    return CocoIndex(index, hierarchy, categories, manifest["read_report"], tables_dir)
+    file_names = json.loads((tables_dir / "file_names.json").read_text())
+    return CocoIndex(index, hierarchy, categories, manifest["read_report"], tables_dir, file_names)
 
 
 def _write_tables(directory: Path, annotations: CocoAnnotations, source: dict) -> None:
-    """Open Images CSVs of the boxes and image-level labels, image sizes and categories,
-    written into a fresh folder that then replaces ``directory``."""
+    """Open Images CSVs of the boxes and image-level labels, image sizes, file names (by
+    image id) and categories, written into a fresh folder that then replaces ``directory``."""
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         boxes = annotations.boxes
@@ -485,6 +489,11 @@ def _write_tables(directory: Path, annotations: CocoAnnotations, source: dict) -
             staging / "image_sizes.npy",
             np.stack([annotations.image_widths, annotations.image_heights], axis=1),
         )
+        file_names = {
+            str(int(image_id)): name
+            for image_id, name in zip(annotations.image_ids, annotations.file_names, strict=True)
+        }
+        (staging / "file_names.json").write_text(json.dumps(file_names))
         manifest = {
             "version": _CONVERSION_VERSION,
             "source": source,
