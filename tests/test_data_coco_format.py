@@ -177,3 +177,32 @@ def test_index_keeps_each_images_file_name(tmp_path):
     assert built.file_names == {"7": "a.jpg", "8": "b.jpg", "9": "val2017/000000000009.jpg"}
     assert all(built.index.image_id(k) in built.file_names for k in range(built.index.num_images))
     assert (built.tables_dir / "file_names.json").is_file()
+
+
+def test_dataset_opens_each_images_file_name(tmp_path):
+    """OpenImagesDetection over a COCO/LVIS index reads <image_dir>/<file_name> (also in a
+    subfolder, as LVIS v1's train2017/ and val2017/), and a missing one is an error naming
+    its path."""
+    from PIL import Image
+
+    from lsdet.data.dataset import ImageLoadError, OpenImagesDetection
+
+    path, _ = lvis_file(tmp_path)
+    built = build_or_open_coco_index(path, tmp_path / "cache")
+    image_dir = tmp_path / "images"
+    (image_dir / "val2017").mkdir(parents=True)
+    sizes = {"a.jpg": (200, 100), "b.jpg": (100, 100), "val2017/000000000009.jpg": (50, 50)}
+    for name, size in sizes.items():
+        Image.new("RGB", size, (10, 20, 30)).save(image_dir / name)
+    dataset = OpenImagesDetection(
+        built.index, built.hierarchy, image_dir, file_names=built.file_names
+    )
+    image, target = dataset[built.index.find_image("9")]
+    assert tuple(image.shape) == (3, 50, 50) and target["image_id"] == "9"
+    image, target = dataset[built.index.find_image("7")]
+    assert tuple(image.shape) == (3, 100, 200)
+    assert target["boxes"][0].tolist() == pytest.approx([20, 10, 120, 60])
+
+    (image_dir / "val2017" / "000000000009.jpg").unlink()
+    with pytest.raises(ImageLoadError, match="val2017/000000000009.jpg"):
+        OpenImagesDetection(built.index, built.hierarchy, image_dir, file_names=built.file_names)

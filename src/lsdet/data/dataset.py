@@ -224,7 +224,8 @@ def merge_coincident_boxes(
 
 
 class OpenImagesDetection(torch.utils.data.Dataset):
-    """Images ``<image_root>/<ImageID><image_suffix>`` with the index's boxes as targets.
+    """Images ``<image_root>/<ImageID><image_suffix>`` (Open Images) or
+    ``<image_root>/<file_name>`` (COCO/LVIS, ``file_names``) with the index's boxes as targets.
 
     Args:
         index: the annotation index (its classes must be ``hierarchy.mids``).
@@ -248,7 +249,10 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             placeholder whose target has ``skipped`` (evaluation: its ground truth must then
             be left out, ``EvaluationGroundTruth.without_images``).
         check_files: list the image folder when the dataset is built, to find missing files
-            up front (one directory listing); False leaves it to the first load.
+            up front (one listing per folder); False leaves it to the first load.
+        file_names: each image's path relative to ``image_root`` by image id (a COCO/LVIS
+            file's ``file_name``, ``lsdet.data.coco_format.CocoIndex.file_names``), in place of
+            ``<ImageID><image_suffix>``; every image of the index must have one.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         image_suffix: str = ".jpg",
         replace_unreadable: bool = True,
         check_files: bool = True,
+        file_names: dict[str, str] | None = None,
     ):
         if list(index.mids) != list(hierarchy.mids):
             raise ValueError(
@@ -290,6 +295,14 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         self.merge_iou = merge_iou
         self.strict = strict
         self.image_suffix = image_suffix
+        self.file_names = file_names
+        if file_names is not None:
+            unnamed = [i for i in index.image_ids if i not in file_names]
+            if unnamed:
+                raise ValueError(
+                    f"{len(unnamed)} images of the annotation index {index.directory} have no "
+                    f"file name (e.g. image id {unnamed[0]})"
+                )
         self.replace_unreadable = replace_unreadable
         self.bad_images: list[tuple[str, str]] = []  # (image id, message), this process only
         self._bad_seen: set[str] = set()
@@ -303,15 +316,18 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             self._find_missing_files()
 
     def _find_missing_files(self) -> None:
-        try:
-            present = {entry.name for entry in os.scandir(self.image_root)}
-        except OSError as exc:
-            raise ImageLoadError(f"image folder {self.image_root} cannot be listed: {exc}") from exc
-        image_ids = self.index.image_ids
-        self._missing = np.array(
-            [f"{image_id}{self.image_suffix}" not in present for image_id in image_ids],
-            dtype=bool,
-        )
+        paths = [self.image_path(k) for k in range(len(self))]
+        listed: dict[Path, set[str]] = {}  # each folder listed once
+        for folder in {path.parent for path in paths}:
+            try:
+                listed[folder] = {entry.name for entry in os.scandir(folder)}
+            except FileNotFoundError:
+                if folder == self.image_root:
+                    raise ImageLoadError(f"image folder {folder} does not exist") from None
+                listed[folder] = set()  # a subfolder of file_names: its images are missing
+            except OSError as exc:
+                raise ImageLoadError(f"image folder {folder} cannot be listed: {exc}") from exc
+        self._missing = np.array([path.name not in listed[path.parent] for path in paths], bool)
         missing = np.flatnonzero(self._missing)
         if len(missing) == 0:
             return
@@ -355,7 +371,10 @@ class OpenImagesDetection(torch.utils.data.Dataset):
         return self.index.num_images
 
     def image_path(self, image_index: int) -> Path:
-        return self.image_root / f"{self.index.image_id(image_index)}{self.image_suffix}"
+        image_id = self.index.image_id(image_index)
+        if self.file_names is not None:
+            return self.image_root / self.file_names[image_id]
+        return self.image_root / f"{image_id}{self.image_suffix}"
 
     def load_image(self, image_index: int) -> torch.Tensor:
         """Decode one image as displayed (EXIF orientation applied), uint8 RGB ``[3, H, W]``;
