@@ -237,6 +237,32 @@ def _check_schedule(cfg: Any) -> None:
             _check_table(sampler, where + "sampler.", SAMPLER_SETTINGS)
 
 
+def _check_eval_epochs(cfg: Any) -> None:
+    """``train.eval_epochs``: null, or distinct epochs numbered over the whole schedule (1 to
+    the sum of the phases' epochs), with ``train.eval_every=epoch``."""
+    epochs = cfg.train.get("eval_epochs")
+    if epochs is None:
+        return
+    phases = cfg.get("schedule", {}).get("phases") or {}
+    total = sum(int(p.get("epochs", 0)) for p in phases.values() if isinstance(p, DictConfig))
+    ok = (
+        isinstance(epochs, ListConfig)
+        and len(epochs) > 0
+        and all(isinstance(e, int) and not isinstance(e, bool) and 1 <= e <= total for e in epochs)
+        and len(set(epochs)) == len(epochs)
+    )
+    if not ok:
+        raise ValueError(
+            f"train.eval_epochs={_as_typed(epochs)!r}: expected null or a non-empty list of "
+            f"distinct epochs from 1 to {total} (the schedule's epochs, counted over its phases)"
+        )
+    if cfg.train.get("eval_every") != "epoch":
+        raise ValueError(
+            f"train.eval_epochs={_as_typed(epochs)!r} needs train.eval_every=epoch "
+            f"(it is {cfg.train.get('eval_every')!r}): the listed epochs are the ones evaluated"
+        )
+
+
 def check_training_config(cfg: Any) -> None:
     """Check every numeric setting of the tables above and the enumerated ones."""
     _check_table(cfg, "", NUMERIC_SETTINGS)
@@ -260,4 +286,5 @@ def check_training_config(cfg: Any) -> None:
     when = cfg.train.get("eval_every")
     if when not in EVAL_WHEN:
         raise ValueError(f"train.eval_every={when!r}; expected one of {EVAL_WHEN}")
+    _check_eval_epochs(cfg)
     parse_resume(cfg.train.get("resume", False))

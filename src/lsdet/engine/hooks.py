@@ -14,8 +14,9 @@ The hooks, in the order the trainer calls them:
   step in flight, and the stopped run prints how to continue it;
 - ``CheckpointHook``: ``last.pt`` every ``train.checkpoint_every`` steps, at a stop and at each
   epoch end, the weights at each phase end; never NaN/inf weights, never onto a full disk;
-- ``EvalHook``: validation after each epoch or phase (``train.eval_every``); a failed
-  evaluation is reported in the history and the log, and the training goes on.
+- ``EvalHook``: validation after each epoch (or the epochs of ``train.eval_epochs``) or phase
+  (``train.eval_every``); a failed evaluation is reported in the history and the log, and the
+  training goes on.
 """
 
 from __future__ import annotations
@@ -292,7 +293,8 @@ class CheckpointHook(Hook):
 
 
 class EvalHook(Hook):
-    """Validation after every epoch (``when="epoch"``), after the last epoch of each phase
+    """Validation after every epoch (``when="epoch"``; only the ``epochs`` listed, counted over
+    the whole schedule, when given), after the last epoch of each phase
     (``"phase"``) or never; its figures join the epoch's history record
     (``Trainer.add_evaluation``). An exception becomes ``{"eval_error": ...}``."""
 
@@ -300,6 +302,7 @@ class EvalHook(Hook):
         self,
         *,
         when: str,
+        epochs: list[int] | None = None,
         run_name: str,
         batch_size: int,
         num_workers: int,
@@ -307,6 +310,9 @@ class EvalHook(Hook):
         show_progress: bool,
     ) -> None:
         self.when = when
+        # with when="epoch": only after these epochs, numbered over the whole schedule
+        # (train.eval_epochs); None: after every epoch
+        self.epochs = None if epochs is None else {int(e) for e in epochs}
         self.run_name = run_name
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -315,7 +321,9 @@ class EvalHook(Hook):
 
     def after_epoch(self, trainer: Trainer, phase: Phase) -> None:
         last_of_phase = trainer.run.position.epoch == phase.epochs
-        if self.when == "epoch" or (self.when == "phase" and last_of_phase):
+        # decided from the run's position alone, so a resumed run evaluates the same epochs
+        listed = self.epochs is None or trainer.run.global_epoch() in self.epochs
+        if (self.when == "epoch" and listed) or (self.when == "phase" and last_of_phase):
             report_progress(trainer.run, "evaluating")
             tag = f"{phase.name}_epoch{trainer.run.position.epoch}"
             trainer.add_evaluation(self.evaluate(trainer, tag))

@@ -195,6 +195,7 @@ def setup(
         checkpointer,
         EvalHook(
             when=train.eval_every,
+            epochs=None if train.get("eval_epochs") is None else list(train.eval_epochs),
             run_name=cfg.name,
             batch_size=int(train.eval_batch_size),
             num_workers=int(train.num_workers),
