@@ -54,6 +54,15 @@ RESUME_MAY_CHANGE = (
 )
 
 
+# Settings added after runs were made, with the value that keeps the code's behaviour from
+# before them: a checkpoint whose config lacks one was trained with that value, so the key at
+# that value in the current config is no change (older runs resume with the newer code).
+ADDED_SETTINGS = {
+    "loss.positive_targets": "expanded",
+    "loss.positive_reduction": "sum",
+}
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """{"a.b.c": value} for a nested dict/list config."""
     if isinstance(config, dict):
@@ -76,8 +85,13 @@ def config_differences(
     saved: dict, current: dict, keys=RESUME_MUST_MATCH, allowed: tuple[str, ...] = ()
 ) -> list[str]:
     """Dotted keys under ``keys`` (and not in ``RESUME_MAY_CHANGE`` or ``allowed``) whose
-    values differ between two resolved configs."""
+    values differ between two resolved configs; a key of ``ADDED_SETTINGS`` missing from the
+    saved config counts as saved at its value there (so it differs only when the current
+    config sets it to another value)."""
     a, b = flatten(saved), flatten(current)
+    for key, value in ADDED_SETTINGS.items():
+        if key not in a and key in b:
+            a[key] = value
     may_change = RESUME_MAY_CHANGE + tuple(allowed)
     return sorted(
         k
