@@ -208,12 +208,19 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
     return result, outputs
 
 
-def run_evaluation(cfg: DictConfig) -> tuple[Any, dict[str, Path]]:
-    """The evaluation ``data.metric`` names (``oid_challenge`` when the data config has no
-    ``metric``); returns the result and the paths of the files written."""
-    metric = cfg.data.get("metric") or OID_CHALLENGE
+def data_metric(data_cfg: Any) -> str:
+    """The metric a data config names (``data.metric``; ``oid_challenge`` when unset)."""
+    metric = data_cfg.get("metric") or OID_CHALLENGE
     if metric not in METRICS:
         raise ValueError(f"data.metric={metric!r}; expected one of {METRICS}")
+    return metric
+
+
+def run_evaluation(cfg: DictConfig) -> tuple[Any, dict[str, Path]]:
+    """The evaluation ``data.metric`` names (``oid_challenge`` when the data config has no
+    ``metric``); returns the result and the paths of the files written. Validation during
+    training hands its detections of an LVIS/COCO data config to it as ``predictions_csv``."""
+    metric = data_metric(cfg.data)
     if metric != OID_CHALLENGE:
         if cfg.get("checkpoint"):
             raise ValueError(

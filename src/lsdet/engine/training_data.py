@@ -1,7 +1,12 @@
 """Everything a training run needs from a data config (conf/data/*.yaml), read once: the class
 hierarchy, the training and validation datasets over their annotation indexes, the training
 statistics (the samplers' and loss weightings' n_i) and the metric's validation ground truth,
-taken from the same validation index the loader reads."""
+taken from the same validation index the loader reads.
+
+Two kinds of data config: Open Images CSVs (``data.<split>.bbox_csv``, a class hierarchy) and
+COCO/LVIS JSON files (``data.<split>.annotation_json``: ``data=lvis``, ``data=coco``,
+``data=synth_lvis``), read by ``lsdet.data.coco_format`` into the same annotation index, with
+a flat hierarchy (every category a leaf) and the categories' names."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from torch.utils.data import Dataset
 
 from lsdet.atomic_files import write_text_atomic
 from lsdet.data import AnnotationIndex, Hierarchy, load_hierarchy, read_class_descriptions
+from lsdet.data.coco_format import CocoIndex, build_or_open_coco_index
 from lsdet.data.dataset import OpenImagesDetection, collate_fn
 from lsdet.data.rates import concurrent_rates_from_index
 from lsdet.data.synth import ensure_synthetic_benchmark
@@ -32,7 +38,9 @@ class TrainingData:
     an image for a class when it holds the class or a descendant (what reports call the
     class's frequency: a parent is as frequent as its leaves together).
     ``val_gt`` is the evaluator's ground truth of the validation split (expanded to the
-    hierarchy as the Open Images metric does).
+    hierarchy as the Open Images metric does). ``data_config`` is the data config the data
+    was read from: its ``metric`` (``oid_challenge`` when unset, ``lvis``, ``coco``) is the
+    one validation scores with.
     """
 
     hierarchy: Hierarchy
@@ -46,6 +54,7 @@ class TrainingData:
     expanded_image_counts: np.ndarray
     val_gt: Any
     collate_fn: Any
+    data_config: Any = None
 
     @property
     def train_fingerprint(self) -> str:
@@ -137,6 +146,8 @@ def build_training_data(
     left out of the metric; an unreadable training image is replaced by the next one."""
     if data_cfg.get("generate") is not None and generate_if_missing:
         ensure_synthetic_benchmark(data_cfg)
+    if data_cfg.train.get("annotation_json"):
+        return _coco_training_data(data_cfg, hflip_prob, same_object_iou)
     for key in ("hierarchy_json", "class_descriptions_csv"):
         if not Path(str(data_cfg[key])).is_file():
             raise FileNotFoundError(f"data.{key}: no file at {data_cfg[key]}")
@@ -157,8 +168,18 @@ def build_training_data(
             replace_unreadable=train,
         )
 
-    train_set = dataset("train", True)
-    val_set = dataset("val", False)
+    return _training_data(
+        data_cfg, hierarchy, class_names, dataset("train", True), dataset("val", False)
+    )
+
+
+def _training_data(
+    data_cfg: Any,
+    hierarchy: Hierarchy,
+    class_names: list[str],
+    train_set: OpenImagesDetection,
+    val_set: OpenImagesDetection,
+) -> TrainingData:
     index = train_set.index
     class_offsets, class_images = index.class_to_images()
     return TrainingData(
@@ -173,6 +194,63 @@ def build_training_data(
         expanded_image_counts=index.class_image_counts_with_descendants(hierarchy.descendants),
         val_gt=load_ground_truth_from_index(val_set.index, hierarchy),
         collate_fn=collate_fn,
+        data_config=data_cfg,
+    )
+
+
+def open_coco_split(data_cfg: Any, split: str) -> CocoIndex:
+    """The annotation index of ``data.<split>.annotation_json`` (a COCO or LVIS file, built on
+    first use, cached in data.cache_dir). A file that gives no box is an error naming it."""
+    path = data_cfg[split].get("annotation_json")
+    if not path:
+        raise ValueError(
+            f"data.{split}.annotation_json is not set (data.train.annotation_json is: both "
+            "splits of a COCO/LVIS data config are JSON files)"
+        )
+    built = build_or_open_coco_index(
+        path, Path(str(data_cfg.cache_dir)) / split, strict=bool(data_cfg.get("strict", True))
+    )
+    if built.index.num_boxes == 0:
+        skipped = built.read_report.get("skipped") or {}
+        why = f" (data.strict=false skipped {skipped})" if skipped else ""
+        raise ValueError(
+            f"data.{split}.annotation_json: {path} holds no usable box{why}; nothing to train "
+            "or evaluate on"
+        )
+    return built
+
+
+def _coco_training_data(data_cfg: Any, hflip_prob: float, same_object_iou: float) -> TrainingData:
+    """The COCO/LVIS branch of :func:`build_training_data`: flat hierarchy of the training
+    file's categories (the validation file must list the same, in the same order), images at
+    ``data.<split>.image_dir / file_name``."""
+    train, val = open_coco_split(data_cfg, "train"), open_coco_split(data_cfg, "val")
+    if train.categories.mids != val.categories.mids:
+        raise ValueError(
+            f"data.val.annotation_json {data_cfg.val.annotation_json} lists other categories "
+            f"(ids or order) than data.train.annotation_json {data_cfg.train.annotation_json}"
+        )
+    hierarchy = train.hierarchy
+
+    def dataset(split: str, built: CocoIndex, train_split: bool) -> OpenImagesDetection:
+        return OpenImagesDetection(
+            built.index,
+            hierarchy,
+            data_cfg[split].image_dir,
+            image_size=data_cfg.get("image_size"),
+            hflip_prob=hflip_prob if train_split else 0.0,
+            strict=bool(data_cfg.get("strict", True)),
+            merge_iou=same_object_iou,
+            replace_unreadable=train_split,
+            file_names=built.file_names,
+        )
+
+    return _training_data(
+        data_cfg,
+        hierarchy,
+        list(train.categories.names),
+        dataset("train", train, True),
+        dataset("val", val, False),
     )
 
 

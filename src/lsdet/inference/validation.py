@@ -1,9 +1,14 @@
 """Validation during training: predict the validation split (sharded over ranks), score it with
-the Open Images Challenge metric against the ground truth of the same validation index, write
-the evaluator's files under ``<run_dir>/eval/<tag>/`` and log the figures."""
+the data config's metric (``data.metric``): the Open Images Challenge metric against the ground
+truth of the same validation index, or for an LVIS/COCO data config the detections written as
+``predictions.csv`` and scored by ``lsdet.evaluate.run_evaluation`` (the LVIS/COCO metric of
+``data.val.annotation_json``); write the evaluator's files under ``<run_dir>/eval/<tag>/`` and
+log the figures."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
@@ -19,8 +25,13 @@ from lsdet.engine.loaders import ShardedSequence
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.training_data import TrainingData
+from lsdet.evaluate import OID_CHALLENGE, data_metric, run_evaluation
 from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
+from lsdet.evaluation.predictions import write_predictions_csv
+from lsdet.inference.detections import Detections, gather_detections, predict_images
 from lsdet.inference.metric import detect_and_evaluate
+
+log = logging.getLogger(__name__)
 
 
 def validate(
@@ -43,6 +54,29 @@ def validate(
     """mAP and bucket mAPs of the model on the validation split (the same dict on every rank)."""
     n = len(data.val_set) if not max_images else min(len(data.val_set), int(max_images))
     start = time.perf_counter()
+    if data.data_config is not None and data_metric(data.data_config) != OID_CHALLENGE:
+        detections = predict_images(
+            model,
+            data.val_set,
+            device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            indices=ShardedSequence(n, dist.rank, dist.world_size),
+            amp=amp,
+            progress=dist.is_main and progress,
+            desc=f"eval {tag}",
+        )
+        detections = gather_detections(detections, dist)
+        metrics: dict[str, Any] = {}
+        if dist.is_main:
+            out = RunFolder(run_dir).evaluation(tag)
+            metrics = evaluate_with_data_metric(
+                detections, data, out.path, run_name=run_name, tag=tag, start=start
+            )
+            log_evaluation(logger, metrics, out, step)
+            tqdm.write(f"[{tag}] {data_metric(data.data_config).upper()} AP {metrics['map']:.4f}")
+            metrics["eval_dir"] = RunFolder.evaluation_name(tag)
+        return broadcast_object(metrics, dist)
     _, result = detect_and_evaluate(
         model,
         data.val_set,
@@ -92,6 +126,63 @@ def record_evaluation(
     metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
     metrics["eval_seconds"] = round(seconds, 2)
     return metrics
+
+
+def evaluate_with_data_metric(
+    detections: Detections,
+    data: TrainingData,
+    out_dir: Path,
+    *,
+    run_name: str,
+    tag: str,
+    start: float,
+) -> dict[str, Any]:
+    """Score the detections of an LVIS/COCO validation split as ``lsdet.evaluate`` does: they
+    are written as ``out_dir/predictions.csv`` (``ImageID`` = image id, ``LabelName`` =
+    category id) and evaluated by ``run_evaluation`` with the run's data config. Returns the
+    AP as ``map``, the frequency-bucket APs as ``map_<bucket>`` (LVIS: rare, common,
+    frequent) and the metric's other summary figures."""
+    if detections.skipped_images:  # data.strict=false: unreadable validation images
+        log.warning(
+            "%d validation images could not be read; the %s metric counts their ground "
+            "truth as missed (e.g. %s)",
+            len(detections.skipped_images),
+            data_metric(data.data_config),
+            detections.skipped_images[0][1],
+        )
+    mids = np.asarray(data.hierarchy.mids, dtype=object)
+    predictions = write_predictions_csv(
+        Path(out_dir) / "predictions.csv",
+        detections.image_ids,
+        mids[detections.class_indices],
+        detections.scores,
+        detections.boxes,
+        layout="tf",
+    )
+    cfg = OmegaConf.create({"predictions_csv": str(predictions), "output_dir": str(out_dir)})
+    cfg.plot = True
+    # The training split's per-category image counts come from the index training built
+    # (build_training_data caches each split's index under data.cache_dir/<split>).
+    train_cache = str(Path(str(data.data_config.cache_dir)) / "train")
+    cfg.data = OmegaConf.merge(data.data_config, {"cache_dir": train_cache})
+    result, paths = run_evaluation(cfg)
+    seconds = round(time.perf_counter() - start, 2)
+    summary = json.loads(Path(paths["metrics"]).read_text())
+    summary.update(
+        run=run_name,
+        tag=tag,
+        eval_seconds=seconds,
+        skipped_images=len(detections.skipped_images),
+    )
+    Path(paths["metrics"]).write_text(json.dumps(summary, indent=2))
+    buckets = {row["bucket"]: row["mean_ap"] for row in summary.get("frequency_buckets", [])}
+    others = {key: value for key, value in result.summary.items() if key != "AP"}
+    return {
+        "map": result.map,
+        **{f"map_{bucket}": value for bucket, value in buckets.items()},
+        **others,
+        "eval_seconds": seconds,
+    }
 
 
 def log_evaluation(
