@@ -156,6 +156,8 @@ def setup(
         run_id=resume_state["wandb_run_id"] if resume_state else None,
         enabled=dist.is_main,
         tags=list(cfg.logger.tags),
+        group=cfg.logger.get("group"),
+        job_type=cfg.logger.get("job_type") or "train",
     )
     run = Run(
         cfg=cfg,
