@@ -362,3 +362,94 @@ def test_data_root_moves_the_checkpoints_data_paths():
     assert moved.train.image_dir == "old/synthetic"  # not under the old root
     assert moved.image_size == 64
     assert crt.data_config(train_cfg, None).train.bbox_csv == "old/synth/train.csv"
+
+
+def test_arm_rates_overrides_replace_the_checkpoint_runs_rates(cached, data):
+    """rates.hierarchy_rate=0 / rates.prior_count=0 (the registered cRT arms) change the
+    rates the arm's loss is built with; null entries keep the checkpoint run's."""
+    _, cache = cached
+    train_cfg = OmegaConf.create(cache["train_config"])
+    assert crt.arm_rates_overrides({"hierarchy_rate": None, "prior_count": None}) == {}
+    overrides = crt.arm_rates_overrides({"hierarchy_rate": 0, "prior_count": None})
+    assert overrides == {"hierarchy_rate": 0.0}
+    settings = crt.arm_rates_settings(train_cfg, overrides)
+    assert settings.hierarchy_rate == 0.0
+    assert settings.prior_count == train_cfg.rates.prior_count
+    run_rates = crt.arm_rates(train_cfg, data)
+    flipped = crt.arm_rates(train_cfg, data, overrides)
+    ancestors = torch.as_tensor(data.hierarchy.ancestors, dtype=torch.bool)
+    pairs = torch.zeros_like(run_rates, dtype=torch.bool)
+    pairs[1:, 1:] = ancestors | ancestors.T
+    assert bool((run_rates[pairs] == 1.0).all()) and bool((flipped[pairs] == 0.0).all())
+    loss = crt.build_arm_loss({"name": "concurrent_softmax"}, train_cfg, data, CPU, overrides)
+    assert torch.equal(loss.rates.cpu(), flipped)
+
+
+@pytest.mark.parametrize(
+    ("rates", "message"),
+    [
+        ({"hierarchy_rate": 1.5}, r"rates.hierarchy_rate=1.5: expected a number from 0 to 1"),
+        ({"prior_count": -1}, r"rates.prior_count=-1: expected a number >= 0"),
+        ({"floor": "low"}, r"rates.floor='low'"),
+        ({"iou_threshold": 0.5}, r"rates.iou_threshold: an arm can set only"),
+    ],
+)
+def test_bad_arm_rates_are_refused_naming_the_key(rates, message):
+    with pytest.raises(ValueError, match=message):
+        crt.arm_rates_overrides(rates)
+
+
+def test_cli_arms_with_rates_and_loss_overrides(trained, cached, tmp_path):
+    """The registered flip arms run through the CLI: the rates and loss overrides reach the
+    loss and the eq. 5 scoring and are recorded; a classifier trained with other rates is not
+    evaluated as this arm's."""
+    _, checkpoint = trained
+    cache_file, _ = cached
+    out = tmp_path / "crt"
+    common = [f"cache_file={cache_file}", "loss=concurrent_softmax", "loss.impl=torch"]
+    flip = crt.run(
+        compose_crt(checkpoint, out, *common, "arm=cs_hierarchy_rate0", "rates.hierarchy_rate=0")
+    )
+    default = crt.run(compose_crt(checkpoint, out, *common, "arm=cs_default"))
+    folder = out / "runs" / "cs_hierarchy_rate0" / "val-as_train" / "seed0"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["crt"]["rates_overrides"] == {"hierarchy_rate": 0.0}
+    assert metrics["crt"]["train"]["rates_overrides"] == {"hierarchy_rate": 0.0}
+    default_metrics = out / "runs" / "cs_default" / "val-as_train" / "seed0" / "metrics.json"
+    default_history = json.loads(default_metrics.read_text())["crt"]["train"]["history"]
+    assert metrics["crt"]["train"]["history"] != default_history  # other rates, other loss
+    assert np.isfinite(flip[0]["map"]) and np.isfinite(default[0]["map"])
+    with pytest.raises(ValueError, match="rates overrides"):
+        crt.run(
+            compose_crt(
+                checkpoint, out, *common, "arm=cs_hierarchy_rate0", "stage=evaluate",
+                "overwrite=true",
+            )
+        )  # fmt: skip
+    annotated = crt.run(
+        compose_crt(
+            checkpoint, out, *common, "arm=cs_annotated_mean", "loss.positive_targets=annotated",
+            "loss.positive_reduction=mean",
+        )
+    )  # fmt: skip
+    folder = out / "runs" / "cs_annotated_mean" / "val-as_train" / "seed0"
+    loss = json.loads((folder / "metrics.json").read_text())["crt"]["loss"]
+    assert loss["positive_targets"] == "annotated" and loss["positive_reduction"] == "mean"
+    assert np.isfinite(annotated[0]["map"])
+
+
+def test_an_arms_rates_are_the_rates_of_its_eq5_scoring(trained, cached, data):
+    _, checkpoint = trained
+    _, cache = cached
+    train_cfg = OmegaConf.create(cache["train_config"])
+    flipped = crt.arm_rates(train_cfg, data, {"hierarchy_rate": 0.0})
+    predictor, _ = train(cache, checkpoint, data, seed=0, loss="concurrent_softmax", epochs=1)
+    model, _ = crt.detector_with_predictor(
+        checkpoint, predictor, scoring="concurrent_softmax", parent_scores="own", device=CPU,
+        rates=flipped,
+    )  # fmt: skip
+    assert torch.equal(model.roi_heads.rates, flipped)
+    kept, _ = crt.detector_with_predictor(
+        checkpoint, predictor, scoring="concurrent_softmax", parent_scores="own", device=CPU
+    )
+    assert torch.equal(kept.roi_heads.rates, crt.arm_rates(train_cfg, data))

@@ -59,6 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lsdet.engine.run_folder import EvaluationFolder
+from lsdet.losses.scoring import RATE_SCORINGS
 
 logger = logging.getLogger(__name__)
 
@@ -300,13 +301,58 @@ def load_cache(cache_file: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- stage 2: train
+# The `rates` settings an arm may set for itself (conf/crt.yaml `rates:`), with their ranges:
+# (low, high) inclusive.
+RATES_OVERRIDES = {"floor": (0.0, 1.0), "hierarchy_rate": (0.0, 1.0), "prior_count": (0.0, None)}
+
+
+def arm_rates_overrides(rates_cfg: Any) -> dict[str, float]:
+    """The arm's ``rates`` settings that replace the checkpoint run's (the non-null entries of
+    conf/crt.yaml's ``rates:``), range-checked; {} when the arm keeps the run's rates."""
+    given = {} if rates_cfg is None else OmegaConf.to_container(OmegaConf.create(rates_cfg))
+    out = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in RATES_OVERRIDES:
+            raise ValueError(
+                f"rates.{key}: an arm can set only {sorted(RATES_OVERRIDES)} (rates.iou_threshold "
+                "is the checkpoint run's: it also decides which training boxes are one object)"
+            )
+        low, high = RATES_OVERRIDES[key]
+        number = float(value) if isinstance(value, (int, float)) and value is not True else None
+        if number is None or number < low or (high is not None and number > high):
+            bounds = f"from {low:g} to {high:g}" if high is not None else f">= {low:g}"
+            raise ValueError(f"rates.{key}={value!r}: expected a number {bounds}")
+        out[key] = number
+    return out
+
+
+def arm_rates_settings(train_cfg: Any, overrides: dict[str, float] | None) -> DictConfig:
+    """The ``rates`` settings of an arm: the checkpoint run's with ``overrides`` replacing
+    some (``arm_rates_overrides``)."""
+    return OmegaConf.merge(OmegaConf.create(train_cfg.rates), dict(overrides or {}))
+
+
+def arm_rates(train_cfg: Any, data: Any, overrides: dict[str, float] | None = None) -> torch.Tensor:
+    """The concurrent rates r_ij of an arm (Peng et al., eq. 3 and 5), estimated from the
+    training split as the trainer does, with the arm's ``rates`` settings."""
+    from lsdet.engine.training_data import training_rates
+
+    settings = arm_rates_settings(train_cfg, overrides)
+    return training_rates(settings, data.train_set.index, data.hierarchy)
+
+
 def build_arm_loss(
-    loss_cfg: dict[str, Any], train_cfg: Any, data: Any, device: torch.device
+    loss_cfg: dict[str, Any],
+    train_cfg: Any,
+    data: Any,
+    device: torch.device,
+    rates_overrides: dict[str, float] | None = None,
 ) -> nn.Module:
     """The arm's loss as the trainer builds it (``lsdet.engine.builders.build_model``): class
     counts of the training split, and the concurrent rates (``rates`` settings of the
-    checkpoint's run) when the loss takes them."""
-    from lsdet.engine.training_data import training_rates
+    checkpoint's run, ``rates_overrides`` replacing some) when the loss takes them."""
     from lsdet.losses import LOSSES, loss_from_config
 
     name = loss_cfg.get("name")
@@ -314,7 +360,7 @@ def build_arm_loss(
         raise ValueError(f"loss.name={name!r}; registered losses: {sorted(LOSSES)}")
     rates = None
     if "rates" in LOSSES[name].inputs:
-        rates = training_rates(train_cfg.rates, data.train_set.index, data.hierarchy)
+        rates = arm_rates(train_cfg, data, rates_overrides)
     loss_fn = loss_from_config(
         loss_cfg,
         num_classes=data.num_classes + 1,
@@ -437,8 +483,10 @@ def train_classifier(
     batch_size: int = 1024,
     data: Any = None,
     progress: bool = True,
+    rates_overrides: dict[str, float] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Stage 2: a new class-score layer trained with the arm's loss on the cached RoIs.
+    """Stage 2: a new class-score layer trained with the arm's loss on the cached RoIs
+    (``rates_overrides``: the arm's own ``rates`` settings, see ``arm_rates_overrides``).
     Returns (the box predictor: new classifier, the checkpoint's box regression; a record of
     the training: loss per epoch, seconds, settings)."""
     if optimizer not in OPTIMIZERS:
@@ -454,7 +502,7 @@ def train_classifier(
     if list(data.hierarchy.mids) != list(cache["class_mids"]):
         raise ValueError("the RoI cache was made for other classes than the training data lists")
     start = time.perf_counter()
-    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device)
+    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device, rates_overrides)
     predictor = new_box_predictor(loss_fn, train_cfg, checkpoint_weights, seed).to(device)
     params = [p for p in predictor.parameters() if p.requires_grad]
     if optimizer == "sgd":
@@ -499,6 +547,7 @@ def train_classifier(
     predictor.eval()
     record = {
         "loss": dict(loss_cfg),
+        "rates_overrides": dict(rates_overrides or {}),
         "seed": int(seed),
         "roi_sampling": roi_sampling,
         "optimizer": optimizer,
@@ -541,10 +590,12 @@ def detector_with_predictor(
     device: torch.device,
     score_thresh: float | None = None,
     detections_per_img: int | None = None,
+    rates: torch.Tensor | None = None,
 ) -> tuple[nn.Module, Any]:
     """The checkpoint's detector (``load_detector``: concurrent rates estimated when the
     scoring needs them and the checkpoint has none) with ``predictor`` as its box predictor,
-    in eval mode; returns (model, training config)."""
+    in eval mode; ``rates`` (an arm's own, ``arm_rates``) replace the rates its scoring uses.
+    Returns (model, training config)."""
     from lsdet.inference import load_detector
     from lsdet.models.roi_heads import check_scoring
 
@@ -557,6 +608,8 @@ def detector_with_predictor(
     )
     check_scoring(scoring, predictor)
     model.roi_heads.box_predictor = predictor.to(device).eval()
+    if rates is not None:
+        model.roi_heads.rates.copy_(rates.to(model.roi_heads.rates.device))
     return model, train_cfg
 
 
@@ -576,8 +629,10 @@ def evaluate_predictor(
     extra: dict[str, Any] | None = None,
     data: Any = None,
     progress: bool = True,
+    rates: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Stage 3: the checkpoint's detector with ``predictor`` as its box predictor, scored on
+    """Stage 3: the checkpoint's detector with ``predictor`` as its box predictor (and the
+    arm's ``rates`` for its scoring, when given), scored on
     the validation split with the Open Images Challenge metric as the trainer's validation
     does; writes metrics.json, per_class.csv, frequency_buckets.csv into ``out_dir`` and
     returns the mAP and the frequency-bucket mAPs."""
@@ -599,6 +654,7 @@ def evaluate_predictor(
         device=device,
         score_thresh=score_thresh,
         detections_per_img=detections_per_img,
+        rates=rates,
     )
     if data is None:
         data = open_training_data(train_cfg, data_root)
@@ -675,6 +731,7 @@ def load_classifier(
     checkpoint_weights: dict[str, torch.Tensor],
     data: Any,
     device: torch.device,
+    rates_overrides: dict[str, float] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The box predictor of a classifier file written by stage ``train`` (its class-score
     layer, the checkpoint's box regression) and its training record."""
@@ -686,8 +743,15 @@ def load_classifier(
             f"{classifier_file} was trained on the features of another checkpoint than the "
             f"RoI cache's ({cache['checkpoint']})"
         )
+    recorded = saved["record"].get("rates_overrides", {})
+    if recorded != dict(rates_overrides or {}):
+        raise ValueError(
+            f"{classifier_file} was trained with the rates overrides {recorded}, this arm asks "
+            f"for {dict(rates_overrides or {})}: train it again (stage=train overwrite=true) or "
+            "give the same rates.* settings"
+        )
     train_cfg = OmegaConf.create(cache["train_config"])
-    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device)
+    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device, rates_overrides)
     predictor = new_box_predictor(loss_fn, train_cfg, checkpoint_weights, seed=0)
     try:
         predictor.load_state_dict({**predictor.state_dict(), **saved["classifier"]})
@@ -718,6 +782,7 @@ def run_seed(
     out_dir = seed_dir(cfg, seed)
     classifier_file = out_dir / "classifier.pt"
     loss_cfg = _loss_config(cfg)
+    overrides = arm_rates_overrides(cfg.get("rates"))
     scoring = arm_scoring(loss_cfg, str(cfg.eval.scoring))
     parent_scores = cfg.eval.parent_scores or loss_cfg.get("parent_scores") or "own"
     started = datetime.datetime.now().isoformat(timespec="seconds")
@@ -739,6 +804,7 @@ def run_seed(
             batch_size=t.batch_size,
             data=data,
             progress=bool(cfg.progress),
+            rates_overrides=overrides,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(
@@ -766,8 +832,13 @@ def run_seed(
     )
     if not train:
         predictor, record = load_classifier(
-            classifier_file, loss_cfg, cache, checkpoint_weights, data, device
+            classifier_file, loss_cfg, cache, checkpoint_weights, data, device, overrides
         )
+    # An arm with its own rates scores with them too (eq. 5 uses the R the classifier was
+    # trained with, as a fully trained run's scoring does); otherwise as load_detector gives.
+    scoring_rates = None
+    if overrides and scoring in RATE_SCORINGS:
+        scoring_rates = arm_rates(OmegaConf.create(cache["train_config"]), data, overrides)
     metrics = evaluate_predictor(
         cfg.checkpoint,
         predictor,
@@ -782,11 +853,13 @@ def run_seed(
         num_workers=cfg.eval.num_workers,
         data=data,
         progress=bool(cfg.progress),
+        rates=scoring_rates,
         extra={
             "crt": {
                 "arm": str(cfg.arm),
                 "seed": seed,
                 "loss": loss_cfg,
+                "rates_overrides": overrides,
                 "train": record,
                 "cache": cache["settings"],
                 "checkpoint_sha256": cache["checkpoint_sha256"],
