@@ -127,3 +127,51 @@ def test_coco_config_with_one_json_split_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match="data.val.annotation_json"):
         build_training_data(cfg.data)
     assert Path(cfg.data.train.annotation_json).is_file()
+
+
+def lvis_v1_folder(synth_root: Path, lvis_root: Path) -> None:
+    """The synthetic benchmark's LVIS files laid out as the LVIS v1 download: lvis_v1_train.json
+    and lvis_v1_val.json whose images name their file by coco_url only (no file_name), the
+    images in train2017/ and val2017/ named by the image id."""
+    for split, folder, target in (
+        ("train", "train2017", "lvis_v1_train.json"),
+        ("validation", "val2017", "lvis_v1_val.json"),
+    ):
+        data = json.loads((synth_root / LVIS_JSON[split]).read_text())
+        (lvis_root / folder).mkdir(parents=True)
+        for image in data["images"]:
+            name = f"{image['id']:012d}.jpg"
+            (synth_root / image.pop("file_name")).rename(lvis_root / folder / name)
+            image["coco_url"] = f"http://images.cocodataset.org/{folder}/{name}"
+        (lvis_root / target).write_text(json.dumps(data))
+
+
+def test_data_lvis_trains_on_an_lvis_v1_folder(tmp_path):
+    """`python -m lsdet.train ... data=lvis data.root=<dir>` on an LVIS v1-layout folder:
+    trains and validates with the LVIS metric (the data config of the command line, its
+    cache in data.cache_dir/<split>)."""
+    from lsdet.data.synth import ensure_synthetic_benchmark
+
+    synth = compose_train(tiny_overrides(tmp_path / "synth") + ["data=synth_lvis"])
+    ensure_synthetic_benchmark(synth.data)
+    lvis_v1_folder(tmp_path / "synth", tmp_path / "lvis")
+    overrides = [o for o in tiny_overrides(tmp_path / "unused") if not o.startswith("data.")]
+    cfg = compose_train(
+        overrides
+        + [
+            "data=lvis",
+            f"data.root={tmp_path / 'lvis'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.image_size=64",
+            "schedule.phases.main.epochs=1",
+            "schedule.phases.main.lr.milestones=[]",
+            "train.max_iters_per_epoch=2",
+            "train.eval_every=phase",
+        ]
+    )
+    summary = run_training(cfg, tmp_path / "run")
+    record = summary["history"][-1]
+    assert "eval_error" not in record, record.get("eval_error")
+    metrics = json.loads((tmp_path / "run" / record["eval_dir"] / "metrics.json").read_text())
+    assert metrics["metric"] == "lvis" and "APr" in metrics
+    assert (tmp_path / "cache" / "train").is_dir() and (tmp_path / "cache" / "val").is_dir()
