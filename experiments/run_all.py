@@ -3,6 +3,8 @@ repository, and aggregate the tables and figures.
 
     python experiments/run_all.py --size converged --jobs 2 --threads 1   # `make experiments`
     python experiments/run_all.py --size converged --dry-run               # the plan, nothing run
+    python experiments/run_all.py --protocol diagnosis --jobs 2 --threads 1  # diagnosis_sweep
+    python experiments/run_all.py --protocol crt --threads 2                 # crt_protocol
 
 Each task (a training run, a re-scoring of a checkpoint, or a re-evaluation on another
 validation variant) runs in runs/experiments/<size>/<task>/ (checkpoints stay there, git-
@@ -13,6 +15,16 @@ there is skipped: starting the command again, on any machine that has the reposi
 continues the sweep. A training run cut short continues from its own checkpoint
 (train.resume=auto). Seed 0 of every run comes first, then seed 1, and so on. At the end
 experiments/aggregate.py writes the tables and figures to experiments/results/<size>/.
+
+The protocols registered before their runs (sweeps.yaml `diagnosis_sweep:`, `crt_protocol:`)
+run with --protocol. `diagnosis`: one data root per benchmark (multi-label rate m), the
+d_softmax / d_concurrent_softmax runs per seed and benchmark (seed by seed), evaluated after
+the last two epochs only with per-image records kept for an image bootstrap; results in
+experiments/results/diagnosis/ as above, with multi_labelled_classes.csv (the secondary
+claim's classes). `crt`: the base detector the protocol names (trained as the converged sweep
+trains it when its checkpoint is absent), its RoI features cached once, then every arm x seed
+of `python -m lsdet.crt`, results in experiments/results/crt/. Both then aggregate the
+converged results folder, whose claims.md and registered.csv report the registered claims.
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ MACHINE_KEYS = (
     "train.eval_batch_size=",
     "train.resume=",
     "output_dir=",
+    "cache_file=",
+    "overwrite=",
     "checkpoint=",
     "device=",
     "num_workers=",
@@ -70,6 +84,8 @@ RESULT_FILES = (
     RunFolder.CONCURRENT_RATES,
 )
 RESULT_MARKER = "run.json"  # written last: a results folder without it is incomplete
+# The secondary claim's classes of the diagnosis sweep (aggregate.py reads it by this name).
+MULTI_LABELLED_CSV = "multi_labelled_classes.csv"
 
 
 class SweepError(RuntimeError):
@@ -92,6 +108,9 @@ class Task:
     data_root: str
     depends_on: list[str] = field(default_factory=list)
     checkpoint: Path | None = None  # evaluate tasks: the checkpoint they score
+    # the file whose presence says the task finished (the cRT tasks: the RoI cache, an arm's
+    # metrics.json); None: a training run's summary or an evaluation's metrics.json
+    output: Path | None = None
 
     @property
     def settings(self) -> list[str]:
@@ -283,6 +302,8 @@ def run_finished(task: Task) -> bool:
     made with the task's settings (the runner's task.json there)."""
     if started_record(task).get("settings") != task.settings:
         return False
+    if task.output is not None:
+        return task.output.is_file()
     if task.kind == "train":
         return RunFolder(task.run_dir).finished()
     return EvaluationFolder(task.run_dir).metrics.is_file()
@@ -436,8 +457,9 @@ def run_tasks(
     threads: int | None,
     jobs_file: Path | None = None,
     retrain_missing_checkpoints: bool = False,
+    actions: dict[str, str] | None = None,
 ) -> SweepReport:
-    """Runs what `plan` says, at most `jobs` at a time (or the number written in `jobs_file`,
+    """Runs what `plan` says (or `actions`, a plan made by the caller), at most `jobs` at a time (or the number written in `jobs_file`,
     read again before every start), dependencies first; copies each finished task's results
     into the repository at once. Returns the failures (their dependants are skipped too) and
     the evaluations skipped for a missing checkpoint."""
@@ -456,7 +478,8 @@ def run_tasks(
 
     for task in tasks:
         check_recorded(task, data_hash(task))
-    actions = plan(tasks, retrain_missing_checkpoints=retrain_missing_checkpoints)
+    if actions is None:
+        actions = plan(tasks, retrain_missing_checkpoints=retrain_missing_checkpoints)
     report = SweepReport(no_checkpoint=[n for n, a in actions.items() if a == "no checkpoint"])
     for task in tasks:
         if actions[task.name] == "collect":
@@ -521,6 +544,243 @@ def run_tasks(
     return report
 
 
+# --------------------------------------------------------------------------- protocols
+# The final metric the diagnosis sweep registered (sweeps.yaml diagnosis_sweep.final_metric):
+# the mean of the per-class APs of the last two evaluations, so the runs evaluate after the
+# last two epochs of the schedule only (train.eval_epochs) and keep per-image records of
+# those evaluations for an image bootstrap (experiments/bootstrap.py).
+DIAGNOSIS_FINAL_METRIC = "mean_of_last_two_evaluations"
+DIAGNOSIS_EVALUATION = ["train.eval_every=epoch"]
+
+
+def schedule_epochs(schedule: list[str]) -> int:
+    """The number of epochs a size's schedule overrides give (the sum over its phases'
+    `schedule.phases.<name>.epochs=<n>`)."""
+    epochs = [
+        int(o.split("=", 1)[1])
+        for o in schedule
+        if o.startswith("schedule.phases.") and o.split("=", 1)[0].endswith(".epochs")
+    ]
+    if not epochs:
+        raise SweepError(f"{SWEEPS}: the schedule {schedule} gives no schedule.phases.*.epochs")
+    return sum(epochs)
+
+
+def diagnosis_evaluation_overrides(spec: dict) -> list[str]:
+    """The evaluation settings of the diagnosis runs: after the last two epochs only (the
+    registered final metric), with per-image records."""
+    if spec.get("final_metric") != DIAGNOSIS_FINAL_METRIC:
+        raise SweepError(
+            f"{SWEEPS}: diagnosis_sweep.final_metric={spec.get('final_metric')!r}; the runner "
+            f"knows {DIAGNOSIS_FINAL_METRIC!r}"
+        )
+    last = schedule_epochs(spec["size"]["schedules"]["single"])
+    return [*DIAGNOSIS_EVALUATION, f"train.eval_epochs=[{last - 1},{last}]"]
+
+
+def benchmark_data(spec: dict, benchmark: str) -> dict:
+    """The data settings of one diagnosis benchmark: the protocol size's, with the
+    benchmark's root and multi-label rate."""
+    data = json.loads(json.dumps(spec["size"]["data"]))  # a deep copy
+    settings = spec["benchmarks"][benchmark]
+    data["root"] = settings["root"]
+    data["generate"]["multi_label_rate"] = settings["multi_label_rate"]
+    return data
+
+
+def build_diagnosis_tasks(
+    sweeps: dict,
+    out: Path,
+    results: Path,
+    seeds: list[int],
+    *,
+    python: str = sys.executable,
+    threads: int | None = None,
+    only: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> list[Task]:
+    """The diagnosis sweep's training runs (sweeps.yaml `diagnosis_sweep:`) in run order:
+    seed by seed, and within a seed the benchmarks and runs in their registered order, so that
+    a sweep cut short has whole (m, seed) pairs. A row is `<run id>_<benchmark>` (what
+    experiments/aggregate.py pairs); `only` selects run ids or rows."""
+    spec = sweeps["diagnosis_sweep"]
+    size_cfg = spec["size"]
+    variant = size_cfg["data"]["generate"]["val_label_noise"]
+    common = list(sweeps.get("common_overrides", [])) + list(extra or [])
+    if threads:
+        common.append(f"train.threads={threads}")
+    schedule = list(size_cfg["schedules"]["single"])
+    schedule += [f"train.max_iters_per_epoch={size_cfg['iterations_per_epoch']}"]
+    schedule += diagnosis_evaluation_overrides(spec)
+    tasks = []
+    for seed in seeds:
+        for benchmark in spec["benchmarks"]:
+            data = benchmark_data(spec, benchmark)
+            for run_id, run in spec["runs"].items():
+                row = f"{run_id}_{benchmark}"
+                if only and run_id not in only and row not in only:
+                    continue
+                name = f"{row}_s{seed}"
+                run_dir = out / name
+                overrides = [f"+experiment={run['experiment']}", *run.get("overrides", [])]
+                overrides += schedule + dotted(data, "data.") + common
+                overrides += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
+                results_dir = results / "runs" / row / f"val-{variant}" / f"seed{seed}"
+                tasks.append(
+                    Task(name, "train", row, seed, variant, train_command(overrides, python=python),
+                         run_dir, results_dir, data["root"])
+                )  # fmt: skip
+    return tasks
+
+
+def generate_benchmarks(spec: dict, python: str = sys.executable) -> list[str]:
+    """Writes (or finds up to date) the data root of every diagnosis benchmark, once up front;
+    returns the roots in the registered order."""
+    roots = []
+    for benchmark in spec["benchmarks"]:
+        data = benchmark_data(spec, benchmark)
+        subprocess.run([python, "-m", "lsdet.data.synth", *dotted(data)], check=True)
+        roots.append(data["root"])
+    return roots
+
+
+def write_multi_labelled_classes(spec: dict, path: Path) -> Path:
+    """The secondary claim's classes (diagnosis.multi_labelled_leaves: the leaves with at
+    least `multi_labelled_min_share` of their training objects carrying two leaf labels) of
+    every benchmark, as benchmark,mid rows. A file already there with other rows is an
+    error: it was made from other benchmarks."""
+    from diagnosis import multi_labelled_leaves  # experiments/diagnosis.py
+
+    rows = []
+    for benchmark in spec["benchmarks"]:
+        root = Path(benchmark_data(spec, benchmark)["root"])
+        leaves = multi_labelled_leaves(
+            root / "train-objects.csv",
+            root / "hierarchy.json",
+            float(spec["multi_labelled_min_share"]),
+        )
+        rows += [f"{benchmark},{mid}" for mid in leaves]
+    text = "\n".join(["benchmark,mid", *rows]) + "\n"
+    if path.is_file() and path.read_text() != text:
+        raise SweepError(
+            f"{path} lists other multi-labelled classes than the benchmarks now give (were the "
+            "benchmarks generated with other settings?); move it away to write it again"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class CrtPlan:
+    """The tasks of the cRT protocol: the base detector's training run (a task of its size's
+    sweep), the RoI cache of its checkpoint and one task per arm and seed."""
+
+    base: Task
+    checkpoint: Path
+    cache: Task
+    arms: list[Task]
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [self.base, self.cache, *self.arms]
+
+
+def build_crt_tasks(
+    sweeps: dict,
+    runs_root: Path,
+    results_root: Path,
+    *,
+    python: str = sys.executable,
+    threads: int | None = None,
+    seeds: list[int] | None = None,
+    arms: list[str] | None = None,
+) -> CrtPlan:
+    """The cRT protocol (sweeps.yaml `crt_protocol:`): its detector's training run as its size's
+    sweep makes it (run folder under <runs_root>/<size>/, results under
+    <results_root>/<size>/), `python -m lsdet.crt stage=cache` of its checkpoint into
+    <runs_root>/crt/roi_cache.pt, then per seed every arm (`arm=<arm> seeds=[<seed>]` with
+    the arm's overrides) in <runs_root>/crt/runs/<arm>/val-as_train/seed<k>/, whose small
+    results go to <results_root>/<protocol results>/runs/<arm>/val-as_train/seed<k>/ (the
+    classifier.pt stays in the run folder)."""
+    spec = sweeps["crt_protocol"]
+    detector = spec["detector"]
+    size = detector["size"]
+    base_tasks = build_tasks(
+        sweeps, size, runs_root / size, results_root / size, [int(detector["seed"])],
+        python=python, threads=threads, only=[detector["run"]],
+    )  # fmt: skip
+    base = next(t for t in base_tasks if t.kind == "train")
+    checkpoint = RunFolder(base.run_dir).checkpoint_dir / detector["checkpoint"]
+    crt_dir = runs_root / "crt"
+    cache_file = crt_dir / "roi_cache.pt"
+    common = [
+        f"checkpoint={checkpoint}",
+        f"output_dir={crt_dir}",
+        f"cache_file={cache_file}",
+        "progress=false",
+    ]
+    module = [python, "-m", "lsdet.crt"]
+    variant = "as_train"  # conf/crt.yaml `validation`: the checkpoint's own validation split
+    cache = Task(
+        "crt_cache", "cache", "crt_cache", int(detector["seed"]), variant,
+        [*module, *common, "stage=cache"], crt_dir,
+        results_root / spec["results"] / "cache", base.data_root, [base.name], checkpoint,
+        output=cache_file,
+    )  # fmt: skip
+    unknown = sorted(set(arms or []) - set(spec["arms"]))
+    if unknown:
+        raise SweepError(
+            f"{SWEEPS}: crt_protocol has no arm {unknown} (arms: {list(spec['arms'])})"
+        )
+    arm_tasks = []
+    for seed in spec["seeds"] if seeds is None else seeds:
+        for arm, overrides in spec["arms"].items():
+            if arms and arm not in arms:
+                continue
+            run_dir = crt_dir / "runs" / arm / f"val-{variant}" / f"seed{seed}"
+            command = [*module, *common, f"arm={arm}", f"seeds=[{seed}]", *overrides]
+            # a run folder left by a task cut short holds a classifier without metrics: the
+            # task is run again over it (the runner re-runs only unfinished tasks)
+            command += ["stage=all", "overwrite=true"]
+            arm_tasks.append(
+                Task(
+                    f"crt_{arm}_s{seed}", "crt", arm, seed, variant, command, run_dir,
+                    results_root / spec["results"] / "runs" / arm / f"val-{variant}" / f"seed{seed}",
+                    base.data_root, [cache.name], checkpoint,
+                    output=EvaluationFolder(run_dir).metrics,
+                )
+            )  # fmt: skip
+    return CrtPlan(base, checkpoint, cache, arm_tasks)
+
+
+def plan_crt(crt: CrtPlan) -> dict[str, str]:
+    """`plan` for the cRT tasks, with what they need that is not a result: the RoI cache file
+    (made again when an arm still has to run and the file is gone) and the detector's
+    checkpoint (its run trained again for it, its results kept, when the cache or an arm has to
+    run and the checkpoint is gone)."""
+    actions = plan(crt.tasks)
+    arms_to_run = any(actions[t.name] == "run" for t in crt.arms)
+    if arms_to_run and actions[crt.cache.name] == "done" and not crt.cache.output.is_file():
+        actions[crt.cache.name] = "retrain"
+    needs_checkpoint = arms_to_run or actions[crt.cache.name] in ("run", "retrain")
+    if needs_checkpoint and not crt.checkpoint.is_file():
+        if actions[crt.base.name] in ("done", "collect"):
+            actions[crt.base.name] = "retrain"
+        # a detector trained now is not the one whose features the cache or the arms' results
+        # hold: continuing would mix two detectors
+        made = [t.name for t in crt.arms if actions[t.name] in ("done", "collect")]
+        if crt.cache.output.is_file():
+            made.insert(0, f"the RoI cache {crt.cache.output}")
+        if made:
+            raise SweepError(
+                f"the detector checkpoint {crt.checkpoint} is gone, but the cRT protocol has "
+                f"results made from it ({', '.join(made)}); restore the checkpoint, or move the "
+                "cache and the protocol's results away to start it again"
+            )
+    return actions
+
+
 def generate_data(sweeps: dict, size: str, python: str = sys.executable) -> list[str]:
     """Writes (or finds up to date) the data roots of a size's validation variants, once up
     front so that parallel runs do not race to write them; returns the roots."""
@@ -537,8 +797,24 @@ def generate_data(sweeps: dict, size: str, python: str = sys.executable) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/run_all.py", description=__doc__)
     parser.add_argument("--size", default="converged", help="a size of sweeps.yaml")
-    parser.add_argument("--out", default=None, help="run folders (runs/experiments/<size>)")
-    parser.add_argument("--results", default=None, help="results (experiments/results/<size>)")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOL_BLOCKS),
+        default=None,
+        help="run a protocol registered in sweeps.yaml (diagnosis_sweep, crt_protocol) "
+        "instead of a size's sweep",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="run folders (runs/experiments/<size>; with --protocol: runs/experiments)",
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="results (experiments/results/<size>; with --protocol the folder that holds the "
+        "protocol's and the converged results: experiments/results)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: sweeps.yaml")
     parser.add_argument("--runs", nargs="+", default=None, help="only these run ids")
     parser.add_argument("--jobs", type=int, default=1, help="tasks at the same time")
@@ -556,6 +832,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sweeps = load_sweeps()
+    if args.protocol is not None:
+        try:
+            return run_protocol(args, sweeps)
+        except SweepError as error:
+            raise SystemExit(f"error: {error}") from None
     out = Path(args.out or f"runs/experiments/{args.size}")
     results = Path(args.results or HERE / "results" / args.size)
     seeds = args.seeds if args.seeds is not None else list(sweeps["seeds"])
@@ -616,6 +897,78 @@ def _run(args: argparse.Namespace, sweeps: dict, out: Path, results: Path, seeds
         from aggregate import main as aggregate_main  # experiments/aggregate.py
 
         aggregate_main(["--results", str(results)])
+    return 1 if report.failed else 0
+
+
+PROTOCOL_BLOCKS = {"diagnosis": "diagnosis_sweep", "crt": "crt_protocol"}
+
+
+def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
+    """`--protocol diagnosis | crt`: the tasks of a registered protocol, run (or listed with
+    --dry-run) as a size's sweep is, then the converged results aggregated again (their
+    claims.md and registered.csv report the protocols' claims)."""
+    spec = sweeps[PROTOCOL_BLOCKS[args.protocol]]
+    runs_root = Path(args.out or "runs/experiments")
+    results_root = Path(args.results or HERE / "results")
+    results = results_root / spec["results"]
+    if args.protocol == "diagnosis":
+        seeds = args.seeds if args.seeds is not None else list(spec["seeds"])
+        tasks = build_diagnosis_tasks(
+            sweeps, runs_root / spec["size"]["name"], results, seeds,
+            threads=args.threads, only=args.runs, extra=args.overrides,
+        )  # fmt: skip
+        actions = None
+        log_dir = runs_root / spec["size"]["name"] / "logs"
+    else:
+        if args.overrides:
+            raise SweepError(
+                f"--protocol crt takes no extra overrides ({args.overrides}): the arms' settings "
+                "are registered in sweeps.yaml crt_protocol.arms"
+            )
+        crt = build_crt_tasks(
+            sweeps, runs_root, results_root, threads=args.threads, seeds=args.seeds, arms=args.runs
+        )
+        tasks = crt.tasks
+        actions = plan_crt(crt)
+        log_dir = runs_root / "crt" / "logs"
+    if args.dry_run:
+        for task in tasks:
+            check_recorded(task, None)
+        if actions is None:
+            actions = plan(tasks)
+        for task in tasks:
+            print(f"[{actions[task.name]}] " + " ".join(task.command))
+        counts = {a: list(actions.values()).count(a) for a in sorted(set(actions.values()))}
+        print(f"{len(tasks)} tasks: {counts}")
+        return 0
+    if args.protocol == "diagnosis":
+        roots = generate_benchmarks(spec)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "hierarchy.json").write_bytes((Path(roots[0]) / "hierarchy.json").read_bytes())
+        written = write_multi_labelled_classes(spec, results / MULTI_LABELLED_CSV)
+        print(f"multi-labelled classes of the benchmarks: {written}")
+    else:
+        size_cfg = sweeps["sizes"][spec["detector"]["size"]]
+        data = variant_data(size_cfg, size_cfg["data"]["generate"]["val_label_noise"])
+        subprocess.run([sys.executable, "-m", "lsdet.data.synth", *dotted(data)], check=True)
+    start = time.time()
+    report = run_tasks(
+        tasks,
+        log_dir,
+        jobs=args.jobs,
+        threads=args.threads,
+        jobs_file=Path(args.jobs_file) if args.jobs_file else None,
+        actions=actions,
+    )
+    print(
+        f"{spec['results']}: {(time.time() - start) / 60:.1f} min, {report.ran} tasks run, "
+        f"{len(report.failed)} failed: {report.failed}"
+    )
+    converged = results_root / "converged"
+    if not args.no_aggregate and converged.is_dir():
+        from aggregate import main as aggregate_main  # experiments/aggregate.py
+
+        aggregate_main(["--results", str(converged)])
     return 1 if report.failed else 0
 
 
