@@ -79,6 +79,9 @@ RESULT_FILES = (
     RunFolder.DATA_REPORT,
     *EVALUATION_FILES,
     *(f"{RunFolder.evaluation_name('*')}/{name}" for name in EVALUATION_FILES),
+    # the per-image records of an evaluation that kept them (train.eval_image_records: the
+    # diagnosis runs), for experiments/bootstrap.py
+    f"{RunFolder.evaluation_name('*')}/{EvaluationFolder.IMAGE_RECORDS}",
     # the trainer's concurrent rates r_ij of the training split (absent in older runs): the
     # per-class diagnosis of experiments/aggregate.py groups classes by them
     RunFolder.CONCURRENT_RATES,
@@ -551,6 +554,7 @@ def run_tasks(
 # those evaluations for an image bootstrap (experiments/bootstrap.py).
 DIAGNOSIS_FINAL_METRIC = "mean_of_last_two_evaluations"
 DIAGNOSIS_EVALUATION = ["train.eval_every=epoch"]
+DIAGNOSIS_RECORDS = "train.eval_image_records=true"
 
 
 def schedule_epochs(schedule: list[str]) -> int:
@@ -575,7 +579,7 @@ def diagnosis_evaluation_overrides(spec: dict) -> list[str]:
             f"knows {DIAGNOSIS_FINAL_METRIC!r}"
         )
     last = schedule_epochs(spec["size"]["schedules"]["single"])
-    return [*DIAGNOSIS_EVALUATION, f"train.eval_epochs=[{last - 1},{last}]"]
+    return [*DIAGNOSIS_EVALUATION, f"train.eval_epochs=[{last - 1},{last}]", DIAGNOSIS_RECORDS]
 
 
 def benchmark_data(spec: dict, benchmark: str) -> dict:

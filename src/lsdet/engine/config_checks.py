@@ -287,4 +287,13 @@ def check_training_config(cfg: Any) -> None:
     if when not in EVAL_WHEN:
         raise ValueError(f"train.eval_every={when!r}; expected one of {EVAL_WHEN}")
     _check_eval_epochs(cfg)
+    records = cfg.train.get("eval_image_records", False)
+    if not isinstance(records, bool):
+        raise ValueError(f"train.eval_image_records={records!r}: expected true or false")
+    metric = (cfg.get("data") or {}).get("metric") or "oid_challenge"
+    if records and metric != "oid_challenge":
+        raise ValueError(
+            "train.eval_image_records=true: per-image records are kept by the Open Images "
+            f"Challenge metric only, not by data.metric={metric!r}"
+        )
     parse_resume(cfg.train.get("resume", False))

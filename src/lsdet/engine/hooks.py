@@ -308,8 +308,10 @@ class EvalHook(Hook):
         num_workers: int,
         max_images: int | None,
         show_progress: bool,
+        image_records: bool = False,
     ) -> None:
         self.when = when
+        self.image_records = image_records  # keep per-image records (train.eval_image_records)
         # with when="epoch": only after these epochs, numbered over the whole schedule
         # (train.eval_epochs); None: after every epoch
         self.epochs = None if epochs is None else {int(e) for e in epochs}
@@ -346,6 +348,7 @@ class EvalHook(Hook):
                 max_images=self.max_images,
                 amp=run.amp,
                 progress=self.show_progress,
+                image_records=self.image_records,
             )
         except Exception as exc:  # reported, and the training goes on
             message = f"{type(exc).__name__}: {exc}"

@@ -60,12 +60,14 @@ EVALUATIONS = "eval"
 class EvaluationFolder:
     """The files of one evaluation, as ``lsdet.evaluation.outputs.write_evaluation_outputs``
     writes them: ``metrics.json`` (mAP, per-class AP, report), ``per_class.csv``,
-    ``frequency_buckets.csv`` and ``ap_vs_frequency.png``."""
+    ``frequency_buckets.csv`` and ``ap_vs_frequency.png``; ``image_records.npz`` when the
+    evaluation kept per-image records (``lsdet.evaluation.image_records``)."""
 
     METRICS = "metrics.json"
     PER_CLASS = "per_class.csv"
     FREQUENCY_BUCKETS = "frequency_buckets.csv"
     AP_VS_FREQUENCY = "ap_vs_frequency.png"
+    IMAGE_RECORDS = "image_records.npz"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -85,6 +87,10 @@ class EvaluationFolder:
     @property
     def ap_vs_frequency(self) -> Path:
         return self.path / self.AP_VS_FREQUENCY
+
+    @property
+    def image_records(self) -> Path:
+        return self.path / self.IMAGE_RECORDS
 
     def read_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics.read_text())

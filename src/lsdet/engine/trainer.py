@@ -203,6 +203,7 @@ def setup(
             num_workers=int(train.num_workers),
             max_images=train.eval_max_images,
             show_progress=bool(train.progress),
+            image_records=bool(train.get("eval_image_records", False)),
         ),
     ]
     trainer = Trainer(run, hooks, checkpointer, resume_state, start)

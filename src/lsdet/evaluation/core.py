@@ -43,6 +43,7 @@ import pandas as pd
 
 from lsdet.boxes import box_ioa_paired, box_iou_paired
 from lsdet.data import Hierarchy
+from lsdet.evaluation import image_records as records_module
 
 # Pairs of (detection, GT box) scored per chunk; bounds the memory of the matching step.
 _PAIRS_PER_CHUNK = 2_000_000
@@ -428,6 +429,8 @@ class ChallengeResult:
     report: EvaluationReport
     group_of_weight: float = 1.0
     iou_threshold: float = 0.5
+    # per-image records for an image bootstrap (``evaluate(..., keep_records=True)``)
+    image_records: records_module.ImageRecords | None = None
 
     @property
     def has_ground_truth(self) -> np.ndarray:
@@ -485,6 +488,7 @@ def evaluate(
     iou_threshold: float = 0.5,
     expand_predictions: bool = False,
     report: EvaluationReport | None = None,
+    keep_records: bool = False,
 ) -> ChallengeResult:
     """Open Images Challenge AP per class and mAP of detections against ``gt``.
 
@@ -499,6 +503,8 @@ def evaluate(
         expand_predictions: also count each detection for every ancestor class
             (needs ``gt.hierarchy``); off in the official metric.
         report: a reader's report to extend (otherwise a fresh one).
+        keep_records: also return the per-image records of the matching
+            (``result.image_records``, ``lsdet.evaluation.image_records``).
     """
     num_classes = gt.num_classes
     image_ids = np.asarray(image_ids)
@@ -601,6 +607,27 @@ def evaluate(
     is_entry = scored.copy()
     is_entry[group_entry[credited]] = True
 
+    records = None
+    if keep_records:
+        status = np.where(is_tp, records_module.TRUE_POSITIVE, records_module.FALSE_POSITIVE)
+        status[in_group] = records_module.IGNORED
+        status[group_entry[credited]] = records_module.GROUP_OF_ENTRY
+        gt_image, gt_class, gt_boxes, gt_group_of = records_module.ground_truth_counts(
+            gt.box_image, gt.box_class, gt.box_is_group_of, num_classes
+        )
+        records = records_module.ImageRecords(
+            mids=list(gt.mids),
+            image_ids=np.asarray(gt.image_ids),
+            det_image=det_image[rows],
+            det_class=classes,
+            det_score=det_scores,
+            det_status=status.astype(np.int8),
+            gt_image=gt_image,
+            gt_class=gt_class,
+            gt_boxes=gt_boxes,
+            gt_group_of=gt_group_of,
+            group_of_weight=float(group_of_weight),
+        )
     num_instances = gt.num_instances(group_of_weight)
     ap = _average_precision_per_class(
         classes[is_entry],
@@ -621,6 +648,7 @@ def evaluate(
         report=report,
         group_of_weight=float(group_of_weight),
         iou_threshold=float(iou_threshold),
+        image_records=records,
     )
 
 

@@ -22,10 +22,12 @@ def evaluate_detections(
     group_of_weight: float = 1.0,
     iou_threshold: float = 0.5,
     expand_predictions: bool = False,
+    keep_records: bool = False,
 ) -> ChallengeResult:
     """The metric of ``detections`` against ``gt``. The images the detector could not read
     (``detections.skipped_images``) leave their ground truth out: a missing image must not
-    pass for a weaker detector."""
+    pass for a weaker detector. ``keep_records``: the result holds per-image records
+    (``lsdet.evaluation.image_records``)."""
     if detections.skipped_images:
         ids, reasons = zip(*detections.skipped_images, strict=True)
         gt = gt.without_images(list(ids), list(reasons))
@@ -38,6 +40,7 @@ def evaluate_detections(
         group_of_weight=group_of_weight,
         iou_threshold=iou_threshold,
         expand_predictions=expand_predictions,
+        keep_records=keep_records,
     )
 
 
@@ -57,6 +60,7 @@ def detect_and_evaluate(
     group_of_weight: float = 1.0,
     iou_threshold: float = 0.5,
     expand_predictions: bool = False,
+    keep_records: bool = False,
 ) -> tuple[Detections, ChallengeResult | None]:
     """Predict the items ``indices`` of ``images`` (this rank's shard under ``dist``), gather
     the ranks' detections and score them against ``gt`` (``evaluate_detections``). Returns
@@ -82,5 +86,6 @@ def detect_and_evaluate(
         group_of_weight=group_of_weight,
         iou_threshold=iou_threshold,
         expand_predictions=expand_predictions,
+        keep_records=keep_records,
     )
     return detections, result

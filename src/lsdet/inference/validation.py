@@ -50,11 +50,19 @@ def validate(
     max_images: int | None = None,
     amp: bool = False,
     progress: bool = True,
+    image_records: bool = False,
 ) -> dict[str, Any]:
-    """mAP and bucket mAPs of the model on the validation split (the same dict on every rank)."""
+    """mAP and bucket mAPs of the model on the validation split (the same dict on every rank);
+    ``image_records``: the evaluation's per-image records (``lsdet.evaluation.image_records``)
+    are written beside its metrics.json (the Open Images Challenge metric only)."""
     n = len(data.val_set) if not max_images else min(len(data.val_set), int(max_images))
     start = time.perf_counter()
     if data.data_config is not None and data_metric(data.data_config) != OID_CHALLENGE:
+        if image_records:
+            raise ValueError(
+                "train.eval_image_records=true: per-image records are kept by the Open Images "
+                f"Challenge metric only, not by data.metric={data_metric(data.data_config)!r}"
+            )
         detections = predict_images(
             model,
             data.val_set,
@@ -89,6 +97,7 @@ def validate(
         amp=amp,
         progress=dist.is_main and progress,
         desc=f"eval {tag}",
+        keep_records=image_records,
     )
     metrics: dict[str, Any] = {}
     if dist.is_main:
@@ -110,8 +119,8 @@ def validate(
 def record_evaluation(
     result: Any, data: TrainingData, out_dir: Path, *, run_name: str, tag: str, seconds: float
 ) -> dict[str, Any]:
-    """Write the evaluator's files for ``result`` into ``out_dir``; returns the mAP, the
-    frequency-bucket mAPs and the evaluation time."""
+    """Write the evaluator's files for ``result`` into ``out_dir`` (with its per-image records
+    when it holds them); returns the mAP, the frequency-bucket mAPs and the evaluation time."""
     names = dict(zip(data.hierarchy.mids, data.class_names, strict=True))
     counts = data.expanded_image_counts
     write_evaluation_outputs(
@@ -121,6 +130,8 @@ def record_evaluation(
         train_image_counts=counts,
         extra={"run": run_name, "tag": tag, "eval_seconds": round(seconds, 2)},
     )
+    if result.image_records is not None:
+        result.image_records.save(EvaluationFolder(out_dir).image_records)
     table = per_class_table(result, names=names, train_image_counts=counts)
     buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
     metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}

@@ -1,0 +1,171 @@
+"""Per-image records of one Open Images Challenge evaluation, enough to recompute its per-class
+APs on any multiset of its images (an image bootstrap: experiments/bootstrap.py).
+
+``lsdet.evaluation.evaluate(..., keep_records=True)`` fills them: per detection that the metric
+matched (its image's class is evaluated there) the image index, the class, the score and its
+status (true positive, false positive, a group-of box's credited entry, or ignored inside a
+group-of box); per (image, class) with ground-truth boxes the number of non-group-of and of
+group-of boxes. Detections the metric drops before matching (class not verified in the image,
+image not in the ground truth, no area) have no record: they take no part in any AP.
+
+The AP of a class on a multiset of images, each image counted ``w`` times, is the AP of the
+evaluation with every image repeated ``w`` times: the repeated entries have equal scores and
+form one operating point, so each adds ``w`` times its true/false-positive weight there, and
+each ground-truth instance counts ``w`` times. With every ``w = 1`` the APs are the
+evaluation's own, exactly (``core.average_precision``'s arithmetic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Status of a detection record.
+FALSE_POSITIVE = 0
+TRUE_POSITIVE = 1
+GROUP_OF_ENTRY = 2  # the entry of a group-of box (weight group_of_weight), at its best score
+IGNORED = 3  # inside a group-of box without being its entry: not counted
+
+
+@dataclass
+class ImageRecords:
+    """The records of one evaluation (arrays in the evaluation's order: by class, then by
+    descending score, the order of the AP computation)."""
+
+    mids: list[str]
+    image_ids: np.ndarray  # [I] the ground truth's image ids; records index them
+    det_image: np.ndarray  # [N] int
+    det_class: np.ndarray  # [N] int
+    det_score: np.ndarray  # [N] float64
+    det_status: np.ndarray  # [N] int8: FALSE_POSITIVE | TRUE_POSITIVE | GROUP_OF_ENTRY | IGNORED
+    gt_image: np.ndarray  # [P] int, one per (image, class) with ground-truth boxes
+    gt_class: np.ndarray  # [P] int
+    gt_boxes: np.ndarray  # [P] int, non-group-of boxes
+    gt_group_of: np.ndarray  # [P] int, group-of boxes
+    group_of_weight: float = 1.0
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the records as a compressed ``.npz`` (written to a temporary name, then
+        renamed: a file cut short is never left under the name)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(
+            tmp,
+            mids=np.asarray(self.mids, dtype=str),
+            image_ids=np.asarray(self.image_ids, dtype=str),
+            det_image=self.det_image.astype(np.int32),
+            det_class=self.det_class.astype(np.int32),
+            det_score=self.det_score.astype(np.float64),
+            det_status=self.det_status.astype(np.int8),
+            gt_image=self.gt_image.astype(np.int32),
+            gt_class=self.gt_class.astype(np.int32),
+            gt_boxes=self.gt_boxes.astype(np.int32),
+            gt_group_of=self.gt_group_of.astype(np.int32),
+            group_of_weight=np.float64(self.group_of_weight),
+        )
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImageRecords:
+        """Records written by :meth:`save`; a file without them is an error naming it."""
+        with np.load(path, allow_pickle=False) as data:
+            missing = sorted(set(_FIELDS) - set(data.files))
+            if missing:
+                raise ValueError(f"{path}: not an image-records file (no {missing})")
+            return cls(
+                mids=[str(m) for m in data["mids"]],
+                image_ids=data["image_ids"],
+                det_image=data["det_image"].astype(np.int64),
+                det_class=data["det_class"].astype(np.int64),
+                det_score=data["det_score"],
+                det_status=data["det_status"],
+                gt_image=data["gt_image"].astype(np.int64),
+                gt_class=data["gt_class"].astype(np.int64),
+                gt_boxes=data["gt_boxes"].astype(np.int64),
+                gt_group_of=data["gt_group_of"].astype(np.int64),
+                group_of_weight=float(data["group_of_weight"]),
+            )
+
+    def average_precisions(self, image_weights: np.ndarray | None = None) -> np.ndarray:
+        """``[C]`` AP per class with every image counted ``image_weights[i]`` times (None:
+        once, the evaluation's own APs); NaN for a class without ground-truth instances."""
+        num_classes = len(self.mids)
+        if image_weights is None:
+            image_weights = np.ones(self.num_images)
+        image_weights = np.asarray(image_weights, dtype=np.float64)
+        if image_weights.shape != (self.num_images,):
+            raise ValueError(
+                f"image_weights has shape {image_weights.shape}; expected ({self.num_images},)"
+            )
+        gt_weight = image_weights[self.gt_image]
+        plain = np.bincount(self.gt_class, weights=gt_weight * self.gt_boxes, minlength=num_classes)
+        group_of = np.bincount(
+            self.gt_class, weights=gt_weight * self.gt_group_of, minlength=num_classes
+        )
+        num_instances = plain + self.group_of_weight * group_of
+        entry = (self.det_status != IGNORED) & (image_weights[self.det_image] > 0)
+        classes = self.det_class[entry]
+        scores = self.det_score[entry]
+        status = self.det_status[entry]
+        weight = image_weights[self.det_image[entry]]
+        tp_weight = np.where(status == TRUE_POSITIVE, 1.0, 0.0)
+        tp_weight[status == GROUP_OF_ENTRY] = self.group_of_weight
+        # a false positive is an entry of no positive weight (core.average_precision)
+        tp = weight * tp_weight
+        fp = weight * (tp_weight <= 0)
+        ap = np.full(num_classes, np.nan)
+        bounds = np.searchsorted(classes, np.arange(num_classes + 1))
+        for k in np.flatnonzero(num_instances > 0):
+            lo, hi = bounds[k], bounds[k + 1]
+            ap[k] = _weighted_average_precision(
+                scores[lo:hi], tp[lo:hi], fp[lo:hi], num_instances[k]
+            )
+        return ap
+
+    def mean_average_precision(self, image_weights: np.ndarray | None = None) -> float:
+        """The mAP (mean over the classes with instances) with the images so counted."""
+        ap = self.average_precisions(image_weights)
+        return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+_FIELDS = (
+    "mids", "image_ids", "det_image", "det_class", "det_score", "det_status", "gt_image",
+    "gt_class", "gt_boxes", "gt_group_of", "group_of_weight",
+)  # fmt: skip
+
+
+def _weighted_average_precision(
+    scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_instances: float
+) -> float:
+    """``core.average_precision`` with a true- and a false-positive weight per entry (entries
+    sorted by descending score; equal scores form one operating point)."""
+    if len(scores) == 0:
+        return 0.0
+    cum_tp = np.cumsum(tp)
+    cum_fp = np.cumsum(fp)
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    cum_tp, cum_fp = cum_tp[last_of_tie], cum_fp[last_of_tie]
+    precision = np.concatenate([[0.0], cum_tp / (cum_tp + cum_fp), [0.0]])
+    recall = np.concatenate([[0.0], cum_tp / num_instances, [1.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
+
+
+def ground_truth_counts(
+    box_image: np.ndarray, box_class: np.ndarray, box_is_group_of: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per (image, class) with boxes: image, class, non-group-of and group-of box counts."""
+    keys = box_image.astype(np.int64) * num_classes + box_class.astype(np.int64)
+    pairs, inverse = np.unique(keys, return_inverse=True)
+    plain = np.bincount(inverse, weights=~box_is_group_of, minlength=len(pairs)).astype(np.int64)
+    group_of = np.bincount(inverse, weights=box_is_group_of, minlength=len(pairs)).astype(np.int64)
+    image, cls = np.divmod(pairs, num_classes)
+    return image, cls, plain, group_of

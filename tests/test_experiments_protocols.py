@@ -1,0 +1,320 @@
+"""experiments/run_all.py --protocol diagnosis | crt: the tasks of the protocols registered in
+sweeps.yaml (diagnosis_sweep, crt_protocol), their plan, their results folders and the
+secondary claim's class list; nothing is trained."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import aggregate  # noqa: E402
+import run_all  # noqa: E402
+
+SWEEPS = run_all.load_sweeps()
+
+
+def diagnosis_tasks(tmp_path: Path, seeds=(0, 1)) -> list[run_all.Task]:
+    return run_all.build_diagnosis_tasks(
+        SWEEPS, tmp_path / "runs", tmp_path / "results", list(seeds), python="py"
+    )
+
+
+def option(task: run_all.Task, key: str) -> str:
+    values = [a.split("=", 1)[1] for a in task.command if a.startswith(key + "=")]
+    assert len(values) == 1, (key, task.command)
+    return values[0]
+
+
+# --------------------------------------------------------------------------- diagnosis
+def test_diagnosis_tasks_per_seed_benchmark_and_run_in_the_registered_order(tmp_path):
+    spec = SWEEPS["diagnosis_sweep"]
+    tasks = diagnosis_tasks(tmp_path)
+    expected = [
+        f"{run}_{benchmark}_s{seed}"
+        for seed in (0, 1)
+        for benchmark in spec["benchmarks"]
+        for run in spec["runs"]
+    ]
+    assert [t.name for t in tasks] == expected
+    assert len(diagnosis_tasks(tmp_path, spec["seeds"])) == 4 * 2 * 7
+    for task in tasks:
+        benchmark = task.row.split("_")[-1]
+        assert task.kind == "train"
+        assert option(task, "data.root") == spec["benchmarks"][benchmark]["root"] == task.data_root
+        assert float(option(task, "data.generate.multi_label_rate")) == pytest.approx(
+            spec["benchmarks"][benchmark]["multi_label_rate"]
+        )
+        assert option(task, "data.generate.num_val_images") == "4000"
+        assert option(task, "data.generate.confused_pairs.placement") == "across_frequency"
+        assert option(task, "train.eval_epochs") == "[6,7]"
+        assert option(task, "train.eval_every") == "epoch"
+        assert option(task, "train.eval_image_records") == "true"
+        assert option(task, "train.max_iters_per_epoch") == "188"
+        assert option(task, "+experiment") == spec["runs"][task.row.rsplit("_", 1)[0]]["experiment"]
+        # the layout experiments/aggregate.py pairs: runs/<run id>_<benchmark>/val-as_train/
+        assert task.results_dir == (
+            tmp_path / "results" / "runs" / task.row / "val-as_train" / f"seed{task.seed}"
+        )
+        assert task.run_dir == tmp_path / "runs" / task.name
+        assert f"seed={task.seed}" in task.command
+
+
+def test_diagnosis_runs_and_rows_can_be_selected(tmp_path):
+    tasks = run_all.build_diagnosis_tasks(
+        SWEEPS, tmp_path, tmp_path, [0], only=["d_softmax", "d_concurrent_softmax_m0.4"]
+    )
+    assert [t.name for t in tasks] == [
+        "d_softmax_m0_s0",
+        "d_softmax_m0.1_s0",
+        "d_softmax_m0.2_s0",
+        "d_softmax_m0.4_s0",
+        "d_concurrent_softmax_m0.4_s0",
+    ]
+
+
+def test_diagnosis_evaluation_follows_the_registered_final_metric():
+    spec = SWEEPS["diagnosis_sweep"]
+    assert run_all.diagnosis_evaluation_overrides(spec)[-2:] == [
+        "train.eval_epochs=[6,7]",
+        "train.eval_image_records=true",
+    ]
+    other = {**spec, "final_metric": "ema"}
+    with pytest.raises(run_all.SweepError, match="final_metric='ema'"):
+        run_all.diagnosis_evaluation_overrides(other)
+    longer = json.loads(json.dumps(spec))
+    longer["size"]["schedules"]["single"][0] = "schedule.phases.main.epochs=9"
+    assert "train.eval_epochs=[8,9]" in run_all.diagnosis_evaluation_overrides(longer)
+
+
+def test_diagnosis_tasks_compose_as_training_configs(tmp_path):
+    """The overrides of a diagnosis run are valid for lsdet.train (keys exist, eval_epochs in
+    range of the schedule)."""
+    from train_helpers import compose_train
+
+    from lsdet.engine.config_checks import check_training_config
+
+    task = diagnosis_tasks(tmp_path, seeds=[3])[1]
+    overrides = [a for a in task.command[3:] if not a.startswith("hydra.")]
+    cfg = compose_train(overrides)
+    check_training_config(cfg)
+    assert list(cfg.train.eval_epochs) == [6, 7] and cfg.train.eval_image_records is True
+    assert cfg.loss.name == "concurrent_softmax" and cfg.seed == 3
+
+
+def write_benchmark(root: Path, labels: list[str]) -> None:
+    hierarchy = {
+        "LabelName": "/m/0bl9f",
+        "Subcategory": [
+            {"LabelName": "/p", "Subcategory": [{"LabelName": "/a"}, {"LabelName": "/b"}]},
+        ],
+    }
+    root.mkdir(parents=True)
+    (root / "hierarchy.json").write_text(json.dumps(hierarchy))
+    objects = pd.DataFrame({"TrueLabelName": ["/a", "/a", "/b", "/b"], "LabelNames": labels})
+    objects.to_csv(root / "train-objects.csv", index=False)
+
+
+def test_multi_labelled_classes_of_every_benchmark(tmp_path):
+    spec = {
+        "multi_labelled_min_share": 0.5,
+        "benchmarks": {
+            "m0": {"root": str(tmp_path / "m0"), "multi_label_rate": 0.0},
+            "m0.4": {"root": str(tmp_path / "m0.4"), "multi_label_rate": 0.4},
+        },
+        "size": {"data": {"generate": {}}},
+    }
+    write_benchmark(tmp_path / "m0", ["/a", "/a", "/b", "/b"])
+    write_benchmark(tmp_path / "m0.4", ["/a;/b", "/a", "/b;/a", "/b;/a"])
+    path = run_all.write_multi_labelled_classes(spec, tmp_path / "out" / "classes.csv")
+    assert path.read_text() == "benchmark,mid\nm0.4,/a\nm0.4,/b\n"
+    # what aggregate.py reads: the classes per benchmark
+    table = pd.read_csv(path)
+    assert {b: set(g["mid"]) for b, g in table.groupby("benchmark")} == {"m0.4": {"/a", "/b"}}
+    run_all.write_multi_labelled_classes(spec, path)  # the same rows: fine
+    path.write_text("benchmark,mid\nm0.4,/a\n")
+    with pytest.raises(run_all.SweepError, match="other multi-labelled classes"):
+        run_all.write_multi_labelled_classes(spec, path)
+    assert path.read_text() == "benchmark,mid\nm0.4,/a\n"  # never overwritten
+
+
+def test_diagnosis_dry_run_lists_the_tasks(tmp_path, capsys):
+    code = run_all.main(
+        ["--protocol", "diagnosis", "--dry-run", "--seeds", "0", "--out", str(tmp_path / "runs"),
+         "--results", str(tmp_path / "results")]
+    )  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert out[-1] == "8 tasks: {'run': 8}"
+    assert all(line.startswith("[run] ") and "-m lsdet.train" in line for line in out[:-1])
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+def test_diagnosis_results_are_copied_and_read_as_the_final_metric(tmp_path):
+    """A finished diagnosis run (evaluations after epochs 6 and 7 only) copied as the sweep
+    copies it: configs, evaluations, per-class AP, image records, concurrent rates, never
+    checkpoints; aggregate.py reads the two evaluations for the final metric."""
+    task = diagnosis_tasks(tmp_path, seeds=[0])[0]
+    run = task.run_dir
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "concurrent_rates.csv").write_text("mid_i,mid_j,rate\n")
+    history = [{"phase": "main", "epoch": e, "global_step": 188 * e} for e in range(1, 8)]
+    for h, value in zip(history[5:], (0.4, 0.6), strict=True):
+        tag = f"main_epoch{h['epoch']}"
+        folder = run / "eval" / tag
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"map": value}))
+        pd.DataFrame({"mid": ["/a", "/b"], "ap": [value, value]}).to_csv(
+            folder / "per_class.csv", index=False
+        )
+        (folder / "image_records.npz").write_bytes(b"npz")
+        h.update(map=value, eval_dir=f"eval/{tag}")
+    summary = {"status": "finished", "history": history, "run_dir": str(run)}
+    (run / "summary.json").write_text(json.dumps(summary))
+    run_all.copy_results(task, data_hash="h", wall_seconds=1.0)
+    copied = sorted(
+        str(p.relative_to(task.results_dir)) for p in task.results_dir.rglob("*") if p.is_file()
+    )
+    assert "eval/main_epoch7/image_records.npz" in copied
+    assert not any("checkpoints" in p for p in copied)
+    assert {"config.yaml", "concurrent_rates.csv", "summary.json", "run.json"} <= set(copied)
+    result = aggregate.read_result(task.results_dir)
+    assert result["run"] == "d_softmax_m0" and len(result["history"]) == 2
+    assert aggregate.last_two_mean(result["history"]) == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- cRT
+def crt_plan(tmp_path: Path, **kwargs) -> run_all.CrtPlan:
+    return run_all.build_crt_tasks(
+        SWEEPS, tmp_path / "runs", tmp_path / "results", python="py", **kwargs
+    )
+
+
+def test_crt_tasks_detector_cache_and_every_arm_and_seed(tmp_path):
+    spec = SWEEPS["crt_protocol"]
+    crt = crt_plan(tmp_path)
+    detector = spec["detector"]
+    assert crt.base.name == f"{detector['run']}_s{detector['seed']}" and crt.base.kind == "train"
+    assert crt.base.results_dir == (
+        tmp_path / "results" / "converged" / "runs" / "t1_softmax" / "val-as_train" / "seed0"
+    )
+    assert crt.checkpoint == (
+        tmp_path / "runs" / "converged" / "t1_softmax_s0" / "checkpoints" / "phase_main.pt"
+    )
+    assert crt.cache.depends_on == [crt.base.name]
+    assert option(crt.cache, "stage") == "cache"
+    cache_file = tmp_path / "runs" / "crt" / "roi_cache.pt"
+    assert option(crt.cache, "cache_file") == str(cache_file) == str(crt.cache.output)
+    assert len(crt.arms) == len(spec["arms"]) * len(spec["seeds"]) == 60
+    assert [t.name for t in crt.arms[:6]] == [f"crt_{arm}_s0" for arm in spec["arms"]]
+    for task in crt.arms:
+        assert task.depends_on == [crt.cache.name]
+        assert option(task, "checkpoint") == str(crt.checkpoint)
+        assert option(task, "cache_file") == str(cache_file)
+        assert option(task, "seeds") == f"[{task.seed}]" and option(task, "arm") == task.row
+        for override in spec["arms"][task.row]:
+            assert override in task.command
+        assert task.results_dir == (
+            tmp_path / "results" / "crt" / "runs" / task.row / "val-as_train" / f"seed{task.seed}"
+        )
+        assert task.output == task.run_dir / "metrics.json"
+        # where the files are is not what the task computes
+        assert not any(
+            s.startswith(("cache_file=", "overwrite=", "checkpoint=")) for s in task.settings
+        )
+    only = crt_plan(tmp_path, seeds=[3], arms=["cs_prior_count0"])
+    assert [t.name for t in only.arms] == ["crt_cs_prior_count0_s3"]
+    assert "rates.prior_count=0" in only.arms[0].command
+    with pytest.raises(run_all.SweepError, match="no arm"):
+        crt_plan(tmp_path, arms=["cs_other"])
+
+
+def test_crt_lsdet_crt_accepts_every_arms_overrides(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from train_helpers import CONF_DIR
+
+    from lsdet import crt
+
+    for task in crt_plan(tmp_path, seeds=[0]).arms:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("crt", overrides=task.command[3:])
+        overrides = crt.arm_rates_overrides(cfg.rates)
+        assert cfg.arm == task.row and list(cfg.seeds) == [0]
+        if task.row == "cs_hierarchy_rate0":
+            assert overrides == {"hierarchy_rate": 0.0}
+        elif task.row == "cs_prior_count0":
+            assert overrides == {"prior_count": 0.0}
+        else:
+            assert overrides == {}
+        if task.row == "cs_annotated_targets":
+            assert cfg.loss.positive_targets == "annotated"
+        if task.row == "cs_mean_reduction":
+            assert cfg.loss.positive_reduction == "mean"
+
+
+def record_results(task: run_all.Task) -> None:
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    (task.run_dir / "metrics.json").write_text(json.dumps({"map": 0.5}))
+    run_all.copy_results(task, data_hash=None, wall_seconds=None)
+
+
+def test_crt_plan_remakes_what_the_arms_need(tmp_path):
+    crt = crt_plan(tmp_path, seeds=[0], arms=["softmax", "cs_default"])
+    actions = run_all.plan_crt(crt)
+    assert actions == {t.name: "run" for t in crt.tasks}
+    # the detector's results recorded by the converged sweep, its checkpoint gone: trained
+    # again for the checkpoint only
+    record_results(crt.base)
+    assert run_all.plan_crt(crt)[crt.base.name] == "retrain"
+    crt.checkpoint.parent.mkdir(parents=True)
+    crt.checkpoint.write_bytes(b"weights")
+    assert run_all.plan_crt(crt)[crt.base.name] == "done"
+    # the cache recorded but its file gone while an arm still has to run: made again
+    record_results(crt.cache)
+    assert run_all.plan_crt(crt)[crt.cache.name] == "retrain"
+    crt.cache.output.parent.mkdir(parents=True, exist_ok=True)
+    crt.cache.output.write_bytes(b"cache")
+    assert run_all.plan_crt(crt)[crt.cache.name] == "done"
+    for task in crt.arms:
+        record_results(task)
+    crt.cache.output.unlink()
+    assert set(run_all.plan_crt(crt).values()) == {"done"}  # nothing left needs the cache
+    # the checkpoint gone once results were made from it: continuing would mix detectors
+    crt.checkpoint.unlink()
+    more = crt_plan(tmp_path, seeds=[0, 1], arms=["softmax", "cs_default"])
+    with pytest.raises(run_all.SweepError, match="checkpoint .* is gone.*crt_softmax_s0"):
+        run_all.plan_crt(more)
+
+
+def test_crt_arm_results_are_copied_without_the_classifier_and_read_as_evaluations(tmp_path):
+    task = crt_plan(tmp_path, seeds=[2], arms=["cs_default"]).arms[0]
+    task.run_dir.mkdir(parents=True)
+    (task.run_dir / "classifier.pt").write_bytes(b"weights")
+    (task.run_dir / "metrics.json").write_text(json.dumps({"map": 0.25}))
+    pd.DataFrame({"mid": ["/a"], "ap": [0.25]}).to_csv(task.run_dir / "per_class.csv")
+    (task.run_dir / "task.json").write_text(json.dumps({"settings": task.settings}))
+    assert run_all.run_finished(task)
+    run_all.copy_results(task, data_hash=None, wall_seconds=3.0)
+    assert not (task.results_dir / "classifier.pt").exists()
+    row = aggregate.read_result(task.results_dir)
+    assert row["run"] == "cs_default" and row["seed"] == 2 and row["map"] == 0.25
+    assert row["kind"] == "evaluation" and row["validation"] == "as_train"
+
+
+def test_crt_dry_run_lists_the_tasks_and_takes_no_overrides(tmp_path, capsys):
+    args = ["--protocol", "crt", "--dry-run", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--seeds", "0", "1"]  # fmt: skip
+    assert run_all.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "14 tasks: {'run': 14}"
+    assert "-m lsdet.train" in out[0] and "stage=cache" in out[1]
+    with pytest.raises(SystemExit, match="takes no extra overrides"):
+        run_all.main(["optim.lr=0.1", *args])
