@@ -86,6 +86,23 @@ def test_unknown_key_from_the_command_line_names_it():
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_setting_from_the_command_line_is_one_line_naming_the_key(tmp_path):
+    command = [sys.executable, "-m", "lsdet.train", "seed=abc", f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "error: seed='abc': expected an integer" in result.stderr
+    assert "Traceback" not in result.stderr
+    full = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert "Traceback" in full.stderr and "seed='abc'" in full.stderr
+
+
 def test_multirun_sweep_runs_every_combination(tmp_path):
     sweep_dir = tmp_path / "sweep"
     overrides = [

@@ -17,8 +17,24 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lsdet.engine.run_folder import check_writable
+from lsdet.data.dataset import ImageLoadError
+from lsdet.engine.checkpoint import CheckpointError
+from lsdet.engine.run_folder import RunFolderBusyError, check_writable
+from lsdet.engine.run_state import NonFiniteLossError, NonFiniteStateError
 from lsdet.engine.trainer import run_training
+
+# Errors about the user's settings, files or run folder. Their messages name the key, the
+# file and line or the folder, so the command line prints them as one line; a traceback is
+# for lsdet's own faults (and with HYDRA_FULL_ERROR=1 for these too).
+USER_ERRORS = (
+    ValueError,  # settings (config checks, generator settings), data formats, hierarchy
+    OSError,  # missing, existing, unwritable or full files and folders
+    RunFolderBusyError,
+    CheckpointError,
+    NonFiniteLossError,
+    NonFiniteStateError,
+    ImageLoadError,
+)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
@@ -28,8 +44,13 @@ def main(cfg: DictConfig) -> float | None:
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     run_dir = HydraConfig.get().runtime.output_dir
-    check_writable(run_dir)  # before anything is logged to <run dir>/train.log
-    summary = run_training(cfg, run_dir)
+    try:
+        check_writable(run_dir)  # before anything is logged to <run dir>/train.log
+        summary = run_training(cfg, run_dir)
+    except USER_ERRORS as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"error: {exc}") from None
     if summary["status"] == "interrupted":  # SIGTERM/SIGINT: checkpointed, resume later
         raise SystemExit(130)
     evaluated = [h["map"] for h in summary["history"] if "map" in h]
