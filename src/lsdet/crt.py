@@ -353,7 +353,8 @@ def build_arm_loss(
     """The arm's loss as the trainer builds it (``lsdet.engine.builders.build_model``): class
     counts of the training split, and the concurrent rates (``rates`` settings of the
     checkpoint's run, ``rates_overrides`` replacing some) when the loss takes them."""
-    from lsdet.losses import LOSSES, loss_from_config
+    from lsdet.engine.builders import loss_of_settings
+    from lsdet.losses import LOSSES
 
     name = loss_cfg.get("name")
     if name not in LOSSES:
@@ -361,15 +362,7 @@ def build_arm_loss(
     rates = None
     if "rates" in LOSSES[name].inputs:
         rates = arm_rates(train_cfg, data, rates_overrides)
-    loss_fn = loss_from_config(
-        loss_cfg,
-        num_classes=data.num_classes + 1,
-        image_counts=data.image_counts,
-        box_counts=data.box_counts,
-        rates=rates,
-        ancestors=torch.as_tensor(data.hierarchy.ancestors, dtype=torch.bool),
-    )
-    return loss_fn.to(device)
+    return loss_of_settings(loss_cfg, data, rates).to(device)
 
 
 def new_box_predictor(
@@ -636,14 +629,8 @@ def evaluate_predictor(
     the validation split with the Open Images Challenge metric as the trainer's validation
     does; writes metrics.json, per_class.csv, frequency_buckets.csv into ``out_dir`` and
     returns the mAP and the frequency-bucket mAPs."""
-    from lsdet.engine.loaders import make_loader
-    from lsdet.evaluation import evaluate
-    from lsdet.evaluation.outputs import (
-        bucket_summary,
-        per_class_table,
-        write_evaluation_outputs,
-    )
-    from lsdet.inference import predict
+    from lsdet.inference import detect_and_evaluate
+    from lsdet.inference.validation import record_evaluation
 
     start = time.perf_counter()
     model, train_cfg = detector_with_predictor(
@@ -658,29 +645,21 @@ def evaluate_predictor(
     )
     if data is None:
         data = open_training_data(train_cfg, data_root)
-    loader = make_loader(
+    _, result = detect_and_evaluate(
+        model,
         data.val_set,
-        range(len(data.val_set)),
+        data.val_gt,
+        device=device,
         batch_size=int(batch_size),
         num_workers=int(num_workers),
-        collate_fn=data.collate_fn,
-    )
-    detections = predict(model, loader, device, progress=progress, desc="crt evaluate")
-    gt = data.val_gt
-    if detections.skipped_images:  # unreadable images (data.strict=false): GT left out
-        ids, reasons = zip(*detections.skipped_images, strict=True)
-        gt = gt.without_images(list(ids), list(reasons))
-    result = evaluate(
-        gt, detections.image_ids, detections.class_indices, detections.scores, detections.boxes
+        progress=progress,
+        desc="crt evaluate",
     )
     seconds = time.perf_counter() - start
-    names = dict(zip(data.hierarchy.mids, data.class_names, strict=True))
-    counts = data.expanded_image_counts
-    write_evaluation_outputs(
+    metrics = record_evaluation(
         result,
-        out_dir,
-        names=names,
-        train_image_counts=counts,
+        data,
+        Path(out_dir),
         extra={
             "checkpoint": str(checkpoint),
             "scoring": scoring,
@@ -691,9 +670,7 @@ def evaluate_predictor(
             **(extra or {}),
         },
     )
-    table = per_class_table(result, names=names, train_image_counts=counts)
-    buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
-    return {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}, "seconds": seconds}
+    return {**metrics, "seconds": seconds}
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -44,9 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +61,7 @@ from lsdet.data.formats import (
     ReadReport,
 )
 from lsdet.data.hierarchy import Hierarchy
-from lsdet.data.index import AnnotationIndex
+from lsdet.data.index import AnnotationIndex, write_folder_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -462,8 +459,8 @@ def build_or_open_coco_index(
 def _write_tables(directory: Path, annotations: CocoAnnotations, source: dict) -> None:
     """Open Images CSVs of the boxes and image-level labels, image sizes, file names (by
     image id) and categories, written into a fresh folder that then replaces ``directory``."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+
+    def write(staging: Path) -> None:
         boxes = annotations.boxes
         mids = np.array(annotations.categories.mids, dtype=object)
         box_columns = {
@@ -503,11 +500,5 @@ def _write_tables(directory: Path, annotations: CocoAnnotations, source: dict) -
             "num_boxes": len(boxes.image_codes),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
-            os.replace(directory, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_folder_atomically(directory, write)

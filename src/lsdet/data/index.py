@@ -43,6 +43,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -483,14 +484,22 @@ def _positions(sorted_bytes: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
 
 
 def _write_atomically(directory: Path, arrays: dict[str, np.ndarray], manifest: dict) -> None:
-    """Write into a fresh sibling folder, then swap it in (concurrent readers never see a
-    half-written index)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    def write(staging: Path) -> None:
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", np.ascontiguousarray(array))
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    write_folder_atomically(directory, write)
+
+
+def write_folder_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """``write(staging)`` fills a fresh sibling folder, which then replaces ``directory``
+    (concurrent readers never see a half-written folder; a failed write leaves the old
+    folder as it was)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        write(staging)
         if directory.exists():
             old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
             os.replace(directory, old)

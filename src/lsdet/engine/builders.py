@@ -54,8 +54,16 @@ def build_optimizer(
 def training_loss(cfg: DictConfig, data: TrainingData, rates: torch.Tensor | None) -> nn.Module:
     """The loss of ``cfg.loss`` (``lsdet.losses.loss_from_config``) with the class counts of
     the training split and the statistics it takes (``rates``, the hierarchy's ancestors)."""
+    return loss_of_settings(OmegaConf.to_container(cfg.loss, resolve=True), data, rates)
+
+
+def loss_of_settings(
+    loss_cfg: dict[str, Any], data: TrainingData, rates: torch.Tensor | None
+) -> nn.Module:
+    """The loss of the settings ``loss_cfg`` (a ``loss:`` mapping) for ``data``: what
+    :func:`training_loss` builds, also for a cRT arm's loss (``lsdet.crt.build_arm_loss``)."""
     return loss_from_config(
-        OmegaConf.to_container(cfg.loss, resolve=True),
+        loss_cfg,
         num_classes=data.num_classes + 1,
         image_counts=data.image_counts,
         box_counts=data.box_counts,

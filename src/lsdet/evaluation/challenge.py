@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lsdet.data import AnnotationIndex, DataFormatError, Hierarchy, ReadReport
 from lsdet.data.formats import read_split_annotations
@@ -17,6 +16,7 @@ from lsdet.evaluation.core import (
     EvaluationGroundTruth,
     evaluate,
     expand_rows,
+    image_id_codes,
 )
 from lsdet.evaluation.predictions import PredictionTable, first_equal_row, read_predictions_csv
 
@@ -140,17 +140,15 @@ def expand_ground_truth(
     Image-level labels only say which classes are verified per image (a set), so copies
     there change nothing.
     """
-    box_image_ids = np.asarray(box_image_ids, dtype=object)
-    label_image_ids = np.asarray(label_image_ids, dtype=object)
-    codes, image_ids = pd.factorize(np.concatenate([box_image_ids, label_image_ids]))
+    image_ids, box_images, label_images = image_id_codes(box_image_ids, label_image_ids)
     return _expand_ground_truth_codes(
         hierarchy,
-        np.asarray(image_ids, dtype=object),
-        codes[: len(box_image_ids)],
+        image_ids,
+        box_images,
         box_classes,
         boxes,
         box_is_group_of,
-        codes[len(box_image_ids) :],
+        label_images,
         label_classes,
         label_confidence,
         expand_gt=expand_gt,

@@ -54,6 +54,21 @@ _BITMAP_JOIN_MAX_KEYS = 1 << 30
 _ROWS_PER_BLOCK = 1 << 16  # rows per block of elementwise work on all detections
 
 
+def image_id_codes(
+    box_image_ids: np.ndarray, label_image_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One integer code per box row and per label row into the image ids they use.
+
+    Returns ``(image_ids, box_codes, label_codes)``: the distinct image ids (object array,
+    in order of first appearance, boxes first) and the code of each box and label row.
+    """
+    box_image_ids = np.asarray(box_image_ids, dtype=object)
+    label_image_ids = np.asarray(label_image_ids, dtype=object)
+    codes, image_ids = pd.factorize(np.concatenate([box_image_ids, label_image_ids]))
+    num_boxes = len(box_image_ids)
+    return np.asarray(image_ids, dtype=object), codes[:num_boxes], codes[num_boxes:]
+
+
 @dataclass
 class EvaluationGroundTruth:
     """Ground truth of one evaluation set, ready for repeated evaluation.
@@ -123,20 +138,18 @@ class EvaluationGroundTruth:
         ``label_*`` are the verified image-level labels, positive and negative alike (both
         make the class evaluated in that image). Nothing is expanded here.
         """
-        box_image_ids = np.asarray(box_image_ids, dtype=object)
         if label_image_ids is None:
             label_image_ids = np.empty(0, dtype=object)
             label_classes = np.empty(0, dtype=np.int64)
-        label_image_ids = np.asarray(label_image_ids, dtype=object)
-        codes, image_ids = pd.factorize(np.concatenate([box_image_ids, label_image_ids]))
+        image_ids, box_images, label_images = image_id_codes(box_image_ids, label_image_ids)
         return cls.from_image_codes(
             mids,
-            np.asarray(image_ids, dtype=object),
-            codes[: len(box_image_ids)],
+            image_ids,
+            box_images,
             box_classes,
             boxes,
             box_is_group_of,
-            codes[len(box_image_ids) :],
+            label_images,
             label_classes,
             hierarchy=hierarchy,
         )

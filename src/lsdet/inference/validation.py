@@ -26,6 +26,7 @@ from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.training_data import TrainingData
 from lsdet.evaluate import OID_CHALLENGE, data_metric, run_evaluation
+from lsdet.evaluation import ChallengeResult
 from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
 from lsdet.evaluation.predictions import write_predictions_csv
 from lsdet.inference.detections import Detections, gather_detections, predict_images
@@ -103,9 +104,9 @@ def validate(
     if dist.is_main:
         seconds = time.perf_counter() - start
         out = RunFolder(run_dir).evaluation(tag)
-        metrics = record_evaluation(
-            result, data, out.path, run_name=run_name, tag=tag, seconds=seconds
-        )
+        extra = {"run": run_name, "tag": tag, "eval_seconds": round(seconds, 2)}
+        metrics = record_evaluation(result, data, out.path, extra=extra)
+        metrics["eval_seconds"] = round(seconds, 2)
         log_evaluation(logger, metrics, out, step)
         buckets = {k: v for k, v in metrics.items() if k.startswith("map_")}
         tqdm.write(
@@ -117,26 +118,20 @@ def validate(
 
 
 def record_evaluation(
-    result: Any, data: TrainingData, out_dir: Path, *, run_name: str, tag: str, seconds: float
+    result: ChallengeResult, data: TrainingData, out_dir: Path, *, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Write the evaluator's files for ``result`` into ``out_dir`` (with its per-image records
-    when it holds them); returns the mAP, the frequency-bucket mAPs and the evaluation time."""
+    """Write the evaluator's files for ``result`` into ``out_dir`` (``extra`` joins the
+    metrics.json summary; the per-image records are written when the result holds them);
+    returns the mAP as ``map`` and the frequency-bucket mAPs as ``map_<bucket>``. Validation
+    during training and the cRT evaluation (``lsdet.crt.evaluate_predictor``) share it."""
     names = dict(zip(data.hierarchy.mids, data.class_names, strict=True))
     counts = data.expanded_image_counts
-    write_evaluation_outputs(
-        result,
-        out_dir,
-        names=names,
-        train_image_counts=counts,
-        extra={"run": run_name, "tag": tag, "eval_seconds": round(seconds, 2)},
-    )
+    write_evaluation_outputs(result, out_dir, names=names, train_image_counts=counts, extra=extra)
     if result.image_records is not None:
-        result.image_records.save(EvaluationFolder(out_dir).image_records)
+        result.image_records.save(EvaluationFolder(Path(out_dir)).image_records)
     table = per_class_table(result, names=names, train_image_counts=counts)
     buckets = {row["bucket"]: row["mean_ap"] for _, row in bucket_summary(table).iterrows()}
-    metrics = {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
-    metrics["eval_seconds"] = round(seconds, 2)
-    return metrics
+    return {"map": result.map, **{f"map_{k}": v for k, v in buckets.items()}}
 
 
 def evaluate_with_data_metric(
