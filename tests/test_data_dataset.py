@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from data_helpers import write_a_b_c_hierarchy
 from PIL import Image
 
 from lsdet.data.dataset import (
@@ -29,14 +30,7 @@ ROWS = [
 
 @pytest.fixture()
 def setup(tmp_path):
-    tree = {
-        "LabelName": "root",
-        "Subcategory": [
-            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
-            {"LabelName": "C"},
-        ],
-    }
-    (tmp_path / "h.json").write_text(json.dumps(tree))
+    write_a_b_c_hierarchy(tmp_path / "h.json")
     hierarchy = Hierarchy.from_json(tmp_path / "h.json")
     (tmp_path / "boxes.csv").write_text("\n".join([HEADER, *ROWS]) + "\n")
     (tmp_path / "labels.csv").write_text("ImageID,Source,LabelName,Confidence\nimg3,h,A,0\n")

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from data_helpers import write_a_b_c_hierarchy
 
 from lsdet.data.formats import DataFormatError
 from lsdet.data.hierarchy import Hierarchy
@@ -27,16 +28,7 @@ ROWS = [
 
 @pytest.fixture()
 def hierarchy(tmp_path):
-    path = tmp_path / "h.json"
-    tree = {
-        "LabelName": "root",
-        "Subcategory": [
-            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
-            {"LabelName": "C"},
-        ],
-    }
-    path.write_text(json.dumps(tree))
-    return Hierarchy.from_json(path)
+    return Hierarchy.from_json(write_a_b_c_hierarchy(tmp_path / "h.json"))
 
 
 @pytest.fixture()
@@ -167,14 +159,7 @@ def test_data_layer_imports_without_torch():
 
 
 def test_rows_of_classes_outside_the_subset_are_excluded(tmp_path, bbox_csv):
-    tree = {
-        "LabelName": "root",
-        "Subcategory": [
-            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
-            {"LabelName": "C"},
-        ],
-    }
-    (tmp_path / "h.json").write_text(json.dumps(tree))
+    write_a_b_c_hierarchy(tmp_path / "h.json")
     subset = Hierarchy.from_json(tmp_path / "h.json", subset_mids=["C", "A"])
     index = AnnotationIndex.build_or_open(bbox_csv, subset, tmp_path / "cache")
     assert index.num_boxes == 4  # the B box is dropped (B is outside the subset), not an error
@@ -277,14 +262,7 @@ def test_one_reader_gives_the_index_and_the_evaluator_the_same_rows(tmp_path, bb
     from lsdet.data.formats import read_split_annotations
     from lsdet.evaluation import load_ground_truth
 
-    tree = {
-        "LabelName": "root",
-        "Subcategory": [
-            {"LabelName": "A", "Subcategory": [{"LabelName": "B"}]},
-            {"LabelName": "C"},
-        ],
-    }
-    (tmp_path / "h.json").write_text(json.dumps(tree))
+    write_a_b_c_hierarchy(tmp_path / "h.json")
     subset = Hierarchy.from_json(tmp_path / "h.json", subset_mids=["C", "A"])
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from evaluation_helpers import random_ground_truth_and_detections
 
 from lsdet.data import Hierarchy
 from lsdet.evaluation import EvaluationGroundTruth, average_precision, evaluate
@@ -315,29 +316,11 @@ def test_vectorised_metric_matches_a_loop_transcription_of_tf(seed, bitmap_join,
         monkeypatch.setattr(core, "_BITMAP_JOIN_MAX_KEYS", 0)
     rng = np.random.default_rng(seed)
     num_images, num_classes = 12, 4
-
-    def random_boxes(n):
-        corner = rng.uniform(0, 0.7, size=(n, 2))
-        size = rng.uniform(0.05, 0.3, size=(n, 2))
-        return np.concatenate([corner, corner + size], axis=1)
-
-    num_gt = 60
-    gt_images = rng.integers(0, num_images, num_gt)
-    gt_classes = rng.integers(0, num_classes, num_gt)
-    gt_boxes = random_boxes(num_gt)
-    gt_group = rng.random(num_gt) < 0.2
-    gt_boxes[gt_group, 2:] = np.minimum(gt_boxes[gt_group, 2:] + 0.3, 1.0)
-    label_images = rng.integers(0, num_images, 15)
-    label_classes = rng.integers(0, num_classes, 15)
-    num_det = 400
-    det_images = rng.integers(0, num_images, num_det)
-    det_classes = rng.integers(0, num_classes, num_det)
-    # Half of the detections are jittered GT boxes, so that matches are frequent.
-    det_boxes = random_boxes(num_det)
-    source = rng.integers(0, num_gt, num_det // 2)
-    det_images[: num_det // 2] = gt_images[source]
-    det_classes[: num_det // 2] = gt_classes[source]
-    det_boxes[: num_det // 2] = gt_boxes[source] + rng.normal(0, 0.03, (num_det // 2, 4))
+    gt_columns, (det_images, det_classes, det_boxes) = random_ground_truth_and_detections(
+        rng, num_images, num_classes
+    )
+    gt_images, gt_classes, gt_boxes, gt_group, label_images, label_classes = gt_columns
+    num_det = len(det_images)
     det_scores = rng.permutation(num_det) / num_det + 0.001  # distinct
 
     names = np.array([f"img{i}" for i in range(num_images)], dtype=object)

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from evaluation_helpers import random_ground_truth_and_detections
 from train_helpers import compose_train, tiny_overrides
 
 from lsdet.evaluation import EvaluationGroundTruth, evaluate
@@ -19,32 +20,14 @@ def random_case(seed: int, num_images: int = 12, num_classes: int = 4):
     """A random ground truth (with group-of boxes and image-level labels) and detections,
     half of them jittered GT boxes, with scores rounded so that some tie."""
     rng = np.random.default_rng(seed)
-
-    def random_boxes(n):
-        corner = rng.uniform(0, 0.7, size=(n, 2))
-        size = rng.uniform(0.05, 0.3, size=(n, 2))
-        return np.concatenate([corner, corner + size], axis=1)
-
-    num_gt, num_det = 60, 400
-    gt_images = rng.integers(0, num_images, num_gt)
-    gt_classes = rng.integers(0, num_classes, num_gt)
-    gt_boxes = random_boxes(num_gt)
-    gt_group = rng.random(num_gt) < 0.2
-    gt_boxes[gt_group, 2:] = np.minimum(gt_boxes[gt_group, 2:] + 0.3, 1.0)
-    label_images = rng.integers(0, num_images, 15)
-    label_classes = rng.integers(0, num_classes, 15)
-    det_images = rng.integers(0, num_images, num_det)
-    det_classes = rng.integers(0, num_classes, num_det)
-    det_boxes = random_boxes(num_det)
-    source = rng.integers(0, num_gt, num_det // 2)
-    det_images[: num_det // 2] = gt_images[source]
-    det_classes[: num_det // 2] = gt_classes[source]
-    det_boxes[: num_det // 2] = gt_boxes[source] + rng.normal(0, 0.03, (num_det // 2, 4))
-    det_scores = np.round(rng.random(num_det), 2)  # ties
+    gt, (det_images, det_classes, det_boxes) = random_ground_truth_and_detections(
+        rng, num_images, num_classes
+    )
+    det_scores = np.round(rng.random(len(det_images)), 2)  # ties
     return dict(
         num_images=num_images,
         mids=[f"c{k}" for k in range(num_classes)],
-        gt=(gt_images, gt_classes, gt_boxes, gt_group, label_images, label_classes),
+        gt=gt,
         det=(det_images, det_classes, det_scores, det_boxes),
     )
 

@@ -46,6 +46,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -75,14 +76,8 @@ class CocoReadReport(ReadReport):
     """A :class:`ReadReport` whose examples name annotation ids instead of file lines
     (``examples`` holds ``(annotation id, reason, annotation as JSON)``)."""
 
-    def summary(self) -> str:
-        text = f"{self.path}: read {self.rows_read} annotations, kept {self.rows_kept}"
-        if self.skipped:
-            reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
-            text += f", skipped {self.rows_skipped} ({reasons})"
-            for annotation_id, reason, row in self.examples:
-                text += f"\n  annotation id {annotation_id}: {reason}: {row}"
-        return text
+    rows_noun: ClassVar[str] = "annotations"
+    example_place: ClassVar[str] = "annotation id"
 
 
 @dataclass

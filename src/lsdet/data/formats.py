@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -61,20 +61,24 @@ class ReadReport:
     skipped: dict[str, int] = field(default_factory=dict)
     excluded: int = 0  # rows of classes in ``ignore_mids``: dropped on request, not errors
     examples: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, text)
+    # How summary() names what was read and where an example stands (a subclass for another
+    # kind of file, e.g. the COCO reader's report, names its own).
+    rows_noun: ClassVar[str] = "rows"
+    example_place: ClassVar[str] = "line"
 
     @property
     def rows_skipped(self) -> int:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        text = f"{self.path}: read {self.rows_read} rows, kept {self.rows_kept}"
+        text = f"{self.path}: read {self.rows_read} {self.rows_noun}, kept {self.rows_kept}"
         if self.excluded:
             text += f", excluded {self.excluded} of unselected classes"
         if self.skipped:
             reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
             text += f", skipped {self.rows_skipped} ({reasons})"
-            for line, reason, row in self.examples:
-                text += f"\n  line {line}: {reason}: {row}"
+            for place, reason, row in self.examples:
+                text += f"\n  {self.example_place} {place}: {reason}: {row}"
         return text
 
     @classmethod

@@ -156,20 +156,44 @@ def build_training_data(
     descriptions = read_class_descriptions(data_cfg.class_descriptions_csv)
     class_names = [descriptions.get(mid, mid) for mid in hierarchy.mids]
 
-    def dataset(split: str, train: bool) -> OpenImagesDetection:
-        return OpenImagesDetection(
+    train_set, val_set = (
+        _split_dataset(
+            data_cfg,
+            split,
             open_split_index(data_cfg, split, hierarchy),
             hierarchy,
-            data_cfg[split].image_dir,
-            image_size=data_cfg.get("image_size"),
-            hflip_prob=hflip_prob if train else 0.0,
-            strict=bool(data_cfg.get("strict", True)),
-            merge_iou=same_object_iou,
-            replace_unreadable=train,
+            hflip_prob=hflip_prob,
+            same_object_iou=same_object_iou,
         )
+        for split in ("train", "val")
+    )
+    return _training_data(data_cfg, hierarchy, class_names, train_set, val_set)
 
-    return _training_data(
-        data_cfg, hierarchy, class_names, dataset("train", True), dataset("val", False)
+
+def _split_dataset(
+    data_cfg: Any,
+    split: str,
+    index: AnnotationIndex,
+    hierarchy: Hierarchy,
+    *,
+    hflip_prob: float,
+    same_object_iou: float,
+    file_names: dict[str, str] | None = None,
+) -> OpenImagesDetection:
+    """The data set of ``split`` ("train" or "val") over its annotation index: the training
+    split flips images and replaces an unreadable one by the next, the validation split
+    neither (an unreadable validation image is skipped and reported)."""
+    train = split == "train"
+    return OpenImagesDetection(
+        index,
+        hierarchy,
+        data_cfg[split].image_dir,
+        image_size=data_cfg.get("image_size"),
+        hflip_prob=hflip_prob if train else 0.0,
+        strict=bool(data_cfg.get("strict", True)),
+        merge_iou=same_object_iou,
+        replace_unreadable=train,
+        file_names=file_names,
     )
 
 
@@ -232,26 +256,19 @@ def _coco_training_data(data_cfg: Any, hflip_prob: float, same_object_iou: float
         )
     hierarchy = train.hierarchy
 
-    def dataset(split: str, built: CocoIndex, train_split: bool) -> OpenImagesDetection:
-        return OpenImagesDetection(
+    train_set, val_set = (
+        _split_dataset(
+            data_cfg,
+            split,
             built.index,
             hierarchy,
-            data_cfg[split].image_dir,
-            image_size=data_cfg.get("image_size"),
-            hflip_prob=hflip_prob if train_split else 0.0,
-            strict=bool(data_cfg.get("strict", True)),
-            merge_iou=same_object_iou,
-            replace_unreadable=train_split,
+            hflip_prob=hflip_prob,
+            same_object_iou=same_object_iou,
             file_names=built.file_names,
         )
-
-    return _training_data(
-        data_cfg,
-        hierarchy,
-        list(train.categories.names),
-        dataset("train", train, True),
-        dataset("val", val, False),
+        for split, built in (("train", train), ("val", val))
     )
+    return _training_data(data_cfg, hierarchy, list(train.categories.names), train_set, val_set)
 
 
 def training_rates(rates_cfg: Any, train_index: Any, hierarchy: Hierarchy) -> torch.Tensor:

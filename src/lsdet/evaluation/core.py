@@ -642,7 +642,7 @@ def evaluate(
             group_of_weight=float(group_of_weight),
         )
     num_instances = gt.num_instances(group_of_weight)
-    ap = _average_precision_per_class(
+    ap = average_precision_per_class(
         classes[is_entry],
         det_scores[is_entry],
         entry_weight[is_entry],
@@ -748,32 +748,46 @@ def _best_overlap(
     return best_box, best_overlap
 
 
-def _average_precision_per_class(
+def average_precision_per_class(
     classes: np.ndarray,
     scores: np.ndarray,
     tp_weight: np.ndarray,
     num_instances: np.ndarray,
     num_classes: int,
+    fp_weight: np.ndarray | None = None,
 ) -> np.ndarray:
-    """AP of each class with instances; the entries come sorted by class, then score."""
+    """AP of each class with instances (NaN for the others); the entries come sorted by
+    class, then score. ``fp_weight`` as in :func:`average_precision`."""
     ap = np.full(num_classes, np.nan)
     bounds = np.searchsorted(classes, np.arange(num_classes + 1))
     for k in np.flatnonzero(num_instances > 0):
         lo, hi = bounds[k], bounds[k + 1]
-        ap[k] = average_precision(scores[lo:hi], tp_weight[lo:hi], num_instances[k])
+        ap[k] = average_precision(
+            scores[lo:hi],
+            tp_weight[lo:hi],
+            num_instances[k],
+            fp_weight=None if fp_weight is None else fp_weight[lo:hi],
+        )
     return ap
 
 
-def average_precision(scores: np.ndarray, tp_weight: np.ndarray, num_instances: float) -> float:
+def average_precision(
+    scores: np.ndarray,
+    tp_weight: np.ndarray,
+    num_instances: float,
+    fp_weight: np.ndarray | None = None,
+) -> float:
     """All-points (VOC 2010) AP of one class's detections, sorted by descending score.
 
-    ``tp_weight`` is the true-positive weight of each entry (0 = false positive); entries
-    of equal score form one operating point.
+    ``tp_weight`` is the true-positive weight of each entry; ``fp_weight`` its
+    false-positive weight, by default 1 for an entry of no positive weight and 0 otherwise
+    (the per-image records pass weighted ones, ``ImageRecords.average_precisions``).
+    Entries of equal score form one operating point.
     """
     if len(scores) == 0:
         return 0.0
     cum_tp = np.cumsum(tp_weight)
-    cum_fp = np.cumsum(tp_weight <= 0)
+    cum_fp = np.cumsum(tp_weight <= 0 if fp_weight is None else fp_weight)
     last_of_tie = np.r_[scores[1:] != scores[:-1], True]
     cum_tp, cum_fp = cum_tp[last_of_tie], cum_fp[last_of_tie]
     precision = np.concatenate([[0.0], cum_tp / (cum_tp + cum_fp), [0.0]])

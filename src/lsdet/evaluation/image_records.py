@@ -120,14 +120,12 @@ class ImageRecords:
         # a false positive is an entry of no positive weight (core.average_precision)
         tp = weight * tp_weight
         fp = weight * (tp_weight <= 0)
-        ap = np.full(num_classes, np.nan)
-        bounds = np.searchsorted(classes, np.arange(num_classes + 1))
-        for k in np.flatnonzero(num_instances > 0):
-            lo, hi = bounds[k], bounds[k + 1]
-            ap[k] = _weighted_average_precision(
-                scores[lo:hi], tp[lo:hi], fp[lo:hi], num_instances[k]
-            )
-        return ap
+        # imported here: core imports this module for the records it builds
+        from lsdet.evaluation.core import average_precision_per_class
+
+        return average_precision_per_class(
+            classes, scores, tp, num_instances, num_classes, fp_weight=fp
+        )
 
     def mean_average_precision(self, image_weights: np.ndarray | None = None) -> float:
         """The mAP (mean over the classes with instances) with the images so counted."""
@@ -139,24 +137,6 @@ _FIELDS = (
     "mids", "image_ids", "det_image", "det_class", "det_score", "det_status", "gt_image",
     "gt_class", "gt_boxes", "gt_group_of", "group_of_weight",
 )  # fmt: skip
-
-
-def _weighted_average_precision(
-    scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_instances: float
-) -> float:
-    """``core.average_precision`` with a true- and a false-positive weight per entry (entries
-    sorted by descending score; equal scores form one operating point)."""
-    if len(scores) == 0:
-        return 0.0
-    cum_tp = np.cumsum(tp)
-    cum_fp = np.cumsum(fp)
-    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
-    cum_tp, cum_fp = cum_tp[last_of_tie], cum_fp[last_of_tie]
-    precision = np.concatenate([[0.0], cum_tp / (cum_tp + cum_fp), [0.0]])
-    recall = np.concatenate([[0.0], cum_tp / num_instances, [1.0]])
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
-    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
 def ground_truth_counts(
