@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from train_helpers import compose_train
 
 from lsdet import ops
 from lsdet.data.hierarchy import Hierarchy
@@ -207,7 +207,7 @@ def test_settings_are_checked_and_documented():
         build_loss(
             "concurrent_softmax", num_classes=NUM_COLUMNS, rates=rates, positive_targets="annotated"
         )
-    cfg = OmegaConf.load(CONF_LOSS / "concurrent_softmax.yaml")
+    cfg = compose_train(["loss=concurrent_softmax"]).loss
     # The defaults are lsdet's behaviour before these settings existed.
     assert cfg.positive_targets == "expanded" and cfg.positive_reduction == "sum"
     loss_fn = loss_from_config(
