@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from train_helpers import CONF_DIR, compose_train, tiny_overrides
+from train_helpers import CONF_DIR, train_evaluated_run
 
 import lsdet.inference as inference
 import lsdet.inference.metric
 import lsdet.predict
-from lsdet.engine.trainer import run_training
 from lsdet.evaluate import evaluate_checkpoint
 from lsdet.inference import (
     CORRUPT,
@@ -36,15 +35,7 @@ def trained(tmp_path_factory):
     memory by the trainer; returns (data root, checkpoint, the trainer's last mAP)."""
     tmp_path = tmp_path_factory.mktemp("inference")
     data_root = tmp_path / "synth"
-    cfg = compose_train(
-        tiny_overrides(data_root)
-        + [
-            "train.eval_every=phase",
-            "model.roi.score_thresh=0.0",
-            "model.roi.detections_per_img=30",
-        ]
-    )
-    summary = run_training(cfg, tmp_path / "run")
+    cfg, summary = train_evaluated_run(data_root, tmp_path / "run")
     assert cfg.data.image_size == 64
     return data_root, tmp_path / "run" / "checkpoints" / "last.pt", summary["history"][-1]["map"]
 

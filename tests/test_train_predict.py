@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from train_helpers import CONF_DIR, compose_train, tiny_overrides
+from train_helpers import CONF_DIR, compose_train, tiny_overrides, train_evaluated_run
 
 from lsdet.data import load_hierarchy
 from lsdet.engine.checkpoint import load_checkpoint
@@ -20,15 +20,7 @@ from lsdet.predict import write_submission
 
 def test_submission_scores_like_the_trainers_evaluation(tmp_path):
     data_root = tmp_path / "synth"
-    cfg = compose_train(
-        tiny_overrides(data_root)
-        + [
-            "train.eval_every=phase",
-            "model.roi.score_thresh=0.0",
-            "model.roi.detections_per_img=30",
-        ]
-    )
-    summary = run_training(cfg, tmp_path / "run")
+    cfg, summary = train_evaluated_run(data_root, tmp_path / "run")
     trained_map = summary["history"][-1]["map"]
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

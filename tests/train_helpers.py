@@ -71,6 +71,23 @@ def compose_train(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
+def train_evaluated_run(data_root: Path, run_dir: Path) -> tuple[DictConfig, dict]:
+    """A tiny run evaluated by the trainer after each phase, keeping every detection (score
+    threshold 0, 30 per image) so that inference from its checkpoint can be compared with the
+    trainer's in-memory mAP; returns the config and run_training's summary."""
+    from lsdet.engine.trainer import run_training
+
+    cfg = compose_train(
+        tiny_overrides(data_root)
+        + [
+            "train.eval_every=phase",
+            "model.roi.score_thresh=0.0",
+            "model.roi.detections_per_img=30",
+        ]
+    )
+    return cfg, run_training(cfg, run_dir)
+
+
 def mini_generator_settings(image_size: int) -> dict[str, object]:
     """Generator settings of a minimal synthetic benchmark (4 leaves in 2 families holding two
     sibling pairs, 24 training and 8 validation images, no confused pairs), for the tests that

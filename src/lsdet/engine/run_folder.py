@@ -48,6 +48,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lsdet.atomic_files import write_text_atomic
+from lsdet.evaluation.outputs import (
+    AP_VS_FREQUENCY_PNG,
+    FREQUENCY_BUCKETS_CSV,
+    IMAGE_RECORDS_NPZ,
+    METRICS_JSON,
+    PER_CLASS_CSV,
+)
 
 RESUME_MODES = (False, True, "auto")
 HYDRA_RECORD = ".hydra"  # the folder name Hydra gives its record (hydra.output_subdir)
@@ -63,11 +70,11 @@ class EvaluationFolder:
     ``frequency_buckets.csv`` and ``ap_vs_frequency.png``; ``image_records.npz`` when the
     evaluation kept per-image records (``lsdet.evaluation.image_records``)."""
 
-    METRICS = "metrics.json"
-    PER_CLASS = "per_class.csv"
-    FREQUENCY_BUCKETS = "frequency_buckets.csv"
-    AP_VS_FREQUENCY = "ap_vs_frequency.png"
-    IMAGE_RECORDS = "image_records.npz"
+    METRICS = METRICS_JSON
+    PER_CLASS = PER_CLASS_CSV
+    FREQUENCY_BUCKETS = FREQUENCY_BUCKETS_CSV
+    AP_VS_FREQUENCY = AP_VS_FREQUENCY_PNG
+    IMAGE_RECORDS = IMAGE_RECORDS_NPZ
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -40,7 +40,15 @@ from faster_coco_eval import COCO, COCOeval_faster
 
 from lsdet.data.coco_format import FREQUENCY_BUCKET_NAMES, build_or_open_coco_index
 from lsdet.data.formats import DataFormatError
-from lsdet.evaluation.outputs import bucket_summary, frequency_buckets, plot_ap_vs_frequency
+from lsdet.evaluation.outputs import (
+    AP_VS_FREQUENCY_PNG,
+    FREQUENCY_BUCKETS_CSV,
+    METRICS_JSON,
+    PER_CLASS_CSV,
+    bucket_summary,
+    frequency_buckets,
+    plot_ap_vs_frequency,
+)
 from lsdet.evaluation.predictions import read_predictions_csv
 
 logger = logging.getLogger(__name__)
@@ -300,18 +308,18 @@ def write_coco_style_outputs(
         table["bucket"] = [FREQUENCY_BUCKET_NAMES.get(f, "") for f in table["frequency"]]
     elif train_image_counts is not None:
         table["bucket"] = frequency_buckets(train_image_counts, table["ap"].notna().to_numpy())
-    paths = {"per_class": output_dir / "per_class.csv", "metrics": output_dir / "metrics.json"}
+    paths = {"per_class": output_dir / PER_CLASS_CSV, "metrics": output_dir / METRICS_JSON}
     table.to_csv(paths["per_class"], index=False)
     metrics = {**result.to_dict(), **(extra or {})}
     if "bucket" in table and "train_images" in table:
         summary = bucket_summary(table)
-        paths["buckets"] = output_dir / "frequency_buckets.csv"
+        paths["buckets"] = output_dir / FREQUENCY_BUCKETS_CSV
         summary.to_csv(paths["buckets"], index=False)
         metrics["frequency_buckets"] = summary.to_dict(orient="records")
     paths["metrics"].write_text(json.dumps(metrics, indent=2))
     if plot:
         title = f"Per-category {result.style.upper()} AP vs frequency"
-        paths["plot"] = plot_ap_vs_frequency(table, output_dir / "ap_vs_frequency.png", title=title)
+        paths["plot"] = plot_ap_vs_frequency(table, output_dir / AP_VS_FREQUENCY_PNG, title=title)
     return paths
 
 

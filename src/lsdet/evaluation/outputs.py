@@ -17,6 +17,16 @@ import pandas as pd
 
 from lsdet.evaluation.core import ChallengeResult
 
+# The file names of one evaluation's folder, the one place that spells them: what
+# write_evaluation_outputs and the LVIS/COCO metric (lsdet.evaluation.lvis_metric) write, and
+# the per-image records (lsdet.evaluation.image_records). lsdet.engine.run_folder's
+# EvaluationFolder gives their paths in a run folder.
+METRICS_JSON = "metrics.json"
+PER_CLASS_CSV = "per_class.csv"
+FREQUENCY_BUCKETS_CSV = "frequency_buckets.csv"
+AP_VS_FREQUENCY_PNG = "ap_vs_frequency.png"
+IMAGE_RECORDS_NPZ = "image_records.npz"
+
 BUCKETS = ("rare", "common", "frequent")
 
 
@@ -153,15 +163,15 @@ def write_evaluation_outputs(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     table = per_class_table(result, names=names, train_image_counts=train_image_counts)
-    paths = {"per_class": output_dir / "per_class.csv", "metrics": output_dir / "metrics.json"}
+    paths = {"per_class": output_dir / PER_CLASS_CSV, "metrics": output_dir / METRICS_JSON}
     table.to_csv(paths["per_class"], index=False)
     metrics = {**result.to_dict(), **(extra or {})}
     if train_image_counts is not None:
         summary = bucket_summary(table)
-        paths["buckets"] = output_dir / "frequency_buckets.csv"
+        paths["buckets"] = output_dir / FREQUENCY_BUCKETS_CSV
         summary.to_csv(paths["buckets"], index=False)
         metrics["frequency_buckets"] = summary.to_dict(orient="records")
     paths["metrics"].write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
     if plot:
-        paths["plot"] = plot_ap_vs_frequency(table, output_dir / "ap_vs_frequency.png")
+        paths["plot"] = plot_ap_vs_frequency(table, output_dir / AP_VS_FREQUENCY_PNG)
     return paths
