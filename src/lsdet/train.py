@@ -17,6 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lsdet.config_schema import check_overrides
 from lsdet.data.dataset import ImageLoadError
 from lsdet.engine.checkpoint import CheckpointError
 from lsdet.engine.run_folder import RunFolderBusyError, check_writable
@@ -43,8 +44,10 @@ def main(cfg: DictConfig) -> float | None:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     try:
+        check_overrides(hydra_cfg.overrides.task)  # before the run folder is touched
         check_writable(run_dir)  # before anything is logged to <run dir>/train.log
         summary = run_training(cfg, run_dir)
     except USER_ERRORS as exc:

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsdet.engine.run_folder import parse_resume
+from lsdet.losses.scoring import PARENT_SCORES
 
 EVAL_WHEN = ("epoch", "phase", "never")
 
@@ -283,6 +284,12 @@ def check_training_config(cfg: Any) -> None:
     optim = cfg.get("optim") or {}
     if "lr" in optim and optim.get("lr") is None and optim.get("lr_per_image") is None:
         raise ValueError("optim.lr=null needs optim.lr_per_image (the lr per image of a batch)")
+    parent_scores = (cfg.get("model") or {}).get("parent_scores")
+    if parent_scores is not None and parent_scores not in PARENT_SCORES:
+        raise ValueError(
+            f"model.parent_scores={parent_scores!r}: expected one of {PARENT_SCORES} (its "
+            "default is the loss's parent_scores, conf/loss/<loss>.yaml)"
+        )
     when = cfg.train.get("eval_every")
     if when not in EVAL_WHEN:
         raise ValueError(f"train.eval_every={when!r}; expected one of {EVAL_WHEN}")
