@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
-from train_helpers import CONF_DIR, compose_train, tiny_overrides
+from train_helpers import compose_config, compose_evaluate, compose_train, tiny_overrides
 
 from lsdet import crt
 from lsdet.data.dataset import collate_fn
@@ -66,23 +65,22 @@ def data(cached):
 
 
 def compose_crt(checkpoint: Path, output_dir: Path, *extra: str):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "crt",
-            overrides=[
-                f"checkpoint={checkpoint}",
-                f"output_dir={output_dir}",
-                "device=cpu",
-                "progress=false",
-                "cache.num_workers=0",
-                "cache.batch_size=2",
-                "eval.num_workers=0",
-                "eval.batch_size=2",
-                "train.epochs=3",
-                "train.batch_size=32",
-                *extra,
-            ],
-        )
+    return compose_config(
+        "crt",
+        [
+            f"checkpoint={checkpoint}",
+            f"output_dir={output_dir}",
+            "device=cpu",
+            "progress=false",
+            "cache.num_workers=0",
+            "cache.batch_size=2",
+            "eval.num_workers=0",
+            "eval.batch_size=2",
+            "train.epochs=3",
+            "train.batch_size=32",
+            *extra,
+        ],
+    )
 
 
 def test_cache_holds_the_sampled_rois_of_every_training_image(trained, cached, data):
@@ -163,8 +161,7 @@ def test_cache_is_deterministic_and_never_overwritten(trained, cached, tmp_path)
 
 
 def train(cache, checkpoint, data, seed, loss="softmax", **settings):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        loss_cfg = OmegaConf.to_container(compose("crt", overrides=[f"loss={loss}"]).loss)
+    loss_cfg = OmegaConf.to_container(compose_config("crt", [f"loss={loss}"]).loss)
     return crt.train_classifier(
         cache,
         loss_cfg,
@@ -266,17 +263,7 @@ def test_the_checkpoints_classifier_put_back_evaluates_as_the_checkpoint(
         data=data,
         progress=False,
     )
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                f"checkpoint={checkpoint}",
-                f"data.root={data_root}",
-                f"output_dir={tmp_path / 'direct'}",
-                "device=cpu",
-                "num_workers=0",
-            ],
-        )
+    cfg = compose_evaluate(data_root, checkpoint, tmp_path / "direct")
     direct, _ = evaluate_checkpoint(cfg)
     assert metrics["map"] == direct.map
     ours = pd.read_csv(tmp_path / "crt" / "per_class.csv")

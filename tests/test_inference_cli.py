@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
-from train_helpers import CONF_DIR, train_evaluated_run
+from train_helpers import compose_evaluate, compose_predict, train_evaluated_run
 
 import lsdet.inference as inference
 import lsdet.inference.metric
@@ -61,35 +60,6 @@ def seen_inputs(monkeypatch):
     monkeypatch.setattr(lsdet.inference.metric, "predict_images", spy)
     monkeypatch.setattr(lsdet.predict, "predict_images", spy)
     return calls
-
-
-def compose_evaluate(data_root, checkpoint, output_dir, *extra):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "evaluate",
-            overrides=[
-                f"checkpoint={checkpoint}",
-                f"data.root={data_root}",
-                f"output_dir={output_dir}",
-                "device=cpu",
-                "num_workers=0",
-                *extra,
-            ],
-        )
-
-
-def compose_predict(checkpoint, output_csv, *extra):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "predict",
-            overrides=[
-                f"checkpoint={checkpoint}",
-                f"output_csv={output_csv}",
-                "device=cpu",
-                "num_workers=0",
-                *extra,
-            ],
-        )
 
 
 def test_evaluate_checkpoint_uses_the_checkpoints_image_size(

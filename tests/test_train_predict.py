@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from train_helpers import CONF_DIR, compose_train, tiny_overrides, train_evaluated_run
+from train_helpers import (
+    compose_evaluate,
+    compose_predict,
+    compose_train,
+    tiny_overrides,
+    train_evaluated_run,
+)
 
 from lsdet.data import load_hierarchy
 from lsdet.engine.checkpoint import load_checkpoint
@@ -23,16 +28,9 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
     cfg, summary = train_evaluated_run(data_root, tmp_path / "run")
     trained_map = summary["history"][-1]["map"]
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        predict_cfg = compose(
-            "predict",
-            overrides=[
-                f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
-                f"output_csv={tmp_path / 'submission.csv'}",
-                "device=cpu",
-                "num_workers=0",
-            ],
-        )
+    predict_cfg = compose_predict(
+        tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "submission.csv"
+    )
     path = write_submission(predict_cfg)
     hierarchy = load_hierarchy(cfg.data.hierarchy_json, cfg.data.class_descriptions_csv)
     table = read_predictions_csv(path, hierarchy.mids)
@@ -46,17 +44,10 @@ def test_submission_scores_like_the_trainers_evaluation(tmp_path):
     assert result.map == pytest.approx(trained_map, abs=1e-4)
 
     # python -m lsdet.evaluate checkpoint=... gives the same number from memory
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        eval_cfg = compose(
-            "evaluate",
-            overrides=[
-                f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
-                f"data.root={data_root}",  # the image size is the checkpoint's (64)
-                f"output_dir={tmp_path / 'eval'}",
-                "device=cpu",
-                "num_workers=0",
-            ],
-        )
+    # the image size is the checkpoint's (64)
+    eval_cfg = compose_evaluate(
+        data_root, tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "eval"
+    )
     result, paths = evaluate_checkpoint(eval_cfg)
     assert result.map == pytest.approx(trained_map, abs=1e-9)
     assert paths["per_class"].is_file() and paths["buckets"].is_file()

@@ -65,10 +65,46 @@ HYBRID = [
 ]
 
 
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """conf/<name>.yaml composed with overrides, as `python -m lsdet.<name>` would."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
 def compose_train(overrides: list[str]) -> DictConfig:
     """conf/train.yaml composed with overrides, as `python -m lsdet.train` would."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_config("train", overrides)
+
+
+def compose_evaluate(
+    data_root: Path, checkpoint: Path, output_dir: Path, *extra: str
+) -> DictConfig:
+    """`lsdet.evaluate checkpoint=...` settings on the CPU, without loader workers."""
+    return compose_config(
+        "evaluate",
+        [
+            f"checkpoint={checkpoint}",
+            f"data.root={data_root}",
+            f"output_dir={output_dir}",
+            "device=cpu",
+            "num_workers=0",
+            *extra,
+        ],
+    )
+
+
+def compose_predict(checkpoint: Path, output_csv: Path, *extra: str) -> DictConfig:
+    """`lsdet.predict` settings on the CPU, without loader workers."""
+    return compose_config(
+        "predict",
+        [
+            f"checkpoint={checkpoint}",
+            f"output_csv={output_csv}",
+            "device=cpu",
+            "num_workers=0",
+            *extra,
+        ],
+    )
 
 
 def train_evaluated_run(data_root: Path, run_dir: Path) -> tuple[DictConfig, dict]:
