@@ -47,3 +47,27 @@ def test_progress_reads_none_while_absent_or_half_written(tmp_path):
     evaluation.path.mkdir()
     evaluation.metrics.write_text('{"map": 0.5}')
     assert evaluation.read_metrics()["map"] == 0.5
+
+
+def test_evaluation_folder_names_the_files_the_evaluator_writes(tmp_path):
+    """EvaluationFolder's paths are where write_evaluation_outputs writes (one owner of the
+    names: lsdet.evaluation.outputs)."""
+    import numpy as np
+
+    from lsdet.evaluation import EvaluationGroundTruth, evaluate
+    from lsdet.evaluation.outputs import write_evaluation_outputs
+
+    gt = EvaluationGroundTruth.from_arrays(
+        ["c0"], np.array(["a"]), np.array([0]), np.array([[0.0, 0.0, 1.0, 1.0]]), np.array([False])
+    )
+    result = evaluate(gt, ["a"], [0], [0.9], [[0.0, 0.0, 1.0, 1.0]])
+    folder = EvaluationFolder(tmp_path / "eval" / "x")
+    paths = write_evaluation_outputs(result, folder.path, train_image_counts=np.array([1]))
+    assert paths == {
+        "per_class": folder.per_class,
+        "metrics": folder.metrics,
+        "buckets": folder.frequency_buckets,
+        "plot": folder.ap_vs_frequency,
+    }
+    assert all(path.is_file() for path in paths.values())
+    assert folder.read_metrics()["map"] == 1.0
