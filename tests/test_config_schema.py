@@ -2,13 +2,16 @@
 
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, compose_train
 
-from lsdet.config_schema import check_overrides
+from lsdet.config_schema import RatesSettings, TrainSettings, check_overrides
 from lsdet.engine.config_checks import check_training_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,3 +96,66 @@ def test_an_unknown_parent_scoring_names_the_model_key():
     cfg = compose_train(["model.parent_scores=max"])
     with pytest.raises(ValueError, match=r"model\.parent_scores='max': expected one of"):
         check_training_config(cfg)
+
+
+# Structured configs: train.* and rates.* validated by Hydra against lsdet.config_schema.
+
+
+def _yaml_keys(path, drop=("defaults",)):
+    return {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in drop}
+
+
+def test_the_schemas_have_exactly_the_keys_of_their_yaml():
+    train_yaml = _yaml_keys(CONF_DIR / "trainer" / "default.yaml")
+    assert [f.name for f in fields(TrainSettings)] == list(train_yaml)
+    assert [f.name for f in fields(RatesSettings)] == list(
+        yaml.safe_load((CONF_DIR / "train.yaml").read_text())["rates"]
+    )
+
+
+def test_the_composed_config_is_validated_and_keeps_the_yaml_values():
+    cfg = compose_train([])
+    assert OmegaConf.get_type(cfg.train) is TrainSettings
+    assert OmegaConf.get_type(cfg.rates) is RatesSettings
+    assert OmegaConf.to_container(cfg.train) == _yaml_keys(CONF_DIR / "trainer" / "default.yaml")
+    rates_yaml = yaml.safe_load((CONF_DIR / "train.yaml").read_text())["rates"]
+    assert OmegaConf.to_container(cfg.rates) == rates_yaml
+    assert type(cfg.rates.prior_count) is int  # as written: Any keeps the yaml's value
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # Typed settings without a range: Hydra refuses a value of another type.
+        ("train.amp=maybe", "full_key: train.amp"),
+        ("train.resume_allow_changes=optim.lr", "full_key: train.resume_allow_changes"),
+    ],
+)
+def test_hydra_refuses_unknown_keys_and_wrong_types_naming_them(override, message):
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_train([override])
+    assert message in f"{caught.value} {caught.value.__cause__}"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("train:\n  bacth_size: 4\n", "Key 'bacth_size' not in 'TrainSettings'"),
+        ("train:\n  divergence:\n    step: 3\n", "Key 'step' not in 'DivergenceSettings'"),
+        ("rates:\n  flor: 0.1\n", "Key 'flor' not in 'RatesSettings'"),
+    ],
+)
+def test_a_misspelt_key_in_a_preset_is_refused(tmp_path, block, message):
+    # Before the schemas, a preset's misspelt key was merged silently and nothing read it.
+    preset = tmp_path / "experiment" / "typo.yaml"
+    preset.parent.mkdir()
+    preset.write_text("# @package _global_\n" + block)
+    with pytest.raises(ConfigCompositionException, match=message):
+        compose_train([f"hydra.searchpath=[file://{tmp_path}]", "+experiment=typo"])
+
+
+def test_ranged_numbers_keep_their_one_check_naming_the_typed_value():
+    with pytest.raises(ValueError, match=r"train\.batch_size='abc': expected an integer >= 1"):
+        check_training_config(compose_train(["train.batch_size=abc"]))
+    with pytest.raises(ValueError, match=r"rates\.floor='low': expected a number"):
+        check_training_config(compose_train(["rates.floor=low"]))
