@@ -159,3 +159,14 @@ def test_ranged_numbers_keep_their_one_check_naming_the_typed_value():
         check_training_config(compose_train(["train.batch_size=abc"]))
     with pytest.raises(ValueError, match=r"rates\.floor='low': expected a number"):
         check_training_config(compose_train(["rates.floor=low"]))
+
+
+# The two lambdas: sampler.lam (which images are drawn) and loss.weight_lam (how the loss terms
+# weigh), the same exponent of eq. 6-8 used by two independent mechanisms.
+
+
+def test_the_two_lambda_keys_are_independent_and_each_yaml_names_the_other():
+    cfg = compose_train(["sampler=soft_balance", "sampler.lam=0.3", "loss.weight_lam=0.9"])
+    assert (cfg.sampler.lam, cfg.loss.weight_lam) == (0.3, 0.9)
+    assert "loss.weight_lam" in (CONF_DIR / "sampler" / "soft_balance.yaml").read_text()
+    assert "sampler.lam" in (CONF_DIR / "loss_base" / "default.yaml").read_text()
