@@ -625,9 +625,9 @@ def evaluate(
         status = np.where(is_tp, records_module.TRUE_POSITIVE, records_module.FALSE_POSITIVE)
         status[in_group] = records_module.IGNORED
         status[group_entry[credited]] = records_module.GROUP_OF_ENTRY
-        gt_image, gt_class, gt_boxes, gt_group_of = records_module.ground_truth_counts(
-            gt.box_image, gt.box_class, gt.box_is_group_of, num_classes
-        )
+        # the (image, class) pairs with boxes and their counts, as the matching tables hold them
+        with_boxes = np.flatnonzero(tables.plain_count + tables.group_count)
+        gt_image, gt_class = np.divmod(tables.verified_keys[with_boxes], num_classes)
         records = records_module.ImageRecords(
             mids=list(gt.mids),
             image_ids=np.asarray(gt.image_ids),
@@ -637,8 +637,8 @@ def evaluate(
             det_status=status.astype(np.int8),
             gt_image=gt_image,
             gt_class=gt_class,
-            gt_boxes=gt_boxes,
-            gt_group_of=gt_group_of,
+            gt_boxes=tables.plain_count[with_boxes],
+            gt_group_of=tables.group_count[with_boxes],
             group_of_weight=float(group_of_weight),
         )
     num_instances = gt.num_instances(group_of_weight)

@@ -137,15 +137,3 @@ _FIELDS = (
     "mids", "image_ids", "det_image", "det_class", "det_score", "det_status", "gt_image",
     "gt_class", "gt_boxes", "gt_group_of", "group_of_weight",
 )  # fmt: skip
-
-
-def ground_truth_counts(
-    box_image: np.ndarray, box_class: np.ndarray, box_is_group_of: np.ndarray, num_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per (image, class) with boxes: image, class, non-group-of and group-of box counts."""
-    keys = box_image.astype(np.int64) * num_classes + box_class.astype(np.int64)
-    pairs, inverse = np.unique(keys, return_inverse=True)
-    plain = np.bincount(inverse, weights=~box_is_group_of, minlength=len(pairs)).astype(np.int64)
-    group_of = np.bincount(inverse, weights=box_is_group_of, minlength=len(pairs)).astype(np.int64)
-    image, cls = np.divmod(pairs, num_classes)
-    return image, cls, plain, group_of
