@@ -556,16 +556,22 @@ def markdown_claims(summary: pd.DataFrame, variant: str, settings: dict) -> str:
             if not pd.isna(r["paper_delta"])
             else (r["paper_direction"])
         )
-        registered = f"{r['registration']} ({r['registered']}"
-        if r["first_result_started"]:
-            registered += f"; first result started {r['first_result_started']}"
         lines.append(
             f"| {r['claim']} | {r['metric']} | {r['delta_seeds']} | "
             f"{_pm(r['delta_mean'], r['delta_std'], 2)} | {_num(r['t'])} ({r['df']}) | "
             f"{_p(r['p'])} | {_tost(r)} | **{r['verdict']}** | {paper} | "
-            f"{_seeds(r['seeds_for_power'])} | {registered}) |"
+            f"{_seeds(r['seeds_for_power'])} | {_registration_cell(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _registration_cell(r: pd.Series) -> str:
+    """A claim's registration as a table cell: its status, registration time and the
+    earliest start of the results it judges."""
+    cell = f"{r['registration']} ({r['registered']}"
+    if r.get("first_result_started"):
+        cell += f"; first result started {r['first_result_started']}"
+    return cell + ")"
 
 
 def markdown_pooled_claims(summary: pd.DataFrame, variant: str, settings: dict) -> str:
@@ -580,10 +586,7 @@ def markdown_pooled_claims(summary: pd.DataFrame, variant: str, settings: dict) 
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in summary.iterrows():
-        registered = f"{r['registration']} ({r['registered']}"
-        if r["first_result_started"]:
-            registered += f"; first result started {r['first_result_started']}"
-        registered += ")"
+        registered = _registration_cell(r)
         for name, prefix, verdict in [
             ("all pairs", "", "verdict"),
             ("block model", "block_", "block_verdict"),
@@ -968,9 +971,12 @@ def markdown_protocols(summary: pd.DataFrame) -> str:
             ]
         else:
             cells = ["", "", "", "", ""]
+        registered = (
+            _registration_cell(r) if r["status"] in ("run", "partly run") else r["registered"]
+        )
         lines.append(
             f"| {r['protocol']} | {r['claim']} | {r['status']} | {' | '.join(cells)} | "
-            f"{r['registered']} |"
+            f"{registered} |"
         )
     return "\n".join(lines) + "\n"
 

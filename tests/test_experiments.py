@@ -895,6 +895,9 @@ def test_registered_protocols_not_run_yet_then_judged(tmp_path):
     crt = summary.loc["cs vs softmax"]
     assert crt["estimate"] == pytest.approx(2.0) and crt["verdict"] == "reproduces"
     assert crt["registration"] == "post hoc"  # its results started before 2026-01-01
+    table = aggregate.markdown_protocols(summary.reset_index())
+    assert "| crt_protocol | cs vs softmax | run |" in table
+    assert "post hoc (" in table and "first result started 2025-12-01T00:00" in table
 
     # the multi-labelled classes (/a only): CS's AP of /a is 0.475 against 0.4, every seed
     pd.DataFrame({"benchmark": ["m0.2", "m0.4"], "mid": ["/a", "/a"]}).to_csv(
