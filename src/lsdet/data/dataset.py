@@ -34,7 +34,7 @@ DataLoader worker found it, and it is neither decoded nor logged again.
 
 Images are read as displayed: a JPEG's EXIF orientation is applied (PIL's
 ``ImageOps.exif_transpose``), as the annotation tools did (Open Images boxes are drawn on the
-displayed image); :func:`read_image_rgb` is the one reader of training, evaluation and
+displayed image); :func:`decode_image_rgb` is the one decoder of training, evaluation and
 prediction.
 """
 
@@ -89,6 +89,14 @@ def as_displayed(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+def decode_image_rgb(path: str | Path) -> torch.Tensor:
+    """Decode one image file as displayed (:func:`as_displayed`), uint8 RGB ``[3, H, W]``;
+    Pillow's errors propagate (each reader wraps them in its own error)."""
+    with Image.open(path) as image:
+        pixels = np.array(as_displayed(image).convert("RGB"))  # writable copy for torch
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
 def read_image_rgb(path: str | Path, image_id: str) -> torch.Tensor:
     """Decode one image file as displayed, uint8 RGB ``[3, H, W]``: a JPEG's EXIF orientation
     is applied (rotated/mirrored as a viewer shows it, the image the annotators drew boxes
@@ -97,11 +105,9 @@ def read_image_rgb(path: str | Path, image_id: str) -> torch.Tensor:
     if not path.is_file():
         raise ImageLoadError(f"image {image_id}: file not found: {path}", "file_not_found")
     try:
-        with Image.open(path) as image:
-            pixels = np.array(as_displayed(image).convert("RGB"))  # writable copy for torch
+        return decode_image_rgb(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"image {image_id}: cannot decode {path}: {exc}") from exc
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 @dataclass

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import resize
 
-from lsdet.data.dataset import as_displayed
+from lsdet.data.dataset import decode_image_rgb
 
 # Suffixes (lower case) of the image files an image folder is taken from: the formats photos
 # and detection data sets come in, kept where this Pillow build can open them.
@@ -83,8 +82,7 @@ def read_rgb_image(path: str | Path) -> torch.Tensor:
     try:
         if path.stat().st_size == 0:
             raise ImageDecodeError.of(path, EMPTY_FILE, "0 bytes")
-        with Image.open(path) as image:
-            pixels = np.array(as_displayed(image).convert("RGB"))  # writable copy for torch
+        return decode_image_rgb(path)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -95,7 +93,6 @@ def read_rgb_image(path: str | Path) -> torch.Tensor:
         raise ImageDecodeError.of(path, UNREADABLE, str(exc)) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's plugins raise all three
         raise ImageDecodeError.of(path, CORRUPT, str(exc)) from exc
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 @dataclass
