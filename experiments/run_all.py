@@ -214,9 +214,7 @@ def build_tasks(
         raise SweepError(f"{SWEEPS}: no size {size!r} (sizes: {', '.join(sweeps['sizes'])})")
     size_cfg = sweeps["sizes"][size]
     own_variant = size_cfg["data"]["generate"]["val_label_noise"]
-    common = list(sweeps.get("common_overrides", [])) + list(extra or [])
-    if threads:
-        common.append(f"train.threads={threads}")
+    common = common_overrides(sweeps, threads, extra)
     iterations = [f"train.max_iters_per_epoch={size_cfg['iterations_per_epoch']}"]
     variants = table_variants(sweeps)
     rescoring_of: dict[str, list[tuple[str, dict]]] = {}
@@ -232,19 +230,14 @@ def build_tasks(
             kind = spec.get("schedule", "single")
             if kind not in size_cfg["schedules"]:
                 raise SweepError(f"{SWEEPS}: runs.{run_id}.schedule: no schedule {kind!r}")
-            name = f"{run_id}_s{seed}"
-            run_dir = out / name
+            schedule = list(size_cfg["schedules"][kind]) + iterations
             data = variant_data(size_cfg, own_variant)
-            overrides = [f"+experiment={spec['experiment']}", *spec.get("overrides", [])]
-            overrides += list(size_cfg["schedules"][kind]) + iterations
-            overrides += dotted(data, "data.") + common
-            overrides += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
-            command = train_command(overrides, python=python)
-            results_dir = results / "runs" / run_id / f"val-{own_variant}" / f"seed{seed}"
-            tasks.append(
-                Task(name, "train", run_id, seed, own_variant, command, run_dir, results_dir,
-                     data["root"])
+            task = training_task(
+                run_id, spec, seed, own_variant, schedule + dotted(data, "data.") + common,
+                data["root"], out, results, python=python,
             )  # fmt: skip
+            name, run_dir = task.name, task.run_dir
+            tasks.append(task)
             folder = RunFolder(run_dir)
             checkpoint = (
                 folder.checkpoint_dir / spec["checkpoint"]
@@ -263,6 +256,39 @@ def build_tasks(
                         )
                     )  # fmt: skip
     return tasks
+
+
+def common_overrides(sweeps: dict, threads: int | None, extra: list[str] | None) -> list[str]:
+    """The overrides of every training run: sweeps.yaml's, the caller's, the threads."""
+    common = list(sweeps.get("common_overrides", [])) + list(extra or [])
+    if threads:
+        common.append(f"train.threads={threads}")
+    return common
+
+
+def training_task(
+    row: str,
+    run: dict,
+    seed: int,
+    variant: str,
+    settings: list[str],
+    data_root: str,
+    out: Path,
+    results: Path,
+    *,
+    python: str,
+) -> Task:
+    """The training run of one row and seed: its preset and overrides (sweeps.yaml), then
+    `settings` (schedule, data, common overrides), the seed and the run's name and folder."""
+    name = f"{row}_s{seed}"
+    run_dir = out / name
+    overrides = [f"+experiment={run['experiment']}", *run.get("overrides", []), *settings]
+    overrides += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
+    results_dir = results / "runs" / row / f"val-{variant}" / f"seed{seed}"
+    return Task(
+        name, "train", row, seed, variant, train_command(overrides, python=python), run_dir,
+        results_dir, data_root,
+    )  # fmt: skip
 
 
 def evaluation_task(
@@ -610,9 +636,7 @@ def build_diagnosis_tasks(
     spec = sweeps["diagnosis_sweep"]
     size_cfg = spec["size"]
     variant = size_cfg["data"]["generate"]["val_label_noise"]
-    common = list(sweeps.get("common_overrides", [])) + list(extra or [])
-    if threads:
-        common.append(f"train.threads={threads}")
+    common = common_overrides(sweeps, threads, extra)
     schedule = list(size_cfg["schedules"]["single"])
     schedule += [f"train.max_iters_per_epoch={size_cfg['iterations_per_epoch']}"]
     schedule += diagnosis_evaluation_overrides(spec)
@@ -624,15 +648,11 @@ def build_diagnosis_tasks(
                 row = f"{run_id}_{benchmark}"
                 if only and run_id not in only and row not in only:
                     continue
-                name = f"{row}_s{seed}"
-                run_dir = out / name
-                overrides = [f"+experiment={run['experiment']}", *run.get("overrides", [])]
-                overrides += schedule + dotted(data, "data.") + common
-                overrides += [f"seed={seed}", f"name={name}", f"hydra.run.dir={run_dir}"]
-                results_dir = results / "runs" / row / f"val-{variant}" / f"seed{seed}"
                 tasks.append(
-                    Task(name, "train", row, seed, variant, train_command(overrides, python=python),
-                         run_dir, results_dir, data["root"])
+                    training_task(
+                        row, run, seed, variant, schedule + dotted(data, "data.") + common,
+                        data["root"], out, results, python=python,
+                    )
                 )  # fmt: skip
     return tasks
 
