@@ -37,7 +37,7 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class DivergenceSettings:
     """``train.divergence``: a finite loss above ``factor`` x its running mean for ``steps``
-    steps in a row is flagged (``steps`` = 0 turns it off); both range-checked by the trainer."""
+    steps in a row is flagged (``steps`` = 0 turns it off); both range-checked by config_checks."""
 
     factor: Any = 10.0  # float > 1
     steps: Any = 20  # int >= 0

@@ -60,6 +60,10 @@ NUMERIC_SETTINGS: dict[str, Range] = {
     "train.eval_batch_size": _int(1),
     "train.num_workers": _int(0),
     "train.max_nonfinite": _int(0),
+    "train.max_consecutive_nonfinite": _int(0),
+    # A loss above factor x its running mean is flagged: a factor <= 1 flags an ordinary loss.
+    "train.divergence.factor": _float(1.0, low_ok=False),
+    "train.divergence.steps": _int(0),
     "train.log_every": _int(1),
     "train.checkpoint_every": _int(0),
     "train.hflip_prob": UNIT,

@@ -41,7 +41,7 @@ from lsdet.engine.builders import (
     wrap_distributed,
 )
 from lsdet.engine.checkpoint import load_checkpoint
-from lsdet.engine.config_checks import check_number, check_training_config
+from lsdet.engine.config_checks import check_training_config
 from lsdet.engine.distributed import (
     DistInfo,
     all_reduce_flag,
@@ -80,7 +80,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train as the config says; the run's files go to ``run_dir``. Returns the run summary
     (status finished | stopped (train.stop_after_iters) | interrupted (a signal))."""
     check_training_config(cfg)
-    check_reliability_settings(cfg)
+    resume_allowed_changes(cfg)  # train.resume_allow_changes, checked before anything runs
     folder = RunFolder(run_dir, resume=cfg.train.resume, overwrite=cfg.train.get("overwrite"))
     device = resolve_device(cfg.train.device)
     dist = init_distributed(cfg.train.dist_backend, device.type)
@@ -97,17 +97,6 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads_before)
         cleanup(dist)
-
-
-def check_reliability_settings(cfg: DictConfig) -> None:
-    """The non-finite, divergence and resume-change settings, checked before anything runs."""
-    train = cfg.train
-    check_number(
-        "train.max_consecutive_nonfinite", train.max_consecutive_nonfinite, int, 0, math.inf, True
-    )
-    check_number("train.divergence.factor", train.divergence.factor, float, 1.0, math.inf, False)
-    check_number("train.divergence.steps", train.divergence.steps, int, 0, math.inf, True)
-    resume_allowed_changes(cfg)
 
 
 def setup(
