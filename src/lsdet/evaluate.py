@@ -167,8 +167,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
         iou_threshold=cfg.iou_threshold,
         expand_predictions=cfg.expand_predictions,
     )
-    if detections.skipped_images:  # files that cannot be decoded, with strict=false
-        undecodable = skipped_by_reason(detections.skipped_images)
+    undecodable = skipped_by_reason(detections.skipped_images)
+    if undecodable:  # files that cannot be decoded, with strict=false
         logger.warning(
             "%d images of the ground truth cannot be decoded (%s): skipped, their ground "
             "truth left out of the metric",
@@ -189,7 +189,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
             "count": len(missing),
             "examples": [p.name for p in missing[:10]],
         },
-        "undecodable_images": skipped_by_reason(detections.skipped_images),
+        "undecodable_images": undecodable,
         "input": input_settings.to_dict(),
     }
     outputs = write_evaluation_outputs(
