@@ -109,6 +109,7 @@ def _write_split(
     problem_counts = dict.fromkeys([*LABEL_PROBLEMS, CONFUSED_PAIR, "clean"], 0)
     dropped = 0
     candidate_counts = {"lookalike": 0, "random": 0, "negatives": 0, "lookalike_negatives": 0}
+    leaf_set = set(taxonomy.leaves)
     for i, (image_id, objects, tight) in enumerate(zip(ids, scenes, tight_boxes, strict=True)):
         visible = [(o, b) for o, b in zip(objects, tight, strict=True) if b is not None]
         dropped += len(objects) - len(visible)
@@ -148,7 +149,6 @@ def _write_split(
         label_lines += [f"{image_id},verification,{mid},1" for mid in sorted(positives)]
         label_lines += [f"{image_id},verification,{mid},0" for mid in sorted(negatives)]
         if lvis_images is not None:
-            leaf_set = set(taxonomy.leaves)
             lvis_images.append(
                 LvisImage(
                     image_id=image_id,
