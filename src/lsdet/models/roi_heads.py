@@ -24,7 +24,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from lsdet.losses import ClassificationLoss
-from lsdet.losses.scoring import SCORINGS, check_parent_scores
+from lsdet.losses.scoring import check_parent_scores, check_scoring_key
 
 
 def prior_bias(prior_prob: float) -> float:
@@ -134,8 +134,7 @@ def best_after_nms(
 def check_scoring(scoring: str, box_predictor: nn.Module) -> None:
     """A clear error when ``scoring`` cannot read the predictor's logits: the objectness
     scoring of Seesaw needs its objectness column, and the others cannot use it."""
-    if scoring not in SCORINGS:
-        raise ValueError(f"model.scoring={scoring!r}; expected one of {SCORINGS}")
+    check_scoring_key(scoring)
     has_objectness = bool(getattr(box_predictor, "objectness_logit", False))
     if has_objectness and scoring != "softmax_objectness":
         raise ValueError(
