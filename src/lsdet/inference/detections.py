@@ -118,6 +118,3 @@ def predict_images(
 def gather_detections(detections: Detections, dist_info: DistInfo) -> Detections:
     """All ranks' detections (on every rank)."""
     return Detections.concat(gather_objects(detections, dist_info))
-
-
-# Suffixes (lower case) of the image files an image folder is taken from: the formats photos
