@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lsdet.apps.launch import evaluate_command, train_command
 from lsdet.apps.report import comparison_table, plot_run_comparison
-from lsdet.engine.run_folder import RunFolder
+from lsdet.engine.run_folder import EVALUATIONS, RunFolder
 
 
 def run(command: list[str]) -> None:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> str:
     (out / "summary.md").write_text(text)
     print("\n" + text)
     print("plots: " + ", ".join(str(p) for p in plots))
-    print("per-run files: " + ", ".join(f"{RunFolder(d).evaluation('').path}/" for d in runs))
+    print("per-run files: " + ", ".join(f"{Path(d) / EVALUATIONS}/" for d in runs))
     return text
 
 
