@@ -354,13 +354,10 @@ def build_arm_loss(
     counts of the training split, and the concurrent rates (``rates`` settings of the
     checkpoint's run, ``rates_overrides`` replacing some) when the loss takes them."""
     from lsdet.engine.builders import loss_of_settings
-    from lsdet.losses import LOSSES
+    from lsdet.losses import loss_class
 
-    name = loss_cfg.get("name")
-    if name not in LOSSES:
-        raise ValueError(f"loss.name={name!r}; registered losses: {sorted(LOSSES)}")
     rates = None
-    if "rates" in LOSSES[name].inputs:
+    if "rates" in loss_class(loss_cfg.get("name")).inputs:
         rates = arm_rates(train_cfg, data, rates_overrides)
     return loss_of_settings(loss_cfg, data, rates).to(device)
 
