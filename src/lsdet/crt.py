@@ -59,6 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lsdet.engine.run_folder import EvaluationFolder
+from lsdet.losses import ClassificationLoss
 from lsdet.losses.scoring import RATE_SCORINGS
 
 logger = logging.getLogger(__name__)
@@ -363,7 +364,10 @@ def build_arm_loss(
 
 
 def new_box_predictor(
-    loss_fn: nn.Module, train_cfg: Any, checkpoint_weights: dict[str, torch.Tensor], seed: int
+    loss_fn: ClassificationLoss,
+    train_cfg: Any,
+    checkpoint_weights: dict[str, torch.Tensor],
+    seed: int,
 ) -> nn.Module:
     """A ``MultiLabelBoxPredictor`` whose class-score layer is new (initialised under
     ``seed``, of the kind ``loss_fn`` needs, as ``build_detector`` makes it) and whose box
@@ -380,13 +384,9 @@ def new_box_predictor(
             int(bbox_weight.shape[1]),
             int(num_classes),
             class_agnostic_box_reg=bool(roi.class_agnostic_box_reg),
-            prior_prob=(
-                float(train_cfg.model.prior_prob)
-                if getattr(loss_fn, "sigmoid_classifier", False)
-                else None
-            ),
-            temperature=getattr(loss_fn, "classifier_temperature", None),
-            objectness_logit=bool(getattr(loss_fn, "objectness_logit", False)),
+            prior_prob=float(train_cfg.model.prior_prob) if loss_fn.sigmoid_classifier else None,
+            temperature=loss_fn.classifier_temperature,
+            objectness_logit=loss_fn.objectness_logit,
         )
     predictor.bbox_pred.load_state_dict(
         {
