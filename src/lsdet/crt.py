@@ -350,15 +350,16 @@ def build_arm_loss(
     data: Any,
     device: torch.device,
     rates_overrides: dict[str, float] | None = None,
+    rates: torch.Tensor | None = None,
 ) -> nn.Module:
     """The arm's loss as the trainer builds it (``lsdet.engine.builders.build_model``): class
     counts of the training split, and the concurrent rates (``rates`` settings of the
-    checkpoint's run, ``rates_overrides`` replacing some) when the loss takes them."""
+    checkpoint's run, ``rates_overrides`` replacing some) when the loss takes them; ``rates``:
+    those rates when already estimated (``arm_rates``)."""
     from lsdet.engine.builders import loss_of_settings
     from lsdet.losses import loss_class
 
-    rates = None
-    if "rates" in loss_class(loss_cfg.get("name")).inputs:
+    if rates is None and "rates" in loss_class(loss_cfg.get("name")).inputs:
         rates = arm_rates(train_cfg, data, rates_overrides)
     return loss_of_settings(loss_cfg, data, rates).to(device)
 
@@ -474,9 +475,11 @@ def train_classifier(
     data: Any = None,
     progress: bool = True,
     rates_overrides: dict[str, float] | None = None,
+    rates: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Stage 2: a new class-score layer trained with the arm's loss on the cached RoIs
-    (``rates_overrides``: the arm's own ``rates`` settings, see ``arm_rates_overrides``).
+    (``rates_overrides``: the arm's own ``rates`` settings, see ``arm_rates_overrides``;
+    ``rates``: the arm's rates when already estimated, see ``build_arm_loss``).
     Returns (the box predictor: new classifier, the checkpoint's box regression; a record of
     the training: loss per epoch, seconds, settings)."""
     if optimizer not in OPTIMIZERS:
@@ -492,7 +495,7 @@ def train_classifier(
     if list(data.hierarchy.mids) != list(cache["class_mids"]):
         raise ValueError("the RoI cache was made for other classes than the training data lists")
     start = time.perf_counter()
-    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device, rates_overrides)
+    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device, rates_overrides, rates)
     predictor = new_box_predictor(loss_fn, train_cfg, checkpoint_weights, seed).to(device)
     params = [p for p in predictor.parameters() if p.requires_grad]
     if optimizer == "sgd":
@@ -706,6 +709,7 @@ def load_classifier(
     data: Any,
     device: torch.device,
     rates_overrides: dict[str, float] | None = None,
+    rates: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The box predictor of a classifier file written by stage ``train`` (its class-score
     layer, the checkpoint's box regression) and its training record."""
@@ -725,7 +729,7 @@ def load_classifier(
             "give the same rates.* settings"
         )
     train_cfg = OmegaConf.create(cache["train_config"])
-    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device, rates_overrides)
+    loss_fn = build_arm_loss(loss_cfg, train_cfg, data, device, rates_overrides, rates)
     predictor = new_box_predictor(loss_fn, train_cfg, checkpoint_weights, seed=0)
     try:
         predictor.load_state_dict({**predictor.state_dict(), **saved["classifier"]})
@@ -751,8 +755,11 @@ def run_seed(
     *,
     train: bool,
     evaluate: bool,
+    rates: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Train (``train``) and/or evaluate (``evaluate``) the classifier of one (arm, seed)."""
+    """Train (``train``) and/or evaluate (``evaluate``) the classifier of one (arm, seed);
+    ``rates``: the arm's concurrent rates (``arm_rates_of_run``), estimated once for all its
+    seeds."""
     out_dir = seed_dir(cfg, seed)
     classifier_file = out_dir / "classifier.pt"
     loss_cfg = _loss_config(cfg)
@@ -779,6 +786,7 @@ def run_seed(
             data=data,
             progress=bool(cfg.progress),
             rates_overrides=overrides,
+            rates=rates,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(
@@ -806,13 +814,15 @@ def run_seed(
     )
     if not train:
         predictor, record = load_classifier(
-            classifier_file, loss_cfg, cache, checkpoint_weights, data, device, overrides
+            classifier_file, loss_cfg, cache, checkpoint_weights, data, device, overrides, rates
         )
     # An arm with its own rates scores with them too (eq. 5 uses the R the classifier was
     # trained with, as a fully trained run's scoring does); otherwise as load_detector gives.
     scoring_rates = None
     if overrides and scoring in RATE_SCORINGS:
-        scoring_rates = arm_rates(OmegaConf.create(cache["train_config"]), data, overrides)
+        scoring_rates = rates
+        if scoring_rates is None:
+            scoring_rates = arm_rates(OmegaConf.create(cache["train_config"]), data, overrides)
     metrics = evaluate_predictor(
         cfg.checkpoint,
         predictor,
@@ -863,6 +873,22 @@ def run_seed(
     return metrics
 
 
+def arm_rates_of_run(cfg: DictConfig, cache: dict[str, Any], data: Any) -> torch.Tensor | None:
+    """The concurrent rates of arm ``cfg`` (``arm_rates``), estimated once for all its seeds;
+    None when neither its loss takes them nor its scoring uses its own (with no ``rates``
+    override the scoring uses the checkpoint's, as ``load_detector`` gives them)."""
+    from lsdet.losses import loss_class
+
+    loss_cfg = _loss_config(cfg)
+    overrides = arm_rates_overrides(cfg.get("rates"))
+    own_scoring_rates = bool(overrides) and (
+        arm_scoring(loss_cfg, str(cfg.eval.scoring)) in RATE_SCORINGS
+    )
+    if "rates" not in loss_class(loss_cfg.get("name")).inputs and not own_scoring_rates:
+        return None
+    return arm_rates(OmegaConf.create(cache["train_config"]), data, overrides)
+
+
 def run(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     """The stages ``cfg.stage`` names (conf/crt.yaml); returns the metrics per seed."""
     from lsdet.engine.builders import resolve_device
@@ -894,9 +920,18 @@ def run(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     data = open_training_data(OmegaConf.create(cache["train_config"]), cfg.data_root)
     train = cfg.stage in ("train", "all")
     evaluate = cfg.stage in ("evaluate", "all")
+    rates = arm_rates_of_run(cfg, cache, data)
     return {
         seed: run_seed(
-            cfg, seed, device, cache, checkpoint_weights, data, train=train, evaluate=evaluate
+            cfg,
+            seed,
+            device,
+            cache,
+            checkpoint_weights,
+            data,
+            train=train,
+            evaluate=evaluate,
+            rates=rates,
         )
         for seed in seeds
     }
