@@ -18,6 +18,7 @@ from lsdet.evaluation.lvis_metric import (
     evaluate_from_config,
     load_ground_truth,
     read_detections,
+    write_coco_style_outputs,
 )
 
 # COCO's 101-point interpolated AP of a few hand-countable cases (recall thresholds 0..1):
@@ -284,3 +285,17 @@ def test_lsdet_evaluate_picks_the_metric_of_the_data_config(tiny_file, tmp_path)
         run_evaluation(refused)
     with pytest.raises(ValueError, match="data.metric='voc'"):
         run_evaluation(unknown)
+
+
+def test_lvis_metrics_json_is_strict_json(tiny_file, tmp_path):
+    result = evaluate_detections(load_ground_truth(tiny_file), TINY_DETECTIONS, style="lvis")
+    paths = write_coco_style_outputs(
+        result, tmp_path / "out", plot=False, extra={"ratio": float("inf"), "gap": float("nan")}
+    )
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    metrics = json.loads(paths["metrics"].read_text(), parse_constant=refuse)
+    assert metrics["ratio"] is None and metrics["gap"] is None
+    assert metrics["AP"] == pytest.approx((CAT_AP + DOG_AP + APPLE_AP) / 3, abs=1e-6)

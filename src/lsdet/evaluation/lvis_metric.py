@@ -48,6 +48,7 @@ from lsdet.evaluation.outputs import (
     bucket_summary,
     frequency_buckets,
     plot_ap_vs_frequency,
+    write_metrics_json,
 )
 from lsdet.evaluation.predictions import read_predictions_csv
 
@@ -316,7 +317,7 @@ def write_coco_style_outputs(
         paths["buckets"] = output_dir / FREQUENCY_BUCKETS_CSV
         summary.to_csv(paths["buckets"], index=False)
         metrics["frequency_buckets"] = summary.to_dict(orient="records")
-    paths["metrics"].write_text(json.dumps(metrics, indent=2))
+    write_metrics_json(paths["metrics"], metrics)
     if plot:
         title = f"Per-category {result.style.upper()} AP vs frequency"
         paths["plot"] = plot_ap_vs_frequency(table, output_dir / AP_VS_FREQUENCY_PNG, title=title)

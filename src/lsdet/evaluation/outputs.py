@@ -134,6 +134,13 @@ def plot_ap_vs_frequency(table: pd.DataFrame, path: str | Path, *, title: str = 
     return path
 
 
+def write_metrics_json(path: Path, metrics: dict[str, Any]) -> Path:
+    """``metrics`` as strict JSON (NaN and infinities as ``null``), the one way every metric
+    writes its metrics.json."""
+    path.write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
+    return path
+
+
 def json_ready(value: Any) -> Any:
     """``value`` with every NaN or infinite float as None (JSON ``null``: ``json.dumps``
     would write ``NaN``, which is not JSON) and numpy scalars as Python numbers."""
@@ -171,7 +178,7 @@ def write_evaluation_outputs(
         paths["buckets"] = output_dir / FREQUENCY_BUCKETS_CSV
         summary.to_csv(paths["buckets"], index=False)
         metrics["frequency_buckets"] = summary.to_dict(orient="records")
-    paths["metrics"].write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False))
+    write_metrics_json(paths["metrics"], metrics)
     if plot:
         paths["plot"] = plot_ap_vs_frequency(table, output_dir / AP_VS_FREQUENCY_PNG)
     return paths

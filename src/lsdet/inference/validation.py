@@ -27,7 +27,12 @@ from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.training_data import TrainingData
 from lsdet.evaluate import OID_CHALLENGE, data_metric, run_evaluation
 from lsdet.evaluation import ChallengeResult
-from lsdet.evaluation.outputs import bucket_summary, per_class_table, write_evaluation_outputs
+from lsdet.evaluation.outputs import (
+    bucket_summary,
+    per_class_table,
+    write_evaluation_outputs,
+    write_metrics_json,
+)
 from lsdet.evaluation.predictions import write_predictions_csv
 from lsdet.inference.detections import Detections, gather_detections, predict_images
 from lsdet.inference.metric import detect_and_evaluate
@@ -180,7 +185,7 @@ def evaluate_with_data_metric(
         eval_seconds=seconds,
         skipped_images=len(detections.skipped_images),
     )
-    Path(paths["metrics"]).write_text(json.dumps(summary, indent=2))
+    write_metrics_json(Path(paths["metrics"]), summary)
     buckets = {row["bucket"]: row["mean_ap"] for row in summary.get("frequency_buckets", [])}
     others = {key: value for key, value in result.summary.items() if key != "AP"}
     return {
