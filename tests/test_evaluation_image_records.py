@@ -109,6 +109,102 @@ def test_records_round_trip_through_npz(tmp_path):
         loaded.average_precisions(np.ones(3))
 
 
+def image_weight_vectors(num_images: int, seed: int) -> list[np.ndarray | None]:
+    """None (every image once), bootstrap (multinomial) counts and Poisson weights, sparse
+    ones (Poisson 0.3) among them, where a class can lose all its true positives."""
+    rng = np.random.default_rng(seed)
+    multinomial = [rng.multinomial(num_images, np.full(num_images, 1 / num_images)) for _ in "ab"]
+    poisson = [rng.poisson(lam, num_images) for lam in (1.0, 1.0, 0.3)]
+    return [None, *multinomial, *poisson]
+
+
+def assert_same_aps(records: ImageRecords, other: ImageRecords, weights) -> None:
+    ap, other_ap = records.average_precisions(weights), other.average_precisions(weights)
+    assert np.array_equal(ap, other_ap, equal_nan=True)
+    assert ap.tobytes() == other_ap.tobytes()  # bit for bit
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_trimmed_records_give_the_same_aps_under_any_image_weights(seed, weight):
+    case = random_case(seed, num_images=20, num_classes=6)
+    records = evaluate_case(case, weight).image_records
+    trimmed = records.without_uninformative_detections()
+    for weights in image_weight_vectors(records.num_images, seed):
+        assert_same_aps(records, trimmed, weights)
+    # what was dropped: every ignored detection and false positives below every positive
+    status = records.det_status
+    positive = (status == records_module.TRUE_POSITIVE) | (status == records_module.GROUP_OF_ENTRY)
+    lowest = {k: records.det_score[positive & (records.det_class == k)].min(initial=np.inf)
+              for k in range(len(records.mids))}  # fmt: skip
+    low_fp = (status == records_module.FALSE_POSITIVE) & (
+        records.det_score < np.array([lowest[k] for k in records.det_class])
+    )
+    assert low_fp.any() and (status == records_module.IGNORED).any()
+    assert (
+        len(trimmed.det_score)
+        == len(status) - low_fp.sum() - (status == records_module.IGNORED).sum()
+    )
+    assert records_module.IGNORED not in trimmed.det_status
+    # the kept ones in the evaluation's order (by class, then descending score)
+    assert np.all(np.diff(trimmed.det_class) >= 0)
+    same_class = trimmed.det_class[1:] == trimmed.det_class[:-1]
+    assert np.all(np.diff(trimmed.det_score)[same_class] <= 0)
+
+
+def test_a_class_without_true_positives_keeps_no_detection():
+    records = ImageRecords(
+        mids=["a", "b", "c"],
+        image_ids=np.array(["i0", "i1"]),
+        det_image=np.array([0, 1, 0, 1, 0]),
+        det_class=np.array([0, 0, 1, 1, 1]),
+        det_score=np.array([0.9, 0.4, 0.8, 0.5, 0.5]),
+        det_status=np.array(
+            [
+                records_module.TRUE_POSITIVE,
+                records_module.FALSE_POSITIVE,
+                records_module.FALSE_POSITIVE,
+                records_module.FALSE_POSITIVE,
+                records_module.IGNORED,
+            ],
+            dtype=np.int8,
+        ),
+        gt_image=np.array([0, 1]),
+        gt_class=np.array([0, 1]),
+        gt_boxes=np.array([1, 2]),
+        gt_group_of=np.array([0, 0]),
+    )
+    trimmed = records.without_uninformative_detections()
+    assert trimmed.det_score.tolist() == [0.9]
+    assert np.array_equal(trimmed.average_precisions(), [1.0, 0.0, np.nan], equal_nan=True)
+    for weights in ([1, 1], [0, 3], [2, 0], [0, 0]):
+        assert_same_aps(records, trimmed, np.array(weights))
+    # a NaN score has no place below the lowest true positive: nothing but ignored ones go
+    records.det_score[1] = np.nan
+    assert len(records.without_uninformative_detections().det_score) == 4
+
+
+@pytest.mark.parametrize("float32_scores", [False, True])
+def test_saved_records_give_bit_identical_aps(tmp_path, float32_scores):
+    case = random_case(5, num_images=20, num_classes=6)
+    if float32_scores:  # a detector's scores: float32 values, stored as float32
+        det_images, det_classes, det_scores, det_boxes = case["det"]
+        scores = np.random.default_rng(5).random(len(det_scores)).astype(np.float32)
+        case["det"] = (det_images, det_classes, scores, det_boxes)
+    records = evaluate_case(case, 0.5).image_records
+    path = records.save(tmp_path / "image_records.npz")
+    with np.load(path) as data:
+        assert data["det_score"].dtype == (np.float32 if float32_scores else np.float64)
+        assert data["det_image"].dtype == np.uint16
+    loaded = ImageRecords.load(path)
+    trimmed = records.without_uninformative_detections()
+    assert loaded.det_score.dtype == np.float64
+    assert loaded.det_score.tobytes() == trimmed.det_score.tobytes()
+    assert len(loaded.det_score) < len(records.det_score)
+    for weights in image_weight_vectors(records.num_images, 5):
+        assert_same_aps(records, loaded, weights)
+
+
 def test_validation_writes_the_records_beside_metrics_json(tmp_path):
     from lsdet.engine.run_folder import EvaluationFolder
     from lsdet.engine.trainer import run_training

@@ -6,7 +6,9 @@ matched (its image's class is evaluated there) the image index, the class, the s
 status (true positive, false positive, a group-of box's credited entry, or ignored inside a
 group-of box); per (image, class) with ground-truth boxes the number of non-group-of and of
 group-of boxes. Detections the metric drops before matching (class not verified in the image,
-image not in the ground truth, no area) have no record: they take no part in any AP.
+image not in the ground truth, no area) have no record: they take no part in any AP. A saved
+file keeps only the detections that can change an AP
+(``ImageRecords.without_uninformative_detections``).
 
 The AP of a class on a multiset of images, each image counted ``w`` times, is the AP of the
 evaluation with every image repeated ``w`` times: the repeated entries have equal scores and
@@ -17,7 +19,7 @@ evaluation's own, exactly (``core.average_precision``'s arithmetic).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +52,59 @@ class ImageRecords:
     def num_images(self) -> int:
         return len(self.image_ids)
 
+    def without_uninformative_detections(self) -> ImageRecords:
+        """The records without the detections that cannot change any AP of
+        :meth:`average_precisions`, whatever the image weights; the APs stay bit-identical.
+
+        - An ignored detection (inside a group-of box, not its entry) is never an entry.
+        - A false positive scored below every positive (true positive or group-of entry) of
+          its class ranks after the class's last positive, in every image resample too (a
+          resample's positives are some of these): it only adds operating points at the
+          final recall with a precision no higher than the last positive's, so the envelope
+          at every recall step is unchanged, and so are the running sums before it. Those
+          scored at least the lowest positive score are kept (ties form one point).
+        - A class without positives has AP 0 (NaN without instances) in every resample, with
+          or without its false positives.
+
+        The ground-truth counts are all kept. Per-class detection counts of the kept records
+        are no longer the evaluation's (``ChallengeResult`` has those)."""
+        positive = (self.det_status == TRUE_POSITIVE) | (self.det_status == GROUP_OF_ENTRY)
+        lowest = np.full(len(self.mids), np.inf)  # a class without positives keeps nothing
+        np.minimum.at(lowest, self.det_class[positive], self.det_score[positive])
+        keep = (self.det_status != IGNORED) & (self.det_score >= lowest[self.det_class])
+        if np.isnan(self.det_score).any():  # NaN has no rank below a score: only the ignored go
+            keep = self.det_status != IGNORED
+        return replace(
+            self,
+            det_image=self.det_image[keep],
+            det_class=self.det_class[keep],
+            det_score=self.det_score[keep],
+            det_status=self.det_status[keep],
+        )
+
     def save(self, path: str | Path) -> Path:
         """Write the records as a compressed ``.npz`` (written to a temporary name, then
-        renamed: a file cut short is never left under the name)."""
+        renamed: a file cut short is never left under the name): only the detections that
+        can change an AP (:meth:`without_uninformative_detections`), the scores as float32
+        where every score is a float32 value (a detector's scores; :meth:`load` restores the
+        float64 values bit for bit), else as float64; image indices as uint16 where they fit."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
+        kept = self.without_uninformative_detections()
+        score = np.asarray(kept.det_score, dtype=np.float64)
+        narrow = score.astype(np.float32)
+        if not np.array_equal(narrow.astype(np.float64), score):
+            narrow = score  # not all float32 values: kept exact
+        index = np.uint16 if self.num_images <= np.iinfo(np.uint16).max + 1 else np.int32
         np.savez_compressed(
             tmp,
             mids=np.asarray(self.mids, dtype=str),
             image_ids=np.asarray(self.image_ids, dtype=str),
-            det_image=self.det_image.astype(np.int32),
-            det_class=self.det_class.astype(np.int32),
-            det_score=self.det_score.astype(np.float64),
-            det_status=self.det_status.astype(np.int8),
-            gt_image=self.gt_image.astype(np.int32),
+            det_image=kept.det_image.astype(index),
+            det_class=kept.det_class.astype(np.int32),
+            det_score=narrow,
+            det_status=kept.det_status.astype(np.int8),
+            gt_image=self.gt_image.astype(index),
             gt_class=self.gt_class.astype(np.int32),
             gt_boxes=self.gt_boxes.astype(np.int32),
             gt_group_of=self.gt_group_of.astype(np.int32),
@@ -84,7 +125,7 @@ class ImageRecords:
                 image_ids=data["image_ids"],
                 det_image=data["det_image"].astype(np.int64),
                 det_class=data["det_class"].astype(np.int64),
-                det_score=data["det_score"],
+                det_score=data["det_score"].astype(np.float64),
                 det_status=data["det_status"],
                 gt_image=data["gt_image"].astype(np.int64),
                 gt_class=data["gt_class"].astype(np.int64),
