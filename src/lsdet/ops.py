@@ -33,6 +33,7 @@ import os
 
 import torch
 
+from lsdet.config_schema.loss import IMPLS, POSITIVE_REDUCTIONS
 from lsdet.sampling.soft_balance import soft_balance_weights
 
 __all__ = [
@@ -44,10 +45,7 @@ __all__ = [
     "soft_balance_weights",
 ]
 
-_IMPLS = ("auto", "triton", "torch")
 _REDUCTIONS = ("none", "sum", "mean")
-# How the positives of one row combine in eq. 3 (``positive_reduction``).
-POSITIVE_REDUCTIONS = ("sum", "mean")
 
 
 # ----------------------------------------------------------------------------------------
@@ -273,8 +271,8 @@ _scores_op.register_autograd(_scores_backward, setup_context=_scores_setup_conte
 
 
 def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         return "triton" if logits.is_cuda else "torch"
     if impl == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from lsdet import ops
+from lsdet.config_schema.loss import POSITIVE_TARGETS
 from lsdet.losses.scoring import RATE_SCORINGS, check_scoring_key, class_scores
 
 
@@ -139,9 +140,6 @@ class SoftmaxCrossEntropy(ClassificationLoss):
         self._check(logits, multilabels, labels)
         per_roi = F.cross_entropy(logits.float(), labels, reduction="none")
         return (per_roi * self.row_weights(labels)).mean()
-
-
-POSITIVE_TARGETS = ("expanded", "annotated")
 
 
 class ConcurrentSoftmaxLoss(ClassificationLoss):

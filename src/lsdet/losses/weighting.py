@@ -6,9 +6,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from lsdet.config_schema.loss import WEIGHTINGS
 from lsdet.sampling.soft_balance import soft_balance_weights
-
-WEIGHTINGS = ("none", "soft_balance", "effective_number")
 
 
 def effective_number_weights(counts: ArrayLike, beta: float) -> torch.Tensor:

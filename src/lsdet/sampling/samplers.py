@@ -7,12 +7,14 @@ see ``lsdet.sampling.base`` for sharding and resuming.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from lsdet.config_schema.sampler import SAMPLER_SCHEMAS
 from lsdet.sampling.base import EpochSampler, check_csr
 from lsdet.sampling.soft_balance import SoftBalanceSampler
 
@@ -85,12 +87,11 @@ class RepeatFactorSampler(EpochSampler):
         return indices[rng.permutation(len(indices))]
 
 
-# Keys each sampler config may hold besides `name` (anything else is a typo: an error).
+# Keys each sampler config may hold besides `name` (anything else is a typo: an error): the
+# fields of its schema (lsdet.config_schema.sampler), also for a mapping Hydra did not compose.
 SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
-    "sequential": (),
-    "class_aware": ("num_samples",),
-    "soft_balance": ("lam", "num_samples"),
-    "repeat_factor": ("repeat_threshold",),
+    name: tuple(f.name for f in dataclasses.fields(schema) if f.name != "name")
+    for name, schema in SAMPLER_SCHEMAS.items()
 }
 
 

@@ -23,16 +23,20 @@ Config layout (``phases`` is a mapping, so one phase is overridden by name, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsdet.config_schema import schedule as schema
 from lsdet.sampling.samplers import check_sampler_config
 
-_LR_KEYS = {"scale", "warmup_iters", "warmup_factor", "milestones", "gamma"}
-_PHASE_KEYS = {"sampler", "epochs", "lr", "init_from_previous"}
+# The keys and ranges of a phase and of its lr plan are those of the schedule's schema
+# (lsdet.config_schema.schedule), checked here too for a schedule Hydra did not compose.
+_LR_KEYS = {f.name for f in dataclasses.fields(schema.LrPlan)}
+_PHASE_KEYS = {f.name for f in dataclasses.fields(schema.PhaseSettings)}
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,10 @@ class Schedule:
                 raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
             sampler = dict(phase_cfg.get("sampler") or {})
             check_sampler_config(sampler, where=f"{where}.sampler")
-            epochs = phase_cfg.get("epochs")
-            if not isinstance(epochs, int) or epochs <= 0:
-                raise ValueError(f"{where}.epochs must be a positive integer, got {epochs!r}")
+            if "epochs" not in phase_cfg:
+                raise ValueError(f"{where}.epochs is required (the epochs of the phase)")
+            schema.check_fields(phase_cfg, schema.PhaseSettings, f"{where}.")
+            epochs = phase_cfg["epochs"]
             lr = _lr_plan(dict(phase_cfg.get("lr") or {}), epochs, f"{where}.lr")
             init_from_previous = bool(phase_cfg.get("init_from_previous", False))
             if init_from_previous and index == 0:
@@ -148,23 +153,17 @@ def _lr_plan(cfg: dict[str, Any], epochs: int, where: str) -> LrPlan:
     unknown = set(cfg) - _LR_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed {sorted(_LR_KEYS)}")
+    schema.check_fields(cfg, schema.LrPlan, f"{where}.")
     milestones = tuple(float(m) for m in cfg.get("milestones") or ())
     if any(not 0 < m < epochs for m in milestones) or list(milestones) != sorted(set(milestones)):
         raise ValueError(
             f"{where}.milestones must increase strictly and lie inside the phase's "
             f"(0, {epochs}) epochs, got {list(milestones)}"
         )
-    plan = LrPlan(
+    return LrPlan(
         scale=float(cfg.get("scale", 1.0)),
         warmup_iters=int(cfg.get("warmup_iters", 0)),
         warmup_factor=float(cfg.get("warmup_factor", 0.001)),
         milestones=milestones,
         gamma=float(cfg.get("gamma", 0.1)),
     )
-    if plan.scale <= 0 or plan.warmup_iters < 0 or not 0 < plan.warmup_factor <= 1:
-        raise ValueError(
-            f"{where}: need scale > 0, warmup_iters >= 0 and 0 < warmup_factor <= 1, got {plan}"
-        )
-    if not 0 < plan.gamma <= 1:
-        raise ValueError(f"{where}.gamma must be in (0, 1], got {plan.gamma}")
-    return plan
