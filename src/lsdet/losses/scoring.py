@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lsdet import ops
+from lsdet.config_schema.model import PARENT_SCORES, SCORINGS
 
 
 def softmax_scores(logits: torch.Tensor, rates: torch.Tensor | None) -> torch.Tensor:
@@ -59,10 +60,8 @@ SCORERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] 
     "softmax_objectness": softmax_objectness_scores,
     "sigmoid_objectness": sigmoid_objectness_scores,
 }
-SCORINGS = tuple(SCORERS)
 # The scorers that read the concurrent rates.
 RATE_SCORINGS = ("concurrent_softmax",)
-PARENT_SCORES = ("own", "max_descendants", "subtree_sum")
 
 
 def check_scoring_key(scoring: str) -> None:
