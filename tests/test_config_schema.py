@@ -1,5 +1,6 @@
 """Config keys a reader can trace: shared keys written once, one meaning per key."""
 
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -11,7 +12,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, compose_train
 
-from lsdet.config_schema import RatesSettings, TrainSettings, check_overrides
+from lsdet.config_schema import check_overrides
+from lsdet.config_schema.settings import schema_rules
+from lsdet.config_schema.train import RatesSettings, TrainSettings
 from lsdet.engine.config_checks import check_training_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +43,10 @@ def test_the_nine_losses_are_the_selectable_loss_files():
 @pytest.mark.parametrize("path", LOSS_FILES, ids=lambda p: p.stem)
 def test_loss_files_take_the_weighting_block_from_the_shared_base(path):
     own = yaml.safe_load(path.read_text())
-    assert own["defaults"][0] == {"/loss_base@_here_": "default"}
+    assert own["defaults"][:2] == [
+        {"/schema/loss@_here_": path.stem},
+        {"/loss_base@_here_": "default"},
+    ]
     assert not set(SHARED_LOSS_KEYS) & set(own), f"{path.name} repeats the shared keys"
     base = yaml.safe_load((CONF_DIR / "loss_base" / "default.yaml").read_text())
     loss = compose_train([f"loss={path.stem}"]).loss
@@ -120,7 +126,7 @@ def test_the_composed_config_is_validated_and_keeps_the_yaml_values():
     assert OmegaConf.to_container(cfg.train) == _yaml_keys(CONF_DIR / "trainer" / "default.yaml")
     rates_yaml = yaml.safe_load((CONF_DIR / "train.yaml").read_text())["rates"]
     assert OmegaConf.to_container(cfg.rates) == rates_yaml
-    assert type(cfg.rates.prior_count) is int  # as written: Any keeps the yaml's value
+    assert type(cfg.rates.prior_count) is float  # typed: the yaml's 8 is 8.0
 
 
 @pytest.mark.parametrize(
@@ -128,6 +134,9 @@ def test_the_composed_config_is_validated_and_keeps_the_yaml_values():
     [
         # Typed settings without a range: Hydra refuses a value of another type.
         ("train.amp=maybe", "full_key: train.amp"),
+        ("train.batch_size=abc", "full_key: train.batch_size"),
+        ("train.threads=1.5", "full_key: train.threads"),
+        ("rates.floor=low", "full_key: rates.floor"),
         ("train.resume_allow_changes=optim.lr", "full_key: train.resume_allow_changes"),
     ],
 )
@@ -154,11 +163,31 @@ def test_a_misspelt_key_in_a_preset_is_refused(tmp_path, block, message):
         compose_train([f"hydra.searchpath=[file://{tmp_path}]", "+experiment=typo"])
 
 
-def test_ranged_numbers_keep_their_one_check_naming_the_typed_value():
-    with pytest.raises(ValueError, match=r"train\.batch_size='abc': expected an integer >= 1"):
-        check_training_config(compose_train(["train.batch_size=abc"]))
-    with pytest.raises(ValueError, match=r"rates\.floor='low': expected a number"):
-        check_training_config(compose_train(["rates.floor=low"]))
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=0", r"train\.batch_size=0: expected an integer >= 1$"),
+        ("train.threads=0", r"train\.threads=0: expected an integer >= 1 \(or null\)$"),
+        ("train.divergence.factor=1", r"train\.divergence\.factor=1\.0: expected a number > 1$"),
+        ("rates.floor=1.5", r"rates\.floor=1\.5: expected a number >= 0 and <= 1$"),
+        ("rates.iou_threshold=0", r"rates\.iou_threshold=0\.0: expected a number > 0 and"),
+        ("train.device=gpu", r"train\.device='gpu': expected one of \['auto', 'cpu', 'cuda'\]"),
+        ("train.eval_every=step", r"train\.eval_every='step': expected one of"),
+    ],
+)
+def test_a_value_outside_its_schema_range_or_choices_names_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        check_training_config(compose_train([override]))
+
+
+def test_every_ranged_field_is_checked_where_the_composed_config_has_it():
+    cfg = compose_train([])
+    keys = [key for key, _, _ in schema_rules(cfg)]
+    assert "train.divergence.steps" in keys and "rates.prior_count" in keys
+    ranged_train = [f.name for f in fields(TrainSettings) if f.metadata]
+    assert [k for k in keys if k.startswith("train.") and "." not in k[6:]] == [
+        f"train.{name}" for name in ranged_train
+    ]
 
 
 # The two lambdas: sampler.lam (which images are drawn) and loss.weight_lam (how the loss terms
@@ -170,3 +199,12 @@ def test_the_two_lambda_keys_are_independent_and_each_yaml_names_the_other():
     assert (cfg.sampler.lam, cfg.loss.weight_lam) == (0.3, 0.9)
     assert "loss.weight_lam" in (CONF_DIR / "sampler" / "soft_balance.yaml").read_text()
     assert "sampler.lam" in (CONF_DIR / "loss_base" / "default.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("+train.foo=1", "train.foo"), ("+rates.x=2", "rates.x")]
+)
+def test_a_key_added_to_a_schema_node_with_plus_is_refused(override, key):
+    # Hydra's `+key=value` adds a key even where the schema has none; nothing would read it.
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}: not a setting of"):
+        check_training_config(compose_train([override]))

@@ -232,7 +232,7 @@ def test_image_records_are_refused_for_another_metric(tmp_path):
 
     overrides = tiny_overrides(tmp_path / "synth") + [
         "train.eval_image_records=true",
-        "+data.metric=lvis",
+        "data=synth_lvis",
     ]
     with pytest.raises(ValueError, match="train.eval_image_records=true: .*data.metric='lvis'"):
         run_training(compose_train(overrides), tmp_path / "run")

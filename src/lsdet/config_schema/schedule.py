@@ -3,18 +3,12 @@ lsdet.sampling.schedule): named phases, each with its epochs, lr plan and sample
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
 from lsdet.config_schema.settings import (
-    CHOICES,
-    RANGE,
-    check_choice,
-    check_setting,
     integer,
     number,
     ranged,
@@ -58,17 +52,3 @@ class ScheduleSettings:
 
 
 SCHEMAS = {"schedule/settings": ScheduleSettings}
-
-
-def check_fields(values: Mapping[str, Any], schema: type, prefix: str) -> None:
-    """Check the keys of ``values``, a mapping that is not a schema node (a phase's inline
-    sampler, a schedule Hydra did not compose), against the ranges and choices of ``schema``'s
-    fields; a ValueError names ``prefix`` + the key. Keys the schema lacks are not checked."""
-    for setting in dataclasses.fields(schema):
-        if setting.name not in values:
-            continue
-        value = values[setting.name]
-        if RANGE in setting.metadata:
-            check_setting(prefix + setting.name, value, setting.metadata[RANGE])
-        if CHOICES in setting.metadata:
-            check_choice(prefix + setting.name, value, setting.metadata[CHOICES])

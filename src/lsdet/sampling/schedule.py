@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lsdet.config_schema import schedule as schema
+from lsdet.config_schema.settings import check_fields
 from lsdet.sampling.samplers import check_sampler_config
 
 # The keys and ranges of a phase and of its lr plan are those of the schedule's schema
@@ -110,7 +111,7 @@ class Schedule:
             check_sampler_config(sampler, where=f"{where}.sampler")
             if "epochs" not in phase_cfg:
                 raise ValueError(f"{where}.epochs is required (the epochs of the phase)")
-            schema.check_fields(phase_cfg, schema.PhaseSettings, f"{where}.")
+            check_fields(phase_cfg, schema.PhaseSettings, f"{where}.")
             epochs = phase_cfg["epochs"]
             lr = _lr_plan(dict(phase_cfg.get("lr") or {}), epochs, f"{where}.lr")
             init_from_previous = bool(phase_cfg.get("init_from_previous", False))
@@ -153,7 +154,7 @@ def _lr_plan(cfg: dict[str, Any], epochs: int, where: str) -> LrPlan:
     unknown = set(cfg) - _LR_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed {sorted(_LR_KEYS)}")
-    schema.check_fields(cfg, schema.LrPlan, f"{where}.")
+    check_fields(cfg, schema.LrPlan, f"{where}.")
     milestones = tuple(float(m) for m in cfg.get("milestones") or ())
     if any(not 0 < m < epochs for m in milestones) or list(milestones) != sorted(set(milestones)):
         raise ValueError(
