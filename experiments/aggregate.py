@@ -14,8 +14,9 @@ model), diagnosis_<variant>.csv, diagnosis.md and diagnosis_<variant>.png (per-c
 differences by class group, experiments/diagnosis.py), convergence.csv and convergence.png,
 Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt, and registered.csv
 (the claims of the protocols registered before their runs, sweeps.yaml `diagnosis_sweep:` and
-`crt_protocol:`, judged on the results beside this folder or "not run yet"; also at the end of
-claims.md).
+`crt_protocol:`, on the results beside this folder: "not run yet", "in progress: k of n seed
+pairs" with the interim estimate and sd but no test or verdict until every registered seed
+pair is there, or judged; also at the end of claims.md).
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
@@ -878,18 +879,34 @@ def _words(test, expected: str | None, alpha: float) -> str:
     return "equivalent" if test.equivalent else "cannot tell"
 
 
+def registered_seeds(spec: dict, protocol: str) -> list[int]:
+    """The seeds a protocol registered (sweeps.yaml `<protocol>.seeds`): the design its
+    claims' verdicts are for."""
+    seeds = spec.get("seeds")
+    if not seeds:
+        raise ValueError(f"sweeps.yaml: `{protocol}.seeds` is missing; a claim's design needs it")
+    return [int(s) for s in seeds]
+
+
 def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.DataFrame:
     """Every claim of the registered protocols (sweeps.yaml `diagnosis_sweep:` and
-    `crt_protocol:`), judged on the results in <results_root>/<block's results>/ when there
-    are some, else with status "not run yet". Diagnosis claims: kind slope (the slope of
-    the per-seed Δ over m, cs.slope_test, TOST at margin / the m range), pooled (block
-    model over the benchmarks) or equivalence; cRT claims: paired by seed."""
+    `crt_protocol:`), on the results in <results_root>/<block's results>/. Diagnosis claims:
+    kind slope (the slope of the per-seed Δ over m, cs.slope_test, TOST at margin / the m
+    range), pooled (block model over the benchmarks) or equivalence; cRT claims: paired by
+    seed. Only the registered seeds count.
+
+    Status: "not run yet" without a seed pair; "in progress: k of n seed pairs" while the
+    registered design (n = benchmarks x registered seeds) is incomplete: the interim estimate
+    and its sd only, no t, p, TOST or verdict (the verdict rule holds for the registered n,
+    and a test repeated as the results arrive would not keep its 5% level); "run" when all n
+    pairs are there, with the test and the verdict."""
     margin, alpha = settings["equivalence_margin"], settings["alpha"]
     rows = []
     for protocol in PROTOCOLS:
         spec = sweeps.get(protocol)
         if not spec:
             continue
+        seeds = registered_seeds(spec, protocol)
         folder = Path(results_root) / spec["results"]
         runs = collect_results(folder)[0] if (folder / "runs").is_dir() else pd.DataFrame()
         multi_labelled = None
@@ -914,7 +931,7 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
                     _protocol_row(protocol, claim, f"needs {spec['results']}/{MULTI_LABELLED_CSV}")
                 )
                 continue
-            diffs = []  # (benchmark, Δ per seed in points)
+            diffs = []  # (benchmark, Δ per registered seed in points)
             for run_id, against, benchmark in present:
                 if protocol == "crt_protocol":
                     a = seed_results(runs, run_id, "as_train")["map"]
@@ -923,7 +940,8 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
                     classes = (multi_labelled or {}).get(benchmark, set())
                     a = _protocol_values(runs, run_id, metric, classes)
                     b = _protocol_values(runs, against, metric, classes)
-                diffs.append((benchmark, paired_differences(a, b)))
+                d = paired_differences(a, b)
+                diffs.append((benchmark, d[d.index.isin(seeds)]))
             kind = claim.get("kind", "paired")
             if kind == "slope":
                 rates = {b: float(v["multi_label_rate"]) for b, v in spec["benchmarks"].items()}
@@ -931,48 +949,74 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
                 y = np.concatenate([d.to_numpy() for _, d in diffs])
                 span = max(rates.values()) - min(rates.values())
                 test = cs.slope_test(x, y, margin / span, alpha)
+                # sd of Δ about the line (se of the slope = sd / sqrt(sum (x - mean x)^2))
+                sd = test.se * np.sqrt(((x - x.mean()) ** 2).sum()) if len(x) else np.nan
+                se = test.se
             elif kind == "pooled":
                 test = cs.block_test([d.to_numpy() for _, d in diffs], margin, alpha)
+                sd, se = test.sd, test.sd / np.sqrt(test.n) if test.n else np.nan
             else:
                 test = cs.paired_test(
                     np.concatenate([d.to_numpy() for _, d in diffs]), margin, alpha
                 )
+                sd, se = test.sd, test.sd / np.sqrt(test.n) if test.n else np.nan
             starts = list(runs[runs["run"].isin({r for p in present for r in p[:2]})]["started_at"])
             registration, earliest = registration_status(claim.get("registered"), starts)
-            status = "run" if len(present) == len(pairs) else "partly run"
+            pairs_done, pairs_registered = sum(len(d) for _, d in diffs), len(pairs) * len(seeds)
+            values = dict(
+                estimate=test.mean, sd=sd, se=se, n=test.n, pairs=pairs_done,
+                registered_pairs=pairs_registered, registration=registration,
+                first_result_started=earliest,
+            )  # fmt: skip
+            if pairs_done < pairs_registered:
+                status = f"in progress: {pairs_done} of {pairs_registered} seed pairs"
+                untested = dict(df=np.nan, t=np.nan, p=np.nan, tost_p=np.nan, verdict="")
+                rows.append(_protocol_row(protocol, claim, status, **values, **untested))
+                continue
             rows.append(
                 _protocol_row(
-                    protocol, claim, status,
-                    estimate=test.mean, n=test.n, df=test.df, t=test.t, p=test.p,
+                    protocol, claim, "run", **values, df=test.df, t=test.t, p=test.p,
                     tost_p=test.tost_p, verdict=_words(test, claim.get("expected"), alpha),
-                    registration=registration, first_result_started=earliest,
                 )
             )  # fmt: skip
     return pd.DataFrame(rows)
 
 
+def _in_progress(status: str) -> bool:
+    return str(status).startswith("in progress")
+
+
 def markdown_protocols(summary: pd.DataFrame) -> str:
-    """The registered protocols' claims as markdown: "not run yet" until results are there."""
+    """The registered protocols' claims as markdown: "not run yet" until results are there;
+    while a claim's registered design is incomplete its interim estimate and sd, no test."""
     lines = [
         "**Registered before the diagnosis runs** (sweeps.yaml `diagnosis_sweep:`, "
-        "`crt_protocol:`; estimate = mean Δ, or the slope of Δ over m, in mAP points)",
+        "`crt_protocol:`; estimate = mean Δ, or the slope of Δ over m, in mAP points; sd = "
+        "sd of Δ, about the line for the slope). A claim gets its test and verdict only when "
+        "every registered seed pair is there: the verdict rule is for the registered n. "
+        "While it is in progress the table shows the interim estimate and its sd only.",
         "",
-        "| protocol | claim | status | estimate | t (df) | p | TOST p | verdict | registered |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| protocol | claim | status | estimate | sd | t (df) | p | TOST p | verdict | "
+        "registered |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in summary.iterrows():
-        if r["status"] in ("run", "partly run"):
+        judged = r["status"] == "run"
+        if judged:
             cells = [
                 _num(r["estimate"], sign=True),
+                _num(r["sd"]),
                 f"{_num(r['t'])} ({r['df']})",
                 _p(r["p"]),
                 _p(r["tost_p"]),
                 f"**{r['verdict']}**",
             ]
+        elif _in_progress(r["status"]):
+            cells = [_num(r["estimate"], sign=True), _num(r["sd"]), "", "", "", "no verdict yet"]
         else:
-            cells = ["", "", "", "", ""]
+            cells = ["", "", "", "", "", ""]
         registered = (
-            _registration_cell(r) if r["status"] in ("run", "partly run") else r["registered"]
+            _registration_cell(r) if judged or _in_progress(r["status"]) else r["registered"]
         )
         lines.append(
             f"| {r['protocol']} | {r['claim']} | {r['status']} | {' | '.join(cells)} | "

@@ -794,6 +794,7 @@ PROTOCOL_SWEEPS = {
     **SWEEPS,
     "diagnosis_sweep": {
         "results": "diag",
+        "seeds": [0, 1, 2, 3],
         "benchmarks": {
             "m0": {"root": "data/m0", "multi_label_rate": 0.0},
             "m0.2": {"root": "data/m0.2", "multi_label_rate": 0.2},
@@ -812,6 +813,7 @@ PROTOCOL_SWEEPS = {
     },
     "crt_protocol": {
         "results": "crt",
+        "seeds": [0, 1, 2],
         "claims": [
             {"claim": "cs vs softmax", "run": "cs_default", "against": "softmax",
              "expected": "higher", "registered": "2026-01-01T00:00"},
@@ -907,6 +909,61 @@ def test_registered_protocols_not_run_yet_then_judged(tmp_path):
     multi = summary.loc["multi"]
     assert multi["status"] == "run" and multi["estimate"] == pytest.approx(7.5)
     assert multi["df"] == 8 - 2 and multi["verdict"] == "reproduces"
+
+
+def fake_crt_result(folder: Path, arm: str, seed: int, value: float, started: str) -> None:
+    """A cRT arm's result as run_all.py copies it (lsdet.crt's metrics.json, run.json)."""
+    result = folder / "runs" / arm / "val-as_train" / f"seed{seed}"
+    result.mkdir(parents=True)
+    (result / "metrics.json").write_text(json.dumps({"map": value}))
+    record = {"row": arm, "validation": "as_train", "seed": seed, "kind": "evaluation",
+              "started_at": started}  # fmt: skip
+    (result / "run.json").write_text(json.dumps(record))
+
+
+def test_registered_claims_get_no_verdict_before_their_design_is_complete(tmp_path):
+    """Seed 0 of every benchmark, or some of the cRT seeds: the claim is "in progress: k of
+    n seed pairs" with its interim estimate and sd, and no t, p, TOST or verdict; a seed
+    outside the registered ones does not complete it; all registered pairs: judged."""
+    settings = aggregate.statistics_settings(PROTOCOL_SWEEPS)
+    evaluations = [(0.4, 0.6), (0.4, 0.6)]
+    for benchmark, delta in (("m0", 0.0), ("m0.2", 0.01), ("m0.4", 0.02)):
+        fake_protocol_training(tmp_path / "diag", f"sm_{benchmark}", 0, [0.5, 0.5], evaluations)
+        fake_protocol_training(
+            tmp_path / "diag", f"cs_{benchmark}", 0, [0.5 + delta, 0.5 + delta], evaluations
+        )
+    # cRT: seeds 0 and 1 of the registered 0-2, and seed 7 (not registered) of both arms
+    for seed, (softmax, cs_default) in {0: (0.50, 0.52), 1: (0.50, 0.53), 7: (0.5, 0.6)}.items():
+        fake_crt_result(tmp_path / "crt", "softmax", seed, softmax, "2026-02-01T00:00:00")
+        fake_crt_result(tmp_path / "crt", "cs_default", seed, cs_default, "2026-02-01T00:00:00")
+    summary = aggregate.summarize_protocols(tmp_path, PROTOCOL_SWEEPS, settings).set_index("claim")
+    slope = summary.loc["slope"]
+    assert slope["status"] == "in progress: 3 of 12 seed pairs"
+    assert slope["estimate"] == pytest.approx(5.0)  # Δ 0, 1, 2 points at m 0, 0.2, 0.4
+    assert slope["sd"] == pytest.approx(0.0, abs=1e-9) and slope["pairs"] == 3
+    assert summary.loc["sanity", "status"] == "in progress: 1 of 4 seed pairs"
+    crt = summary.loc["cs vs softmax"]
+    assert crt["status"] == "in progress: 2 of 3 seed pairs" and crt["n"] == 2
+    assert crt["estimate"] == pytest.approx(2.5)  # seed 7 is not counted
+    assert crt["sd"] == pytest.approx(np.std([2.0, 3.0], ddof=1))
+    for claim in ("slope", "sanity", "cs vs softmax"):
+        row = summary.loc[claim]
+        assert row["verdict"] == "" and pd.isna(row["p"]) and pd.isna(row["t"])
+        assert pd.isna(row["tost_p"])
+    table = aggregate.markdown_protocols(summary.reset_index())
+    line = next(x for x in table.splitlines() if x.startswith("| crt_protocol | cs vs softmax"))
+    assert "| in progress: 2 of 3 seed pairs | +2.50 | 0.71 |  |  |  | no verdict yet |" in line
+    assert not any(word in table for word in ("reproduces", "cannot tell", "opposite", "<0.001"))
+    assert "every registered seed pair" in table
+
+    # the last registered cRT seed: the design is complete, the claim judged (n = 3)
+    fake_crt_result(tmp_path / "crt", "softmax", 2, 0.50, "2026-02-01T00:00:00")
+    fake_crt_result(tmp_path / "crt", "cs_default", 2, 0.525, "2026-02-01T00:00:00")
+    summary = aggregate.summarize_protocols(tmp_path, PROTOCOL_SWEEPS, settings).set_index("claim")
+    crt = summary.loc["cs vs softmax"]
+    assert crt["status"] == "run" and crt["n"] == 3 and crt["df"] == 2
+    assert crt["estimate"] == pytest.approx(2.5) and crt["verdict"] == "reproduces"
+    assert summary.loc["slope", "status"] == "in progress: 3 of 12 seed pairs"
 
 
 def test_last_two_mean_is_the_final_metric(tmp_path):
