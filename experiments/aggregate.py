@@ -16,7 +16,10 @@ Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt, and regi
 (the claims of the protocols registered before their runs, sweeps.yaml `diagnosis_sweep:` and
 `crt_protocol:`, on the results beside this folder: "not run yet", "in progress: k of n seed
 pairs" with the interim estimate and sd but no test or verdict until every registered seed
-pair is there, or judged; also at the end of claims.md).
+pair is there, or judged; also at the end of claims.md), and beside the diagnosis protocol's
+results bootstrap.csv: the image-bootstrap interval of Δ of every (benchmark, seed) pair with
+per-image records (experiments/bootstrap.py; 1000 seeded resamples; rows already in the file
+are reused), summarised at the end of claims.md against the seed-to-seed sd of Δ.
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
@@ -879,6 +882,15 @@ def _words(test, expected: str | None, alpha: float) -> str:
     return "equivalent" if test.equivalent else "cannot tell"
 
 
+def read_multi_labelled(folder: Path) -> dict[str, set[str]] | None:
+    """Per benchmark its multi-labelled classes (<folder>/multi_labelled_classes.csv), or
+    None without the file."""
+    if not (Path(folder) / MULTI_LABELLED_CSV).is_file():
+        return None
+    table = pd.read_csv(Path(folder) / MULTI_LABELLED_CSV)
+    return {b: set(g["mid"]) for b, g in table.groupby("benchmark")}
+
+
 def registered_seeds(spec: dict, protocol: str) -> list[int]:
     """The seeds a protocol registered (sweeps.yaml `<protocol>.seeds`): the design its
     claims' verdicts are for."""
@@ -909,10 +921,7 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
         seeds = registered_seeds(spec, protocol)
         folder = Path(results_root) / spec["results"]
         runs = collect_results(folder)[0] if (folder / "runs").is_dir() else pd.DataFrame()
-        multi_labelled = None
-        if (folder / MULTI_LABELLED_CSV).is_file():
-            table = pd.read_csv(folder / MULTI_LABELLED_CSV)
-            multi_labelled = {b: set(g["mid"]) for b, g in table.groupby("benchmark")}
+        multi_labelled = read_multi_labelled(folder)
         for claim in spec.get("claims") or []:
             if protocol == "crt_protocol":
                 pairs = [(claim["run"], claim["against"], None)]
@@ -1025,6 +1034,149 @@ def markdown_protocols(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- image bootstrap
+BOOTSTRAP_CSV = "bootstrap.csv"  # in the diagnosis protocol's results folder
+BOOTSTRAP_REPLICATES = 1000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_KEY = [
+    "run", "against", "benchmark", "seed", "metric", "replicates", "bootstrap_seed",
+    "run_started", "against_started",
+]  # fmt: skip
+
+
+def _bootstrap_key(values) -> tuple[str, ...]:
+    """A bootstrap.csv key as text (a value read back from the file compares equal)."""
+    return tuple("" if v is None or pd.isna(v) else str(v) for v in values)
+
+
+def _bootstrap_metrics(spec: dict) -> dict[tuple[str, str, str], set[str]]:
+    """(run, against, benchmark) -> the metrics the diagnosis claims judge on it."""
+    wanted: dict[tuple[str, str, str], set[str]] = {}
+    for claim in spec.get("claims") or []:
+        for benchmark in claim["benchmarks"]:
+            key = (claim["run"], claim["against"], benchmark)
+            wanted.setdefault(key, set()).add(claim.get("metric", "map"))
+    return wanted
+
+
+def diagnosis_bootstrap(
+    folder: Path,
+    spec: dict,
+    *,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    seed: int = BOOTSTRAP_SEED,
+    previous: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """The image-bootstrap interval of the paired Δ (points) of every diagnosis (benchmark,
+    seed) pair whose two runs have the per-image records of their last two evaluations, for
+    each metric a diagnosis claim judges on that benchmark (map; map_multi_labelled with
+    the benchmark's multi-labelled classes): experiments/bootstrap.py, the same resamples
+    for both runs and both metrics. Rows of ``previous`` (an earlier bootstrap.csv) with the
+    same key (runs, seed, metric, replicates, seed of the resamples and the runs' start
+    times) are kept, not computed again. Also returns the pairs left out and why."""
+    import bootstrap  # experiments/bootstrap.py
+
+    runs = collect_results(folder)[0] if (Path(folder) / "runs").is_dir() else pd.DataFrame()
+    if runs.empty:
+        return pd.DataFrame(columns=[*BOOTSTRAP_KEY]), []
+    multi_labelled = read_multi_labelled(folder) or {}
+    done = {}
+    if previous is not None and not previous.empty:
+        for _, r in previous.iterrows():
+            done[_bootstrap_key(r[c] for c in BOOTSTRAP_KEY)] = r.to_dict()
+    seeds = registered_seeds(spec, "diagnosis_sweep")
+    rows, skipped = [], []
+    for (run_id, against, benchmark), metrics in _bootstrap_metrics(spec).items():
+        row_a, row_b = f"{run_id}_{benchmark}", f"{against}_{benchmark}"
+        a, b = seed_results(runs, row_a, "as_train"), seed_results(runs, row_b, "as_train")
+        for s in sorted(set(a.index) & set(b.index) & set(seeds)):
+            class_sets = {"map": None}
+            if "map_multi_labelled" in metrics and multi_labelled.get(benchmark):
+                class_sets["map_multi_labelled"] = sorted(multi_labelled[benchmark])
+            started = (a.at[s, "started_at"], b.at[s, "started_at"])
+            keys = {
+                m: (run_id, against, benchmark, int(s), m, replicates, seed, *started)
+                for m in class_sets
+            }
+            if all(_bootstrap_key(k) in done for k in keys.values()):
+                rows += [done[_bootstrap_key(k)] for k in keys.values()]
+                continue
+            result_dirs = [
+                Path(folder) / "runs" / row / "val-as_train" / f"seed{s}" for row in (row_a, row_b)
+            ]
+            try:
+                records = [bootstrap.run_records(d) for d in result_dirs]
+                intervals = bootstrap.paired_differences(
+                    *records, class_sets, replicates=replicates, seed=seed, level=BOOTSTRAP_LEVEL
+                )
+            except (FileNotFoundError, ValueError) as error:
+                skipped.append(f"{row_a} - {row_b} seed {s}: {error}")
+                continue
+            for metric, interval in intervals.items():
+                rows.append(
+                    dict(
+                        zip(BOOTSTRAP_KEY, keys[metric], strict=True),
+                        images=records[0][0].num_images,
+                        estimate=interval.estimate * 100,
+                        low=interval.low * 100,
+                        high=interval.high * 100,
+                        bootstrap_sd=float(np.nanstd(interval.replicates, ddof=1) * 100),
+                        level=interval.level,
+                    )
+                )
+    return pd.DataFrame(rows), skipped
+
+
+def markdown_bootstrap(table: pd.DataFrame, skipped: list[str], where: str) -> str:
+    """What the image bootstrap measures, and per benchmark and metric the mean bootstrap sd
+    of one pair's Δ beside the seed-to-seed sd of Δ (two or more seed pairs)."""
+    lines = [
+        f"**Image bootstrap of the diagnosis pairs** ({where}; per (benchmark, seed) pair the "
+        "percentile interval of Δ = CS - softmax, mAP points, over image resamples of the "
+        "validation split, both runs on the same resamples). It measures the evaluation-set "
+        "noise of one pair of runs (which images happen to be in the validation split), not "
+        "the seed-to-seed noise the registered paired tests use; the seed-to-seed sd of Δ "
+        "contains the evaluation-set noise and the training noise.",
+        "",
+    ]
+    if table.empty:
+        lines.append("No pair has the per-image records of its last two evaluations yet.")
+    else:
+        lines += [
+            "| benchmark | metric | seed pairs | resamples | mean bootstrap sd of Δ | "
+            "seed-to-seed sd of Δ |",
+            "|---|---|---|---|---|---|",
+        ]
+        for (benchmark, metric), g in table.groupby(["benchmark", "metric"], sort=True):
+            seed_sd = g["estimate"].std(ddof=1) if len(g) > 1 else np.nan
+            lines.append(
+                f"| {benchmark} | {metric} | {len(g)} | {int(g['replicates'].iloc[0])} | "
+                f"{_num(g['bootstrap_sd'].mean())} | "
+                f"{_num(seed_sd) if len(g) > 1 else 'n/a (one seed pair)'} |"
+            )
+    if skipped:
+        lines += ["", f"Pairs without a bootstrap ({len(skipped)}): " + "; ".join(skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def write_diagnosis_bootstrap(results_root: Path, sweeps: dict) -> str:
+    """The image bootstrap of the diagnosis protocol (diagnosis_bootstrap) into
+    <results_root>/<diagnosis results>/bootstrap.csv, reusing the rows of the file already
+    there; returns its markdown ("" without the protocol or any result)."""
+    spec = sweeps.get("diagnosis_sweep")
+    if not spec:
+        return ""
+    folder = Path(results_root) / spec["results"]
+    if not (folder / "runs").is_dir():
+        return ""
+    csv = folder / BOOTSTRAP_CSV
+    previous = pd.read_csv(csv) if csv.is_file() else None
+    table, skipped = diagnosis_bootstrap(folder, spec, previous=previous)
+    table.to_csv(csv, index=False, float_format="%.5f")
+    return markdown_bootstrap(table, skipped, f"{spec['results']}/{BOOTSTRAP_CSV}")
+
+
 # --------------------------------------------------------------------------- all
 def expected_results(sweeps: dict) -> set[tuple[str, str, int]]:
     """(run id, validation variant, seed) of every result the sweep should have."""
@@ -1115,6 +1267,9 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
     if not protocols.empty:
         protocols.to_csv(results_dir / "registered.csv", index=False, float_format="%.4f")
         claim_texts.append(markdown_protocols(protocols))
+    bootstrap_text = write_diagnosis_bootstrap(results_dir.parent, sweeps)
+    if bootstrap_text:
+        claim_texts.append(bootstrap_text)
     (results_dir / "claims.md").write_text("\n".join(claim_texts))
     if sweeps.get("diagnosis"):
         diagnosis_texts = []

@@ -2,7 +2,7 @@
 on the same validation images, from the per-image records of their evaluations
 (`train.eval_image_records=true`: eval/<tag>/image_records.npz, lsdet.evaluation.image_records).
 
-    python experiments/bootstrap.py <run results> <against results> [--replicates 2000]
+    python experiments/bootstrap.py <run results> <against results> [--replicates 1000]
     python experiments/bootstrap.py experiments/results/diagnosis/runs/d_concurrent_softmax_m0.4/val-as_train/seed0 \\
         experiments/results/diagnosis/runs/d_softmax_m0.4/val-as_train/seed0 \\
         --classes experiments/results/diagnosis/multi_labelled_classes.csv --benchmark m0.4
@@ -12,8 +12,9 @@ A run's final metric is the one the diagnosis sweep registered (sweeps.yaml
 over the classes with ground truth (or over a class list, e.g. the multi-labelled classes).
 A bootstrap replicate draws the validation images with replacement (each image counted as
 often as it is drawn), recomputes every per-class AP of both runs from their records on that
-multiset, and takes the difference; the interval is the percentile interval of the
-replicates (Efron & Tibshirani, An Introduction to the Bootstrap, 1993, ch. 13). It measures
+multiset, and takes the difference (all replicates at once, replicate_average_precisions);
+the interval is the percentile interval of the replicates (Efron & Tibshirani, An
+Introduction to the Bootstrap, 1993, ch. 13). It measures
 the evaluation-set noise of one pair of runs (which images happen to be in the validation
 split), not the seed-to-seed noise the registered paired tests use.
 """
@@ -29,7 +30,12 @@ import numpy as np
 import pandas as pd
 
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
-from lsdet.evaluation.image_records import ImageRecords
+from lsdet.evaluation.image_records import (
+    GROUP_OF_ENTRY,
+    IGNORED,
+    TRUE_POSITIVE,
+    ImageRecords,
+)
 
 FINAL_EVALUATIONS = 2  # the diagnosis sweep's final metric: the last two evaluations
 
@@ -113,31 +119,137 @@ def resample_counts(num_images: int, replicates: int, seed: int) -> np.ndarray:
     ``num_images`` draws with replacement."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, num_images, size=(replicates, num_images))
-    return np.stack([np.bincount(row, minlength=num_images) for row in draws])
+    offsets = np.arange(replicates)[:, None] * num_images
+    counts = np.bincount((draws + offsets).ravel(), minlength=replicates * num_images)
+    return counts.reshape(replicates, num_images)
+
+
+REPLICATE_CHUNK = 4_000_000  # entries x replicates computed at once (memory of one class)
+
+
+def replicate_average_precisions(records: ImageRecords, counts: np.ndarray) -> np.ndarray:
+    """``[R, C]``: row r is ``records.average_precisions(counts[r])`` (up to rounding), all
+    replicates at once: per class the running true/false-positive sums of its entries
+    (sorted by score, as the records are) weighted by each replicate's image counts, the
+    precision envelope and the area under it, as ``core.average_precision`` computes them.
+    An entry of an image drawn 0 times adds nothing; its point repeats the previous one and
+    adds no area. NaN where a class has no instance in the replicate."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[1] != records.num_images:
+        raise ValueError(
+            f"counts has shape {counts.shape}; expected (replicates, {records.num_images})"
+        )
+    num_replicates, num_classes = len(counts), len(records.mids)
+    gt_per_entry = records.gt_boxes + records.group_of_weight * records.gt_group_of
+    num_instances = np.zeros((num_replicates, num_classes))
+    for k in np.unique(records.gt_class):
+        rows = records.gt_class == k
+        num_instances[:, k] = counts[:, records.gt_image[rows]] @ gt_per_entry[rows]
+    entry = records.det_status != IGNORED
+    classes = records.det_class[entry]
+    scores = records.det_score[entry]
+    images = records.det_image[entry]
+    status = records.det_status[entry]
+    tp_weight = np.where(status == TRUE_POSITIVE, 1.0, 0.0)
+    tp_weight[status == GROUP_OF_ENTRY] = records.group_of_weight
+    fp_weight = (tp_weight <= 0).astype(np.float64)
+    bounds = np.searchsorted(classes, np.arange(num_classes + 1))
+    ap = np.full((num_replicates, num_classes), np.nan)
+    for k in np.flatnonzero((num_instances > 0).any(axis=0)):
+        lo, hi = bounds[k], bounds[k + 1]
+        last_of_tie = np.r_[scores[lo + 1 : hi] != scores[lo : hi - 1], True] if hi > lo else []
+        step = max(1, REPLICATE_CHUNK // max(1, hi - lo))
+        for start in range(0, num_replicates, step):
+            part = slice(start, start + step)
+            instances = num_instances[part, k]
+            if hi == lo:  # no detection: AP 0
+                ap[part, k] = 0.0
+                continue
+            weight = counts[part][:, images[lo:hi]]
+            cum_tp = np.cumsum(weight * tp_weight[lo:hi], axis=1)[:, last_of_tie]
+            cum_fp = np.cumsum(weight * fp_weight[lo:hi], axis=1)[:, last_of_tie]
+            taken = cum_tp + cum_fp
+            with np.errstate(invalid="ignore", divide="ignore"):
+                precision = np.where(taken > 0, cum_tp / np.where(taken > 0, taken, 1), 0.0)
+                recall = cum_tp / instances[:, None]
+            zeros, ones = np.zeros((len(instances), 1)), np.ones((len(instances), 1))
+            precision = np.hstack([zeros, precision, zeros])
+            recall = np.hstack([zeros, recall, ones])
+            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            area = (np.diff(recall, axis=1) * envelope[:, 1:]).sum(axis=1)
+            ap[part, k] = np.where(instances > 0, area, np.nan)
+    return ap
+
+
+def replicate_class_aps(evaluations: list[ImageRecords], counts: np.ndarray) -> np.ndarray:
+    """``[R, C]``: per replicate and class the mean AP over ``evaluations`` (the final
+    metric's per-class values) with the images counted as in ``counts``."""
+    check_same_images(evaluations)
+    return np.mean([replicate_average_precisions(e, counts) for e in evaluations], axis=0)
+
+
+def class_mean(aps: np.ndarray, mids: list[str], classes: list[str] | None = None) -> np.ndarray:
+    """Per row of ``aps`` (``[R, C]``) the mean over the classes with a value (only
+    ``classes`` when given): the final metric of each replicate; NaN for a row without any."""
+    if classes is not None:
+        unknown = sorted(set(classes) - set(mids))
+        if unknown:
+            raise ValueError(f"classes {unknown[:5]} are not classes of the evaluation")
+        aps = aps[:, [mids.index(c) for c in classes]]
+    present = np.isfinite(aps)
+    total = np.where(present, aps, 0.0).sum(axis=1)
+    number = present.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(number > 0, total / np.maximum(number, 1), np.nan)
+
+
+def interval(estimate: float, values: np.ndarray, level: float) -> BootstrapInterval:
+    """The percentile interval of the replicate values at ``level``."""
+    tail = (1 - level) / 2
+    low, high = np.nanquantile(values, [tail, 1 - tail])
+    return BootstrapInterval(estimate, float(low), float(high), level, values)
 
 
 def paired_difference(
     run: list[ImageRecords],
     against: list[ImageRecords],
     *,
-    replicates: int = 2000,
+    replicates: int = 1000,
     seed: int = 0,
     level: float = 0.95,
     classes: list[str] | None = None,
 ) -> BootstrapInterval:
     """The final metric of ``run`` minus that of ``against`` (two runs on the same images)
     and its image-bootstrap percentile interval: both runs scored on the same resamples."""
+    return paired_differences(
+        run, against, {"": classes}, replicates=replicates, seed=seed, level=level
+    )[""]
+
+
+def paired_differences(
+    run: list[ImageRecords],
+    against: list[ImageRecords],
+    class_sets: dict[str, list[str] | None],
+    *,
+    replicates: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, BootstrapInterval]:
+    """:func:`paired_difference` for several class sets (name -> classes, None: all
+    classes) from one computation of the per-class APs on the same resamples."""
     if replicates < 1 or not 0 < level < 1:
         raise ValueError(f"replicates={replicates}, level={level}: expected >= 1 and in (0, 1)")
     check_same_images([*run, *against])
-    estimate = final_metric(run, classes=classes) - final_metric(against, classes=classes)
     counts = resample_counts(run[0].num_images, replicates, seed)
-    values = np.array(
-        [final_metric(run, w, classes) - final_metric(against, w, classes) for w in counts]
-    )
-    tail = (1 - level) / 2
-    low, high = np.nanquantile(values, [tail, 1 - tail])
-    return BootstrapInterval(estimate, float(low), float(high), level, values)
+    run_aps = replicate_class_aps(run, counts)
+    against_aps = replicate_class_aps(against, counts)
+    mids = run[0].mids
+    results = {}
+    for name, classes in class_sets.items():
+        estimate = final_metric(run, classes=classes) - final_metric(against, classes=classes)
+        values = class_mean(run_aps, mids, classes) - class_mean(against_aps, mids, classes)
+        results[name] = interval(estimate, values, level)
+    return results
 
 
 def benchmark_classes(classes_csv: Path, benchmark: str) -> list[str]:
@@ -155,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/bootstrap.py", description=__doc__)
     parser.add_argument("run", type=Path, help="results (or run) folder of the run")
     parser.add_argument("against", type=Path, help="results (or run) folder it is compared with")
-    parser.add_argument("--replicates", type=int, default=2000)
+    parser.add_argument("--replicates", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level", type=float, default=0.95)
     parser.add_argument("--evaluations", type=int, default=FINAL_EVALUATIONS)
