@@ -23,7 +23,13 @@ the last two epochs only with per-image records kept for an image bootstrap; res
 experiments/results/diagnosis/ as above, with multi_labelled_classes.csv (the secondary
 claim's classes). `crt`: the base detector the protocol names (trained as the converged sweep
 trains it when its checkpoint is absent), its RoI features cached once, then every arm x seed
-of `python -m lsdet.crt`, results in experiments/results/crt/. Both then aggregate the
+of `python -m lsdet.crt`, results in experiments/results/crt/; once every arm and seed has
+its result, the confirmation `crt_protocol.confirm` implies (choose_crt_confirmation): the
+arm with the highest mean among those significantly above cs_default, trained in full on the
+converged benchmark (crt_confirm_<arm>, t1_concurrent_softmax's preset with the arm's
+overrides, seeds 0-7, results in experiments/results/crt/confirm/) and
+t1_concurrent_softmax's seeds 3-7 beside the converged sweep's; none when no arm qualifies
+(the command says so; --dry-run lists them). Both then aggregate the
 converged results folder, whose claims.md and registered.csv report the registered claims.
 """
 
@@ -805,6 +811,131 @@ def plan_crt(crt: CrtPlan) -> dict[str, str]:
     return actions
 
 
+CRT_BASELINE_ARM = "cs_default"  # the arm the flips are judged against (crt_protocol.claims)
+
+
+@dataclass
+class CrtChoice:
+    """The arm the cRT results pick for confirmation by full training (sweeps.yaml
+    `crt_protocol.confirm`), None when the results are incomplete or no arm qualifies, and
+    why."""
+
+    arm: str | None
+    reason: str
+    complete: bool
+
+
+def choose_crt_confirmation(sweeps: dict, results_root: Path) -> CrtChoice:
+    """The registered rule of `crt_protocol.confirm`: once every arm has a result for every
+    registered seed, among the arms a claim compares with cs_default, those whose paired
+    t-test at alpha (the verdict rule, sweeps.yaml `statistics.alpha`) is significant with a
+    positive mean Δ qualify, and the one with the highest mean Δ is chosen; none qualifies:
+    no confirmation."""
+    import aggregate  # experiments/aggregate.py
+    import claim_statistics as cs  # experiments/claim_statistics.py
+
+    spec = sweeps["crt_protocol"]
+    alpha = float(sweeps["statistics"]["alpha"])
+    seeds = [int(s) for s in spec["seeds"]]
+    folder = Path(results_root) / spec["results"]
+    runs = aggregate.collect_results(folder)[0] if (folder / "runs").is_dir() else None
+    have = set() if runs is None else set(zip(runs["run"], runs["seed"].astype(int), strict=True))
+    needed = {(arm, seed) for arm in spec["arms"] for seed in seeds}
+    if not needed <= have:
+        return CrtChoice(
+            None,
+            f"the cRT results are incomplete ({len(needed & have)} of {len(needed)} arm and "
+            "seed results): the confirmation waits for all of them",
+            False,
+        )
+    baseline = aggregate.seed_results(runs, CRT_BASELINE_ARM, "as_train")["map"]
+    qualified = []  # (mean Δ, arm, p)
+    lines = []
+    for claim in spec["claims"]:
+        if claim["against"] != CRT_BASELINE_ARM:
+            continue
+        arm = claim["run"]
+        values = aggregate.seed_results(runs, arm, "as_train")["map"]
+        diff = aggregate.paired_differences(values, baseline)
+        test = cs.paired_test(diff[diff.index.isin(seeds)].to_numpy(), alpha=alpha)
+        p = f"= {test.p:.3f}" if test.p >= 0.001 else "< 0.001"
+        lines.append(f"{arm} {test.mean:+.2f} (t({test.df}) = {test.t:.2f}, p {p})")
+        if test.p < alpha and test.mean > 0:
+            qualified.append((test.mean, arm, test.p))
+    judged = "; ".join(lines)
+    if not qualified:
+        return CrtChoice(
+            None,
+            f"no arm is significantly higher than {CRT_BASELINE_ARM} (paired t-test at "
+            f"{alpha:g}; mean Δ in mAP points: {judged}): nothing to confirm",
+            True,
+        )
+    mean, arm, _ = max(qualified)
+    return CrtChoice(
+        arm,
+        f"{arm}: the highest mean Δ ({mean:+.2f} points) of the arms significantly higher "
+        f"than {CRT_BASELINE_ARM} ({', '.join(a for _, a, _ in sorted(qualified, reverse=True))}"
+        f"; {judged})",
+        True,
+    )
+
+
+def build_crt_confirmation_tasks(
+    sweeps: dict,
+    arm: str,
+    runs_root: Path,
+    results_root: Path,
+    *,
+    python: str = sys.executable,
+    threads: int | None = None,
+) -> list[Task]:
+    """The full training of `crt_protocol.confirm` for a chosen arm: run id
+    crt_confirm_<arm>, the preset of the run it is confirmed against (t1_concurrent_softmax)
+    with that run's overrides and the arm's, on the detector's size (converged) for the
+    registered seeds (run folders under <runs_root>/<size>/, results under
+    <results_root>/<cRT results>/confirm/runs/); then the training runs of the run it is
+    judged against for the seeds its size's sweep does not have (seeds 3-7), as that
+    sweep's tasks (results beside the sweep's, <results_root>/<size>/runs/)."""
+    spec = sweeps["crt_protocol"]
+    confirm = spec["confirm"]
+    against = confirm["against"]
+    if arm not in spec["arms"]:
+        raise SweepError(f"{SWEEPS}: crt_protocol has no arm {arm!r}")
+    if against not in sweeps["runs"]:
+        raise SweepError(f"{SWEEPS}: crt_protocol.confirm.against: no run {against!r}")
+    size = spec["detector"]["size"]
+    seeds = [int(s) for s in confirm["seeds"]]
+    base = sweeps["runs"][against]
+    run_id = f"crt_confirm_{arm}"
+    run = {**base, "overrides": [*base.get("overrides", []), *spec["arms"][arm]]}
+    with_arm = {**sweeps, "runs": {**sweeps["runs"], run_id: run}}
+    arm_tasks = build_tasks(
+        with_arm, size, runs_root / size, results_root / spec["results"] / "confirm", seeds,
+        python=python, threads=threads, only=[run_id],
+    )  # fmt: skip
+    added = [s for s in seeds if s not in {int(k) for k in sweeps["seeds"]}]
+    baseline = build_tasks(
+        sweeps, size, runs_root / size, results_root / size, added,
+        python=python, threads=threads, only=[against],
+    )  # fmt: skip
+    return [t for t in arm_tasks + baseline if t.kind == "train"]
+
+
+def crt_confirmation(
+    args: argparse.Namespace, sweeps: dict, runs_root: Path, results_root: Path
+) -> tuple[list[Task], str]:
+    """The confirmation tasks the recorded cRT results imply and the line that says why:
+    none while they are incomplete or when no arm qualifies."""
+    choice = choose_crt_confirmation(sweeps, results_root)
+    line = f"cRT confirmation: {choice.reason}"
+    if choice.arm is None:
+        return [], line
+    tasks = build_crt_confirmation_tasks(
+        sweeps, choice.arm, runs_root, results_root, threads=args.threads
+    )
+    return tasks, line
+
+
 def generate_data(sweeps: dict, size: str, python: str = sys.executable) -> list[str]:
     """Writes (or finds up to date) the data roots of a size's validation variants, once up
     front so that parallel runs do not race to write them; returns the roots."""
@@ -955,6 +1086,12 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         tasks = crt.tasks
         actions = plan_crt(crt)
         log_dir = runs_root / "crt" / "logs"
+    confirmation_line = ""
+    if args.protocol == "crt" and args.dry_run:
+        # the confirmation the recorded cRT results imply, listed after the cRT tasks
+        confirmation, confirmation_line = crt_confirmation(args, sweeps, runs_root, results_root)
+        tasks = tasks + confirmation
+        actions = {**actions, **plan(confirmation)}
     if args.dry_run:
         for task in tasks:
             check_recorded(task, None)
@@ -962,6 +1099,8 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
             actions = plan(tasks)
         for task in tasks:
             print(f"[{actions[task.name]}] " + " ".join(task.command))
+        if confirmation_line:
+            print(confirmation_line)
         counts = {a: list(actions.values()).count(a) for a in sorted(set(actions.values()))}
         print(f"{len(tasks)} tasks: {counts}")
         return 0
@@ -988,6 +1127,23 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         f"{spec['results']}: {(time.time() - start) / 60:.1f} min, {report.ran} tasks run, "
         f"{len(report.failed)} failed: {report.failed}"
     )
+    if args.protocol == "crt" and not report.failed:
+        confirmation, line = crt_confirmation(args, sweeps, runs_root, results_root)
+        print(line)
+        if confirmation:
+            start = time.time()
+            confirmed = run_tasks(
+                confirmation,
+                log_dir,
+                jobs=args.jobs,
+                threads=args.threads,
+                jobs_file=Path(args.jobs_file) if args.jobs_file else None,
+            )
+            print(
+                f"cRT confirmation: {(time.time() - start) / 60:.1f} min, {confirmed.ran} tasks "
+                f"run, {len(confirmed.failed)} failed: {confirmed.failed}"
+            )
+            report.failed += confirmed.failed
     converged = results_root / "converged"
     if not args.no_aggregate and converged.is_dir():
         from aggregate import main as aggregate_main  # experiments/aggregate.py

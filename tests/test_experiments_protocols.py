@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -318,3 +319,151 @@ def test_crt_dry_run_lists_the_tasks_and_takes_no_overrides(tmp_path, capsys):
     assert "-m lsdet.train" in out[0] and "stage=cache" in out[1]
     with pytest.raises(SystemExit, match="takes no extra overrides"):
         run_all.main(["optim.lr=0.1", *args])
+
+
+# --------------------------------------------------------------------------- cRT confirmation
+CRT_ARMS = list(SWEEPS["crt_protocol"]["arms"])
+CRT_SEEDS = list(SWEEPS["crt_protocol"]["seeds"])
+
+
+def record_crt_results(tmp_path: Path, shifts: dict[str, tuple[float, float]], skip=()) -> None:
+    """Every registered cRT arm and seed (and the detector and cache before them) recorded as
+    run_all.py records them, an arm's mAP 0.40 + a
+    per-seed jitter shared by the arms (paired seeds) + the arm's (shift, noise) in points:
+    shift + noise * (a fixed pattern of mean 0 and sd 1 over the seeds)."""
+    pattern = np.array([1.2, -0.8, 0.3, -1.5, 0.9, 0.1, -0.4, 1.6, -1.1, -0.3])
+    pattern = (pattern - pattern.mean()) / pattern.std(ddof=1)
+    seed_jitter = np.linspace(-0.02, 0.02, len(CRT_SEEDS))
+    crt = crt_plan(tmp_path)
+    record_results(crt.base)  # the detector and the RoI cache as recorded before the arms
+    record_results(crt.cache)
+    for task in crt.arms:
+        if (task.row, task.seed) in skip:
+            continue
+        shift, noise = shifts.get(task.row, (0.0, 0.1))
+        k = CRT_SEEDS.index(task.seed)
+        # each arm its own order of the pattern, so that the arms' noise differs
+        value = (
+            0.40
+            + seed_jitter[k]
+            + (shift + noise * np.roll(pattern, CRT_ARMS.index(task.row))[k]) / 100
+        )
+        task.run_dir.mkdir(parents=True, exist_ok=True)
+        (task.run_dir / "metrics.json").write_text(json.dumps({"map": value}))
+        run_all.copy_results(task, data_hash=None, wall_seconds=1.0)
+
+
+@pytest.mark.parametrize(
+    "shifts, chosen",
+    [
+        # one arm clearly higher than cs_default
+        ({"cs_mean_reduction": (2.0, 0.5)}, "cs_mean_reduction"),
+        # none higher: softmax beats cs_default but is not a flip of it; one flip lower; one
+        # with a high mean that is not significant
+        ({"softmax": (5.0, 0.2), "cs_prior_count0": (-2.0, 0.3),
+          "cs_annotated_targets": (1.0, 4.0)}, None),
+        # two higher: the higher mean of the two; a higher mean that is not significant does
+        # not count
+        ({"cs_hierarchy_rate0": (1.0, 0.3), "cs_prior_count0": (2.0, 0.5),
+          "cs_annotated_targets": (3.0, 12.0)}, "cs_prior_count0"),
+    ],
+)  # fmt: skip
+def test_crt_confirmation_picks_the_best_arm_significantly_above_cs_default(
+    tmp_path, shifts, chosen
+):
+    record_crt_results(tmp_path, shifts)
+    choice = run_all.choose_crt_confirmation(SWEEPS, tmp_path / "results")
+    assert choice.complete and choice.arm == chosen, choice.reason
+    if chosen is None:
+        assert "no arm is significantly higher than cs_default" in choice.reason
+        assert "nothing to confirm" in choice.reason
+    else:
+        assert choice.reason.startswith(f"{chosen}: the highest mean Δ")
+        # the one-arm case names one qualified arm, the two-arm case both
+        qualified = choice.reason.split("cs_default (", 1)[1].split(";")[0].split(", ")
+        assert qualified == [chosen] if len(shifts) == 1 else len(qualified) == 2
+
+
+def test_crt_confirmation_waits_for_every_registered_arm_and_seed(tmp_path):
+    record_crt_results(tmp_path, {"cs_mean_reduction": (2.0, 0.5)}, skip=[("softmax", 9)])
+    choice = run_all.choose_crt_confirmation(SWEEPS, tmp_path / "results")
+    assert choice.arm is None and not choice.complete
+    assert "incomplete (59 of 60 arm and seed results)" in choice.reason
+
+
+def test_crt_confirmation_tasks_train_the_arm_against_t1_concurrent_softmax(tmp_path):
+    from train_helpers import compose_train
+
+    confirm = SWEEPS["crt_protocol"]["confirm"]
+    tasks = run_all.build_crt_confirmation_tasks(
+        SWEEPS, "cs_hierarchy_rate0", tmp_path / "runs", tmp_path / "results", python="py"
+    )
+    arm = [t for t in tasks if t.row == "crt_confirm_cs_hierarchy_rate0"]
+    baseline = [t for t in tasks if t.row == confirm["against"]]
+    assert len(arm) + len(baseline) == len(tasks) and all(t.kind == "train" for t in tasks)
+    assert [t.seed for t in arm] == confirm["seeds"] == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert [t.seed for t in baseline] == [3, 4, 5, 6, 7]  # the converged sweep has 0-2
+    # the converged sweep's own task of t1_concurrent_softmax: the same command and folders
+    converged = run_all.build_tasks(
+        SWEEPS, "converged", tmp_path / "runs" / "converged", tmp_path / "results" / "converged",
+        [3], python="py", only=[confirm["against"]],
+    )  # fmt: skip
+    assert baseline[0].command == converged[0].command
+    assert baseline[0].results_dir == converged[0].results_dir
+    for task in arm:
+        assert option(task, "+experiment") == "t1_concurrent_softmax"
+        assert "rates.hierarchy_rate=0" in task.command and f"seed={task.seed}" in task.command
+        assert task.run_dir == tmp_path / "runs" / "converged" / f"{task.row}_s{task.seed}"
+        assert task.results_dir == (
+            tmp_path / "results" / "crt" / "confirm" / "runs" / task.row / "val-as_train"
+            / f"seed{task.seed}"
+        )  # fmt: skip
+
+        # the same schedule, data and common settings as the run it is judged against
+        def own(settings: list[str]) -> list[str]:
+            return [a for a in settings if not a.startswith(("seed=", "name="))]
+
+        arm_overrides = ["loss=concurrent_softmax", "rates.hierarchy_rate=0"]
+        assert own(task.settings)[:4] == [*own(converged[0].settings)[:2], *arm_overrides]
+        assert own(task.settings)[4:] == own(converged[0].settings)[2:]
+    for name, check in (
+        ("cs_hierarchy_rate0", lambda cfg: cfg.rates.hierarchy_rate == 0),
+        ("cs_mean_reduction", lambda cfg: cfg.loss.positive_reduction == "mean"),
+        ("cs_prior_count0", lambda cfg: cfg.rates.prior_count == 0),
+        ("cs_annotated_targets", lambda cfg: cfg.loss.positive_targets == "annotated"),
+    ):
+        task = run_all.build_crt_confirmation_tasks(SWEEPS, name, tmp_path, tmp_path)[0]
+        cfg = compose_train([a for a in task.command[3:] if not a.startswith("hydra.")])
+        assert cfg.loss.name == "concurrent_softmax" and check(cfg), name
+    with pytest.raises(run_all.SweepError, match="no arm 'cs_other'"):
+        run_all.build_crt_confirmation_tasks(SWEEPS, "cs_other", tmp_path, tmp_path)
+
+
+def test_crt_dry_run_lists_the_confirmation_the_results_imply(tmp_path, capsys):
+    args = ["--protocol", "crt", "--dry-run", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]  # fmt: skip
+    record_crt_results(tmp_path, {"cs_mean_reduction": (2.0, 0.5)})
+    assert run_all.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    confirm = [line for line in out if "name=crt_confirm_" in line]
+    assert [line.split("name=")[1].split()[0] for line in confirm] == [
+        f"crt_confirm_cs_mean_reduction_s{k}" for k in range(8)
+    ]
+    assert all(
+        line.startswith("[run] ") and "+experiment=t1_concurrent_softmax" in line
+        and "loss.positive_reduction=mean" in line for line in confirm
+    )  # fmt: skip
+    baseline = [line for line in out if "name=t1_concurrent_softmax_s" in line]
+    assert [line.split("name=")[1].split()[0] for line in baseline] == [
+        f"t1_concurrent_softmax_s{k}" for k in range(3, 8)
+    ]
+    assert out[-2].startswith("cRT confirmation: cs_mean_reduction: the highest mean Δ")
+    assert out[-1] == "75 tasks: {'done': 62, 'run': 13}"  # 8 + 5 trainings to run
+
+    # no arm qualifies: the cRT tasks only, and the line that says so
+    record_crt_results(tmp_path / "other", {})
+    args[-1] = str(tmp_path / "other" / "results")
+    assert run_all.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert not any("crt_confirm_" in line or "t1_concurrent_softmax_s" in line for line in out)
+    assert "nothing to confirm" in out[-2] and out[-1] == "62 tasks: {'done': 62}"
