@@ -25,6 +25,7 @@ from lsdet.data.synth import ensure_synthetic_benchmark
 from lsdet.engine.config_checks import check_training_config
 from lsdet.engine.run_folder import RunFolderNotWritableError, check_writable
 from lsdet.engine.signals import resume_advice
+from lsdet.engine.trainer import name_as_written
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -245,19 +246,19 @@ def hydra_job(overrides: list[str], mode: RunMode, output_dir: Path):
 
 def test_resume_advice_of_a_single_run(tmp_path):
     with hydra_job([], RunMode.RUN, tmp_path / "runs" / "x") as cfg:
-        advice = resume_advice(tmp_path / "runs" / "x", cfg)
+        advice = resume_advice(tmp_path / "runs" / "x", name_as_written(cfg))
     assert advice.endswith("same command plus: train.resume=true")
     # a run folder named by the time of the start: the same command would start a new one
     timestamped = ["hydra.run.dir=outputs/${now:%H-%M-%S-%f}"]
     with hydra_job(timestamped, RunMode.RUN, tmp_path / "outputs" / "t") as cfg:
-        advice = resume_advice(tmp_path / "outputs" / "t", cfg)
+        advice = resume_advice(tmp_path / "outputs" / "t", name_as_written(cfg))
     assert advice.endswith(f"train.resume=true hydra.run.dir={tmp_path / 'outputs' / 't'}")
 
 
 def test_resume_advice_of_a_sweep_names_its_folder_and_resumes_or_starts_each_job(tmp_path):
     sweep = tmp_path / "sweep"
     with hydra_job([f"hydra.sweep.dir={sweep}"], RunMode.MULTIRUN, sweep / "0") as cfg:
-        advice = resume_advice(sweep / "0", cfg)
+        advice = resume_advice(sweep / "0", name_as_written(cfg))
     assert advice.endswith(f"same command plus: train.resume=auto hydra.sweep.dir={sweep}")
 
 

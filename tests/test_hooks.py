@@ -3,8 +3,6 @@
 import signal
 from types import SimpleNamespace
 
-from omegaconf import OmegaConf
-
 from lsdet.engine.distributed import DistInfo
 from lsdet.engine.hooks import CheckpointHook, DivergenceHook, StepOutcome, StopHook
 from lsdet.engine.run_state import Position
@@ -26,8 +24,7 @@ class RecordingTrainer:
 
 def test_stop_hook_stops_at_stop_after_iters_and_on_a_signal():
     step = StepOutcome(losses={"loss": 1.0}, lr=0.1, images=2)
-    cfg = OmegaConf.create({"name": "run"})
-    planned = StopHook(StopRequested(), stop_after_iters=3, cfg=cfg)
+    planned = StopHook(StopRequested(), stop_after_iters=3, name_as_written="run")
     trainer = RecordingTrainer(global_step=2)
     planned.after_step(trainer, step)
     assert trainer.stop_status is None
@@ -38,7 +35,7 @@ def test_stop_hook_stops_at_stop_after_iters_and_on_a_signal():
     stop = StopRequested()
     stop._handle(signal.SIGTERM, None)  # what the installed handler does on SIGTERM
     trainer = RecordingTrainer(global_step=1)
-    StopHook(stop, stop_after_iters=None, cfg=cfg).after_step(trainer, step)
+    StopHook(stop, stop_after_iters=None, name_as_written="run").after_step(trainer, step)
     assert trainer.stop_status == "interrupted"
 
 

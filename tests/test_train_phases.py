@@ -22,9 +22,9 @@ def test_phase_two_starts_from_phase_one_or_from_a_fresh_model(
     starts = {}
     original = trainer_module.start_phase
 
-    def record_start(run, phase):
+    def record_start(run, phase, optim_cfg):
         starts[phase.name] = {k: v.clone() for k, v in unwrap(run.model).state_dict().items()}
-        original(run, phase)
+        original(run, phase, optim_cfg)
 
     monkeypatch.setattr(trainer_module, "start_phase", record_start)
     base = [o for o in tiny_overrides(data_root) if not o.startswith("schedule.")] + HYBRID

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from lsdet.engine.builders import unwrap
@@ -200,10 +199,13 @@ class StopHook(Hook):
     (``StopRequested``, installed for the whole run by ``run_training``) or the run reached
     ``train.stop_after_iters``; a run stopped by a signal prints how to continue it."""
 
-    def __init__(self, stop: StopRequested, stop_after_iters: int | None, cfg: DictConfig) -> None:
+    def __init__(
+        self, stop: StopRequested, stop_after_iters: int | None, name_as_written: str
+    ) -> None:
         self.stop = stop
         self.stop_after_iters = stop_after_iters
-        self.cfg = cfg  # for the command that continues the run (its name, Hydra's run dir)
+        # the run's name, interpolations unresolved: for the command that continues the run
+        self.name_as_written = name_as_written
 
     def after_step(self, trainer: Trainer, step: StepOutcome) -> None:
         run = trainer.run
@@ -219,7 +221,7 @@ class StopHook(Hook):
             print(
                 f"Stopped by {self.stop.signal_name} after step {run.position.global_step}: "
                 f"checkpoint {run.folder.last_checkpoint}; "
-                f"{resume_advice(run.run_dir, self.cfg)}",
+                f"{resume_advice(run.run_dir, self.name_as_written)}",
                 flush=True,
             )
 
@@ -245,14 +247,7 @@ class CheckpointHook(Hook):
         run = trainer.run
         self.save(trainer)
         if run.position.epoch == phase.epochs and run.dist.is_main:
-            save_atomic(
-                {
-                    "model": unwrap(run.model).state_dict(),
-                    "config": OmegaConf.to_container(run.cfg, resolve=True),
-                    "phase_name": phase.name,
-                },
-                run.folder.phase_checkpoint(phase.name),
-            )
+            save_atomic(trainer.phase_weights(phase), run.folder.phase_checkpoint(phase.name))
         barrier(run.dist)
 
     def save(self, trainer: Trainer) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from lsdet.engine.distributed import DistInfo
@@ -165,7 +164,6 @@ class Run:
     """What a training run holds while it trains: the model, optimizer, sampler and where the
     loop stands. The trainer builds it and is the only one to change it; the hooks read it."""
 
-    cfg: DictConfig
     folder: RunFolder
     device: torch.device
     dist: DistInfo
@@ -177,6 +175,7 @@ class Run:
     seed: int
     batch_size: int  # per process
     amp: bool  # mixed precision: train.amp on a CUDA device
+    clip_grad_norm: float | None = None  # optim.clip_grad_norm; None: no clipping
     position: Position = field(default_factory=Position)
     optimizer: torch.optim.Optimizer | None = None
     base_lr: float = 0.0

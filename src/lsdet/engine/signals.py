@@ -83,10 +83,11 @@ def _raw(cfg: Any, key: str) -> str:
     return str(node)
 
 
-def resume_advice(run_dir: str | Path, cfg: DictConfig | None = None) -> str:
+def resume_advice(run_dir: str | Path, name_as_written: str = "") -> str:
     """What continues a stopped run, as printed after the checkpoint line: the overrides to add
-    to the command that started it (see the module docstring). ``cfg``: the run's config (its
-    ``name`` may put a time stamp into the run folder's name)."""
+    to the command that started it (see the module docstring). ``name_as_written``: the run's
+    ``name`` with its interpolations unresolved (a ``${now:...}`` in it puts a time stamp into
+    the run folder's name)."""
     if not HydraConfig.initialized():
         return f"continue with train.resume=true into the same run folder {run_dir}"
     hydra_cfg = HydraConfig.get()
@@ -97,8 +98,8 @@ def resume_advice(run_dir: str | Path, cfg: DictConfig | None = None) -> str:
             f"command plus: train.resume=auto {_override('hydra.sweep.dir', sweep_dir)}"
         )
     template = _raw(HydraConfig.instance().cfg, "hydra.run.dir")
-    if "${name}" in template and cfg is not None:
-        template += _raw(cfg, "name")
+    if "${name}" in template:
+        template += name_as_written
     advice = "continue with the same command plus: train.resume=true"
     if "now:" in template:  # a new start resolves ${now:...} to another folder
         advice += " " + _override("hydra.run.dir", os.path.abspath(str(run_dir)))

@@ -136,12 +136,15 @@ def setup(
         model.load_state_dict(resume_state["model"])
     if dist.enabled:
         model = wrap_distributed(model, device, dist.local_rank, cfg)
+    # The resolved config, built once: the record of the run's settings that every checkpoint
+    # and the wandb run keep.
+    config_record = OmegaConf.to_container(cfg, resolve=True)
     logger = RunLogger(
         mode=cfg.logger.mode,
         project=cfg.logger.project,
         run_dir=folder.run_dir,
         name=cfg.name,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config_record,
         run_id=resume_state["wandb_run_id"] if resume_state else None,
         enabled=dist.is_main,
         tags=list(cfg.logger.tags),
@@ -149,7 +152,6 @@ def setup(
         job_type=cfg.logger.get("job_type") or "train",
     )
     run = Run(
-        cfg=cfg,
         folder=folder,
         device=device,
         dist=dist,
@@ -163,6 +165,7 @@ def setup(
         seed=int(cfg.seed),
         batch_size=int(cfg.train.batch_size),
         amp=bool(cfg.train.amp) and device.type == "cuda",
+        clip_grad_norm=float(cfg.optim.clip_grad_norm) if cfg.optim.clip_grad_norm else None,
         rates=rates,
     )
     train = cfg.train
@@ -181,7 +184,7 @@ def setup(
         StopHook(
             stop,
             None if train.stop_after_iters is None else int(train.stop_after_iters),
-            cfg,
+            name_as_written(cfg),
         ),
         checkpointer,
         EvalHook(
@@ -195,7 +198,7 @@ def setup(
             image_records=bool(train.get("eval_image_records", False)),
         ),
     ]
-    trainer = Trainer(run, hooks, checkpointer, resume_state, start)
+    trainer = Trainer(cfg, config_record, run, hooks, checkpointer, resume_state, start)
     if dist.is_main:
         write_text_atomic(folder.config, OmegaConf.to_yaml(cfg, resolve=True))
         write_hydra_record(folder.run_dir, cfg)  # only now: a refused start leaves no trace
@@ -206,18 +209,30 @@ def setup(
     return trainer
 
 
+def name_as_written(cfg: DictConfig) -> str:
+    """The run's ``name`` as the config writes it, interpolations unresolved (a ``${now:...}``
+    in it puts a time stamp into the run folder's name: what continuing the run must repeat)."""
+    return str(OmegaConf.to_container(cfg, resolve=False).get("name", ""))
+
+
 class Trainer:
     """Runs the phases of the schedule from where ``run`` stands and calls the hooks (in their
-    order) around each epoch and step; the only code that changes ``run``."""
+    order) around each epoch and step; the only code that changes ``run``. ``cfg`` is the
+    run's config (what a phase builds: its optimizer, a fresh model); ``config_record`` its
+    resolved copy, kept in every checkpoint."""
 
     def __init__(
         self,
+        cfg: DictConfig,
+        config_record: dict[str, Any],
         run: Run,
         hooks: list[Hook],
         checkpointer: CheckpointHook,
         resume_state: dict[str, Any] | None,
         start: float,
     ) -> None:
+        self.cfg = cfg
+        self.config_record = config_record
         self.run = run
         self.hooks = hooks
         self.checkpointer = checkpointer  # also one of the hooks
@@ -275,12 +290,20 @@ class Trainer:
             "world_size": run.dist.world_size,
             "train_data_fingerprint": run.data.train_fingerprint,
             "class_mids": list(run.data.hierarchy.mids),
-            "config": OmegaConf.to_container(run.cfg, resolve=True),
+            "config": self.config_record,
         }
         for hook in self.hooks:
             if hook.state_key is not None:
                 state[hook.state_key] = hook.state_dict()
         return state
+
+    def phase_weights(self, phase: Phase) -> dict[str, Any]:
+        """What the checkpoint of a finished phase holds: its weights and the run's config."""
+        return {
+            "model": unwrap(self.run.model).state_dict(),
+            "config": self.config_record,
+            "phase_name": phase.name,
+        }
 
     # ----------------------------------------------------------------- the run
     def train(self) -> dict[str, Any]:
@@ -301,8 +324,8 @@ class Trainer:
             if phase_index < run.position.phase:
                 continue
             if self.resume_state is None:
-                begin_phase_weights(run, phase_index, phase)
-            start_phase(run, phase)
+                begin_phase_weights(self.cfg, run, phase_index, phase)
+            start_phase(run, phase, self.cfg.optim)
             if self.resume_state is not None:  # continue the phase the checkpoint was taken in
                 self._restore_loop_state(self.resume_state)
                 self.resume_state = None
@@ -348,7 +371,7 @@ class Trainer:
         """Trains the rest of the current epoch; False when a hook stopped the loop."""
         run, position = self.run, self.run.position
         run.sampler.set_epoch(run.global_epoch())
-        run.iters_this_epoch = iters = iters_per_epoch(run)
+        run.iters_this_epoch = iters = iters_per_epoch(run, self.cfg.train.max_iters_per_epoch)
         for hook in self.hooks:
             hook.before_epoch(self, phase)
         loader = make_loader(
@@ -361,7 +384,7 @@ class Trainer:
                 start=position.iteration * run.batch_size,
             ),
             batch_size=run.batch_size,
-            num_workers=int(run.cfg.train.num_workers),
+            num_workers=int(self.cfg.train.num_workers),
             collate_fn=run.data.collate_fn,
             seed=run.seed * 100_003 + run.global_epoch(),
         )
@@ -404,10 +427,10 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- phases and steps
-def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
+def begin_phase_weights(cfg: DictConfig, run: Run, phase_index: int, phase: Phase) -> None:
     """The weights a phase starts from: phase 1 from the initial model; a later phase from the
     previous phase's final weights (``init_from_previous: true``) or from a fresh model built
-    with the run's seed (``false``)."""
+    with the run's seed (``false``) as ``cfg`` says."""
     if phase_index == 0:
         return
     model = unwrap(run.model)
@@ -418,13 +441,13 @@ def begin_phase_weights(run: Run, phase_index: int, phase: Phase) -> None:
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)  # the same fresh weights on every rank
-        loss_fn = training_loss(run.cfg, run.data, run.rates)
-        fresh = build_model(run.cfg, run.data, loss_fn, run.rates, run.device)
+        loss_fn = training_loss(cfg, run.data, run.rates)
+        fresh = build_model(cfg, run.data, loss_fn, run.rates, run.device)
     model.load_state_dict(fresh.state_dict())
 
 
-def start_phase(run: Run, phase: Phase) -> None:
-    """This phase's sampler, a fresh optimizer and grad scaler."""
+def start_phase(run: Run, phase: Phase, optim_cfg: DictConfig) -> None:
+    """This phase's sampler, a fresh optimizer (``optim.*``) and grad scaler."""
     run.sampler = build_sampler(
         phase.sampler,
         class_offsets=run.data.class_offsets,
@@ -435,13 +458,13 @@ def start_phase(run: Run, phase: Phase) -> None:
         world_size=run.dist.world_size,
     )
     total_batch = run.batch_size * run.dist.world_size
-    run.optimizer, run.base_lr = build_optimizer(run.cfg.optim, run.model, total_batch)
+    run.optimizer, run.base_lr = build_optimizer(optim_cfg, run.model, total_batch)
     run.scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
 
 
-def iters_per_epoch(run: Run) -> int:
+def iters_per_epoch(run: Run, cap: int | None) -> int:
+    """The phase sampler's batches per epoch, at most ``cap`` (train.max_iters_per_epoch)."""
     n = math.ceil(len(run.sampler) / run.batch_size)
-    cap = run.cfg.train.max_iters_per_epoch
     return min(n, int(cap)) if cap else n
 
 
@@ -463,10 +486,9 @@ def train_step(run: Run, images: list, targets: list) -> dict[str, float] | None
     if not run.guard.step_ok(finite, where, step=p.global_step + 1):
         return None
     run.scaler.scale(loss).backward()
-    clip = run.cfg.optim.clip_grad_norm
-    if clip:
+    if run.clip_grad_norm:
         run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.model.parameters(), float(clip))
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.clip_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     out = {k: float(v.detach()) for k, v in loss_dict.items()}
