@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsdet.data import DataFormatError
+from lsdet.data import DataFormatError, load_hierarchy
 from lsdet.evaluation import (
     PredictionFormatError,
     detect_layout,
     load_ground_truth,
-    load_hierarchy,
     oid_challenge_map,
     read_predictions_csv,
     write_predictions_csv,

@@ -67,17 +67,6 @@ def test_schedule_phases_lr_and_locate():
     # finetune: 0.1 x base, x0.5 from epoch 2 = it 20; iterations restart at 0 in each phase
     assert schedule.lr_at("finetune", 0, base_lr=base, iters_per_epoch=10) == pytest.approx(0.002)
     assert schedule.lr_at("finetune", 20, base_lr=base, iters_per_epoch=10) == pytest.approx(0.001)
-    assert [schedule.locate(e) for e in range(7)] == [
-        (0, 0),
-        (0, 1),
-        (0, 2),
-        (0, 3),
-        (1, 0),
-        (1, 1),
-        (1, 2),
-    ]
-    with pytest.raises(ValueError, match="past the end"):
-        schedule.locate(7)
     with pytest.raises(KeyError, match="nope"):
         schedule.phase("nope")
 

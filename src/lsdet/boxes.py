@@ -33,18 +33,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def box_ioa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise intersection over the area of ``a``, ``[len(a), len(b)]``.
-
-    The Open Images metric matches detections (``a``) to group-of boxes (``b``) by this.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    inter = _pairwise_intersection(a, b)
-    area_a = box_area(a)[:, None]
-    return np.divide(inter, area_a, out=np.zeros_like(inter), where=area_a > 0)
-
-
 def _paired_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     width = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     height = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])

@@ -95,13 +95,6 @@ class CocoCategories:
         """The class ids lsdet uses (the category id as text)."""
         return [str(int(category_id)) for category_id in self.ids]
 
-    @property
-    def is_lvis(self) -> bool:
-        return all(value in LVIS_FREQUENCIES for value in self.frequency) and bool(self.frequency)
-
-    def names_by_mid(self) -> dict[str, str]:
-        return dict(zip(self.mids, self.names, strict=True))
-
     def to_dict(self) -> dict:
         return {
             "ids": self.ids.tolist(),

@@ -138,13 +138,6 @@ class SkippedImages:
             self.entries.append((image_id, message))
             self.reasons[image_id] = reason
 
-    def add_from_targets(self, targets: list[dict[str, Any]]) -> None:
-        """Record the placeholders of a batch (targets that carry ``skipped``)."""
-        for target in targets:
-            if "skipped" in target:
-                reason = str(target.get("skipped_reason", "cannot_decode"))
-                self.add(str(target["image_id"]), str(target["skipped"]), reason)
-
     def count_by_reason(self) -> dict[str, int]:
         counts = dict.fromkeys(SKIP_REASONS, 0)
         for reason in self.reasons.values():
@@ -368,10 +361,6 @@ class OpenImagesDetection(torch.utils.data.Dataset):
             self._skipped.add(self.index.image_id(int(k)), self._skip_message(int(k)), reason)
         self._skipped.stand_ins = int(self._stand_ins.sum())
         return self._skipped
-
-    def readable_indices(self) -> np.ndarray:
-        """Positions of the images whose file was found (all of them without ``check_files``)."""
-        return np.flatnonzero(~self._missing)
 
     def __len__(self) -> int:
         return self.index.num_images

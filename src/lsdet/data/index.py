@@ -344,14 +344,6 @@ class AnnotationIndex:
     def image_id(self, image_index: int) -> str:
         return bytes(self.image_id_bytes[image_index]).decode()
 
-    def find_image(self, image_id: str) -> int:
-        """Position of ``image_id`` (binary search); KeyError if absent."""
-        key = np.array(image_id.encode(), dtype=self.image_id_bytes.dtype)
-        position = int(np.searchsorted(self.image_id_bytes, key))
-        if position == self.num_images or bytes(self.image_id_bytes[position]) != image_id.encode():
-            raise KeyError(f"image {image_id!r} is not in the annotation index {self.directory}")
-        return position
-
     def annotations(self, image_index: int) -> ImageAnnotations:
         start, stop = self.image_offsets[image_index], self.image_offsets[image_index + 1]
         return ImageAnnotations(
@@ -386,16 +378,6 @@ class AnnotationIndex:
     def class_to_images(self) -> tuple[np.ndarray, np.ndarray]:
         """CSR ``(offsets [C + 1] int64, image_indices int32)``: sorted, unique per class."""
         return self._class_offsets, self._class_images
-
-    def image_labels(self, image_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The verified image-level labels of one image: ``(class_ids int16, confidence int8)``
-        (1 = present, 0 = absent), in file order; empty without an image-labels CSV."""
-        start, stop = self.label_offsets[image_index], self.label_offsets[image_index + 1]
-        return self.label_class_ids[start:stop], self.label_confidence[start:stop]
-
-    @property
-    def num_image_labels(self) -> int:
-        return len(self.label_class_ids)
 
     @property
     def reports(self) -> list[dict]:

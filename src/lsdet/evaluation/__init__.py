@@ -5,7 +5,6 @@
 the in-memory path (ground truth read once, detections as arrays).
 """
 
-from lsdet.data.hierarchy import load_hierarchy  # re-exported: it moved to the data layer
 from lsdet.evaluation.challenge import (
     evaluate_predictions_csv,
     load_ground_truth,
@@ -41,7 +40,6 @@ __all__ = [
     "expand_rows",
     "load_ground_truth",
     "load_ground_truth_from_index",
-    "load_hierarchy",
     "oid_challenge_map",
     "read_predictions_csv",
     "write_predictions_csv",

@@ -16,7 +16,6 @@ from lsdet.evaluation.core import (
     EvaluationGroundTruth,
     evaluate,
     expand_rows,
-    image_id_codes,
 )
 from lsdet.evaluation.predictions import PredictionTable, first_equal_row, read_predictions_csv
 
@@ -33,12 +32,12 @@ def load_ground_truth(
 
     With ``expand_gt`` the boxes and the verified-positive labels are expanded to every
     ancestor and the verified-negative labels to every descendant, as the Open Images tools
-    expand the files before the official evaluator runs (see :func:`expand_ground_truth` for
-    files that were expanded already). MIDs must be classes of ``hierarchy`` (the data
-    layer's checks apply; ``strict=False`` skips and counts); rows of classes left out of a
-    subset hierarchy (``hierarchy.excluded_mids``) are dropped and counted as excluded: the
-    files are read by ``lsdet.data.formats.read_split_annotations``, as the annotation index
-    reads them.
+    expand the files before the official evaluator runs (files expanded already are not
+    counted twice: :func:`_expand_ground_truth_codes`). MIDs must be classes of
+    ``hierarchy`` (the data layer's checks apply; ``strict=False`` skips and counts); rows of
+    classes left out of a subset hierarchy (``hierarchy.excluded_mids``) are dropped and
+    counted as excluded: the files are read by ``lsdet.data.formats.read_split_annotations``,
+    as the annotation index reads them.
     A box file that gives no box (only a header, or every row skipped or excluded) is an
     error naming it: without a GT instance no class has an AP and the mAP is undefined.
     """
@@ -113,48 +112,6 @@ def load_ground_truth_from_index(
     return gt
 
 
-def expand_ground_truth(
-    hierarchy: Hierarchy,
-    box_image_ids: np.ndarray,
-    box_classes: np.ndarray,
-    boxes: np.ndarray,
-    box_is_group_of: np.ndarray,
-    label_image_ids: np.ndarray,
-    label_classes: np.ndarray,
-    label_confidence: np.ndarray,
-    *,
-    expand_gt: bool = True,
-) -> EvaluationGroundTruth:
-    """Ground truth from per-row arrays as read (class indices into ``hierarchy.mids``),
-    expanded to the hierarchy when ``expand_gt``.
-
-    Files already expanded by the official tool (``oid_hierarchical_labels_expansion.py``:
-    every box copied to each ancestor, positive labels copied up, negatives down) are not
-    counted twice: a box that the expansion creates is not added where the same box (image,
-    class, coordinates, group-of flag) is already in the file, and identical boxes of one
-    class created from several labels of one object count once. Boxes duplicated in the
-    file itself, with no expansion involved, are kept as they are. So expanded and
-    unexpanded files give the same ground truth. The official tool, run on an unexpanded
-    file, would instead keep two identical ancestor boxes for an object boxed as two
-    classes (e.g. a leaf and its parent), one of which no detection can match.
-    Image-level labels only say which classes are verified per image (a set), so copies
-    there change nothing.
-    """
-    image_ids, box_images, label_images = image_id_codes(box_image_ids, label_image_ids)
-    return _expand_ground_truth_codes(
-        hierarchy,
-        image_ids,
-        box_images,
-        box_classes,
-        boxes,
-        box_is_group_of,
-        label_images,
-        label_classes,
-        label_confidence,
-        expand_gt=expand_gt,
-    )
-
-
 def _expand_ground_truth_codes(
     hierarchy: Hierarchy,
     image_id_values: np.ndarray,
@@ -168,7 +125,22 @@ def _expand_ground_truth_codes(
     *,
     expand_gt: bool,
 ) -> EvaluationGroundTruth:
-    """:func:`expand_ground_truth` with image ids as integer codes into ``image_id_values``."""
+    """Ground truth from per-row arrays as read (image ids as integer codes into
+    ``image_id_values``, class indices into ``hierarchy.mids``), expanded to the hierarchy
+    when ``expand_gt``.
+
+    Files already expanded by the official tool (``oid_hierarchical_labels_expansion.py``:
+    every box copied to each ancestor, positive labels copied up, negatives down) are not
+    counted twice: a box that the expansion creates is not added where the same box (image,
+    class, coordinates, group-of flag) is already in the file, and identical boxes of one
+    class created from several labels of one object count once. Boxes duplicated in the
+    file itself, with no expansion involved, are kept as they are. So expanded and
+    unexpanded files give the same ground truth. The official tool, run on an unexpanded
+    file, would instead keep two identical ancestor boxes for an object boxed as two
+    classes (e.g. a leaf and its parent), one of which no detection can match.
+    Image-level labels only say which classes are verified per image (a set), so copies
+    there change nothing.
+    """
     box_images = np.asarray(box_images, dtype=np.int64)
     box_classes = np.asarray(box_classes, dtype=np.int64)
     boxes = np.asarray(boxes).reshape(-1, 4)

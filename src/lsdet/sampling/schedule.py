@@ -133,16 +133,6 @@ class Schedule:
             raise KeyError(f"schedule {self.name!r} has no phase {key!r}")
         return self.phases[key]
 
-    def locate(self, epoch: int) -> tuple[int, int]:
-        """(phase index, epoch within that phase) of a global 0-based epoch count."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        for index, phase in enumerate(self.phases):
-            if epoch < phase.epochs:
-                return index, epoch
-            epoch -= phase.epochs
-        raise ValueError(f"epoch is past the end of the schedule ({self.total_epochs} epochs)")
-
     def lr_at(
         self, phase: int | str, iteration: int, *, base_lr: float, iters_per_epoch: int
     ) -> float:
