@@ -32,12 +32,14 @@ import hydra
 import matplotlib
 import numpy as np
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lsdet.data.formats import read_class_descriptions
 from lsdet.data.hierarchy import Hierarchy
 from lsdet.data.index import AnnotationIndex
 from lsdet.data.rates import CoincidenceCounts, count_coincidences
+from lsdet.data.synth import ensure_synthetic_benchmark
 from lsdet.sampling import build_sampler
 
 matplotlib.use("Agg")
@@ -238,8 +240,6 @@ def analyze(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Runs every analysis on ``cfg.data``'s ``cfg.split`` split; writes into ``output_dir``."""
     data_cfg = cfg.data
     if data_cfg.get("generate") is not None and cfg.get("generate_if_missing", True):
-        from lsdet.data.synth import ensure_synthetic_benchmark
-
         ensure_synthetic_benchmark(data_cfg)
     split = str(cfg.split)
     if split not in ("train", "val"):
@@ -362,8 +362,6 @@ def _print_summary(summary: dict, pairs: pd.DataFrame, parents: pd.DataFrame) ->
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     analyze(cfg, output_dir)
     print(f"\nwrote the analysis to {output_dir}")

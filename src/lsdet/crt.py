@@ -58,9 +58,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from lsdet.data.dataset import collate_fn
+from lsdet.engine.builders import loss_of_settings, resolve_device
+from lsdet.engine.checkpoint import load_checkpoint
+from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader
+from lsdet.engine.random_state import seed_everything
 from lsdet.engine.run_folder import EvaluationFolder
-from lsdet.losses import ClassificationLoss
+from lsdet.engine.training_data import build_training_data, training_rates
+from lsdet.inference import detect_and_evaluate, load_detector
+from lsdet.inference.validation import record_evaluation
+from lsdet.losses import ClassificationLoss, loss_class
 from lsdet.losses.scoring import RATE_SCORINGS
+from lsdet.models import MultiLabelBoxPredictor
+from lsdet.models.roi_heads import check_scoring
+from lsdet.sampling.samplers import build_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +114,6 @@ def data_config(train_cfg: Any, data_root: str | None) -> DictConfig:
 def open_training_data(train_cfg: Any, data_root: str | None, hflip_prob: float = 0.0) -> Any:
     """The checkpoint's training data (``lsdet.engine.training_data.TrainingData``), never
     generated here: a missing benchmark is an error naming its files."""
-    from lsdet.engine.training_data import build_training_data
-
     return build_training_data(
         data_config(train_cfg, data_root),
         hflip_prob=hflip_prob,
@@ -180,11 +189,6 @@ def cache_roi_features(
 ) -> dict[str, Any]:
     """Stage 1: cache the sampled RoIs of the training images (see the module docstring);
     writes ``cache_file`` and returns what it holds."""
-    from lsdet.data.dataset import collate_fn
-    from lsdet.engine.loaders import SeededDataset, SeededSampler, make_loader
-    from lsdet.engine.random_state import seed_everything
-    from lsdet.inference import load_detector
-
     cache_file = Path(cache_file)
     _refuse_existing(cache_file, overwrite, "cache file (cache_file)")
     _positive("cache.passes", passes, integer=True)
@@ -338,8 +342,6 @@ def arm_rates_settings(train_cfg: Any, overrides: dict[str, float] | None) -> Di
 def arm_rates(train_cfg: Any, data: Any, overrides: dict[str, float] | None = None) -> torch.Tensor:
     """The concurrent rates r_ij of an arm (Peng et al., eq. 3 and 5), estimated from the
     training split as the trainer does, with the arm's ``rates`` settings."""
-    from lsdet.engine.training_data import training_rates
-
     settings = arm_rates_settings(train_cfg, overrides)
     return training_rates(settings, data.train_set.index, data.hierarchy)
 
@@ -356,9 +358,6 @@ def build_arm_loss(
     counts of the training split, and the concurrent rates (``rates`` settings of the
     checkpoint's run, ``rates_overrides`` replacing some) when the loss takes them; ``rates``:
     those rates when already estimated (``arm_rates``)."""
-    from lsdet.engine.builders import loss_of_settings
-    from lsdet.losses import loss_class
-
     if rates is None and "rates" in loss_class(loss_cfg.get("name")).inputs:
         rates = arm_rates(train_cfg, data, rates_overrides)
     return loss_of_settings(loss_cfg, data, rates).to(device)
@@ -373,8 +372,6 @@ def new_box_predictor(
     """A ``MultiLabelBoxPredictor`` whose class-score layer is new (initialised under
     ``seed``, of the kind ``loss_fn`` needs, as ``build_detector`` makes it) and whose box
     regression is the checkpoint's, frozen."""
-    from lsdet.models import MultiLabelBoxPredictor
-
     prefix = "roi_heads.box_predictor."
     bbox_weight = checkpoint_weights[prefix + "bbox_pred.weight"]
     num_classes = checkpoint_weights[prefix + "cls_score.weight"].shape[0]
@@ -435,7 +432,6 @@ def roi_draw_probabilities(
         if len(classes):
             probs[foreground] = (1.0 - background_share) / (len(classes) * counts[inverse])
         return probs / probs.sum()
-    from lsdet.sampling.samplers import build_sampler
 
     if data is None:
         raise ValueError("train.roi_sampling=run_sampler needs the training data")
@@ -569,8 +565,6 @@ def classifier_state(predictor: nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- stage 3: evaluate
 def arm_scoring(loss_cfg: dict[str, Any], scoring: str = "auto") -> str:
     """The inference scoring of an arm: ``auto`` = its loss's (``scoring_for``)."""
-    from lsdet.losses import loss_class
-
     return loss_class(loss_cfg["name"]).scoring_for(scoring)
 
 
@@ -589,9 +583,6 @@ def detector_with_predictor(
     scoring needs them and the checkpoint has none) with ``predictor`` as its box predictor,
     in eval mode; ``rates`` (an arm's own, ``arm_rates``) replace the rates its scoring uses.
     Returns (model, training config)."""
-    from lsdet.inference import load_detector
-    from lsdet.models.roi_heads import check_scoring
-
     model, _, train_cfg = load_detector(
         checkpoint,
         device,
@@ -629,9 +620,6 @@ def evaluate_predictor(
     the validation split with the Open Images Challenge metric as the trainer's validation
     does; writes metrics.json, per_class.csv, frequency_buckets.csv into ``out_dir`` and
     returns the mAP and the frequency-bucket mAPs."""
-    from lsdet.inference import detect_and_evaluate
-    from lsdet.inference.validation import record_evaluation
-
     start = time.perf_counter()
     model, train_cfg = detector_with_predictor(
         checkpoint,
@@ -877,8 +865,6 @@ def arm_rates_of_run(cfg: DictConfig, cache: dict[str, Any], data: Any) -> torch
     """The concurrent rates of arm ``cfg`` (``arm_rates``), estimated once for all its seeds;
     None when neither its loss takes them nor its scoring uses its own (with no ``rates``
     override the scoring uses the checkpoint's, as ``load_detector`` gives them)."""
-    from lsdet.losses import loss_class
-
     loss_cfg = _loss_config(cfg)
     overrides = arm_rates_overrides(cfg.get("rates"))
     own_scoring_rates = bool(overrides) and (
@@ -891,9 +877,6 @@ def arm_rates_of_run(cfg: DictConfig, cache: dict[str, Any], data: Any) -> torch
 
 def run(cfg: DictConfig) -> dict[int, dict[str, Any]]:
     """The stages ``cfg.stage`` names (conf/crt.yaml); returns the metrics per seed."""
-    from lsdet.engine.builders import resolve_device
-    from lsdet.engine.checkpoint import load_checkpoint
-
     stages = ("cache", "train", "evaluate", "all")
     if cfg.stage not in stages:
         raise ValueError(f"stage={cfg.stage!r}; expected one of {stages}")

@@ -89,6 +89,8 @@ def per_image_loop(image, label, boxes, num_classes, tau):
 
 
 def write_csv(path: Path, image, label, boxes, mids) -> None:
+    # Imported here: only --csv needs pyarrow, and the RSS figures of the in-memory run
+    # should not include it.
     import pyarrow as pa
     import pyarrow.csv as pacsv
 

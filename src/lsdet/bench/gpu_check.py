@@ -49,10 +49,9 @@ from typing import Any
 import torch
 
 from lsdet.apps.launch import evaluate_command, train_command
+from lsdet.bench import detector, input_pipeline
+from lsdet.bench import kernels as kbench
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
-
-# Each section imports its benchmark module (Triton kernels, CUDA-only code) when it runs, so
-# that a machine without a GPU gets its one-line answer instead of an import error.
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Peak memory bandwidth in GB/s by card name, where the CUDA properties do not give the
@@ -163,7 +162,7 @@ def peak_bandwidth_gbs(device: int = 0) -> tuple[float | None, str]:
 
 def measured_copy_gbs(megabytes: int = 1024) -> float:
     """Device-to-device copy bandwidth (bytes read + written per second), GB/s."""
-    import triton.testing
+    import triton.testing  # here, not at the top: Triton imports slowly, only GPU runs need it
 
     src = torch.empty(megabytes * 2**20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -233,8 +232,6 @@ def junit_counts(path: Path) -> dict[str, int]:
 def section_kernel_bench(
     ctx: Context, dtypes: tuple[str, ...] = ("float32", "float16")
 ) -> SectionResult:
-    from lsdet.bench import kernels as kbench
-
     peak, source = (ctx.peak_gbs, "--peak-gbs") if ctx.peak_gbs else peak_bandwidth_gbs()
     copy_gbs = measured_copy_gbs()
     figures: dict[str, Any] = {
@@ -272,8 +269,6 @@ def section_kernel_bench(
 
 
 def section_detector(ctx: Context) -> SectionResult:
-    from lsdet.bench import detector
-
     rows = detector.main(["--amp", "--size", "800", "--batch", "2", "--iters", "30"])
     ratio = rows[0]["images_per_s"] / rows[1]["images_per_s"]
     result = SectionResult("detector", "", passed=True, table=markdown_table(rows))
@@ -287,8 +282,6 @@ def section_detector(ctx: Context) -> SectionResult:
 
 
 def section_model_compile(ctx: Context) -> SectionResult:
-    from lsdet.bench import detector
-
     device = torch.device("cuda")
     batch = detector.random_batch(2, 800, 500, device)
     figures: dict[str, Any] = {}
@@ -309,12 +302,12 @@ def section_model_compile(ctx: Context) -> SectionResult:
 
 
 def section_input_pipeline(ctx: Context) -> SectionResult:
-    from lsdet.bench import input_pipeline
-
     rows = input_pipeline.run(folder=ctx.scratch / "jpegs", **INPUT_PIPELINE)
-    detector = ctx.results.get("detector")
+    detector_result = ctx.results.get("detector")
     consumption = (
-        detector.figures.get("lsdet images_per_s") if detector and detector.passed else None
+        detector_result.figures.get("lsdet images_per_s")
+        if detector_result and detector_result.passed
+        else None
     )
     for row in rows:
         row["x detector"] = row["images_per_s"] / consumption if consumption else None
@@ -464,7 +457,7 @@ SECTIONS: dict[str, tuple[str, SectionFn]] = {
 # --------------------------------------------------------------------------- report
 def environment() -> dict[str, Any]:
     """What the report was measured on."""
-    import triton
+    import triton  # here, not at the top: Triton imports slowly, only GPU runs need it
 
     meta: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),

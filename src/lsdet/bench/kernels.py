@@ -1,5 +1,5 @@
 """Benchmark: the concurrent softmax loss (forward, backward, both) against its baselines.
-(Slightly over 400 lines: the timing on CPU and GPU, the table and the plot of one benchmark.)
+This module times them on CPU or GPU, prints the table of ratios and plots it.
 
 Side by side, for each size N x C (rows x logit columns):
   lsdet                 ``lsdet.ops.concurrent_softmax_loss`` (Triton kernel on a GPU; on CPU
@@ -120,7 +120,7 @@ def time_ms(
     machine hits every method alike.
     """
     if device == "cuda":
-        import triton.testing
+        import triton.testing  # here, not at the top: Triton imports slowly, only GPU runs need it
 
         return {
             name: tuple(
@@ -310,7 +310,7 @@ def print_table(table: list[dict]) -> None:
 
 
 def plot(table: list[dict], path: Path, device: str, device_is_gpu: bool) -> None:
-    import matplotlib
+    import matplotlib  # here: the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

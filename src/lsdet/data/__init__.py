@@ -16,6 +16,7 @@ from lsdet.data.rates import (
     concurrent_rates_from_index,
     estimate_concurrent_rates,
 )
+from lsdet.data.synth import ensure_synthetic_benchmark, generate_synthetic_benchmark
 
 __all__ = [
     "AnnotationIndex",
@@ -43,8 +44,9 @@ __all__ = [
     "generate_synthetic_benchmark",
 ]
 
-# The dataset needs torch (seconds to import); load it on first use so that the readers, the
-# index and the rates stay light for tools that do not train.
+# The dataset needs torch (seconds to import): its names load on first use, so that the
+# readers, the index, the rates and the generator stay light for what needs no torch (the
+# CSV modes of lsdet.evaluate).
 _DATASET_NAMES = {
     "ImageLoadError",
     "MergedObjects",
@@ -55,17 +57,9 @@ _DATASET_NAMES = {
 }
 
 
-# The generator is lazy too: `python -m lsdet.data.synth` must not find it imported already.
-_SYNTH_NAMES = {"ensure_synthetic_benchmark", "generate_synthetic_benchmark"}
-
-
 def __getattr__(name: str):
     if name in _DATASET_NAMES:
         from lsdet.data import dataset
 
         return getattr(dataset, name)
-    if name in _SYNTH_NAMES:
-        from lsdet.data import synth
-
-        return getattr(synth, name)
     raise AttributeError(f"module 'lsdet.data' has no attribute {name!r}")
