@@ -210,7 +210,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[ChallengeResult, dict[str, Pat
 
 def data_metric(data_cfg: Any) -> str:
     """The metric a data config names (``data.metric``; ``oid_challenge`` when unset)."""
-    metric = data_cfg.get("metric") or OID_CHALLENGE
+    return metric_named(data_cfg.get("metric"))
+
+
+def metric_named(metric: str | None) -> str:
+    """The metric ``data.metric`` names (``oid_challenge`` when None or empty); one lsdet does
+    not know is an error naming data.metric."""
+    metric = metric or OID_CHALLENGE
     if metric not in METRICS:
         raise ValueError(f"data.metric={metric!r}; expected one of {METRICS}")
     return metric

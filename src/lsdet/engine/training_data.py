@@ -11,7 +11,7 @@ a flat hierarchy (every category a leaf) and the categories' names."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,21 @@ from lsdet.data.synth import ensure_synthetic_benchmark
 from lsdet.evaluation import load_ground_truth_from_index
 
 
+@dataclass(frozen=True)
+class ValidationMetric:
+    """What validation scores with, from the data config: ``metric`` is ``data.metric`` as
+    written (None: the Open Images Challenge metric, against ``TrainingData.val_gt``); an
+    LVIS/COCO metric reads the splits' annotation files (``data.<split>.annotation_json``),
+    the training split's annotation index cache (``data.cache_dir``/train, where
+    ``build_training_data`` built it) and ``data.strict``."""
+
+    metric: str | None = None
+    val_annotation_json: str | None = None
+    train_annotation_json: str | None = None
+    train_cache_dir: str | None = None
+    strict: bool = True
+
+
 @dataclass
 class TrainingData:
     """The class hierarchy, the training and validation datasets and the training statistics.
@@ -38,9 +53,8 @@ class TrainingData:
     an image for a class when it holds the class or a descendant (what reports call the
     class's frequency: a parent is as frequent as its leaves together).
     ``val_gt`` is the evaluator's ground truth of the validation split (expanded to the
-    hierarchy as the Open Images metric does). ``data_config`` is the data config the data
-    was read from: its ``metric`` (``oid_challenge`` when unset, ``lvis``, ``coco``) is the
-    one validation scores with.
+    hierarchy as the Open Images metric does). ``validation`` is what validation scores
+    with: the data config's metric and the files an LVIS/COCO metric reads.
     """
 
     hierarchy: Hierarchy
@@ -54,7 +68,7 @@ class TrainingData:
     expanded_image_counts: np.ndarray
     val_gt: Any
     collate_fn: Any
-    data_config: Any = None
+    validation: ValidationMetric = field(default_factory=ValidationMetric)
 
     @property
     def train_fingerprint(self) -> str:
@@ -218,7 +232,13 @@ def _training_data(
         expanded_image_counts=index.class_image_counts_with_descendants(hierarchy.descendants),
         val_gt=load_ground_truth_from_index(val_set.index, hierarchy),
         collate_fn=collate_fn,
-        data_config=data_cfg,
+        validation=ValidationMetric(
+            metric=data_cfg.get("metric"),
+            val_annotation_json=data_cfg.val.get("annotation_json"),
+            train_annotation_json=data_cfg.train.get("annotation_json"),
+            train_cache_dir=str(Path(str(data_cfg.cache_dir)) / "train"),
+            strict=bool(data_cfg.get("strict", True)),
+        ),
     )
 
 

@@ -25,7 +25,7 @@ from lsdet.engine.loaders import ShardedSequence
 from lsdet.engine.run_folder import EvaluationFolder, RunFolder
 from lsdet.engine.run_logger import RunLogger
 from lsdet.engine.training_data import TrainingData
-from lsdet.evaluate import OID_CHALLENGE, data_metric, run_evaluation
+from lsdet.evaluate import OID_CHALLENGE, metric_named, run_evaluation
 from lsdet.evaluation import ChallengeResult
 from lsdet.evaluation.outputs import (
     bucket_summary,
@@ -63,11 +63,12 @@ def validate(
     are written beside its metrics.json (the Open Images Challenge metric only)."""
     n = len(data.val_set) if not max_images else min(len(data.val_set), int(max_images))
     start = time.perf_counter()
-    if data.data_config is not None and data_metric(data.data_config) != OID_CHALLENGE:
+    metric = metric_named(data.validation.metric)
+    if metric != OID_CHALLENGE:
         if image_records:
             raise ValueError(
                 "train.eval_image_records=true: per-image records are kept by the Open Images "
-                f"Challenge metric only, not by data.metric={data_metric(data.data_config)!r}"
+                f"Challenge metric only, not by data.metric={metric!r}"
             )
         detections = predict_images(
             model,
@@ -88,7 +89,7 @@ def validate(
                 detections, data, out.path, run_name=run_name, tag=tag, start=start
             )
             log_evaluation(logger, metrics, out, step)
-            tqdm.write(f"[{tag}] {data_metric(data.data_config).upper()} AP {metrics['map']:.4f}")
+            tqdm.write(f"[{tag}] {metric.upper()} AP {metrics['map']:.4f}")
             metrics["eval_dir"] = RunFolder.evaluation_name(tag)
         return broadcast_object(metrics, dist)
     _, result = detect_and_evaluate(
@@ -150,15 +151,17 @@ def evaluate_with_data_metric(
 ) -> dict[str, Any]:
     """Score the detections of an LVIS/COCO validation split as ``lsdet.evaluate`` does: they
     are written as ``out_dir/predictions.csv`` (``ImageID`` = image id, ``LabelName`` =
-    category id) and evaluated by ``run_evaluation`` with the run's data config. Returns the
-    AP as ``map``, the frequency-bucket APs as ``map_<bucket>`` (LVIS: rare, common,
-    frequent) and the metric's other summary figures."""
+    category id) and evaluated by ``run_evaluation`` with the data config's metric and files
+    (``data.validation``). Returns the AP as ``map``, the frequency-bucket APs as
+    ``map_<bucket>`` (LVIS: rare, common, frequent) and the metric's other summary figures."""
+    source = data.validation
+    metric = metric_named(source.metric)
     if detections.skipped_images:  # data.strict=false: unreadable validation images
         log.warning(
             "%d validation images could not be read; the %s metric counts their ground "
             "truth as missed (e.g. %s)",
             len(detections.skipped_images),
-            data_metric(data.data_config),
+            metric,
             detections.skipped_images[0][1],
         )
     mids = np.asarray(data.hierarchy.mids, dtype=object)
@@ -170,12 +173,22 @@ def evaluate_with_data_metric(
         detections.boxes,
         layout="tf",
     )
-    cfg = OmegaConf.create({"predictions_csv": str(predictions), "output_dir": str(out_dir)})
-    cfg.plot = True
-    # The training split's per-category image counts come from the index training built
-    # (build_training_data caches each split's index under data.cache_dir/<split>).
-    train_cache = str(Path(str(data.data_config.cache_dir)) / "train")
-    cfg.data = OmegaConf.merge(data.data_config, {"cache_dir": train_cache})
+    # The evaluate config of lsdet.evaluate's LVIS/COCO mode; the training split's
+    # per-category image counts come from the index training built (its cache folder).
+    cfg = OmegaConf.create(
+        {
+            "predictions_csv": str(predictions),
+            "output_dir": str(out_dir),
+            "plot": True,
+            "data": {
+                "metric": metric,
+                "val": {"annotation_json": source.val_annotation_json},
+                "train": {"annotation_json": source.train_annotation_json},
+                "cache_dir": source.train_cache_dir,
+                "strict": source.strict,
+            },
+        }
+    )
     result, paths = run_evaluation(cfg)
     seconds = round(time.perf_counter() - start, 2)
     summary = json.loads(Path(paths["metrics"]).read_text())
