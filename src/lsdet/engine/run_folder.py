@@ -54,6 +54,7 @@ from lsdet.evaluation.outputs import (
     IMAGE_RECORDS_NPZ,
     METRICS_JSON,
     PER_CLASS_CSV,
+    PREDICTIONS_CSV,
 )
 
 RESUME_MODES = (False, True, "auto")
@@ -68,13 +69,15 @@ class EvaluationFolder:
     """The files of one evaluation, as ``lsdet.evaluation.outputs.write_evaluation_outputs``
     writes them: ``metrics.json`` (mAP, per-class AP, report), ``per_class.csv``,
     ``frequency_buckets.csv`` and ``ap_vs_frequency.png``; ``image_records.npz`` when the
-    evaluation kept per-image records (``lsdet.evaluation.image_records``)."""
+    evaluation kept per-image records (``lsdet.evaluation.image_records``); ``predictions.csv``,
+    the detections an LVIS/COCO validation scores (``lsdet.inference.validation``)."""
 
     METRICS = METRICS_JSON
     PER_CLASS = PER_CLASS_CSV
     FREQUENCY_BUCKETS = FREQUENCY_BUCKETS_CSV
     AP_VS_FREQUENCY = AP_VS_FREQUENCY_PNG
     IMAGE_RECORDS = IMAGE_RECORDS_NPZ
+    PREDICTIONS = PREDICTIONS_CSV
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -98,6 +101,10 @@ class EvaluationFolder:
     @property
     def image_records(self) -> Path:
         return self.path / self.IMAGE_RECORDS
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / self.PREDICTIONS
 
     def read_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics.read_text())

@@ -18,14 +18,16 @@ import pandas as pd
 from lsdet.evaluation.core import ChallengeResult
 
 # The file names of one evaluation's folder, the one place that spells them: what
-# write_evaluation_outputs and the LVIS/COCO metric (lsdet.evaluation.lvis_metric) write, and
-# the per-image records (lsdet.evaluation.image_records). lsdet.engine.run_folder's
-# EvaluationFolder gives their paths in a run folder.
+# write_evaluation_outputs and the LVIS/COCO metric (lsdet.evaluation.lvis_metric) write, the
+# per-image records (lsdet.evaluation.image_records) and the detections an LVIS/COCO
+# validation scores (lsdet.inference.validation). lsdet.engine.run_folder's EvaluationFolder
+# gives their paths in a run folder.
 METRICS_JSON = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
 FREQUENCY_BUCKETS_CSV = "frequency_buckets.csv"
 AP_VS_FREQUENCY_PNG = "ap_vs_frequency.png"
 IMAGE_RECORDS_NPZ = "image_records.npz"
+PREDICTIONS_CSV = "predictions.csv"
 
 BUCKETS = ("rare", "common", "frequent")
 

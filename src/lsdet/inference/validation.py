@@ -166,7 +166,7 @@ def evaluate_with_data_metric(
         )
     mids = np.asarray(data.hierarchy.mids, dtype=object)
     predictions = write_predictions_csv(
-        Path(out_dir) / "predictions.csv",
+        EvaluationFolder(Path(out_dir)).predictions,
         detections.image_ids,
         mids[detections.class_indices],
         detections.scores,
