@@ -27,6 +27,8 @@ SCORINGS = (
 PARENT_SCORES = ("own", "max_descendants", "subtree_sum")
 # auto: the loss's own scoring (lsdet.losses.ClassificationLoss.default_scoring).
 MODEL_SCORINGS = ("auto", *SCORINGS)
+# The backbone's batch-norm handling (lsdet.models.backbone.apply_norm_mode imports this list).
+BACKBONE_NORMS = ("bn", "frozen_bn", "sync_bn")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class BackboneSettings:
     out_indices: list[int] = MISSING
     pretrained: bool = MISSING
     checkpoint_path: str | None = MISSING
-    norm: str = one_of(MISSING, ("bn", "frozen_bn", "sync_bn"))
+    norm: str = one_of(MISSING, BACKBONE_NORMS)
 
 
 @dataclass

@@ -9,6 +9,9 @@ from typing import Any
 
 from lsdet.config_schema.settings import UNIT, integer, number, one_of, ranged
 
+# train.device (lsdet.engine.builders.resolve_device imports this list).
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass
 class DivergenceSettings:
@@ -24,7 +27,7 @@ class DivergenceSettings:
 class TrainSettings:
     """``train.*``: device, batch, loop, evaluation and checkpoint settings."""
 
-    device: str = one_of("auto", ("auto", "cpu", "cuda"))
+    device: str = one_of("auto", DEVICES)
     dist_backend: str = one_of("auto", ("auto", "nccl", "gloo"))
     find_unused_parameters: bool = False
     batch_size: int = ranged(2, integer(1))

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lsdet.config_schema.train import DEVICES
 from lsdet.engine.training_data import TrainingData
 from lsdet.losses import loss_from_config
 from lsdet.models import build_detector
@@ -22,8 +23,8 @@ def resolve_device(name: str) -> torch.device:
     """``train.device`` (auto | cpu | cuda) as a torch device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"train.device={name!r}; expected auto, cpu or cuda")
+    if name not in DEVICES:
+        raise ValueError(f"train.device={name!r}; expected one of {DEVICES}")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is available")
     return torch.device(name)

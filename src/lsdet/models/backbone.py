@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-NORM_MODES = ("bn", "frozen_bn", "sync_bn")
+from lsdet.config_schema.model import BACKBONE_NORMS
 
 
 def create_timm_features(
@@ -50,8 +50,8 @@ def apply_norm_mode(module: nn.Module, norm: str) -> nn.Module:
     """Batch-norm handling: "bn" (train as usual), "frozen_bn" (fixed affine statistics, for
     fine-tuning pretrained weights with small batches) or "sync_bn" (statistics synchronised
     across DDP processes; the conversion is done here, the process group by the trainer)."""
-    if norm not in NORM_MODES:
-        raise ValueError(f"model.backbone.norm={norm!r}; expected one of {NORM_MODES}")
+    if norm not in BACKBONE_NORMS:
+        raise ValueError(f"model.backbone.norm={norm!r}; expected one of {BACKBONE_NORMS}")
     if norm == "frozen_bn":
         return freeze_batch_norm_2d(module)
     if norm == "sync_bn":
