@@ -140,11 +140,12 @@ def check_writable(run_dir: str | Path) -> None:
         )
 
 
-def write_hydra_record(run_dir: str | Path, cfg: DictConfig) -> None:
+def write_hydra_record(run_dir: str | Path, config_yaml: str) -> None:
     """Hydra's record of this start (``.hydra/config.yaml``, ``hydra.yaml``,
     ``overrides.yaml``, as Hydra writes them), for an accepted start of a Hydra application
     whose ``hydra.output_subdir`` is null; nothing otherwise (Hydra wrote it, or there is no
-    Hydra application)."""
+    Hydra application). ``config_yaml``: the job's config as YAML, interpolations unresolved
+    (``OmegaConf.to_yaml(cfg)``, what Hydra writes as config.yaml)."""
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.instance().cfg
@@ -152,7 +153,7 @@ def write_hydra_record(run_dir: str | Path, cfg: DictConfig) -> None:
         return
     folder = Path(run_dir) / HYDRA_RECORD
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text_atomic(folder / "config.yaml", config_yaml)
     write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
     write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 

@@ -201,7 +201,8 @@ def setup(
     trainer = Trainer(cfg, config_record, run, hooks, checkpointer, resume_state, start)
     if dist.is_main:
         write_text_atomic(folder.config, OmegaConf.to_yaml(cfg, resolve=True))
-        write_hydra_record(folder.run_dir, cfg)  # only now: a refused start leaves no trace
+        # only now: a refused start leaves no trace
+        write_hydra_record(folder.run_dir, OmegaConf.to_yaml(cfg))
         data.write_read_reports(folder.data_report)
         rates_csv = folder.concurrent_rates
         if rates is not None and not (resume_state is not None and rates_csv.is_file()):
