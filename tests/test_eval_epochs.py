@@ -2,6 +2,7 @@
 whole schedule), the setting is range-checked, and a resumed run evaluates the same epochs."""
 
 import pytest
+from hydra.errors import ConfigCompositionException
 from train_helpers import HYBRID, compose_train, tiny_overrides
 
 from lsdet.engine import hooks as hooks_module
@@ -80,14 +81,20 @@ def test_a_resumed_run_evaluates_the_listed_epochs_once(data_root, tmp_path, eva
         ("[4]", r"train.eval_epochs=\[4\]"),
         ("[2,2]", r"train.eval_epochs=\[2, 2\]"),
         ("[]", r"train.eval_epochs=\[\]"),
-        ("6", r"train.eval_epochs=6"),
-        ("[1.5]", r"train.eval_epochs=\[1.5\]"),
     ],
 )  # fmt: skip
 def test_bad_eval_epochs_are_refused_naming_the_key(data_root, tmp_path, value, message):
     cfg = compose_train(three_epochs(data_root) + [f"train.eval_epochs={value}"])
     with pytest.raises(ValueError, match=message):
         run_training(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("value", ["6", "[1.5]"])
+def test_eval_epochs_of_the_wrong_type_are_refused_by_the_schema(data_root, value):
+    # train.eval_epochs is a list of integers (lsdet.config_schema.train): Hydra names the key.
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_train(three_epochs(data_root) + [f"train.eval_epochs={value}"])
+    assert "full_key: train.eval_epochs" in f"{caught.value} {caught.value.__cause__}"
 
 
 def test_eval_epochs_need_eval_every_epoch(data_root, tmp_path):

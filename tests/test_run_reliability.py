@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from train_helpers import compose_train, tiny_overrides
 
 from lsdet.engine import hooks as hooks_module
@@ -105,13 +106,13 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog
         ("optim.lr=-0.01", r"optim.lr=-0.01: expected a number > 0"),
         ("optim.lr=nan", r"optim.lr=nan"),
         ("optim.lr_per_image=-0.001", r"optim.lr_per_image=-0.001"),
-        ("train.threads=abc", r"train.threads='abc'"),
+        ("train.threads=0", r"train.threads=0: expected an integer >= 1"),
         ("train.max_iters_per_epoch=-1", r"train.max_iters_per_epoch=-1"),
         ("train.stop_after_iters=0", r"train.stop_after_iters=0"),
         ("train.resume=maybe", r"train.resume='maybe'"),
         ("train.max_consecutive_nonfinite=-1", r"train.max_consecutive_nonfinite=-1"),
         ("train.divergence.factor=0.5", r"train.divergence.factor=0.5: expected a number > 1"),
-        ("train.divergence.steps=1.5", r"train.divergence.steps=1.5"),
+        ("train.divergence.steps=-1", r"train.divergence.steps=-1"),
         ("train.resume_allow_changes=[model.name]", r"'model.name' cannot change on resume"),
     ],
 )
@@ -124,6 +125,22 @@ def test_bad_numbers_are_errors_naming_the_key_and_the_typed_value(
     with pytest.raises(ValueError, match=message):
         run_training(compose_train(base + [override]), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing was built or written
+
+
+@pytest.mark.parametrize(
+    ("override", "full_key"),
+    [
+        ("train.threads=abc", "train.threads"),
+        ("train.divergence.steps=1.5", "train.divergence.steps"),
+    ],
+)
+def test_a_number_of_the_wrong_type_is_refused_when_the_config_is_composed(
+    data_root, override, full_key
+):
+    # The schema's type (lsdet.config_schema.train): Hydra refuses it, naming the key.
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_train(tiny_overrides(data_root) + [override])
+    assert f"full_key: {full_key}" in f"{caught.value} {caught.value.__cause__}"
 
 
 def test_rerun_refuses_to_overwrite_and_resume_refuses_changed_training_settings(
