@@ -20,9 +20,9 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 from train_helpers import CONF_DIR, compose_train, tiny_overrides
 
-from lsdet.config_schema.settings import RANGE, schema_rules
+from lsdet.config_schema.checks import check_training_config, schema_rules
+from lsdet.config_schema.settings import RANGE
 from lsdet.data.synth import ensure_synthetic_benchmark
-from lsdet.engine.config_checks import check_training_config
 from lsdet.engine.run_folder import RunFolderNotWritableError, check_writable
 from lsdet.engine.signals import resume_advice
 from lsdet.engine.trainer import name_as_written

@@ -13,9 +13,8 @@ from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, compose_train
 
 from lsdet.config_schema import check_overrides
-from lsdet.config_schema.settings import schema_rules
+from lsdet.config_schema.checks import check_training_config, schema_rules
 from lsdet.config_schema.train import RatesSettings, TrainSettings
-from lsdet.engine.config_checks import check_training_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from train_helpers import CONF_DIR, compose_train
 
 import lsdet.losses
 import lsdet.ops
+from lsdet.config_schema.checks import check_training_config
 from lsdet.config_schema.loss import LOSS_SCHEMAS, LossSettings
 from lsdet.config_schema.sampler import SAMPLER_SCHEMAS, sampler_schema
 from lsdet.config_schema.schedule import LrPlan, PhaseSettings, ScheduleSettings
-from lsdet.engine.config_checks import check_training_config
 from lsdet.losses import classification
 from lsdet.sampling.samplers import SAMPLER_KEYS
 from lsdet.sampling.schedule import Schedule

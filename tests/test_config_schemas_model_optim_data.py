@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from train_helpers import CONF_DIR, compose_config, compose_train
 
 from lsdet.config_schema import data, model, optim
-from lsdet.engine.config_checks import check_training_config
+from lsdet.config_schema.checks import check_training_config
 
 # Each yaml's schema: (group, file name) -> dataclass.
 SCHEMA_OF_FILE = {

@@ -99,7 +99,7 @@ def test_diagnosis_tasks_compose_as_training_configs(tmp_path):
     range of the schedule)."""
     from train_helpers import compose_train
 
-    from lsdet.engine.config_checks import check_training_config
+    from lsdet.config_schema.checks import check_training_config
 
     task = diagnosis_tasks(tmp_path, seeds=[3])[1]
     overrides = [a for a in task.command[3:] if not a.startswith("hydra.")]

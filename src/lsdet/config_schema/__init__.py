@@ -9,16 +9,16 @@ pattern for validating a yaml against a dataclass), so that:
 - Hydra itself refuses, naming the key, a key the schema does not have (``train.bacth_size=4``
   on the command line, a preset's ``train: {bacth_size: 4}``) and a value of the wrong type
   (``train.amp=maybe``, ``train.batch_size=abc``) when it composes the config;
-- ``settings.check_config_values`` checks the ranges and the choices of every schema node of
+- ``checks.check_config_values`` checks the ranges and the choices of every schema node of
   the composed config (``train.batch_size=0: expected an integer >= 1``).
 
-Checks that need two settings at once, or the data, stay in ``lsdet.engine.config_checks``.
+``checks.check_training_config`` runs it, with the checks that need two settings at once.
 
 The schemas, one module per group (``SCHEMAS`` of each: ConfigStore name -> dataclass):
 ``train`` (``train.*``, ``rates.*``), ``data`` (one per data source), ``model``, ``loss`` (one
 per loss, over the shared base of conf/loss_base/), ``sampler`` (one per sampler), ``schedule``
 (phases with their lr plans) and ``optim``. A key that Hydra's ``+key=value`` adds to a schema
-node is refused by ``settings.check_config_values``.
+node is refused by ``checks.check_config_values``.
 
 The registration runs when ``lsdet`` is imported (``lsdet/__init__.py``), so every composition
 of conf/train.yaml (``python -m lsdet.train``, tests, benchmarks) finds the schemas.

@@ -57,7 +57,7 @@ class RpnSettings:
 @dataclass
 class RoiSettings:
     """``model.roi``: torchvision's RoIHeads settings (bg_iou_thresh <= fg_iou_thresh is
-    checked by lsdet.engine.config_checks)."""
+    checked by lsdet.config_schema.checks)."""
 
     output_size: int = ranged(MISSING, integer(1))
     sampling_ratio: int = MISSING

@@ -2,7 +2,7 @@
 
 ``optimizer`` is the argument of ``hydra.utils.instantiate`` (``_target_``, ``_partial_`` and
 the optimizer class's own keyword arguments): its keys depend on the class, so it is a free
-mapping here; lsdet.engine.config_checks checks the ranges of its weight_decay and momentum.
+mapping here; lsdet.config_schema.checks checks the ranges of its weight_decay and momentum.
 That optim.lr=null needs optim.lr_per_image is checked there too (two settings at once).
 """
 

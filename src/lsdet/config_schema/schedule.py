@@ -25,7 +25,7 @@ class LrPlan:
     # The warm-up starts at warmup_factor x lr: 0 would start at lr 0.
     warmup_factor: float = ranged(0.001, number(0.0, 1.0, low_ok=False))
     # Epochs of the phase after which the lr is multiplied by gamma, each > 0 (checked with
-    # the phase's length by lsdet.engine.config_checks and Schedule.from_config).
+    # the phase's length by lsdet.config_schema.checks and Schedule.from_config).
     milestones: list[float] | None = None
     gamma: float = ranged(0.1, number(0.0, 1.0, low_ok=False))
 

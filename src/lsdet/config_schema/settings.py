@@ -1,19 +1,19 @@
-"""How a schema field says what values it allows, and the one check that reads it.
+"""How a schema field says what values it allows.
 
 A field of a schema dataclass carries its allowed values in its metadata: ``ranged(default,
 allowed)`` for a number (``Range``: int or float, bounds, null allowed or not), ``one_of(default,
 choices)`` for a word from a fixed list. Hydra checks each field's type when it composes the
-config; ``check_config_values`` walks the composed config and checks every ranged and enumerated
-field of every schema node it meets, each error naming the full key, the value as typed and what
-is allowed (``optim.lr=-0.01: expected a number > 0``), never a message from deep inside
-torch(vision) or a value the user never typed.
+config; ``lsdet.config_schema.checks.check_config_values`` walks the composed config and checks
+every ranged and enumerated field of every schema node it meets with ``check_setting`` and
+``check_choice``, each error naming the full key, the value and what is allowed
+(``optim.lr=-0.01: expected a number > 0``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,53 +116,3 @@ def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     """ValueError naming ``key`` and the choices unless ``value`` is one of them."""
     if value not in choices:
         raise ValueError(f"{key}={as_typed(value)!r}: expected one of {list(choices)}")
-
-
-def schema_rules(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any, Mapping]]:
-    """(full key, value, field metadata) of every field of every schema node of ``cfg`` (a
-    composed config) that has a range or choices, depth first in the config's order. An
-    interpolated node (``sampler: ${sampler}``) is visited where it is defined. A key that a
-    schema node's dataclass lacks (added by Hydra's ``+key=value``) is a ValueError naming it."""
-    schema = OmegaConf.get_type(cfg)
-    rules = {}
-    if dataclasses.is_dataclass(schema):
-        rules = {f.name: f.metadata for f in dataclasses.fields(schema)}
-        # Hydra's `+key=value` adds a key even to a schema node; nothing would read it.
-        unknown = [key for key in cfg if key not in rules]
-        if unknown:
-            raise ValueError(
-                f"{prefix}{unknown[0]}: not a setting of {prefix.rstrip('.') or 'the config'} "
-                f"({schema.__module__}.{schema.__qualname__}: {', '.join(rules)})"
-            )
-    for key in cfg:
-        full_key = f"{prefix}{key}"
-        value = cfg[key]
-        rule = rules.get(key, {})
-        if RANGE in rule or CHOICES in rule:
-            yield full_key, value, rule
-        if isinstance(value, DictConfig) and not OmegaConf.is_interpolation(cfg, key):
-            yield from schema_rules(value, f"{full_key}.")
-
-
-def check_rule(key: str, value: Any, rule: Mapping) -> None:
-    """Check ``value`` against a field's metadata (its range, its choices)."""
-    if RANGE in rule:
-        check_setting(key, value, rule[RANGE])
-    if CHOICES in rule:
-        check_choice(key, value, rule[CHOICES])
-
-
-def check_config_values(cfg: DictConfig) -> None:
-    """Check the value of every ranged and enumerated field of every schema node of ``cfg``
-    (a composed config); the first that does not fit raises a ValueError naming its full key."""
-    for full_key, value, rule in schema_rules(cfg):
-        check_rule(full_key, value, rule)
-
-
-def check_fields(values: Mapping[str, Any], schema: type, prefix: str) -> None:
-    """Check the keys of ``values``, a mapping that is not a schema node (a phase's inline
-    sampler, a schedule Hydra did not compose), against the ranges and choices of ``schema``'s
-    fields; a ValueError names ``prefix`` + the key. Keys the schema lacks are not checked."""
-    for setting in dataclasses.fields(schema):
-        if setting.name in values:
-            check_rule(prefix + setting.name, values[setting.name], setting.metadata)

@@ -40,10 +40,10 @@ class TrainSettings:
     stop_after_iters: int | None = ranged(None, integer(1, nullable=True))
     checkpoint_every: int = ranged(1000, integer(0))
     eval_every: str = one_of("epoch", ("epoch", "phase", "never"))
-    # Null or a list of epochs of the schedule (lsdet.engine.config_checks, which knows the
+    # Null or a list of epochs of the schedule (lsdet.config_schema.checks, which knows the
     # schedule's length).
     eval_epochs: list[int] | None = None
-    # Any: OmegaConf's bool would read ``yes`` as true; config_checks accepts true/false only.
+    # Any: OmegaConf's bool would read ``yes`` as true; lsdet.config_schema.checks accepts true/false only.
     eval_image_records: Any = False
     eval_max_images: int | None = ranged(None, integer(1, nullable=True))
     max_nonfinite: int = ranged(50, integer(0))

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lsdet.atomic_files import write_text_atomic
+from lsdet.config_schema.checks import check_training_config
 from lsdet.engine.builders import (
     build_model,
     build_optimizer,
@@ -41,7 +42,6 @@ from lsdet.engine.builders import (
     wrap_distributed,
 )
 from lsdet.engine.checkpoint import load_checkpoint
-from lsdet.engine.config_checks import check_training_config
 from lsdet.engine.distributed import (
     DistInfo,
     all_reduce_flag,

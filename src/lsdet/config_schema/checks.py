@@ -1,32 +1,84 @@
-"""The training settings checked before anything is built, each error naming the full key, the
-value and what is allowed (``optim.lr=-0.01: expected a number > 0``), never a message from
-deep inside torch(vision).
-
-The ranges and choices of the settings are written once, in their schemas (lsdet.config_schema),
-and checked by ``check_config_values``; here are the checks that a schema field cannot state:
-the seed (a root key), the free-form optimizer arguments, a phase's inline sampler, settings
-that depend on others (IoU thresholds, ``optim.lr=null``, ``train.eval_epochs`` against the
-schedule, records against the metric) and ``train.resume``.
+"""The checks of a composed training config, run before anything is built: every ranged and
+enumerated field of every schema node (``check_config_values``: the allowed values written in
+the schemas, ``lsdet.config_schema.settings``) and what a field cannot state (the seed, a root
+key; the free-form optimizer arguments; a phase's inline sampler; settings that depend on
+others: the IoU thresholds, ``optim.lr=null``, ``train.eval_epochs`` against the schedule,
+records against the metric). Each error names the full key, the value and what is allowed
+(``optim.lr=-0.01: expected a number > 0``), never a message from deep inside torch(vision).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsdet.config_schema.sampler import sampler_schema
 from lsdet.config_schema.settings import (
+    CHOICES,
+    RANGE,
     Range,
     as_typed,
-    check_config_values,
-    check_fields,
+    check_choice,
     check_setting,
     fits,
 )
 from lsdet.config_schema.settings import integer as _int
 from lsdet.config_schema.settings import number as _float
 from lsdet.engine.run_folder import parse_resume
+
+
+def schema_rules(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any, Mapping]]:
+    """(full key, value, field metadata) of every field of every schema node of ``cfg`` (a
+    composed config) that has a range or choices, depth first in the config's order. An
+    interpolated node (``sampler: ${sampler}``) is visited where it is defined. A key that a
+    schema node's dataclass lacks (added by Hydra's ``+key=value``) is a ValueError naming it."""
+    schema = OmegaConf.get_type(cfg)
+    rules = {}
+    if dataclasses.is_dataclass(schema):
+        rules = {f.name: f.metadata for f in dataclasses.fields(schema)}
+        # Hydra's `+key=value` adds a key even to a schema node; nothing would read it.
+        unknown = [key for key in cfg if key not in rules]
+        if unknown:
+            raise ValueError(
+                f"{prefix}{unknown[0]}: not a setting of {prefix.rstrip('.') or 'the config'} "
+                f"({schema.__module__}.{schema.__qualname__}: {', '.join(rules)})"
+            )
+    for key in cfg:
+        full_key = f"{prefix}{key}"
+        value = cfg[key]
+        rule = rules.get(key, {})
+        if RANGE in rule or CHOICES in rule:
+            yield full_key, value, rule
+        if isinstance(value, DictConfig) and not OmegaConf.is_interpolation(cfg, key):
+            yield from schema_rules(value, f"{full_key}.")
+
+
+def check_rule(key: str, value: Any, rule: Mapping) -> None:
+    """Check ``value`` against a field's metadata (its range, its choices)."""
+    if RANGE in rule:
+        check_setting(key, value, rule[RANGE])
+    if CHOICES in rule:
+        check_choice(key, value, rule[CHOICES])
+
+
+def check_config_values(cfg: DictConfig) -> None:
+    """Check the value of every ranged and enumerated field of every schema node of ``cfg``
+    (a composed config); the first that does not fit raises a ValueError naming its full key."""
+    for full_key, value, rule in schema_rules(cfg):
+        check_rule(full_key, value, rule)
+
+
+def check_fields(values: Mapping[str, Any], schema: type, prefix: str) -> None:
+    """Check the keys of ``values``, a mapping that is not a schema node (a phase's inline
+    sampler, a schedule Hydra did not compose), against the ranges and choices of ``schema``'s
+    fields; a ValueError names ``prefix`` + the key. Keys the schema lacks are not checked."""
+    for setting in dataclasses.fields(schema):
+        if setting.name in values:
+            check_rule(prefix + setting.name, values[setting.name], setting.metadata)
+
 
 NUMERIC_SETTINGS: dict[str, Range] = {
     # numpy's legacy seeding takes [0, 2^32); rank r of a DDP run uses seed + r.
@@ -109,7 +161,7 @@ def _check_eval_epochs(cfg: Any) -> None:
 
 def check_training_config(cfg: Any) -> None:
     """Check every setting: the ranges and choices of the schemas
-    (lsdet.config_schema.settings.check_config_values), the tables above, and the checks that
+    (check_config_values), the table above, and the checks that
     need two settings at once."""
     check_config_values(cfg)
     _check_table(cfg, "", NUMERIC_SETTINGS)
