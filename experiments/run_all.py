@@ -1114,15 +1114,15 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         size_cfg = sweeps["sizes"][spec["detector"]["size"]]
         data = variant_data(size_cfg, size_cfg["data"]["generate"]["val_label_noise"])
         subprocess.run([sys.executable, "-m", "lsdet.data.synth", *dotted(data)], check=True)
+    jobs_file = Path(args.jobs_file) if args.jobs_file else None
+
+    def run(batch: list[Task], **kwargs) -> SweepReport:
+        return run_tasks(
+            batch, log_dir, jobs=args.jobs, threads=args.threads, jobs_file=jobs_file, **kwargs
+        )
+
     start = time.time()
-    report = run_tasks(
-        tasks,
-        log_dir,
-        jobs=args.jobs,
-        threads=args.threads,
-        jobs_file=Path(args.jobs_file) if args.jobs_file else None,
-        actions=actions,
-    )
+    report = run(tasks, actions=actions)
     print(
         f"{spec['results']}: {(time.time() - start) / 60:.1f} min, {report.ran} tasks run, "
         f"{len(report.failed)} failed: {report.failed}"
@@ -1132,13 +1132,7 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         print(line)
         if confirmation:
             start = time.time()
-            confirmed = run_tasks(
-                confirmation,
-                log_dir,
-                jobs=args.jobs,
-                threads=args.threads,
-                jobs_file=Path(args.jobs_file) if args.jobs_file else None,
-            )
+            confirmed = run(confirmation)
             print(
                 f"cRT confirmation: {(time.time() - start) / 60:.1f} min, {confirmed.ran} tasks "
                 f"run, {len(confirmed.failed)} failed: {confirmed.failed}"

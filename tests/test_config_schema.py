@@ -151,10 +151,16 @@ def test_hydra_refuses_unknown_keys_and_wrong_types_naming_them(override, messag
         ("train:\n  bacth_size: 4\n", "Key 'bacth_size' not in 'TrainSettings'"),
         ("train:\n  divergence:\n    step: 3\n", "Key 'step' not in 'DivergenceSettings'"),
         ("rates:\n  flor: 0.1\n", "Key 'flor' not in 'RatesSettings'"),
+        ("model:\n  roi:\n    fg_iou_thres: 0.6\n", "Key 'fg_iou_thres' not in 'RoiSettings'"),
+        ("model:\n  backbone:\n    nrom: bn\n", "Key 'nrom' not in 'BackboneSettings'"),
+        ("optim:\n  lr_per_imag: 0.01\n", "Key 'lr_per_imag' not in 'OptimSettings'"),
+        ("data:\n  image_sise: 64\n", "Key 'image_sise' not in 'SynthData'"),
+        ("data:\n  train:\n    bbox_cvs: a.csv\n", "Key 'bbox_cvs' not in 'CsvSplit'"),
     ],
 )
 def test_a_misspelt_key_in_a_preset_is_refused(tmp_path, block, message):
-    # Before the schemas, a preset's misspelt key was merged silently and nothing read it.
+    # Before the schemas, a preset's misspelt key was merged silently and nothing read it
+    # (every group's schema: train, rates, model, optim, data).
     preset = tmp_path / "experiment" / "typo.yaml"
     preset.parent.mkdir()
     preset.write_text("# @package _global_\n" + block)

@@ -99,24 +99,6 @@ def test_the_composed_model_keeps_the_yaml_values_and_the_parent_scores_interpol
 
 
 @pytest.mark.parametrize(
-    ("block", "message"),
-    [
-        ("model:\n  roi:\n    fg_iou_thres: 0.6\n", "Key 'fg_iou_thres' not in 'RoiSettings'"),
-        ("model:\n  backbone:\n    nrom: bn\n", "Key 'nrom' not in 'BackboneSettings'"),
-        ("optim:\n  lr_per_imag: 0.01\n", "Key 'lr_per_imag' not in 'OptimSettings'"),
-        ("data:\n  image_sise: 64\n", "Key 'image_sise' not in 'SynthData'"),
-        ("data:\n  train:\n    bbox_cvs: a.csv\n", "Key 'bbox_cvs' not in 'CsvSplit'"),
-    ],
-)
-def test_a_misspelt_key_in_a_preset_is_refused(tmp_path, block, message):
-    preset = tmp_path / "experiment" / "typo.yaml"
-    preset.parent.mkdir()
-    preset.write_text("# @package _global_\n" + block)
-    with pytest.raises(ConfigCompositionException, match=message):
-        compose_train([f"hydra.searchpath=[file://{tmp_path}]", "+experiment=typo"])
-
-
-@pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["model.fpn_channels=wide"], "full_key: model.fpn_channels"),
