@@ -1228,6 +1228,53 @@ def diagnosis_outputs(
     return "\n".join(texts), table
 
 
+def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> str:
+    """The per-class diagnosis of the cRT arms (sweeps.yaml `crt_protocol:`), descriptive: per
+    class group and seed, the AP difference of every concurrent-softmax arm against softmax
+    and of every flip against cs_default (the registered claims' pairs and the arms against
+    the softmax classifier), over the seeds both arms have. The detector is the converged
+    benchmark's, so its class groups are the converged results' class_groups.csv. Writes
+    <crt results>/diagnosis.md, diagnosis.csv and diagnosis.png; returns the markdown ("" when
+    there are no cRT results)."""
+    spec = sweeps.get("crt_protocol")
+    folder = Path(results_root) / spec["results"] if spec else None
+    if folder is None or not (folder / "runs").is_dir() or not groups_csv.is_file():
+        return ""
+    runs = collect_results(folder)[0]
+    arms = [arm for arm in spec["arms"] if arm in set(runs["run"])]
+    pairs = [(arm, "softmax") for arm in arms if arm != "softmax" and "softmax" in arms]
+    pairs += [(arm, "cs_default") for arm in arms if arm not in ("softmax", "cs_default")]
+    groups = diagnosis.read_class_groups(groups_csv)
+    texts, tables, by_pair = [], [], {}
+    for run_id, against in pairs:
+        run_results = seed_results(runs, run_id, "as_train")
+        against_results = seed_results(runs, against, "as_train")
+        per_seed = {
+            int(seed): (
+                pd.read_csv(run_results.at[seed, "per_class_csv"]),
+                pd.read_csv(against_results.at[seed, "per_class_csv"]),
+            )
+            for seed in sorted(run_results.index.intersection(against_results.index))
+        }
+        diffs = diagnosis.group_differences(per_seed, groups)
+        if diffs.empty:
+            continue
+        label = f"cRT {run_id} - {against}"
+        by_pair[label] = diffs
+        texts.append(diagnosis.markdown_diagnosis(diffs, label, "as_train"))
+        tables.append(diffs.assign(pair=label, run=run_id, against=against))
+    if not tables:
+        return ""
+    diagnosis.plot_diagnosis(by_pair, "as_train", folder / "diagnosis.png")
+    pd.concat(tables).to_csv(folder / "diagnosis.csv", index=False, float_format="%.3f")
+    text = (
+        "Per-class diagnosis of the cRT arms (descriptive, no test: the registered claims are "
+        "judged on the mAP in the converged results' claims.md)\n\n" + "\n".join(texts)
+    )
+    (folder / "diagnosis.md").write_text(text)
+    return text
+
+
 def aggregate(results_dir: Path, sweeps: dict) -> str:
     """Writes every output of the module docstring into results_dir; returns the markdown of
     the tables and the note of what is missing."""
@@ -1278,6 +1325,10 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
             table.to_csv(results_dir / f"diagnosis_{variant}.csv", index=False, float_format="%.3f")
             diagnosis_texts.append(text)
         (results_dir / "diagnosis.md").write_text("\n".join(diagnosis_texts))
+        groups_csv = results_dir / sweeps["diagnosis"].get(
+            "class_groups", diagnosis.CLASS_GROUPS_CSV
+        )
+        crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
     texts = claim_texts + texts
     own = variants_used[0] if variants_used else "as_train"
     plot_convergence(evaluations, own, results_dir / "convergence.png")
