@@ -1,0 +1,134 @@
+"""experiments/aggregate.py crt_diagnosis_outputs: the per-class diagnosis of the cRT arms
+on a small hand-made results folder (three arms, two seeds, four classes)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_experiments import fake_crt_result
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import aggregate  # noqa: E402
+import diagnosis  # noqa: E402
+
+# /P is the parent of the leaves /a, /b, /c; /a and /b are a confused pair.
+MIDS = ["/P", "/a", "/b", "/c"]
+GROUPS = pd.DataFrame(
+    {
+        "mid": MIDS,
+        "name": ["P", "A", "B", "C"],
+        "is_leaf": [False, True, True, True],
+        "max_offhier_rate": [float("nan"), 0.5, 0.2, 0.0],  # rate bins (0.3, 1], (0.1, 0.3], 0
+        "confused_pair": [False, True, True, False],
+        "train_images": [300, 100, 40, 3],
+        "bucket": ["frequent", "frequent", "common", "rare"],
+    }
+)[diagnosis.GROUP_COLUMNS]
+# the APs of /P, /a, /b, /c per arm and seed
+APS = {
+    "softmax": {0: [0.5, 0.5, 0.5, 0.5], 1: [0.5, 0.5, 0.5, 0.5]},
+    "cs_default": {0: [0.5, 0.6, 0.7, 0.1], 1: [0.4, 0.5, 0.5, 0.5]},
+    "cs_hierarchy_rate0": {0: [0.6, 0.6, 0.6, 0.6], 1: [0.4, 0.7, 0.5, 0.2]},
+}
+ARMS = {
+    "softmax": ["loss=softmax"],
+    "cs_default": ["loss=concurrent_softmax"],
+    "cs_hierarchy_rate0": ["loss=concurrent_softmax", "rates.hierarchy_rate=0"],
+    "cs_prior_count0": ["loss=concurrent_softmax", "rates.prior_count=0"],  # no results
+}
+SWEEPS = {"crt_protocol": {"results": "crt", "seeds": [0, 1], "arms": ARMS}}
+
+
+def write_crt_results(root: Path) -> Path:
+    """The cRT results folder under root (runs/<arm>/val-as_train/seed<k>/ with metrics.json,
+    run.json and per_class.csv) and the converged results' class_groups.csv; returns the
+    latter's path."""
+    folder = root / "crt"
+    for arm, by_seed in APS.items():
+        for seed, aps in by_seed.items():
+            fake_crt_result(folder, arm, seed, sum(aps) / len(aps), "2026-12-06T23:00")
+            per_class = GROUPS[["mid", "name", "train_images", "bucket"]].assign(ap=aps)
+            per_class.to_csv(
+                folder / "runs" / arm / "val-as_train" / f"seed{seed}" / "per_class.csv",
+                index=False,
+            )
+    groups_csv = root / "converged" / diagnosis.CLASS_GROUPS_CSV
+    groups_csv.parent.mkdir()
+    GROUPS.to_csv(groups_csv, index=False)
+    return groups_csv
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_crt_diagnosis_pairs_arms_with_softmax_and_flips_with_cs_default(tmp_path):
+    groups_csv = write_crt_results(tmp_path)
+    text = aggregate.crt_diagnosis_outputs(tmp_path, SWEEPS, groups_csv)
+    folder = tmp_path / "crt"
+    for name in ("diagnosis.csv", "diagnosis.md", "diagnosis.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert (folder / "diagnosis.md").read_text() == text
+    table = pd.read_csv(folder / "diagnosis.csv")
+    # every CS arm against softmax, every flip against cs_default; an arm without results
+    # (cs_prior_count0) gets no pair
+    pairs = set(zip(table["run"], table["against"], table["pair"], strict=True))
+    assert pairs == {
+        ("cs_default", "softmax", "cRT cs_default - softmax"),
+        ("cs_hierarchy_rate0", "softmax", "cRT cs_hierarchy_rate0 - softmax"),
+        ("cs_hierarchy_rate0", "cs_default", "cRT cs_hierarchy_rate0 - cs_default"),
+    }
+    assert set(table["seed"]) == {0, 1}
+    at = table.set_index(["run", "against", "grouping", "group", "seed"])
+
+    def delta(run: str, against: str, grouping: str, group: str, seed: int) -> float:
+        return float(at.loc[(run, against, grouping, group, seed), "delta"])
+
+    # cs_default - softmax (points): seed 0 P 0, a +10, b +20, c -40; seed 1 P -10, leaves 0
+    assert delta("cs_default", "softmax", "confused pair (leaves)", "confused-pair leaf", 0) == (
+        pytest.approx(15.0, abs=1e-3)
+    )
+    assert delta("cs_default", "softmax", "level", "leaf", 0) == pytest.approx(-10 / 3, abs=1e-3)
+    assert delta("cs_default", "softmax", "rate bin (leaves)", "0", 0) == pytest.approx(-40.0)
+    assert delta("cs_default", "softmax", "level", "parent", 1) == pytest.approx(-10.0)
+    assert delta("cs_default", "softmax", "level", "leaf", 1) == pytest.approx(0.0)
+    # flip - cs_default: seed 0 P +10, a 0, b -10, c +50; seed 1 P 0, a +20, b 0, c -30
+    flip = ("cs_hierarchy_rate0", "cs_default")
+    assert delta(*flip, "confused pair (leaves)", "confused-pair leaf", 0) == pytest.approx(-5.0)
+    assert delta(*flip, "confused pair (leaves)", "confused-pair leaf", 1) == pytest.approx(10.0)
+    assert delta(*flip, "frequency bucket", "rare", 0) == pytest.approx(50.0)
+    assert delta(*flip, "level", "leaf", 1) == pytest.approx(-10 / 3, abs=1e-3)
+    assert delta(*flip, "rate bin (leaves)", "(0.1, 0.3]", 0) == pytest.approx(-10.0)
+    # flip - softmax: seed 1 P -10, a +20, b 0, c -30
+    assert delta("cs_hierarchy_rate0", "softmax", "frequency bucket", "frequent", 1) == (
+        pytest.approx(5.0)
+    )
+    assert int(at.loc[(*flip, "level", "leaf", 0), "classes"]) == 3
+    # the markdown: one table per pair, the seeds' deltas and their mean
+    assert text.count("**Per-class diagnosis: cRT ") == 3
+    assert "| confused pair (leaves) | confused-pair leaf | 2 | +15.00 | +0.00 | +7.50 |" in text
+    assert "| confused pair (leaves) | confused-pair leaf | 2 | -5.00 | +10.00 | +2.50 |" in text
+
+
+def test_crt_diagnosis_without_crt_results_writes_nothing(tmp_path):
+    groups_csv = write_crt_results(tmp_path)
+    # no crt_protocol block
+    before = files_under(tmp_path)
+    assert aggregate.crt_diagnosis_outputs(tmp_path, {}, groups_csv) == ""
+    # no class-group table
+    missing_groups = tmp_path / "converged" / "other.csv"
+    assert aggregate.crt_diagnosis_outputs(tmp_path, SWEEPS, missing_groups) == ""
+    assert files_under(tmp_path) == before
+    # no cRT results folder, then one whose only result is unfinished (no run.json)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert aggregate.crt_diagnosis_outputs(empty, SWEEPS, groups_csv) == ""
+    assert files_under(empty) == set()
+    (empty / "crt" / "runs" / "softmax" / "val-as_train" / "seed0").mkdir(parents=True)
+    assert aggregate.crt_diagnosis_outputs(empty, SWEEPS, groups_csv) == ""
+    assert files_under(empty) == set()
