@@ -32,6 +32,9 @@ from lsdet.apps.launch import evaluate_command, train_command
 from lsdet.apps.report import comparison_table, plot_run_comparison
 from lsdet.engine.run_folder import EVALUATIONS, RunFolder
 
+# The demo's table, in its --out folder (read back by lsdet.bench.gpu_check).
+SUMMARY_MD = "summary.md"
+
 
 def run(command: list[str]) -> None:
     """Run a step in the foreground; Ctrl-C reaches the step (a training run checkpoints
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> str:
         f"lsdet demo: {len(runs)} runs on the synthetic benchmark, "
         f"{elapsed / 60:.1f} min in all\n\n{table}\n\n{protocol}\n"
     )
-    (out / "summary.md").write_text(text)
+    (out / SUMMARY_MD).write_text(text)
     print("\n" + text)
     print("plots: " + ", ".join(str(p) for p in plots))
     print("per-run files: " + ", ".join(f"{Path(d) / EVALUATIONS}/" for d in runs))

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from lsdet.apps.demo import SUMMARY_MD
 from lsdet.apps.launch import evaluate_command, train_command
 from lsdet.bench import detector, input_pipeline
 from lsdet.bench import kernels as kbench
@@ -426,7 +427,7 @@ def section_demo(ctx: Context) -> SectionResult:
     start = time.perf_counter()
     proc = run_command(command, timeout=1200)
     minutes = (time.perf_counter() - start) / 60
-    summary = out / "summary.md"
+    summary = out / SUMMARY_MD
     result = SectionResult(
         "demo",
         "",
