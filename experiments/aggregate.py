@@ -1193,6 +1193,23 @@ def expected_results(sweeps: dict) -> set[tuple[str, str, int]]:
     }
 
 
+def pair_group_differences(
+    runs: pd.DataFrame, run_id: str, against: str, variant: str, groups: pd.DataFrame
+) -> pd.DataFrame:
+    """Per seed both runs have and class group: the mean AP difference (points) of ``run_id``
+    minus ``against`` on one validation variant (diagnosis.group_differences)."""
+    run_results = seed_results(runs, run_id, variant)
+    against_results = seed_results(runs, against, variant)
+    per_seed = {
+        int(seed): (
+            pd.read_csv(run_results.at[seed, "per_class_csv"]),
+            pd.read_csv(against_results.at[seed, "per_class_csv"]),
+        )
+        for seed in sorted(run_results.index.intersection(against_results.index))
+    }
+    return diagnosis.group_differences(per_seed, groups)
+
+
 def diagnosis_outputs(
     runs: pd.DataFrame, sweeps: dict, results_dir: Path, variant: str
 ) -> tuple[str, pd.DataFrame]:
@@ -1209,15 +1226,7 @@ def diagnosis_outputs(
     groups = diagnosis.read_class_groups(groups_csv)
     texts, tables, by_pair = [], [], {}
     for pair in spec["pairs"]:
-        per_seed = {}
-        run_results = seed_results(runs, pair["run"], variant)
-        against_results = seed_results(runs, pair["against"], variant)
-        for seed in sorted(run_results.index.intersection(against_results.index)):
-            per_seed[int(seed)] = (
-                pd.read_csv(run_results.at[seed, "per_class_csv"]),
-                pd.read_csv(against_results.at[seed, "per_class_csv"]),
-            )
-        diffs = diagnosis.group_differences(per_seed, groups)
+        diffs = pair_group_differences(runs, pair["run"], pair["against"], variant, groups)
         if diffs.empty:
             continue
         by_pair[pair["label"]] = diffs
@@ -1247,16 +1256,7 @@ def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) ->
     groups = diagnosis.read_class_groups(groups_csv)
     texts, tables, by_pair = [], [], {}
     for run_id, against in pairs:
-        run_results = seed_results(runs, run_id, "as_train")
-        against_results = seed_results(runs, against, "as_train")
-        per_seed = {
-            int(seed): (
-                pd.read_csv(run_results.at[seed, "per_class_csv"]),
-                pd.read_csv(against_results.at[seed, "per_class_csv"]),
-            )
-            for seed in sorted(run_results.index.intersection(against_results.index))
-        }
-        diffs = diagnosis.group_differences(per_seed, groups)
+        diffs = pair_group_differences(runs, run_id, against, "as_train", groups)
         if diffs.empty:
             continue
         label = f"cRT {run_id} - {against}"
