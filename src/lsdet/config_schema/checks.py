@@ -21,7 +21,8 @@ from lsdet.config_schema.settings import (
     RANGE,
     Range,
     as_typed,
-    check_choice,
+    check_fields,
+    check_rule,
     check_setting,
     fits,
 )
@@ -56,28 +57,11 @@ def schema_rules(cfg: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any, 
             yield from schema_rules(value, f"{full_key}.")
 
 
-def check_rule(key: str, value: Any, rule: Mapping) -> None:
-    """Check ``value`` against a field's metadata (its range, its choices)."""
-    if RANGE in rule:
-        check_setting(key, value, rule[RANGE])
-    if CHOICES in rule:
-        check_choice(key, value, rule[CHOICES])
-
-
 def check_config_values(cfg: DictConfig) -> None:
     """Check the value of every ranged and enumerated field of every schema node of ``cfg``
     (a composed config); the first that does not fit raises a ValueError naming its full key."""
     for full_key, value, rule in schema_rules(cfg):
         check_rule(full_key, value, rule)
-
-
-def check_fields(values: Mapping[str, Any], schema: type, prefix: str) -> None:
-    """Check the keys of ``values``, a mapping that is not a schema node (a phase's inline
-    sampler, a schedule Hydra did not compose), against the ranges and choices of ``schema``'s
-    fields; a ValueError names ``prefix`` + the key. Keys the schema lacks are not checked."""
-    for setting in dataclasses.fields(schema):
-        if setting.name in values:
-            check_rule(prefix + setting.name, values[setting.name], setting.metadata)
 
 
 NUMERIC_SETTINGS: dict[str, Range] = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,3 +116,20 @@ def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     """ValueError naming ``key`` and the choices unless ``value`` is one of them."""
     if value not in choices:
         raise ValueError(f"{key}={as_typed(value)!r}: expected one of {list(choices)}")
+
+
+def check_rule(key: str, value: Any, rule: Mapping) -> None:
+    """Check ``value`` against a field's metadata (its range, its choices)."""
+    if RANGE in rule:
+        check_setting(key, value, rule[RANGE])
+    if CHOICES in rule:
+        check_choice(key, value, rule[CHOICES])
+
+
+def check_fields(values: Mapping[str, Any], schema: type, prefix: str) -> None:
+    """Check the keys of ``values``, a mapping that is not a schema node (a phase's inline
+    sampler, a schedule Hydra did not compose), against the ranges and choices of ``schema``'s
+    fields; a ValueError names ``prefix`` + the key. Keys the schema lacks are not checked."""
+    for setting in dataclasses.fields(schema):
+        if setting.name in values:
+            check_rule(prefix + setting.name, values[setting.name], setting.metadata)

@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lsdet.config_schema import schedule as schema
-from lsdet.config_schema.checks import check_fields
+from lsdet.config_schema.settings import check_fields
 from lsdet.sampling.samplers import check_sampler_config
 
 # The keys and ranges of a phase and of its lr plan are those of the schedule's schema
