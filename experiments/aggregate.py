@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -900,12 +901,79 @@ def registered_seeds(spec: dict, protocol: str) -> list[int]:
     return [int(s) for s in seeds]
 
 
+CRT_BASELINE_ARM = "cs_default"  # the arm the flips are judged against (crt_protocol.claims)
+
+
+@dataclass
+class CrtChoice:
+    """The arm the cRT results pick for confirmation by full training (sweeps.yaml
+    `crt_protocol.confirm`), None when the results are incomplete or no arm qualifies, and
+    why."""
+
+    arm: str | None
+    reason: str
+    complete: bool
+
+
+def choose_crt_confirmation(sweeps: dict, results_root: Path) -> CrtChoice:
+    """The registered rule of `crt_protocol.confirm`: once every arm has a result for every
+    registered seed, among the arms a claim compares with cs_default, those whose paired
+    t-test at alpha (the verdict rule, sweeps.yaml `statistics.alpha`) is significant with a
+    positive mean Δ qualify, and the one with the highest mean Δ is chosen; none qualifies:
+    no confirmation."""
+    spec = sweeps["crt_protocol"]
+    alpha = float(sweeps["statistics"]["alpha"])
+    seeds = [int(s) for s in spec["seeds"]]
+    folder = Path(results_root) / spec["results"]
+    runs = collect_results(folder)[0] if (folder / "runs").is_dir() else None
+    have = set() if runs is None else set(zip(runs["run"], runs["seed"].astype(int), strict=True))
+    needed = {(arm, seed) for arm in spec["arms"] for seed in seeds}
+    if not needed <= have:
+        return CrtChoice(
+            None,
+            f"the cRT results are incomplete ({len(needed & have)} of {len(needed)} arm and "
+            "seed results): the confirmation waits for all of them",
+            False,
+        )
+    baseline = seed_results(runs, CRT_BASELINE_ARM, "as_train")["map"]
+    qualified = []  # (mean Δ, arm, p)
+    lines = []
+    for claim in spec["claims"]:
+        if claim["against"] != CRT_BASELINE_ARM:
+            continue
+        arm = claim["run"]
+        values = seed_results(runs, arm, "as_train")["map"]
+        diff = paired_differences(values, baseline)
+        test = cs.paired_test(diff[diff.index.isin(seeds)].to_numpy(), alpha=alpha)
+        p = f"= {test.p:.3f}" if test.p >= 0.001 else "< 0.001"
+        lines.append(f"{arm} {test.mean:+.2f} (t({test.df}) = {test.t:.2f}, p {p})")
+        if test.p < alpha and test.mean > 0:
+            qualified.append((test.mean, arm, test.p))
+    judged = "; ".join(lines)
+    if not qualified:
+        return CrtChoice(
+            None,
+            f"no arm is significantly higher than {CRT_BASELINE_ARM} (paired t-test at "
+            f"{alpha:g}; mean Δ in mAP points: {judged}): nothing to confirm",
+            True,
+        )
+    mean, arm, _ = max(qualified)
+    return CrtChoice(
+        arm,
+        f"{arm}: the highest mean Δ ({mean:+.2f} points) of the arms significantly higher "
+        f"than {CRT_BASELINE_ARM} ({', '.join(a for _, a, _ in sorted(qualified, reverse=True))}"
+        f"; {judged})",
+        True,
+    )
+
+
 def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.DataFrame:
     """Every claim of the registered protocols (sweeps.yaml `diagnosis_sweep:` and
     `crt_protocol:`), on the results in <results_root>/<block's results>/. Diagnosis claims:
     kind slope (the slope of the per-seed Δ over m, cs.slope_test, TOST at margin / the m
     range), pooled (block model over the benchmarks) or equivalence; cRT claims: paired by
-    seed. Only the registered seeds count.
+    seed; the confirmation of the cRT's chosen arm by full training
+    (summarize_crt_confirmation). Only the registered seeds count.
 
     Status: "not run yet" without a seed pair; "in progress: k of n seed pairs" while the
     registered design (n = benchmarks x registered seeds) is incomplete: the interim estimate
@@ -970,25 +1038,90 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
                 )
                 sd, se = test.sd, test.sd / np.sqrt(test.n) if test.n else np.nan
             starts = list(runs[runs["run"].isin({r for p in present for r in p[:2]})]["started_at"])
-            registration, earliest = registration_status(claim.get("registered"), starts)
             pairs_done, pairs_registered = sum(len(d) for _, d in diffs), len(pairs) * len(seeds)
-            values = dict(
-                estimate=test.mean, sd=sd, se=se, n=test.n, pairs=pairs_done,
-                registered_pairs=pairs_registered, registration=registration,
-                first_result_started=earliest,
-            )  # fmt: skip
-            if pairs_done < pairs_registered:
-                status = f"in progress: {pairs_done} of {pairs_registered} seed pairs"
-                untested = dict(df=np.nan, t=np.nan, p=np.nan, tost_p=np.nan, verdict="")
-                rows.append(_protocol_row(protocol, claim, status, **values, **untested))
-                continue
             rows.append(
-                _protocol_row(
-                    protocol, claim, "run", **values, df=test.df, t=test.t, p=test.p,
-                    tost_p=test.tost_p, verdict=_words(test, claim.get("expected"), alpha),
+                _judged_row(
+                    protocol, claim, test, sd, se, pairs_done, pairs_registered, starts, alpha
                 )
-            )  # fmt: skip
+            )
+        if protocol == "crt_protocol" and spec.get("confirm"):
+            rows.append(summarize_crt_confirmation(results_root, sweeps, settings))
     return pd.DataFrame(rows)
+
+
+def _judged_row(
+    protocol: str,
+    claim: dict,
+    test,
+    sd: float,
+    se: float,
+    pairs_done: int,
+    pairs_registered: int,
+    starts: list[str | None],
+    alpha: float,
+) -> dict:
+    """A registered claim's row: its estimate and registration status; its test and verdict
+    only when every registered seed pair is there ("in progress: k of n seed pairs" before)."""
+    registration, earliest = registration_status(claim.get("registered"), starts)
+    values = dict(
+        estimate=test.mean, sd=sd, se=se, n=test.n, pairs=pairs_done,
+        registered_pairs=pairs_registered, registration=registration,
+        first_result_started=earliest,
+    )  # fmt: skip
+    if pairs_done < pairs_registered:
+        status = f"in progress: {pairs_done} of {pairs_registered} seed pairs"
+        untested = dict(df=np.nan, t=np.nan, p=np.nan, tost_p=np.nan, verdict="")
+        return _protocol_row(protocol, claim, status, **values, **untested)
+    return _protocol_row(
+        protocol, claim, "run", **values, df=test.df, t=test.t, p=test.p,
+        tost_p=test.tost_p, verdict=_words(test, claim.get("expected"), alpha),
+    )  # fmt: skip
+
+
+def summarize_crt_confirmation(results_root: Path, sweeps: dict, settings: dict) -> dict:
+    """The claim of `crt_protocol.confirm`: the arm the cRT results pick
+    (choose_crt_confirmation), trained in full (crt_confirm_<arm>, results in <crt
+    results>/confirm/), against the run it names (t1_concurrent_softmax, results of the
+    detector's size), paired by seed over the confirmation's seeds. The metric is the one
+    every claim of the converged sweep judges: the mAP of a run's final evaluation, on its
+    own validation labels (as_train). Status "waits for the cRT results" or "no arm to
+    confirm" until an arm is chosen; then as every registered claim (_judged_row)."""
+    spec = sweeps["crt_protocol"]
+    confirm = spec["confirm"]
+    margin, alpha = settings["equivalence_margin"], settings["alpha"]
+    seeds = [int(s) for s in confirm["seeds"]]
+    choice = choose_crt_confirmation(sweeps, results_root)
+    against = confirm["against"]
+    arm_run = f"crt_confirm_{choice.arm}" if choice.arm else "crt_confirm_<arm>"
+    claim = {
+        "claim": f"cRT confirmation: {arm_run} (full training) beats {against}",
+        "kind": "paired",
+        "expected": confirm.get("expected"),
+        "registered": confirm.get("registered"),
+    }
+    if not choice.complete:
+        return _protocol_row("crt_protocol", claim, "waits for the cRT results")
+    if choice.arm is None:
+        return _protocol_row("crt_protocol", claim, "no arm to confirm")
+    folders = {
+        arm_run: Path(results_root) / spec["results"] / "confirm",
+        against: Path(results_root) / spec["detector"]["size"],
+    }
+    values, starts = {}, []
+    for run_id, folder in folders.items():
+        runs = collect_results(folder)[0]
+        own = seed_results(runs, run_id, "as_train")
+        values[run_id] = own["map"]
+        starts += list(own[own.index.isin(seeds)]["started_at"])
+    if values[arm_run].empty:
+        return _protocol_row("crt_protocol", claim, "not run yet")
+    diff = paired_differences(values[arm_run], values[against])
+    diff = diff[diff.index.isin(seeds)]
+    test = cs.paired_test(diff.to_numpy(), margin, alpha)
+    se = test.sd / np.sqrt(test.n) if test.n else np.nan
+    return _judged_row(
+        "crt_protocol", claim, test, test.sd, se, len(diff), len(seeds), starts, alpha
+    )
 
 
 def _in_progress(status: str) -> bool:

@@ -24,7 +24,7 @@ experiments/results/diagnosis/ as above, with multi_labelled_classes.csv (the se
 claim's classes). `crt`: the base detector the protocol names (trained as the converged sweep
 trains it when its checkpoint is absent), its RoI features cached once, then every arm x seed
 of `python -m lsdet.crt`, results in experiments/results/crt/; once every arm and seed has
-its result, the confirmation `crt_protocol.confirm` implies (choose_crt_confirmation): the
+its result, the confirmation `crt_protocol.confirm` implies (aggregate.choose_crt_confirmation): the
 arm with the highest mean among those significantly above cs_default, trained in full on the
 converged benchmark (crt_confirm_<arm>, t1_concurrent_softmax's preset with the arm's
 overrides, seeds 0-7, results in experiments/results/crt/confirm/) and
@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aggregate  # experiments/aggregate.py, beside this script
 import yaml
 
 from lsdet.apps.launch import evaluate_command, train_command
@@ -811,75 +812,6 @@ def plan_crt(crt: CrtPlan) -> dict[str, str]:
     return actions
 
 
-CRT_BASELINE_ARM = "cs_default"  # the arm the flips are judged against (crt_protocol.claims)
-
-
-@dataclass
-class CrtChoice:
-    """The arm the cRT results pick for confirmation by full training (sweeps.yaml
-    `crt_protocol.confirm`), None when the results are incomplete or no arm qualifies, and
-    why."""
-
-    arm: str | None
-    reason: str
-    complete: bool
-
-
-def choose_crt_confirmation(sweeps: dict, results_root: Path) -> CrtChoice:
-    """The registered rule of `crt_protocol.confirm`: once every arm has a result for every
-    registered seed, among the arms a claim compares with cs_default, those whose paired
-    t-test at alpha (the verdict rule, sweeps.yaml `statistics.alpha`) is significant with a
-    positive mean Δ qualify, and the one with the highest mean Δ is chosen; none qualifies:
-    no confirmation."""
-    import aggregate  # experiments/aggregate.py
-    import claim_statistics as cs  # experiments/claim_statistics.py
-
-    spec = sweeps["crt_protocol"]
-    alpha = float(sweeps["statistics"]["alpha"])
-    seeds = [int(s) for s in spec["seeds"]]
-    folder = Path(results_root) / spec["results"]
-    runs = aggregate.collect_results(folder)[0] if (folder / "runs").is_dir() else None
-    have = set() if runs is None else set(zip(runs["run"], runs["seed"].astype(int), strict=True))
-    needed = {(arm, seed) for arm in spec["arms"] for seed in seeds}
-    if not needed <= have:
-        return CrtChoice(
-            None,
-            f"the cRT results are incomplete ({len(needed & have)} of {len(needed)} arm and "
-            "seed results): the confirmation waits for all of them",
-            False,
-        )
-    baseline = aggregate.seed_results(runs, CRT_BASELINE_ARM, "as_train")["map"]
-    qualified = []  # (mean Δ, arm, p)
-    lines = []
-    for claim in spec["claims"]:
-        if claim["against"] != CRT_BASELINE_ARM:
-            continue
-        arm = claim["run"]
-        values = aggregate.seed_results(runs, arm, "as_train")["map"]
-        diff = aggregate.paired_differences(values, baseline)
-        test = cs.paired_test(diff[diff.index.isin(seeds)].to_numpy(), alpha=alpha)
-        p = f"= {test.p:.3f}" if test.p >= 0.001 else "< 0.001"
-        lines.append(f"{arm} {test.mean:+.2f} (t({test.df}) = {test.t:.2f}, p {p})")
-        if test.p < alpha and test.mean > 0:
-            qualified.append((test.mean, arm, test.p))
-    judged = "; ".join(lines)
-    if not qualified:
-        return CrtChoice(
-            None,
-            f"no arm is significantly higher than {CRT_BASELINE_ARM} (paired t-test at "
-            f"{alpha:g}; mean Δ in mAP points: {judged}): nothing to confirm",
-            True,
-        )
-    mean, arm, _ = max(qualified)
-    return CrtChoice(
-        arm,
-        f"{arm}: the highest mean Δ ({mean:+.2f} points) of the arms significantly higher "
-        f"than {CRT_BASELINE_ARM} ({', '.join(a for _, a, _ in sorted(qualified, reverse=True))}"
-        f"; {judged})",
-        True,
-    )
-
-
 def build_crt_confirmation_tasks(
     sweeps: dict,
     arm: str,
@@ -926,7 +858,7 @@ def crt_confirmation(
 ) -> tuple[list[Task], str]:
     """The confirmation tasks the recorded cRT results imply and the line that says why:
     none while they are incomplete or when no arm qualifies."""
-    choice = choose_crt_confirmation(sweeps, results_root)
+    choice = aggregate.choose_crt_confirmation(sweeps, results_root)
     line = f"cRT confirmation: {choice.reason}"
     if choice.arm is None:
         return [], line

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -372,7 +373,7 @@ def test_crt_confirmation_picks_the_best_arm_significantly_above_cs_default(
     tmp_path, shifts, chosen
 ):
     record_crt_results(tmp_path, shifts)
-    choice = run_all.choose_crt_confirmation(SWEEPS, tmp_path / "results")
+    choice = aggregate.choose_crt_confirmation(SWEEPS, tmp_path / "results")
     assert choice.complete and choice.arm == chosen, choice.reason
     if chosen is None:
         assert "no arm is significantly higher than cs_default" in choice.reason
@@ -386,7 +387,7 @@ def test_crt_confirmation_picks_the_best_arm_significantly_above_cs_default(
 
 def test_crt_confirmation_waits_for_every_registered_arm_and_seed(tmp_path):
     record_crt_results(tmp_path, {"cs_mean_reduction": (2.0, 0.5)}, skip=[("softmax", 9)])
-    choice = run_all.choose_crt_confirmation(SWEEPS, tmp_path / "results")
+    choice = aggregate.choose_crt_confirmation(SWEEPS, tmp_path / "results")
     assert choice.arm is None and not choice.complete
     assert "incomplete (59 of 60 arm and seed results)" in choice.reason
 
@@ -467,3 +468,101 @@ def test_crt_dry_run_lists_the_confirmation_the_results_imply(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert not any("crt_confirm_" in line or "t1_concurrent_softmax_s" in line for line in out)
     assert "nothing to confirm" in out[-2] and out[-1] == "62 tasks: {'done': 62}"
+
+
+def record_training(task: run_all.Task, final_maps: dict[str, float], started: str) -> None:
+    """A finished training task recorded as run_all.py records it: two evaluations on each
+    validation variant's data (their last is the final evaluation), started at `started`."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    (task.run_dir / "task.json").write_text(json.dumps({"started_at": started}))
+    final = final_maps["as_train"]
+    history = []
+    for epoch, value in ((1, 0.3), (2, final)):  # the first is the same for every run
+        tag = f"main_epoch{epoch}"
+        (task.run_dir / "eval" / tag).mkdir(parents=True)
+        (task.run_dir / "eval" / tag / "metrics.json").write_text(json.dumps({"map": value}))
+        history.append({"phase": "main", "epoch": epoch, "global_step": epoch, "map": value,
+                        "eval_dir": f"eval/{tag}"})  # fmt: skip
+    summary = {"status": "finished", "history": history}
+    (task.run_dir / "summary.json").write_text(json.dumps(summary))
+    run_all.copy_results(task, data_hash=None, wall_seconds=1.0)
+    for variant, value in final_maps.items():  # another validation variant's evaluation
+        if variant == "as_train":
+            continue
+        other = task.results_dir.parent.parent / f"val-{variant}" / f"seed{task.seed}"
+        other.mkdir(parents=True)
+        (other / "metrics.json").write_text(json.dumps({"map": value}))
+        record = {"row": task.row, "validation": variant, "seed": task.seed,
+                  "kind": "evaluate", "started_at": started}  # fmt: skip
+        (other / "run.json").write_text(json.dumps(record))
+
+
+def confirmation_claim(results: Path) -> pd.Series:
+    settings = aggregate.statistics_settings(SWEEPS)
+    summary = aggregate.summarize_protocols(results, SWEEPS, settings)
+    rows = summary[summary["claim"].str.startswith("cRT confirmation")]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_crt_confirmation_claim_judges_final_evaluation_map_against_t1_concurrent_softmax(
+    tmp_path,
+):
+    """The registered confirmation: final-evaluation mAP (as_train) of crt_confirm_<arm>
+    minus t1_concurrent_softmax's, paired over seeds 0-7 (df 7), expected higher; no
+    verdict before all 8 pairs; post hoc when a judged run started before the rule was
+    registered; nothing to judge while the cRT results are incomplete or pick no arm."""
+    results = tmp_path / "results"
+    confirm = SWEEPS["crt_protocol"]["confirm"]
+    record_crt_results(tmp_path / "waiting", {"cs_mean_reduction": (2.0, 0.5)}, [("softmax", 9)])
+    assert confirmation_claim(tmp_path / "waiting" / "results")["status"] == (
+        "waits for the cRT results"
+    )
+    record_crt_results(tmp_path / "none", {})
+    assert confirmation_claim(tmp_path / "none" / "results")["status"] == "no arm to confirm"
+
+    record_crt_results(tmp_path, {"cs_mean_reduction": (2.0, 0.5)})
+    after = "2026-12-07T02:00:00"  # later than the rule's registration
+    record_training(crt_plan(tmp_path).base, {"as_train": 0.5}, after)  # the cRT's detector
+    claim = confirmation_claim(results)
+    assert claim["status"] == "not run yet"
+    assert claim["claim"] == (
+        "cRT confirmation: crt_confirm_cs_mean_reduction (full training) beats "
+        "t1_concurrent_softmax"
+    )
+    tasks = run_all.build_crt_confirmation_tasks(
+        SWEEPS, "cs_mean_reduction", tmp_path / "runs", results, python="py"
+    )
+    converged_seeds = run_all.build_tasks(
+        SWEEPS, "converged", tmp_path / "runs" / "converged", results / "converged", [0, 1, 2],
+        python="py", only=[confirm["against"]],
+    )  # fmt: skip
+    arm = {t.seed: t for t in tasks if t.row == "crt_confirm_cs_mean_reduction"}
+    baseline = {
+        t.seed: t
+        for t in tasks + converged_seeds
+        if t.row == confirm["against"] and t.kind == "train"
+    }
+    assert sorted(arm) == sorted(baseline) == list(range(8))
+    deltas = [1.0, 0.5, 1.5, 0.8, 1.2, 0.9, 1.1, 0.7]  # points, arm minus baseline
+    for seed in range(7):
+        record_training(baseline[seed], {"as_train": 0.60, "clean": 0.10}, after)
+        record_training(arm[seed], {"as_train": 0.60 + deltas[seed] / 100}, after)
+    claim = confirmation_claim(results)
+    assert claim["status"] == "in progress: 7 of 8 seed pairs" and claim["verdict"] == ""
+    assert pd.isna(claim["p"]) and claim["estimate"] == pytest.approx(np.mean(deltas[:7]))
+
+    record_training(baseline[7], {"as_train": 0.60, "clean": 0.10}, after)
+    record_training(arm[7], {"as_train": 0.60 + deltas[7] / 100}, after)
+    claim = confirmation_claim(results)
+    reference = stats.ttest_1samp(deltas, 0.0)
+    assert claim["status"] == "run" and claim["n"] == 8 and claim["df"] == 7
+    assert claim["estimate"] == pytest.approx(np.mean(deltas))
+    assert claim["t"] == pytest.approx(reference.statistic)
+    assert claim["p"] == pytest.approx(reference.pvalue)
+    assert claim["verdict"] == "reproduces" and claim["registration"] == "pre-registered"
+
+    # a baseline seed that started before the rule was registered makes the claim post hoc
+    old = baseline[0].results_dir / "run.json"
+    old.write_text(json.dumps({**json.loads(old.read_text()), "started_at": "2026-11-25T00:00"}))
+    assert confirmation_claim(results)["registration"] == "post hoc"
