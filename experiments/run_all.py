@@ -825,9 +825,10 @@ def build_crt_confirmation_tasks(
     crt_confirm_<arm>, the preset of the run it is confirmed against (t1_concurrent_softmax)
     with that run's overrides and the arm's, on the detector's size (converged) for the
     registered seeds (run folders under <runs_root>/<size>/, results under
-    <results_root>/<cRT results>/confirm/runs/); then the training runs of the run it is
+    <results_root>/<cRT results>/confirm/runs/), and the training runs of the run it is
     judged against for the seeds its size's sweep does not have (seeds 3-7), as that
-    sweep's tasks (results beside the sweep's, <results_root>/<size>/runs/)."""
+    sweep's tasks (results beside the sweep's, <results_root>/<size>/runs/). Seed by seed,
+    the arm before the baseline, so that a sweep cut short leaves complete seed pairs."""
     spec = sweeps["crt_protocol"]
     confirm = spec["confirm"]
     against = confirm["against"]
@@ -850,7 +851,7 @@ def build_crt_confirmation_tasks(
         sweeps, size, runs_root / size, results_root / size, added,
         python=python, threads=threads, only=[against],
     )  # fmt: skip
-    return [t for t in arm_tasks + baseline if t.kind == "train"]
+    return sorted((t for t in arm_tasks + baseline if t.kind == "train"), key=lambda t: t.seed)
 
 
 def crt_confirmation(

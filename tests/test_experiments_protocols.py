@@ -404,6 +404,10 @@ def test_crt_confirmation_tasks_train_the_arm_against_t1_concurrent_softmax(tmp_
     assert len(arm) + len(baseline) == len(tasks) and all(t.kind == "train" for t in tasks)
     assert [t.seed for t in arm] == confirm["seeds"] == [0, 1, 2, 3, 4, 5, 6, 7]
     assert [t.seed for t in baseline] == [3, 4, 5, 6, 7]  # the converged sweep has 0-2
+    # seed by seed, the arm first: a sweep cut short leaves complete pairs
+    assert [(t.seed, t.row == arm[0].row) for t in tasks] == [(0, True), (1, True), (2, True)] + [
+        (s, is_arm) for s in range(3, 8) for is_arm in (True, False)
+    ]
     # the converged sweep's own task of t1_concurrent_softmax: the same command and folders
     converged = run_all.build_tasks(
         SWEEPS, "converged", tmp_path / "runs" / "converged", tmp_path / "results" / "converged",
