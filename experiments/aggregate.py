@@ -1148,7 +1148,7 @@ def markdown_protocols(summary: pd.DataFrame) -> str:
             cells = [
                 _num(r["estimate"], sign=True),
                 _num(r["sd"]),
-                f"{_num(r['t'])} ({r['df']})",
+                f"{_num(r['t'])} ({int(r['df'])})",
                 _p(r["p"]),
                 _p(r["tost_p"]),
                 f"**{r['verdict']}**",

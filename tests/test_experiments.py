@@ -964,6 +964,10 @@ def test_registered_claims_get_no_verdict_before_their_design_is_complete(tmp_pa
     assert crt["status"] == "run" and crt["n"] == 3 and crt["df"] == 2
     assert crt["estimate"] == pytest.approx(2.5) and crt["verdict"] == "reproduces"
     assert summary.loc["slope", "status"] == "in progress: 3 of 12 seed pairs"
+    # beside claims still in progress (df nan) the judged claim's df reads as an integer
+    table = aggregate.markdown_protocols(summary.reset_index())
+    line = next(x for x in table.splitlines() if x.startswith("| crt_protocol | cs vs softmax"))
+    assert f"{crt['t']:.2f} (2) |" in line
 
 
 def test_last_two_mean_is_the_final_metric(tmp_path):
