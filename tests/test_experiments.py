@@ -623,8 +623,10 @@ def test_aggregate_writes_every_output_and_lists_what_is_missing(tmp_path):
         write_result(tmp_path, "base", seed, [value / 2, value * 0.9, value * 0.98, value])
         write_result(tmp_path, "hyb", seed, [value / 2, value + 0.05])  # 2 evaluations only
     write_result(tmp_path, "base_cs", 0, [0.6], kind="evaluate")
+    write_result(tmp_path, "base", 5, [0.9])  # a seed beyond the sweep's: not in the tables
     text = aggregate.aggregate(tmp_path, SWEEPS)
     assert "base_cs/val-as_train/seed1" in text and "base/val-clean/seed0" in text
+    assert "left out of the tables (1): ['base/val-as_train/seed5']" in text
     assert "training runs without a plateau (2)" in text
     evaluations = pd.read_csv(tmp_path / "evaluations.csv")
     assert len(evaluations) == 4 * 2 + 2 * 2 + 1
