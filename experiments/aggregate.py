@@ -925,8 +925,8 @@ def choose_crt_confirmation(sweeps: dict, results_root: Path) -> CrtChoice:
     alpha = float(sweeps["statistics"]["alpha"])
     seeds = [int(s) for s in spec["seeds"]]
     folder = Path(results_root) / spec["results"]
-    runs = collect_results(folder)[0] if (folder / "runs").is_dir() else None
-    have = set() if runs is None else set(zip(runs["run"], runs["seed"].astype(int), strict=True))
+    runs = collect_results(folder)[0]
+    have = set(zip(runs["run"], runs["seed"].astype(int), strict=True))
     needed = {(arm, seed) for arm in spec["arms"] for seed in seeds}
     if not needed <= have:
         return CrtChoice(
@@ -1417,8 +1417,9 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
     # Seeds beyond the sweep's (t1_concurrent_softmax 3-7, the baseline of the cRT
     # confirmation, which registered.csv judges) stay out of the tables, figures and claims,
     # so that every row averages the same seeds.
-    beyond = runs[~runs["seed"].isin(sweeps["seeds"])]
-    runs = align_buckets(runs[runs["seed"].isin(sweeps["seeds"])], sweeps)
+    in_sweep = runs["seed"].isin(sweeps["seeds"])
+    beyond = runs[~in_sweep]
+    runs = align_buckets(runs[in_sweep], sweeps)
     evaluations = evaluations_table(runs, sweeps)
     evaluations.to_csv(results_dir / "evaluations.csv", index=False, float_format="%.5f")
     portable = runs.drop(columns=["history"])  # file paths relative to the results folder
