@@ -19,7 +19,11 @@ pairs" with the interim estimate and sd but no test or verdict until every regis
 pair is there, or judged; also at the end of claims.md), and beside the diagnosis protocol's
 results bootstrap.csv: the image-bootstrap interval of Δ of every (benchmark, seed) pair with
 per-image records (experiments/bootstrap.py; 1000 seeded resamples; rows already in the file
-are reused), summarised at the end of claims.md against the seed-to-seed sd of Δ.
+are reused), summarised at the end of claims.md against the seed-to-seed sd of Δ. The
+per-class diagnosis is also written, descriptive, for the registered protocols' results: the
+cRT arms (<crt results>/diagnosis.*), the cRT confirmation by full training
+(<crt results>/confirm/diagnosis.*) and the dose-response benchmarks, each by its own class
+groups (<diagnosis results>/diagnosis.*).
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
@@ -37,6 +41,7 @@ import datetime
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1326,18 +1331,32 @@ def expected_results(sweeps: dict) -> set[tuple[str, str, int]]:
     }
 
 
+def final_per_class(result: pd.Series) -> pd.DataFrame:
+    """The per-class APs (mid, ap) of a result's final evaluation."""
+    return pd.read_csv(result["per_class_csv"])
+
+
+def last_two_per_class(result: pd.Series) -> pd.DataFrame:
+    """The per-class APs (mid, ap) of the diagnosis sweep's final metric: the mean of a
+    training result's last two evaluations (last_two_mean)."""
+    return last_two_mean(result["history"], per_class=True)
+
+
 def pair_group_differences(
-    runs: pd.DataFrame, run_id: str, against: str, variant: str, groups: pd.DataFrame
+    runs: pd.DataFrame,
+    run_id: str,
+    against: str,
+    variant: str,
+    groups: pd.DataFrame,
+    per_class: Callable[[pd.Series], pd.DataFrame] = final_per_class,
 ) -> pd.DataFrame:
     """Per seed both runs have and class group: the mean AP difference (points) of ``run_id``
-    minus ``against`` on one validation variant (diagnosis.group_differences)."""
+    minus ``against`` on one validation variant (diagnosis.group_differences), each result's
+    per-class APs read by ``per_class``."""
     run_results = seed_results(runs, run_id, variant)
     against_results = seed_results(runs, against, variant)
     per_seed = {
-        int(seed): (
-            pd.read_csv(run_results.at[seed, "per_class_csv"]),
-            pd.read_csv(against_results.at[seed, "per_class_csv"]),
-        )
+        int(seed): (per_class(run_results.loc[seed]), per_class(against_results.loc[seed]))
         for seed in sorted(run_results.index.intersection(against_results.index))
     }
     return diagnosis.group_differences(per_seed, groups)
@@ -1370,6 +1389,35 @@ def diagnosis_outputs(
     return "\n".join(texts), table
 
 
+@dataclass
+class PairDiagnosis:
+    """The class-group differences of one pair of rows (pair_group_differences)."""
+
+    label: str
+    run: str
+    against: str
+    diffs: pd.DataFrame
+
+
+def write_pair_diagnoses(folder: Path, pairs: list[PairDiagnosis], heading: str) -> str:
+    """Writes <folder>/diagnosis.md (``heading``, then one table per pair), diagnosis.csv (the
+    long table: grouping, group, seed, classes, delta, pair, run, against) and diagnosis.png
+    (validation labels as_train) of the pairs that have a seed in common; returns the
+    markdown, "" when no pair has one (nothing written)."""
+    pairs = [p for p in pairs if not p.diffs.empty]
+    if not pairs:
+        return ""
+    diagnosis.plot_diagnosis(
+        {p.label: p.diffs for p in pairs}, "as_train", folder / "diagnosis.png"
+    )
+    table = pd.concat([p.diffs.assign(pair=p.label, run=p.run, against=p.against) for p in pairs])
+    table.to_csv(folder / "diagnosis.csv", index=False, float_format="%.3f")
+    texts = [diagnosis.markdown_diagnosis(p.diffs, p.label, "as_train") for p in pairs]
+    text = heading + "\n\n" + "\n".join(texts)
+    (folder / "diagnosis.md").write_text(text)
+    return text
+
+
 def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> str:
     """The per-class diagnosis of the cRT arms (sweeps.yaml `crt_protocol:`), descriptive: per
     class group and seed, the AP difference of every concurrent-softmax arm against softmax
@@ -1387,25 +1435,104 @@ def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) ->
     pairs = [(arm, "softmax") for arm in arms if arm != "softmax" and "softmax" in arms]
     pairs += [(arm, "cs_default") for arm in arms if arm not in ("softmax", "cs_default")]
     groups = diagnosis.read_class_groups(groups_csv)
-    texts, tables, by_pair = [], [], {}
-    for run_id, against in pairs:
-        diffs = pair_group_differences(runs, run_id, against, "as_train", groups)
-        if diffs.empty:
-            continue
-        label = f"cRT {run_id} - {against}"
-        by_pair[label] = diffs
-        texts.append(diagnosis.markdown_diagnosis(diffs, label, "as_train"))
-        tables.append(diffs.assign(pair=label, run=run_id, against=against))
-    if not tables:
-        return ""
-    diagnosis.plot_diagnosis(by_pair, "as_train", folder / "diagnosis.png")
-    pd.concat(tables).to_csv(folder / "diagnosis.csv", index=False, float_format="%.3f")
-    text = (
+    diagnoses = [
+        PairDiagnosis(
+            f"cRT {run_id} - {against}",
+            run_id,
+            against,
+            pair_group_differences(runs, run_id, against, "as_train", groups),
+        )
+        for run_id, against in pairs
+    ]
+    return write_pair_diagnoses(
+        folder,
+        diagnoses,
         "Per-class diagnosis of the cRT arms (descriptive, no test: the registered claims are "
-        "judged on the mAP in the converged results' claims.md)\n\n" + "\n".join(texts)
+        "judged on the mAP in the converged results' claims.md)",
     )
-    (folder / "diagnosis.md").write_text(text)
-    return text
+
+
+def confirmation_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> str:
+    """The per-class diagnosis of the cRT confirmation by full training (sweeps.yaml
+    `crt_protocol.confirm`), descriptive: every crt_confirm_<arm> run against the run the
+    claim names (t1_concurrent_softmax) and against the detector's row (t1_softmax), final
+    evaluation, over the seeds both have. The runs train on the converged benchmark, so its
+    class groups are the converged results' class_groups.csv. Writes <crt
+    results>/confirm/diagnosis.md, diagnosis.csv and diagnosis.png; returns the markdown (""
+    without confirmation results)."""
+    spec = sweeps.get("crt_protocol") or {}
+    if not spec.get("confirm") or not groups_csv.is_file():
+        return ""
+    folder = Path(results_root) / spec["results"] / "confirm"
+    confirm_runs = collect_results(folder)[0]
+    if confirm_runs.empty:
+        return ""
+    size_runs = collect_results(Path(results_root) / spec["detector"]["size"])[0]
+    runs = pd.concat([confirm_runs, size_runs], ignore_index=True)
+    groups = diagnosis.read_class_groups(groups_csv)
+    diagnoses = [
+        PairDiagnosis(
+            f"full training {run_id} - {against}",
+            run_id,
+            against,
+            pair_group_differences(runs, run_id, against, "as_train", groups),
+        )
+        for run_id in sorted(set(confirm_runs["run"]))
+        for against in (spec["confirm"]["against"], spec["detector"]["run"])
+    ]
+    return write_pair_diagnoses(
+        folder,
+        diagnoses,
+        "Per-class diagnosis of the cRT confirmation by full training (descriptive, no test: "
+        "the registered claim is judged on the mAP in the converged results' registered.csv)",
+    )
+
+
+def dose_response_diagnosis_outputs(results_root: Path, sweeps: dict) -> str:
+    """The per-class diagnosis of the dose-response benchmarks (sweeps.yaml `diagnosis_sweep`,
+    pair and class-group tables named in `diagnosis.dose_response`), descriptive: per
+    benchmark, the run minus against on the sweep's final metric (the mean of the last two
+    evaluations' per-class APs), by the benchmark's own class groups
+    (<diagnosis results>/class_groups_<benchmark>.csv, experiments/diagnosis.py --protocol
+    diagnosis). Writes <diagnosis results>/diagnosis.md, diagnosis.csv and diagnosis.png;
+    returns the markdown ("" without results), which names the benchmarks whose class groups
+    are missing."""
+    spec = sweeps.get("diagnosis_sweep")
+    dose = (sweeps.get("diagnosis") or {}).get("dose_response")
+    if not spec or not dose:
+        return ""
+    folder = Path(results_root) / spec["results"]
+    runs = collect_results(folder)[0]
+    if runs.empty:
+        return ""
+    diagnoses, without_groups = [], []
+    for benchmark, settings in spec["benchmarks"].items():
+        groups_csv = folder / dose["class_groups"].format(benchmark=benchmark)
+        if not groups_csv.is_file():
+            without_groups.append(benchmark)
+            continue
+        run_id, against = f"{dose['run']}_{benchmark}", f"{dose['against']}_{benchmark}"
+        diffs = pair_group_differences(
+            runs,
+            run_id,
+            against,
+            "as_train",
+            diagnosis.read_class_groups(groups_csv),
+            per_class=last_two_per_class,
+        )
+        label = f"m = {settings['multi_label_rate']:g}: {dose['run']} - {dose['against']}"
+        diagnoses.append(PairDiagnosis(label, run_id, against, diffs))
+    heading = (
+        "Per-class diagnosis of the dose-response benchmarks (descriptive, no test: the "
+        "registered claims are judged in the converged results' registered.csv); final metric: "
+        "the mean of the last two evaluations' per-class APs"
+    )
+    if without_groups:
+        heading += (
+            f". No class groups for {', '.join(without_groups)}: make them with python "
+            "experiments/diagnosis.py --protocol diagnosis"
+        )
+    return write_pair_diagnoses(folder, diagnoses, heading)
 
 
 def aggregate(results_dir: Path, sweeps: dict) -> str:
@@ -1467,6 +1594,8 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
             "class_groups", diagnosis.CLASS_GROUPS_CSV
         )
         crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
+        confirmation_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
+        dose_response_diagnosis_outputs(results_dir.parent, sweeps)
     texts = claim_texts + texts
     own = variants_used[0] if variants_used else "as_train"
     plot_convergence(evaluations, own, results_dir / "convergence.png")

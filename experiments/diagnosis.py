@@ -20,6 +20,10 @@ rates (lsdet.engine.training_data.training_rates with a run's ``rates.*`` settin
 
 (the data root of the size must exist: ``python -m lsdet.data.synth`` with the size's
 settings, as experiments/run_all.py generates it). The aggregation then reads only the CSV.
+The dose-response benchmarks of the diagnosis sweep each get their own table
+(results/diagnosis/class_groups_<benchmark>.csv; their data roots data/synth_m*):
+
+    python experiments/diagnosis.py --protocol diagnosis
 """
 
 from __future__ import annotations
@@ -261,31 +265,53 @@ def plot_diagnosis(diffs_by_pair: dict[str, pd.DataFrame], variant: str, path: P
     return path
 
 
+def write_class_groups(source: Path, out: Path) -> pd.DataFrame:
+    """The class-group table of the training result ``source`` (a results folder's
+    runs/<run>/val-as_train/seed<k>/: its config.yaml and its last evaluation's
+    per_class.csv), written to ``out``; refuses to overwrite ``out``."""
+    if out.exists():
+        raise SystemExit(f"{out} exists: move it away to make it again")
+    run = RunFolder(source)
+    per_class = EvaluationFolder(source / run.read_summary()["history"][-1]["eval_dir"]).per_class
+    table = class_groups_from_data(run.config, per_class)
+    table.to_csv(out, index=False, float_format="%.4f")
+    print(f"wrote {out}: {len(table)} classes, {int(table['is_leaf'].sum())} leaves")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/diagnosis.py", description=__doc__)
     parser.add_argument("--results", default=str(HERE / "results" / "converged"))
     parser.add_argument("--sweeps", default=str(HERE / "sweeps.yaml"))
+    parser.add_argument(
+        "--protocol",
+        choices=["diagnosis"],
+        help="the class groups of every benchmark of the dose-response sweep (sweeps.yaml "
+        "`diagnosis.dose_response`) in its results folder, beside --results",
+    )
     args = parser.parse_args(argv)
-    results = Path(args.results)
     with open(args.sweeps) as f:
-        spec = yaml.safe_load(f).get("diagnosis")
+        sweeps = yaml.safe_load(f)
+    spec = sweeps.get("diagnosis")
     if not spec:
         raise SystemExit(f"{args.sweeps}: no `diagnosis:` block")
-    source = results / "runs" / spec["rates_from"] / "val-as_train" / "seed0"
-    run = RunFolder(source)
-    per_class = EvaluationFolder(source / run.read_summary()["history"][-1]["eval_dir"]).per_class
-    out = results / spec.get("class_groups", CLASS_GROUPS_CSV)
-    if out.exists():
-        raise SystemExit(f"{out} exists: move it away to make it again")
-    table = class_groups_from_data(run.config, per_class)
-    table.to_csv(out, index=False, float_format="%.4f")
-    print(f"wrote {out}: {len(table)} classes, {int(table['is_leaf'].sum())} leaves")
+    if args.protocol is None:
+        results = Path(args.results)
+        source = results / "runs" / spec["rates_from"] / "val-as_train" / "seed0"
+        write_class_groups(source, results / spec.get("class_groups", CLASS_GROUPS_CSV))
+        return 0
+    dose = spec.get("dose_response")
+    if not dose:
+        raise SystemExit(f"{args.sweeps}: no `diagnosis.dose_response` block")
+    results = Path(args.results).parent / sweeps["diagnosis_sweep"]["results"]
+    for benchmark in sweeps["diagnosis_sweep"]["benchmarks"]:
+        run = f"{dose['rates_from']}_{benchmark}"
+        source = results / "runs" / run / "val-as_train" / "seed0"
+        if not (source / "summary.json").is_file():
+            print(f"{benchmark}: no result of {run} seed 0 yet, no class groups")
+            continue
+        write_class_groups(source, results / dose["class_groups"].format(benchmark=benchmark))
     return 0
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
-    raise SystemExit(main())
 
 
 def multi_labelled_leaves(objects_csv: Path, hierarchy_json: Path, min_share: float) -> list[str]:
@@ -301,3 +327,8 @@ def multi_labelled_leaves(objects_csv: Path, hierarchy_json: Path, min_share: fl
     )
     share = two_leaves.groupby(objects["TrueLabelName"]).mean()
     return sorted(str(mid) for mid in share.index[share >= min_share])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    raise SystemExit(main())

@@ -3,6 +3,7 @@ on a small hand-made results folder (three arms, two seeds, four classes)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -132,3 +133,62 @@ def test_crt_diagnosis_without_crt_results_writes_nothing(tmp_path):
     (empty / "crt" / "runs" / "softmax" / "val-as_train" / "seed0").mkdir(parents=True)
     assert aggregate.crt_diagnosis_outputs(empty, SWEEPS, groups_csv) == ""
     assert files_under(empty) == set()
+
+
+def training_result(folder: Path, row: str, seed: int, aps_per_evaluation: list[list[float]]):
+    """A training result as run_all.py copies it (run.json, summary.json, the per_class.csv
+    of each evaluation; aps_per_evaluation[i]: the APs of MIDS at evaluation i)."""
+    out = folder / "runs" / row / "val-as_train" / f"seed{seed}"
+    history = []
+    for epoch, aps in enumerate(aps_per_evaluation, start=1):
+        eval_dir = out / "eval" / f"main_epoch{epoch}"
+        eval_dir.mkdir(parents=True)
+        GROUPS[["mid", "name", "train_images", "bucket"]].assign(ap=aps).to_csv(
+            eval_dir / "per_class.csv", index=False
+        )
+        history.append(
+            {"phase": "main", "epoch": epoch, "global_step": epoch, "map": sum(aps) / len(aps),
+             "eval_dir": f"eval/main_epoch{epoch}"}
+        )  # fmt: skip
+    (out / "summary.json").write_text(json.dumps({"status": "finished", "history": history}))
+    record = {"row": row, "validation": "as_train", "seed": seed, "kind": "train"}
+    (out / "run.json").write_text(json.dumps(record))
+
+
+CONFIRM_SWEEPS = {
+    "crt_protocol": {
+        "results": "crt",
+        "detector": {"size": "converged", "run": "t1_softmax", "seed": 0},
+        "confirm": {"seeds": [0, 1], "against": "t1_concurrent_softmax", "expected": "higher"},
+    }
+}
+
+
+def test_confirmation_diagnosis_pairs_the_full_trainings_with_cs_and_softmax(tmp_path):
+    groups_csv = tmp_path / "converged" / diagnosis.CLASS_GROUPS_CSV
+    groups_csv.parent.mkdir()
+    GROUPS.to_csv(groups_csv, index=False)
+    assert aggregate.confirmation_diagnosis_outputs(tmp_path, CONFIRM_SWEEPS, groups_csv) == ""
+    confirm = tmp_path / "crt" / "confirm"
+    # the final evaluation counts, not the earlier one (0.0 everywhere)
+    for seed in (0, 1):
+        training_result(confirm, "crt_confirm_x", seed, [[0.0] * 4, [0.5, 0.6, 0.7, 0.1 + seed]])
+    converged = tmp_path / "converged"
+    for seed in (0, 1, 2):
+        training_result(converged, "t1_concurrent_softmax", seed, [[0.5] * 4])
+    training_result(converged, "t1_softmax", 0, [[0.0] * 4, [0.4] * 4])
+    text = aggregate.confirmation_diagnosis_outputs(tmp_path, CONFIRM_SWEEPS, groups_csv)
+    assert (confirm / "diagnosis.md").read_text() == text
+    assert (confirm / "diagnosis.png").stat().st_size > 0
+    table = pd.read_csv(confirm / "diagnosis.csv")
+    seeds = table.groupby("against")["seed"].unique()
+    assert sorted(seeds["t1_concurrent_softmax"]) == [0, 1]  # the seeds both runs have
+    assert sorted(seeds["t1_softmax"]) == [0]
+    at = table.set_index(["against", "grouping", "group", "seed"])["delta"]
+    assert at[("t1_concurrent_softmax", "rate bin (leaves)", "0", 0)] == pytest.approx(-40.0)
+    assert at[("t1_concurrent_softmax", "rate bin (leaves)", "0", 1)] == pytest.approx(60.0)
+    assert at[("t1_softmax", "level", "parent", 0)] == pytest.approx(10.0)
+    assert "**Per-class diagnosis: full training crt_confirm_x - t1_concurrent_softmax**" in text
+    assert "**Per-class diagnosis: full training crt_confirm_x - t1_softmax**" in text
+    # no confirm block: nothing
+    assert aggregate.confirmation_diagnosis_outputs(tmp_path, SWEEPS, groups_csv) == ""
