@@ -334,6 +334,10 @@ def test_m0_push_on_other_families_is_about_depth_times_softmax_at_zero_logits()
     assert ratio == pytest.approx(4.0705, abs=1e-4)
     assert push["expanded mean"]["b2y"] / push["softmax"]["b2y"] == pytest.approx(1.3568, abs=1e-4)
     assert push["annotated sum"]["b2y"] / push["softmax"]["b2y"] == pytest.approx(15 / 13)
+    # A sibling leaf (the confused pairs of the benchmark are siblings) is pushed by the
+    # leaf's term alone: about as hard as softmax with the sum (15/13x), 0.38x with the mean.
+    assert push["expanded sum"]["a1y"] / push["softmax"]["a1y"] == pytest.approx(15 / 13)
+    assert push["expanded mean"]["a1y"] / push["softmax"]["a1y"] == pytest.approx(15 / 39)
 
 
 def test_m0_annotated_ignoring_makes_hierarchy_rate_irrelevant_for_one_leaf_boxes():
