@@ -22,8 +22,10 @@ per-image records (experiments/bootstrap.py; 1000 seeded resamples; rows already
 are reused), summarised at the end of claims.md against the seed-to-seed sd of Δ. The
 per-class diagnosis is also written, descriptive, for the registered protocols' results: the
 cRT arms (<crt results>/diagnosis.*), the cRT confirmation by full training
-(<crt results>/confirm/diagnosis.*) and the dose-response benchmarks, each by its own class
-groups (<diagnosis results>/diagnosis.*).
+(<crt results>/confirm/diagnosis.*), the dose-response benchmarks, each by its own class
+groups (<diagnosis results>/diagnosis.*), and the cRT arms on the features of detectors that
+concurrent softmax trained (sweeps.yaml `crt_features:`, post hoc: <crt results>/features/
+summary.csv and diagnosis.*).
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
@@ -1488,6 +1490,96 @@ def confirmation_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv:
     )
 
 
+def crt_features_results(results_root: Path, sweeps: dict) -> pd.DataFrame:
+    """The cRT results of the arms of sweeps.yaml `crt_features:` (post hoc, descriptive) per
+    detector: the crt_protocol's own (the softmax detector, crt_protocol.detector) first, then
+    each detector of `crt_features.detectors` (<crt_features results>/<run>_s<seed>/) that has
+    results; RUN_COLUMNS plus ``detector`` (<run>_s<seed>) and ``arm``, ``run`` being
+    "<arm> @ <detector>" so that rows of different detectors pair by seed."""
+    spec, crt = sweeps.get("crt_features"), sweeps.get("crt_protocol")
+    if not spec or not crt:
+        return pd.DataFrame(columns=[*RUN_COLUMNS, "detector", "arm"])
+    root = Path(results_root)
+    reference = crt["detector"]
+    folders = {f"{reference['run']}_s{reference['seed']}": root / crt["results"]}
+    for detector in spec["detectors"]:
+        label = f"{detector['run']}_s{detector['seed']}"
+        folders[label] = root / spec["results"] / label
+    frames = []
+    for label, folder in folders.items():
+        runs = collect_results(folder)[0]
+        runs = runs[runs["run"].isin(spec["arms"])]
+        if not runs.empty:
+            frames.append(
+                runs.assign(detector=label, arm=runs["run"], run=runs["run"] + " @ " + label)
+            )
+    if not frames:
+        return pd.DataFrame(columns=[*RUN_COLUMNS, "detector", "arm"])
+    runs = pd.concat(frames, ignore_index=True)
+    # the block's detector and arm order, not the folders' alphabetical one
+    order = [list(folders).index(d) * len(spec["arms"]) + spec["arms"].index(a)
+             for d, a in zip(runs["detector"], runs["arm"], strict=True)]  # fmt: skip
+    return runs.assign(order=order).sort_values(["order", "seed"]).drop(columns="order")
+
+
+def crt_features_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> str:
+    """The cRT arms on the features of the detectors of sweeps.yaml `crt_features:` beside the
+    same arms on the softmax detector's (crt_features_results), descriptive: summary.csv (per
+    detector and arm: mAP mean, sd and seeds, points) and, per detector, the class-group AP
+    differences of the softmax classifier on its features minus on the softmax detector's
+    (where the features lose) and of every other arm minus softmax on its features (what the
+    loss does to the classifier there), over the cRT seeds both have. The detectors train on
+    the converged benchmark, so its class groups are the converged results' class_groups.csv.
+    Writes <crt_features results>/summary.csv, diagnosis.md, diagnosis.csv and diagnosis.png;
+    returns the markdown ("" without results on a detector of the block)."""
+    runs = crt_features_results(results_root, sweeps)
+    if runs.empty or runs["detector"].nunique() < 2 or not groups_csv.is_file():
+        return ""
+    spec, crt = sweeps["crt_features"], sweeps["crt_protocol"]
+    folder = Path(results_root) / spec["results"]
+    reference = f"{crt['detector']['run']}_s{crt['detector']['seed']}"
+    summary = (
+        runs.assign(map=runs["map"] * 100)
+        .groupby(["detector", "arm"], sort=False)["map"]
+        .agg(map_mean="mean", map_std="std", seeds="count")
+        .reset_index()
+    )
+    summary.to_csv(folder / "summary.csv", index=False, float_format="%.3f")
+    groups = diagnosis.read_class_groups(groups_csv)
+    pairs = []
+    for detector in [d for d in runs["detector"].unique() if d != reference]:
+        pairs.append((f"softmax @ {detector}", f"softmax @ {reference}"))
+        pairs += [
+            (f"{arm} @ {detector}", f"softmax @ {detector}")
+            for arm in spec["arms"]
+            if arm != "softmax"
+        ]
+    diagnoses = [
+        PairDiagnosis(
+            f"cRT {run_id} - {against}",
+            run_id,
+            against,
+            pair_group_differences(runs, run_id, against, "as_train", groups),
+        )
+        for run_id, against in pairs
+    ]
+    lines = [
+        "cRT arms on the features of detectors trained in full with concurrent softmax, beside "
+        f"the softmax detector's ({reference}; sweeps.yaml `crt_features:`, post hoc, "
+        "descriptive: one detector per run and seed, so a difference between detectors "
+        "holds their seed-to-seed noise too)",
+        "",
+        "| detector | arm | mAP (points, mean ± sd) | seeds |",
+        "|---|---|---|---|",
+    ]
+    for _, r in summary.iterrows():
+        lines.append(
+            f"| {r['detector']} | {r['arm']} | {_pm(r['map_mean'], r['map_std'], 2)} | "
+            f"{r['seeds']} |"
+        )
+    return write_pair_diagnoses(folder, diagnoses, "\n".join(lines))
+
+
 def dose_response_diagnosis_outputs(results_root: Path, sweeps: dict) -> str:
     """The per-class diagnosis of the dose-response benchmarks (sweeps.yaml `diagnosis_sweep`,
     pair and class-group tables named in `diagnosis.dose_response`), descriptive: per
@@ -1596,6 +1688,7 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
         crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
         confirmation_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
         dose_response_diagnosis_outputs(results_dir.parent, sweeps)
+        crt_features_outputs(results_dir.parent, sweeps, groups_csv)
     texts = claim_texts + texts
     own = variants_used[0] if variants_used else "as_train"
     plot_convergence(evaluations, own, results_dir / "convergence.png")

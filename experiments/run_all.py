@@ -5,6 +5,7 @@ repository, and aggregate the tables and figures.
     python experiments/run_all.py --size converged --dry-run               # the plan, nothing run
     python experiments/run_all.py --protocol diagnosis --jobs 2 --threads 1  # diagnosis_sweep
     python experiments/run_all.py --protocol crt --threads 2                 # crt_protocol
+    python experiments/run_all.py --protocol crt_features --threads 2        # crt_features
 
 Each task (a training run, a re-scoring of a checkpoint, or a re-evaluation on another
 validation variant) runs in runs/experiments/<size>/<task>/ (checkpoints stay there, git-
@@ -29,8 +30,12 @@ arm with the highest mean among those significantly above cs_default, trained in
 converged benchmark (crt_confirm_<arm>, t1_concurrent_softmax's preset with the arm's
 overrides, seeds 0-7, results in experiments/results/crt/confirm/) and
 t1_concurrent_softmax's seeds 3-7 beside the converged sweep's; none when no arm qualifies
-(the command says so; --dry-run lists them). Both then aggregate the
-converged results folder, whose claims.md and registered.csv report the registered claims.
+(the command says so; --dry-run lists them). `crt_features` (post hoc, descriptive): the
+listed cRT arms on the features of each detector of `crt_features.detectors` (a run of the
+converged sweep or of the confirmation, and a seed: its checkpoint, trained again when it is
+gone before any of its cRT results exist), results in
+experiments/results/crt/features/<run>_s<seed>/. Each then aggregates the converged results
+folder, whose claims.md and registered.csv report the registered claims.
 """
 
 from __future__ import annotations
@@ -717,6 +722,64 @@ class CrtPlan:
         return [self.base, self.cache, *self.arms]
 
 
+def crt_detector_plan(
+    base: Task,
+    checkpoint: Path,
+    crt_dir: Path,
+    results_dir: Path,
+    arms: dict[str, list[str]],
+    seeds: list[int],
+    *,
+    name: str,
+    python: str = sys.executable,
+) -> CrtPlan:
+    """The cRT tasks of one detector (its training run ``base`` and its ``checkpoint``):
+    `python -m lsdet.crt stage=cache` into <crt_dir>/roi_cache.pt (task <name>_cache, results
+    <results_dir>/cache), then per seed every arm (`arm=<arm> seeds=[<seed>]` with the arm's
+    overrides; task <name>_<arm>_s<seed>) in <crt_dir>/runs/<arm>/val-as_train/seed<k>/, whose
+    small results go to <results_dir>/runs/<arm>/val-as_train/seed<k>/ (the classifier.pt stays
+    in the run folder)."""
+    cache_file = crt_dir / "roi_cache.pt"
+    common = [
+        f"checkpoint={checkpoint}",
+        f"output_dir={crt_dir}",
+        f"cache_file={cache_file}",
+        "progress=false",
+    ]
+    module = [python, "-m", "lsdet.crt"]
+    variant = "as_train"  # conf/crt.yaml `validation`: the checkpoint's own validation split
+    cache = Task(
+        f"{name}_cache", "cache", f"{name}_cache", base.seed, variant,
+        [*module, *common, "stage=cache"], crt_dir,
+        results_dir / "cache", base.data_root, [base.name], checkpoint,
+        output=cache_file,
+    )  # fmt: skip
+    arm_tasks = []
+    for seed in seeds:
+        for arm, overrides in arms.items():
+            run_dir = crt_dir / "runs" / arm / f"val-{variant}" / f"seed{seed}"
+            command = [*module, *common, f"arm={arm}", f"seeds=[{seed}]", *overrides]
+            # a run folder left by a task cut short holds a classifier without metrics: the
+            # task is run again over it (the runner re-runs only unfinished tasks)
+            command += ["stage=all", "overwrite=true"]
+            arm_tasks.append(
+                Task(
+                    f"{name}_{arm}_s{seed}", "crt", arm, seed, variant, command, run_dir,
+                    results_dir / "runs" / arm / f"val-{variant}" / f"seed{seed}",
+                    base.data_root, [cache.name], checkpoint,
+                    output=EvaluationFolder(run_dir).metrics,
+                )
+            )  # fmt: skip
+    return CrtPlan(base, checkpoint, cache, arm_tasks)
+
+
+def _chosen_arms(spec_arms: dict, arms: list[str] | None, where: str) -> dict[str, list[str]]:
+    unknown = sorted(set(arms or []) - set(spec_arms))
+    if unknown:
+        raise SweepError(f"{SWEEPS}: {where} has no arm {unknown} (arms: {list(spec_arms)})")
+    return {arm: overrides for arm, overrides in spec_arms.items() if not arms or arm in arms}
+
+
 def build_crt_tasks(
     sweeps: dict,
     runs_root: Path,
@@ -729,11 +792,8 @@ def build_crt_tasks(
 ) -> CrtPlan:
     """The cRT protocol (sweeps.yaml `crt_protocol:`): its detector's training run as its size's
     sweep makes it (run folder under <runs_root>/<size>/, results under
-    <results_root>/<size>/), `python -m lsdet.crt stage=cache` of its checkpoint into
-    <runs_root>/crt/roi_cache.pt, then per seed every arm (`arm=<arm> seeds=[<seed>]` with
-    the arm's overrides) in <runs_root>/crt/runs/<arm>/val-as_train/seed<k>/, whose small
-    results go to <results_root>/<protocol results>/runs/<arm>/val-as_train/seed<k>/ (the
-    classifier.pt stays in the run folder)."""
+    <results_root>/<size>/), then crt_detector_plan's cache and arm tasks in <runs_root>/crt/
+    with results in <results_root>/<protocol results>/."""
     spec = sweeps["crt_protocol"]
     detector = spec["detector"]
     size = detector["size"]
@@ -742,47 +802,75 @@ def build_crt_tasks(
         python=python, threads=threads, only=[detector["run"]],
     )  # fmt: skip
     base = next(t for t in base_tasks if t.kind == "train")
-    checkpoint = RunFolder(base.run_dir).checkpoint_dir / detector["checkpoint"]
-    crt_dir = runs_root / "crt"
-    cache_file = crt_dir / "roi_cache.pt"
-    common = [
-        f"checkpoint={checkpoint}",
-        f"output_dir={crt_dir}",
-        f"cache_file={cache_file}",
-        "progress=false",
-    ]
-    module = [python, "-m", "lsdet.crt"]
-    variant = "as_train"  # conf/crt.yaml `validation`: the checkpoint's own validation split
-    cache = Task(
-        "crt_cache", "cache", "crt_cache", int(detector["seed"]), variant,
-        [*module, *common, "stage=cache"], crt_dir,
-        results_root / spec["results"] / "cache", base.data_root, [base.name], checkpoint,
-        output=cache_file,
-    )  # fmt: skip
-    unknown = sorted(set(arms or []) - set(spec["arms"]))
-    if unknown:
-        raise SweepError(
-            f"{SWEEPS}: crt_protocol has no arm {unknown} (arms: {list(spec['arms'])})"
-        )
-    arm_tasks = []
-    for seed in spec["seeds"] if seeds is None else seeds:
-        for arm, overrides in spec["arms"].items():
-            if arms and arm not in arms:
-                continue
-            run_dir = crt_dir / "runs" / arm / f"val-{variant}" / f"seed{seed}"
-            command = [*module, *common, f"arm={arm}", f"seeds=[{seed}]", *overrides]
-            # a run folder left by a task cut short holds a classifier without metrics: the
-            # task is run again over it (the runner re-runs only unfinished tasks)
-            command += ["stage=all", "overwrite=true"]
-            arm_tasks.append(
-                Task(
-                    f"crt_{arm}_s{seed}", "crt", arm, seed, variant, command, run_dir,
-                    results_root / spec["results"] / "runs" / arm / f"val-{variant}" / f"seed{seed}",
-                    base.data_root, [cache.name], checkpoint,
-                    output=EvaluationFolder(run_dir).metrics,
-                )
+    return crt_detector_plan(
+        base,
+        RunFolder(base.run_dir).checkpoint_dir / detector["checkpoint"],
+        runs_root / "crt",
+        results_root / spec["results"],
+        _chosen_arms(spec["arms"], arms, "crt_protocol"),
+        spec["seeds"] if seeds is None else seeds,
+        name="crt",
+        python=python,
+    )
+
+
+def build_crt_features_tasks(
+    sweeps: dict,
+    runs_root: Path,
+    results_root: Path,
+    *,
+    python: str = sys.executable,
+    threads: int | None = None,
+    seeds: list[int] | None = None,
+    arms: list[str] | None = None,
+) -> list[CrtPlan]:
+    """sweeps.yaml `crt_features:`: per detector (a run of the cRT detector's size, or a
+    crt_confirm_<arm> run of the cRT confirmation, and a seed) its training run as that sweep
+    makes it, then crt_detector_plan with the listed arms of `crt_protocol.arms` in
+    <runs_root>/crt_features/<run>_s<seed>/, results in <results_root>/<crt_features
+    results>/<run>_s<seed>/."""
+    spec = sweeps["crt_features"]
+    crt = sweeps["crt_protocol"]
+    size = crt["detector"]["size"]
+    listed = _chosen_arms(crt["arms"], spec["arms"], "crt_protocol")
+    chosen = _chosen_arms(listed, arms, "crt_features")
+    plans = []
+    for detector in spec["detectors"]:
+        run_id, seed = detector["run"], int(detector["seed"])
+        if run_id in sweeps["runs"]:
+            candidates = build_tasks(
+                sweeps, size, runs_root / size, results_root / size, [seed],
+                python=python, threads=threads, only=[run_id],
             )  # fmt: skip
-    return CrtPlan(base, checkpoint, cache, arm_tasks)
+        elif run_id.startswith("crt_confirm_"):
+            candidates = build_crt_confirmation_tasks(
+                sweeps, run_id.removeprefix("crt_confirm_"), runs_root, results_root,
+                python=python, threads=threads,
+            )  # fmt: skip
+        else:
+            raise SweepError(
+                f"{SWEEPS}: crt_features.detectors: {run_id!r} is neither a run of the sweep "
+                "nor a crt_confirm_<arm> run of the cRT confirmation"
+            )
+        label = f"{run_id}_s{seed}"
+        base = next((t for t in candidates if t.kind == "train" and t.name == label), None)
+        if base is None:
+            raise SweepError(
+                f"{SWEEPS}: crt_features.detectors: {run_id!r} has no training run of seed {seed}"
+            )
+        plans.append(
+            crt_detector_plan(
+                base,
+                RunFolder(base.run_dir).checkpoint_dir / crt["detector"]["checkpoint"],
+                runs_root / "crt_features" / label,
+                results_root / spec["results"] / label,
+                chosen,
+                spec["seeds"] if seeds is None else seeds,
+                name=f"crt_features_{label}",
+                python=python,
+            )
+        )
+    return plans
 
 
 def plan_crt(crt: CrtPlan) -> dict[str, str]:
@@ -889,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
         "--protocol",
         choices=sorted(PROTOCOL_BLOCKS),
         default=None,
-        help="run a protocol registered in sweeps.yaml (diagnosis_sweep, crt_protocol) "
+        help="run a protocol of sweeps.yaml (diagnosis_sweep, crt_protocol, crt_features) "
         "instead of a size's sweep",
     )
     parser.add_argument(
@@ -988,11 +1076,15 @@ def _run(args: argparse.Namespace, sweeps: dict, out: Path, results: Path, seeds
     return 1 if report.failed else 0
 
 
-PROTOCOL_BLOCKS = {"diagnosis": "diagnosis_sweep", "crt": "crt_protocol"}
+PROTOCOL_BLOCKS = {
+    "diagnosis": "diagnosis_sweep",
+    "crt": "crt_protocol",
+    "crt_features": "crt_features",
+}
 
 
 def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
-    """`--protocol diagnosis | crt`: the tasks of a registered protocol, run (or listed with
+    """`--protocol diagnosis | crt | crt_features`: the tasks of a protocol, run (or listed with
     --dry-run) as a size's sweep is, then the converged results aggregated again (their
     claims.md and registered.csv report the protocols' claims)."""
     spec = sweeps[PROTOCOL_BLOCKS[args.protocol]]
@@ -1010,15 +1102,17 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
     else:
         if args.overrides:
             raise SweepError(
-                f"--protocol crt takes no extra overrides ({args.overrides}): the arms' settings "
-                "are registered in sweeps.yaml crt_protocol.arms"
+                f"--protocol {args.protocol} takes no extra overrides ({args.overrides}): the "
+                "arms' settings are registered in sweeps.yaml crt_protocol.arms"
             )
-        crt = build_crt_tasks(
-            sweeps, runs_root, results_root, threads=args.threads, seeds=args.seeds, arms=args.runs
-        )
-        tasks = crt.tasks
-        actions = plan_crt(crt)
-        log_dir = runs_root / "crt" / "logs"
+        chosen = {"threads": args.threads, "seeds": args.seeds, "arms": args.runs}
+        if args.protocol == "crt":
+            plans = [build_crt_tasks(sweeps, runs_root, results_root, **chosen)]
+        else:
+            plans = build_crt_features_tasks(sweeps, runs_root, results_root, **chosen)
+        tasks = [task for crt in plans for task in crt.tasks]
+        actions = {name: action for crt in plans for name, action in plan_crt(crt).items()}
+        log_dir = runs_root / args.protocol / "logs"
     confirmation_line = ""
     if args.protocol == "crt" and args.dry_run:
         # the confirmation the recorded cRT results imply, listed after the cRT tasks
@@ -1044,7 +1138,7 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         written = write_multi_labelled_classes(spec, results / MULTI_LABELLED_CSV)
         print(f"multi-labelled classes of the benchmarks: {written}")
     else:
-        size_cfg = sweeps["sizes"][spec["detector"]["size"]]
+        size_cfg = sweeps["sizes"][sweeps["crt_protocol"]["detector"]["size"]]
         data = variant_data(size_cfg, size_cfg["data"]["generate"]["val_label_noise"])
         subprocess.run([sys.executable, "-m", "lsdet.data.synth", *dotted(data)], check=True)
     jobs_file = Path(args.jobs_file) if args.jobs_file else None

@@ -192,3 +192,65 @@ def test_confirmation_diagnosis_pairs_the_full_trainings_with_cs_and_softmax(tmp
     assert "**Per-class diagnosis: full training crt_confirm_x - t1_softmax**" in text
     # no confirm block: nothing
     assert aggregate.confirmation_diagnosis_outputs(tmp_path, SWEEPS, groups_csv) == ""
+
+
+FEATURES_SWEEPS = {
+    "crt_protocol": {
+        "results": "crt",
+        "detector": {"size": "converged", "run": "t1_softmax", "seed": 0},
+        "arms": ARMS,
+    },
+    "crt_features": {
+        "results": "crt/features",
+        "detectors": [{"run": "t1_cs", "seed": 6}, {"run": "t1_cs", "seed": 7}],
+        "arms": ["softmax", "cs_default"],
+        "seeds": [0, 1],
+    },
+}
+
+
+def test_crt_features_compares_the_detectors_features_and_each_arm_on_them(tmp_path):
+    groups_csv = write_crt_results(tmp_path)  # the softmax detector's cRT results (APS)
+    assert aggregate.crt_features_outputs(tmp_path, FEATURES_SWEEPS, groups_csv) == ""
+    features = tmp_path / "crt" / "features"
+    # detector t1_cs_s6 only (t1_cs_s7 has no results): softmax at 0.3 on every class, seed 1
+    # of cs_default missing
+    for arm, by_seed in {
+        "softmax": {0: [0.3] * 4, 1: [0.3] * 4},
+        "cs_default": {0: [0.4] * 4},
+    }.items():
+        for seed, aps in by_seed.items():
+            folder = features / "t1_cs_s6"
+            fake_crt_result(folder, arm, seed, sum(aps) / len(aps), "2026-12-07T07:00")
+            GROUPS[["mid", "name", "train_images", "bucket"]].assign(ap=aps).to_csv(
+                folder / "runs" / arm / "val-as_train" / f"seed{seed}" / "per_class.csv",
+                index=False,
+            )
+    text = aggregate.crt_features_outputs(tmp_path, FEATURES_SWEEPS, groups_csv)
+    assert (features / "diagnosis.md").read_text() == text
+    assert (features / "diagnosis.png").stat().st_size > 0
+    summary = pd.read_csv(features / "summary.csv").set_index(["detector", "arm"])
+    # the reference detector's arms listed in crt_features only (not cs_hierarchy_rate0)
+    assert list(summary.index) == [
+        ("t1_softmax_s0", "softmax"),
+        ("t1_softmax_s0", "cs_default"),
+        ("t1_cs_s6", "softmax"),
+        ("t1_cs_s6", "cs_default"),
+    ]
+    assert summary.loc[("t1_softmax_s0", "cs_default"), "map_mean"] == pytest.approx(47.5)
+    assert summary.loc[("t1_cs_s6", "softmax"), "map_mean"] == pytest.approx(30.0)
+    assert summary.loc[("t1_cs_s6", "cs_default"), "seeds"] == 1
+    table = pd.read_csv(features / "diagnosis.csv")
+    at = table.set_index(["run", "against", "grouping", "group", "seed"])["delta"]
+    # the softmax classifier on t1_cs_s6's features minus on t1_softmax_s0's: 0.3 - 0.5
+    features_pair = ("softmax @ t1_cs_s6", "softmax @ t1_softmax_s0")
+    assert at[(*features_pair, "level", "leaf", 0)] == pytest.approx(-20.0)
+    assert sorted(table[table["run"] == features_pair[0]]["seed"].unique()) == [0, 1]
+    # cs_default minus softmax on t1_cs_s6's features: +10 everywhere, seed 0 only
+    arm_pair = ("cs_default @ t1_cs_s6", "softmax @ t1_cs_s6")
+    assert at[(*arm_pair, "rate bin (leaves)", "0", 0)] == pytest.approx(10.0)
+    assert sorted(table[table["run"] == arm_pair[0]]["seed"].unique()) == [0]
+    assert "| t1_cs_s6 | softmax | 30.00 ± 0.00 | 2 |" in text
+    assert "**Per-class diagnosis: cRT cs_default @ t1_cs_s6 - softmax @ t1_cs_s6**" in text
+    # no crt_features block: nothing
+    assert aggregate.crt_features_outputs(tmp_path, SWEEPS, groups_csv) == ""

@@ -570,3 +570,63 @@ def test_crt_confirmation_claim_judges_final_evaluation_map_against_t1_concurren
     old = baseline[0].results_dir / "run.json"
     old.write_text(json.dumps({**json.loads(old.read_text()), "started_at": "2026-11-25T00:00"}))
     assert confirmation_claim(results)["registration"] == "post hoc"
+
+
+# --------------------------------------------------------------------------- cRT on other features
+def test_crt_features_tasks_per_detector_of_the_sweep_and_of_the_confirmation(tmp_path):
+    spec = SWEEPS["crt_features"]
+    plans = run_all.build_crt_features_tasks(
+        SWEEPS, tmp_path / "runs", tmp_path / "results", python="py"
+    )
+    assert [p.base.name for p in plans] == [f"{d['run']}_s{d['seed']}" for d in spec["detectors"]]
+    by_name = {p.base.name: p for p in plans}
+    sweep_run = by_name["t1_concurrent_softmax_s6"]
+    assert sweep_run.base.results_dir == (
+        tmp_path / "results" / "converged" / "runs" / "t1_concurrent_softmax" / "val-as_train"
+        / "seed6"
+    )  # fmt: skip
+    confirmed = by_name["crt_confirm_cs_mean_reduction_s7"]
+    assert "loss.positive_reduction=mean" in confirmed.base.command
+    assert confirmed.base.results_dir == (
+        tmp_path / "results" / "crt" / "confirm" / "runs" / "crt_confirm_cs_mean_reduction"
+        / "val-as_train" / "seed7"
+    )  # fmt: skip
+    assert confirmed.checkpoint == (
+        tmp_path / "runs" / "converged" / "crt_confirm_cs_mean_reduction_s7" / "checkpoints"
+        / "phase_main.pt"
+    )  # fmt: skip
+    crt_dir = tmp_path / "runs" / "crt_features" / "crt_confirm_cs_mean_reduction_s7"
+    assert option(confirmed.cache, "cache_file") == str(crt_dir / "roi_cache.pt")
+    assert confirmed.cache.name == "crt_features_crt_confirm_cs_mean_reduction_s7_cache"
+    assert confirmed.cache.depends_on == [confirmed.base.name]
+    assert len(confirmed.arms) == len(spec["arms"]) * len(spec["seeds"])
+    for task in confirmed.arms:
+        assert task.row in spec["arms"] and option(task, "arm") == task.row
+        assert option(task, "checkpoint") == str(confirmed.checkpoint)
+        for override in SWEEPS["crt_protocol"]["arms"][task.row]:
+            assert override in task.command
+        assert task.results_dir == (
+            tmp_path / "results" / "crt" / "features" / "crt_confirm_cs_mean_reduction_s7"
+            / "runs" / task.row / "val-as_train" / f"seed{task.seed}"
+        )  # fmt: skip
+    # the same arm tasks as the cRT protocol's, on another checkpoint
+    protocol = {t.name.removeprefix("crt_"): t for t in crt_plan(tmp_path).arms}
+    prefix = "crt_features_crt_confirm_cs_mean_reduction_s7_"
+    for task in confirmed.arms:
+        assert task.settings == protocol[task.name.removeprefix(prefix)].settings
+    only = run_all.build_crt_features_tasks(
+        SWEEPS, tmp_path / "runs", tmp_path / "results", python="py", seeds=[1], arms=["softmax"]
+    )
+    assert {t.name for p in only for t in p.arms} == {
+        f"crt_features_{d['run']}_s{d['seed']}_softmax_s1" for d in spec["detectors"]
+    }
+    with pytest.raises(run_all.SweepError, match="crt_features has no arm"):
+        run_all.build_crt_features_tasks(
+            SWEEPS, tmp_path / "runs", tmp_path / "results", arms=["cs_prior_count0"]
+        )
+    unknown = {**SWEEPS, "crt_features": {**spec, "detectors": [{"run": "t9_x", "seed": 0}]}}
+    with pytest.raises(run_all.SweepError, match="neither a run of the sweep"):
+        run_all.build_crt_features_tasks(unknown, tmp_path / "runs", tmp_path / "results")
+    outside = {**SWEEPS, "crt_features": {**spec, "detectors": [{"run": "t1_softmax", "seed": 9}]}}
+    plans = run_all.build_crt_features_tasks(outside, tmp_path / "runs", tmp_path / "results")
+    assert plans[0].base.name == "t1_softmax_s9"  # any seed of a sweep run is a detector
