@@ -1420,6 +1420,22 @@ def write_pair_diagnoses(folder: Path, pairs: list[PairDiagnosis], heading: str)
     return text
 
 
+def crt_pair_diagnoses(
+    runs: pd.DataFrame, pairs: list[tuple[str, str]], groups: pd.DataFrame
+) -> list[PairDiagnosis]:
+    """One PairDiagnosis ("cRT <run> - <against>") per pair of cRT rows, on their evaluations
+    on the as_train labels."""
+    return [
+        PairDiagnosis(
+            f"cRT {run_id} - {against}",
+            run_id,
+            against,
+            pair_group_differences(runs, run_id, against, "as_train", groups),
+        )
+        for run_id, against in pairs
+    ]
+
+
 def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> str:
     """The per-class diagnosis of the cRT arms (sweeps.yaml `crt_protocol:`), descriptive: per
     class group and seed, the AP difference of every concurrent-softmax arm against softmax
@@ -1437,15 +1453,7 @@ def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) ->
     pairs = [(arm, "softmax") for arm in arms if arm != "softmax" and "softmax" in arms]
     pairs += [(arm, "cs_default") for arm in arms if arm not in ("softmax", "cs_default")]
     groups = diagnosis.read_class_groups(groups_csv)
-    diagnoses = [
-        PairDiagnosis(
-            f"cRT {run_id} - {against}",
-            run_id,
-            against,
-            pair_group_differences(runs, run_id, against, "as_train", groups),
-        )
-        for run_id, against in pairs
-    ]
+    diagnoses = crt_pair_diagnoses(runs, pairs, groups)
     return write_pair_diagnoses(
         folder,
         diagnoses,
@@ -1554,15 +1562,7 @@ def crt_features_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> 
             for arm in spec["arms"]
             if arm != "softmax"
         ]
-    diagnoses = [
-        PairDiagnosis(
-            f"cRT {run_id} - {against}",
-            run_id,
-            against,
-            pair_group_differences(runs, run_id, against, "as_train", groups),
-        )
-        for run_id, against in pairs
-    ]
+    diagnoses = crt_pair_diagnoses(runs, pairs, groups)
     lines = [
         "cRT arms on the features of detectors trained in full with concurrent softmax, beside "
         f"the softmax detector's ({reference}; sweeps.yaml `crt_features:`, post hoc, "
