@@ -1420,14 +1420,14 @@ def write_pair_diagnoses(folder: Path, pairs: list[PairDiagnosis], heading: str)
     return text
 
 
-def crt_pair_diagnoses(
-    runs: pd.DataFrame, pairs: list[tuple[str, str]], groups: pd.DataFrame
+def pair_diagnoses(
+    runs: pd.DataFrame, pairs: list[tuple[str, str]], groups: pd.DataFrame, kind: str
 ) -> list[PairDiagnosis]:
-    """One PairDiagnosis ("cRT <run> - <against>") per pair of cRT rows, on their evaluations
-    on the as_train labels."""
+    """One PairDiagnosis ("<kind> <run> - <against>") per pair of rows, on their final
+    evaluations on the as_train labels."""
     return [
         PairDiagnosis(
-            f"cRT {run_id} - {against}",
+            f"{kind} {run_id} - {against}",
             run_id,
             against,
             pair_group_differences(runs, run_id, against, "as_train", groups),
@@ -1453,7 +1453,7 @@ def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) ->
     pairs = [(arm, "softmax") for arm in arms if arm != "softmax" and "softmax" in arms]
     pairs += [(arm, "cs_default") for arm in arms if arm not in ("softmax", "cs_default")]
     groups = diagnosis.read_class_groups(groups_csv)
-    diagnoses = crt_pair_diagnoses(runs, pairs, groups)
+    diagnoses = pair_diagnoses(runs, pairs, groups, "cRT")
     return write_pair_diagnoses(
         folder,
         diagnoses,
@@ -1480,16 +1480,12 @@ def confirmation_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv:
     size_runs = collect_results(Path(results_root) / spec["detector"]["size"])[0]
     runs = pd.concat([confirm_runs, size_runs], ignore_index=True)
     groups = diagnosis.read_class_groups(groups_csv)
-    diagnoses = [
-        PairDiagnosis(
-            f"full training {run_id} - {against}",
-            run_id,
-            against,
-            pair_group_differences(runs, run_id, against, "as_train", groups),
-        )
+    pairs = [
+        (run_id, against)
         for run_id in sorted(set(confirm_runs["run"]))
         for against in (spec["confirm"]["against"], spec["detector"]["run"])
     ]
+    diagnoses = pair_diagnoses(runs, pairs, groups, "full training")
     return write_pair_diagnoses(
         folder,
         diagnoses,
@@ -1562,7 +1558,7 @@ def crt_features_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> 
             for arm in spec["arms"]
             if arm != "softmax"
         ]
-    diagnoses = crt_pair_diagnoses(runs, pairs, groups)
+    diagnoses = pair_diagnoses(runs, pairs, groups, "cRT")
     lines = [
         "cRT arms on the features of detectors trained in full with concurrent softmax, beside "
         f"the softmax detector's ({reference}; sweeps.yaml `crt_features:`, post hoc, "
