@@ -13,8 +13,8 @@ hoc), pooled_claims_<variant>.csv (contrasts over several settings: all pairs an
 model), diagnosis_<variant>.csv, diagnosis.md and diagnosis_<variant>.png (per-class AP
 differences by class group, experiments/diagnosis.py), convergence.csv and convergence.png,
 Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt, and registered.csv
-(the claims of the protocols registered before their runs, sweeps.yaml `diagnosis_sweep:` and
-`crt_protocol:`, on the results beside this folder: "not run yet", "in progress: k of n seed
+(the claims of the protocols registered before their runs, sweeps.yaml `diagnosis_sweep:`,
+`crt_protocol:` and `crt_m0:`, on the results beside this folder: "not run yet", "in progress: k of n seed
 pairs" with the interim estimate and sd but no test or verdict until every registered seed
 pair is there, or judged; also at the end of claims.md), and beside the diagnosis protocol's
 results bootstrap.csv: the image-bootstrap interval of Δ of every (benchmark, seed) pair with
@@ -25,7 +25,8 @@ cRT arms (<crt results>/diagnosis.*), the cRT confirmation by full training
 (<crt results>/confirm/diagnosis.*), the dose-response benchmarks, each by its own class
 groups (<diagnosis results>/diagnosis.*), and the cRT arms on the features of detectors that
 concurrent softmax trained (sweeps.yaml `crt_features:`, post hoc: <crt results>/features/
-summary.csv and diagnosis.*).
+summary.csv and diagnosis.*) and the cRT arms on the m = 0 benchmark's softmax detector
+(sweeps.yaml `crt_m0:`, <crt results>/m0/diagnosis.*, by that benchmark's class groups).
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
@@ -833,7 +834,16 @@ def leaf_mids_of(hierarchy_json: Path) -> set[str]:
 
 
 # --------------------------------------------------------------------------- registered protocols
-PROTOCOLS = ("diagnosis_sweep", "crt_protocol")  # sweeps.yaml blocks registered before their runs
+# sweeps.yaml blocks whose claims are registered before their runs
+PROTOCOLS = ("diagnosis_sweep", "crt_protocol", "crt_m0")
+
+
+def is_crt_protocol(spec: dict) -> bool:
+    """Whether a protocol block is a cRT protocol (its claims pair two arms on one detector's
+    features) rather than the diagnosis sweep (its claims pair two runs on each benchmark)."""
+    return "arms" in spec
+
+
 MULTI_LABELLED_CSV = (
     "multi_labelled_classes.csv"  # benchmark, mid (diagnosis.multi_labelled_leaves)
 )
@@ -975,8 +985,8 @@ def choose_crt_confirmation(sweeps: dict, results_root: Path) -> CrtChoice:
 
 
 def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.DataFrame:
-    """Every claim of the registered protocols (sweeps.yaml `diagnosis_sweep:` and
-    `crt_protocol:`), on the results in <results_root>/<block's results>/. Diagnosis claims:
+    """Every claim of the registered protocols (sweeps.yaml `diagnosis_sweep:`, `crt_protocol:`
+    and `crt_m0:`), on the results in <results_root>/<block's results>/. Diagnosis claims:
     kind slope (the slope of the per-seed Δ over m, cs.slope_test, TOST at margin / the m
     range), pooled (block model over the benchmarks) or equivalence; cRT claims: paired by
     seed; the confirmation of the cRT's chosen arm by full training
@@ -997,8 +1007,9 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
         folder = Path(results_root) / spec["results"]
         runs = collect_results(folder)[0] if (folder / "runs").is_dir() else pd.DataFrame()
         multi_labelled = read_multi_labelled(folder)
+        crt_protocol = is_crt_protocol(spec)
         for claim in spec.get("claims") or []:
-            if protocol == "crt_protocol":
+            if crt_protocol:
                 pairs = [(claim["run"], claim["against"], None)]
             else:
                 pairs = [
@@ -1017,7 +1028,7 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
                 continue
             diffs = []  # (benchmark, Δ per registered seed in points)
             for run_id, against, benchmark in present:
-                if protocol == "crt_protocol":
+                if crt_protocol:
                     a = seed_results(runs, run_id, "as_train")["map"]
                     b = seed_results(runs, against, "as_train")["map"]
                 else:
@@ -1139,8 +1150,9 @@ def markdown_protocols(summary: pd.DataFrame) -> str:
     """The registered protocols' claims as markdown: "not run yet" until results are there;
     while a claim's registered design is incomplete its interim estimate and sd, no test."""
     lines = [
-        "**Registered before the diagnosis runs** (sweeps.yaml `diagnosis_sweep:`, "
-        "`crt_protocol:`; estimate = mean Δ, or the slope of Δ over m, in mAP points; sd = "
+        "**Registered before their runs** (sweeps.yaml `diagnosis_sweep:` and "
+        "`crt_protocol:`, before the diagnosis runs; `crt_m0:`, after the interim m = 0 "
+        "result of the diagnosis sweep, before its own runs; estimate = mean Δ, or the slope of Δ over m, in mAP points; sd = "
         "sd of Δ, about the line for the slope). A claim gets its test and verdict only when "
         "every registered seed pair is there: the verdict rule is for the registered n. "
         "While it is in progress the table shows the interim estimate and its sd only.",
@@ -1436,29 +1448,48 @@ def pair_diagnoses(
     ]
 
 
-def crt_diagnosis_outputs(results_root: Path, sweeps: dict, groups_csv: Path) -> str:
-    """The per-class diagnosis of the cRT arms (sweeps.yaml `crt_protocol:`), descriptive: per
-    class group and seed, the AP difference of every concurrent-softmax arm against softmax
-    and of every flip against cs_default (the registered claims' pairs and the arms against
-    the softmax classifier), over the seeds both arms have. The detector is the converged
-    benchmark's, so its class groups are the converged results' class_groups.csv. Writes
-    <crt results>/diagnosis.md, diagnosis.csv and diagnosis.png; returns the markdown ("" when
-    there are no cRT results)."""
-    spec = sweeps.get("crt_protocol")
+def crt_diagnosis_outputs(
+    results_root: Path, sweeps: dict, groups_csv: Path, block: str = "crt_protocol"
+) -> str:
+    """The per-class diagnosis of a cRT protocol's arms (sweeps.yaml `crt_protocol:` or
+    `crt_m0:`), descriptive: per class group and seed, the AP difference of every
+    concurrent-softmax arm against softmax and of the other pairs its registered claims
+    compare (crt_protocol: every flip against cs_default), over the seeds both arms have.
+    The class groups are those of the detector's benchmark: ``groups_csv`` (the converged
+    results' class_groups.csv) for a detector of the converged sweep, <diagnosis
+    results>/class_groups_<benchmark>.csv for a diagnosis run's. Writes <block
+    results>/diagnosis.md, diagnosis.csv and diagnosis.png; returns the markdown ("" when
+    there are no results or class groups)."""
+    spec = sweeps.get(block)
     folder = Path(results_root) / spec["results"] if spec else None
-    if folder is None or not (folder / "runs").is_dir() or not groups_csv.is_file():
+    if folder is None or not (folder / "runs").is_dir():
+        return ""
+    benchmark = spec["detector"].get("benchmark")
+    if benchmark is not None:
+        dose = sweeps["diagnosis"]["dose_response"]
+        groups_csv = (
+            Path(results_root)
+            / sweeps["diagnosis_sweep"]["results"]
+            / dose["class_groups"].format(benchmark=benchmark)
+        )
+    if not groups_csv.is_file():
         return ""
     runs = collect_results(folder)[0]
     arms = [arm for arm in spec["arms"] if arm in set(runs["run"])]
     pairs = [(arm, "softmax") for arm in arms if arm != "softmax" and "softmax" in arms]
-    pairs += [(arm, "cs_default") for arm in arms if arm not in ("softmax", "cs_default")]
+    pairs += [
+        (claim["run"], claim["against"])
+        for claim in spec.get("claims") or []
+        if {claim["run"], claim["against"]} <= set(arms)
+        and (claim["run"], claim["against"]) not in pairs
+    ]
     groups = diagnosis.read_class_groups(groups_csv)
     diagnoses = pair_diagnoses(runs, pairs, groups, "cRT")
     return write_pair_diagnoses(
         folder,
         diagnoses,
-        "Per-class diagnosis of the cRT arms (descriptive, no test: the registered claims are "
-        "judged on the mAP in the converged results' claims.md)",
+        f"Per-class diagnosis of the cRT arms of sweeps.yaml `{block}:` (descriptive, no test: "
+        "the registered claims are judged on the mAP in the converged results' claims.md)",
     )
 
 
@@ -1682,6 +1713,8 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
             "class_groups", diagnosis.CLASS_GROUPS_CSV
         )
         crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
+        if sweeps.get("crt_m0"):
+            crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv, block="crt_m0")
         confirmation_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
         dose_response_diagnosis_outputs(results_dir.parent, sweeps)
         crt_features_outputs(results_dir.parent, sweeps, groups_csv)

@@ -6,6 +6,7 @@ repository, and aggregate the tables and figures.
     python experiments/run_all.py --protocol diagnosis --jobs 2 --threads 1  # diagnosis_sweep
     python experiments/run_all.py --protocol crt --threads 2                 # crt_protocol
     python experiments/run_all.py --protocol crt_features --threads 2        # crt_features
+    python experiments/run_all.py --protocol crt_m0 --jobs 2 --threads 1     # crt_m0
 
 Each task (a training run, a re-scoring of a checkpoint, or a re-evaluation on another
 validation variant) runs in runs/experiments/<size>/<task>/ (checkpoints stay there, git-
@@ -34,8 +35,10 @@ t1_concurrent_softmax's seeds 3-7 beside the converged sweep's; none when no arm
 listed cRT arms on the features of each detector of `crt_features.detectors` (a run of the
 converged sweep or of the confirmation, and a seed: its checkpoint, trained again when it is
 gone before any of its cRT results exist), results in
-experiments/results/crt/features/<run>_s<seed>/. Each then aggregates the converged results
-folder, whose claims.md and registered.csv report the registered claims.
+experiments/results/crt/features/<run>_s<seed>/. `crt_m0`: as `crt`, on the features of the
+diagnosis sweep's m = 0 softmax detector (a diagnosis run, trained as that sweep trains it
+when its checkpoint is absent), results in experiments/results/crt/m0/; no confirmation.
+Each then aggregates the converged results folder, whose claims.md and registered.csv report the registered claims.
 """
 
 from __future__ import annotations
@@ -707,6 +710,14 @@ def write_multi_labelled_classes(spec: dict, path: Path) -> Path:
     return path
 
 
+PROTOCOL_BLOCKS = {
+    "diagnosis": "diagnosis_sweep",
+    "crt": "crt_protocol",
+    "crt_features": "crt_features",
+    "crt_m0": "crt_m0",
+}
+
+
 @dataclass
 class CrtPlan:
     """The tasks of the cRT protocol: the base detector's training run (a task of its size's
@@ -780,36 +791,74 @@ def _chosen_arms(spec_arms: dict, arms: list[str] | None, where: str) -> dict[st
     return {arm: overrides for arm, overrides in spec_arms.items() if not arms or arm in arms}
 
 
-def build_crt_tasks(
+def detector_training_task(
     sweeps: dict,
+    detector: dict,
     runs_root: Path,
     results_root: Path,
     *,
     python: str = sys.executable,
     threads: int | None = None,
+) -> Task:
+    """The training run of a cRT protocol's detector (sweeps.yaml `<protocol>.detector`) as the
+    sweep that owns it makes it: {size, run, seed} a run of that size's sweep (run folder under
+    <runs_root>/<size>/, results under <results_root>/<size>/); {benchmark, run, seed} a run of
+    the diagnosis sweep on that benchmark (row <run>_<benchmark>, run folder under
+    <runs_root>/<diagnosis size>/, results under <results_root>/<diagnosis results>/)."""
+    seed = int(detector["seed"])
+    if "benchmark" in detector:
+        spec = sweeps["diagnosis_sweep"]
+        if detector["benchmark"] not in spec["benchmarks"]:
+            raise SweepError(
+                f"{SWEEPS}: a cRT detector names benchmark {detector['benchmark']!r}; "
+                f"diagnosis_sweep.benchmarks has {list(spec['benchmarks'])}"
+            )
+        row = f"{detector['run']}_{detector['benchmark']}"
+        tasks = build_diagnosis_tasks(
+            sweeps, runs_root / spec["size"]["name"], results_root / spec["results"], [seed],
+            python=python, threads=threads, only=[row],
+        )  # fmt: skip
+    else:
+        size = detector["size"]
+        tasks = build_tasks(
+            sweeps, size, runs_root / size, results_root / size, [seed],
+            python=python, threads=threads, only=[detector["run"]],
+        )  # fmt: skip
+    base = next((t for t in tasks if t.kind == "train"), None)
+    if base is None:
+        raise SweepError(f"{SWEEPS}: no training run for the cRT detector {detector}")
+    return base
+
+
+def build_crt_tasks(
+    sweeps: dict,
+    runs_root: Path,
+    results_root: Path,
+    *,
+    protocol: str = "crt",
+    python: str = sys.executable,
+    threads: int | None = None,
     seeds: list[int] | None = None,
     arms: list[str] | None = None,
 ) -> CrtPlan:
-    """The cRT protocol (sweeps.yaml `crt_protocol:`): its detector's training run as its size's
-    sweep makes it (run folder under <runs_root>/<size>/, results under
-    <results_root>/<size>/), then crt_detector_plan's cache and arm tasks in <runs_root>/crt/
-    with results in <results_root>/<protocol results>/."""
-    spec = sweeps["crt_protocol"]
+    """A cRT protocol with one detector (`--protocol crt`: sweeps.yaml `crt_protocol:`;
+    `--protocol crt_m0`: `crt_m0:`): its detector's training run (detector_training_task),
+    then crt_detector_plan's cache and arm tasks in <runs_root>/<protocol>/ with results in
+    <results_root>/<block's results>/."""
+    block = PROTOCOL_BLOCKS[protocol]
+    spec = sweeps[block]
     detector = spec["detector"]
-    size = detector["size"]
-    base_tasks = build_tasks(
-        sweeps, size, runs_root / size, results_root / size, [int(detector["seed"])],
-        python=python, threads=threads, only=[detector["run"]],
-    )  # fmt: skip
-    base = next(t for t in base_tasks if t.kind == "train")
+    base = detector_training_task(
+        sweeps, detector, runs_root, results_root, python=python, threads=threads
+    )
     return crt_detector_plan(
         base,
         RunFolder(base.run_dir).checkpoint_dir / detector["checkpoint"],
-        runs_root / "crt",
+        runs_root / protocol,
         results_root / spec["results"],
-        _chosen_arms(spec["arms"], arms, "crt_protocol"),
+        _chosen_arms(spec["arms"], arms, block),
         spec["seeds"] if seeds is None else seeds,
-        name="crt",
+        name=protocol,
         python=python,
     )
 
@@ -977,7 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
         "--protocol",
         choices=sorted(PROTOCOL_BLOCKS),
         default=None,
-        help="run a protocol of sweeps.yaml (diagnosis_sweep, crt_protocol, crt_features) "
+        help="run a protocol of sweeps.yaml (diagnosis_sweep, crt_protocol, crt_features, crt_m0) "
         "instead of a size's sweep",
     )
     parser.add_argument(
@@ -1076,15 +1125,8 @@ def _run(args: argparse.Namespace, sweeps: dict, out: Path, results: Path, seeds
     return 1 if report.failed else 0
 
 
-PROTOCOL_BLOCKS = {
-    "diagnosis": "diagnosis_sweep",
-    "crt": "crt_protocol",
-    "crt_features": "crt_features",
-}
-
-
 def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
-    """`--protocol diagnosis | crt | crt_features`: the tasks of a protocol, run (or listed with
+    """`--protocol diagnosis | crt | crt_features | crt_m0`: the tasks of a protocol, run (or listed with
     --dry-run) as a size's sweep is, then the converged results aggregated again (their
     claims.md and registered.csv report the protocols' claims)."""
     spec = sweeps[PROTOCOL_BLOCKS[args.protocol]]
@@ -1103,13 +1145,15 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         if args.overrides:
             raise SweepError(
                 f"--protocol {args.protocol} takes no extra overrides ({args.overrides}): the "
-                "arms' settings are registered in sweeps.yaml crt_protocol.arms"
+                f"arms' settings are registered in sweeps.yaml {PROTOCOL_BLOCKS[args.protocol]}.arms"
             )
         chosen = {"threads": args.threads, "seeds": args.seeds, "arms": args.runs}
-        if args.protocol == "crt":
-            plans = [build_crt_tasks(sweeps, runs_root, results_root, **chosen)]
-        else:
+        if args.protocol == "crt_features":
             plans = build_crt_features_tasks(sweeps, runs_root, results_root, **chosen)
+        else:
+            plans = [
+                build_crt_tasks(sweeps, runs_root, results_root, protocol=args.protocol, **chosen)
+            ]
         tasks = [task for crt in plans for task in crt.tasks]
         actions = {name: action for crt in plans for name, action in plan_crt(crt).items()}
         log_dir = runs_root / args.protocol / "logs"
@@ -1137,6 +1181,8 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         (results / "hierarchy.json").write_bytes((Path(roots[0]) / "hierarchy.json").read_bytes())
         written = write_multi_labelled_classes(spec, results / MULTI_LABELLED_CSV)
         print(f"multi-labelled classes of the benchmarks: {written}")
+    elif "benchmark" in spec.get("detector", {}):  # a diagnosis benchmark's detector
+        generate_benchmarks(sweeps["diagnosis_sweep"])
     else:
         size_cfg = sweeps["sizes"][sweeps["crt_protocol"]["detector"]["size"]]
         data = variant_data(size_cfg, size_cfg["data"]["generate"]["val_label_noise"])

@@ -42,7 +42,17 @@ ARMS = {
     "cs_hierarchy_rate0": ["loss=concurrent_softmax", "rates.hierarchy_rate=0"],
     "cs_prior_count0": ["loss=concurrent_softmax", "rates.prior_count=0"],  # no results
 }
-SWEEPS = {"crt_protocol": {"results": "crt", "seeds": [0, 1], "arms": ARMS}}
+CLAIMS = [
+    {"claim": "cs vs softmax", "run": "cs_default", "against": "softmax"},
+    {"claim": "hr0 vs cs", "run": "cs_hierarchy_rate0", "against": "cs_default"},
+    {"claim": "pc0 vs cs", "run": "cs_prior_count0", "against": "cs_default"},
+]
+DETECTOR = {"size": "converged", "run": "t1_softmax", "seed": 0}
+SWEEPS = {
+    "crt_protocol": {
+        "results": "crt", "seeds": [0, 1], "arms": ARMS, "claims": CLAIMS, "detector": DETECTOR,
+    }
+}  # fmt: skip
 
 
 def write_crt_results(root: Path) -> Path:
@@ -133,6 +143,46 @@ def test_crt_diagnosis_without_crt_results_writes_nothing(tmp_path):
     (empty / "crt" / "runs" / "softmax" / "val-as_train" / "seed0").mkdir(parents=True)
     assert aggregate.crt_diagnosis_outputs(empty, SWEEPS, groups_csv) == ""
     assert files_under(empty) == set()
+
+
+def test_crt_m0_diagnosis_uses_the_benchmarks_class_groups_and_its_claims_pairs(tmp_path):
+    """A cRT protocol on a diagnosis run's detector (sweeps.yaml `crt_m0:`): the class groups
+    of the detector's benchmark (<diagnosis results>/class_groups_<benchmark>.csv), every arm
+    against softmax; its results in its own folder."""
+    write_crt_results(tmp_path)
+    (tmp_path / "crt").rename(tmp_path / "m0_results")
+    sweeps = {
+        "crt_m0": {
+            "results": "m0_results",
+            "seeds": [0, 1],
+            "arms": {arm: ARMS[arm] for arm in APS},
+            "claims": [
+                {"claim": "cs vs softmax", "run": "cs_default", "against": "softmax"},
+                {"claim": "hr0 vs softmax", "run": "cs_hierarchy_rate0", "against": "softmax"},
+            ],
+            "detector": {"benchmark": "m0", "run": "d_softmax", "seed": 2},
+        },
+        "diagnosis_sweep": {"results": "diagnosis"},
+        "diagnosis": {"dose_response": {"class_groups": "class_groups_{benchmark}.csv"}},
+    }
+    converged_groups = tmp_path / "converged" / diagnosis.CLASS_GROUPS_CSV
+    # the benchmark's class groups are missing: nothing (the converged ones do not serve)
+    assert aggregate.crt_diagnosis_outputs(tmp_path, sweeps, converged_groups, "crt_m0") == ""
+    # the benchmark's groups: /c is a confused-pair leaf there, not in the converged groups
+    groups = GROUPS.assign(confused_pair=[False, False, False, True])
+    (tmp_path / "diagnosis").mkdir()
+    groups.to_csv(tmp_path / "diagnosis" / "class_groups_m0.csv", index=False)
+    text = aggregate.crt_diagnosis_outputs(tmp_path, sweeps, converged_groups, "crt_m0")
+    assert "sweeps.yaml `crt_m0:`" in text
+    table = pd.read_csv(tmp_path / "m0_results" / "diagnosis.csv")
+    assert set(zip(table["run"], table["against"], strict=True)) == {
+        ("cs_default", "softmax"),
+        ("cs_hierarchy_rate0", "softmax"),
+    }
+    at = table.set_index(["run", "against", "grouping", "group", "seed"])["delta"]
+    # cs_default - softmax, seed 0: /c (the benchmark's one confused-pair leaf) -40 points
+    key = ("cs_default", "softmax", "confused pair (leaves)", "confused-pair leaf", 0)
+    assert at[key] == pytest.approx(-40.0)
 
 
 def training_result(folder: Path, row: str, seed: int, aps_per_evaluation: list[list[float]]):

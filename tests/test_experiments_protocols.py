@@ -322,6 +322,76 @@ def test_crt_dry_run_lists_the_tasks_and_takes_no_overrides(tmp_path, capsys):
         run_all.main(["optim.lr=0.1", *args])
 
 
+def test_crt_m0_tasks_on_the_diagnosis_detector(tmp_path):
+    """`--protocol crt_m0`: the m = 0 benchmark's softmax detector of the diagnosis sweep
+    (its run folder, results and checkpoint as that sweep makes them), the cache and every
+    arm and seed in runs/crt_m0/, results in results/crt/m0/."""
+    spec = SWEEPS["crt_m0"]
+    crt = crt_plan(tmp_path, protocol="crt_m0")
+    detector = spec["detector"]
+    assert detector["benchmark"] == "m0"
+    row = f"{detector['run']}_{detector['benchmark']}"
+    assert crt.base.name == f"{row}_s{detector['seed']}" and crt.base.kind == "train"
+    assert crt.base.data_root == SWEEPS["diagnosis_sweep"]["benchmarks"]["m0"]["root"]
+    assert crt.base.results_dir == (
+        tmp_path / "results" / "diagnosis" / "runs" / row / "val-as_train" / "seed2"
+    )
+    assert crt.checkpoint == (
+        tmp_path / "runs" / "diagnosis" / f"{row}_s2" / "checkpoints" / "phase_main.pt"
+    )
+    # the same task as the diagnosis sweep's own: its recorded results are the detector's
+    (same,) = run_all.build_diagnosis_tasks(
+        SWEEPS, tmp_path / "runs" / "diagnosis", tmp_path / "results" / "diagnosis", [2],
+        python="py", only=[row],
+    )  # fmt: skip
+    assert same.command == crt.base.command and same.run_dir == crt.base.run_dir
+    assert option(crt.cache, "cache_file") == str(tmp_path / "runs" / "crt_m0" / "roi_cache.pt")
+    assert len(crt.arms) == len(spec["arms"]) * len(spec["seeds"])
+    assert crt.arms[0].name == "crt_m0_softmax_s0"
+    for task in crt.arms:
+        for override in spec["arms"][task.row]:
+            assert override in task.command
+        assert task.results_dir == (
+            tmp_path / "results" / "crt" / "m0" / "runs" / task.row / "val-as_train"
+            / f"seed{task.seed}"
+        )  # fmt: skip
+    # every claim compares two of the block's arms
+    for claim in spec["claims"]:
+        assert {claim["run"], claim["against"]} <= set(spec["arms"])
+    with pytest.raises(run_all.SweepError, match="crt_m0 has no arm"):
+        crt_plan(tmp_path, protocol="crt_m0", arms=["cs_prior_count0"])
+    other = {**SWEEPS, "crt_m0": {**spec, "detector": {**detector, "benchmark": "m9"}}}
+    with pytest.raises(run_all.SweepError, match="benchmark 'm9'"):
+        run_all.build_crt_tasks(other, tmp_path, tmp_path, protocol="crt_m0")
+
+
+def test_crt_m0_lsdet_crt_accepts_every_arms_overrides(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from train_helpers import CONF_DIR
+
+    from lsdet import crt
+
+    for task in crt_plan(tmp_path, protocol="crt_m0", seeds=[0]).arms:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("crt", overrides=task.command[3:])
+        assert cfg.arm == task.row
+        if task.row == "cs_terms_off":
+            assert crt.arm_rates_overrides(cfg.rates) == {"hierarchy_rate": 0.0}
+            assert cfg.loss.positive_targets == "annotated"
+            assert cfg.eval.parent_scores == "subtree_sum"  # softmax's parent scoring
+
+
+def test_crt_m0_dry_run_lists_the_tasks(tmp_path, capsys):
+    args = ["--protocol", "crt_m0", "--dry-run", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--seeds", "0"]  # fmt: skip
+    assert run_all.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    arms = len(SWEEPS["crt_m0"]["arms"])
+    assert out[-1] == f"{arms + 2} tasks: {{'run': {arms + 2}}}"
+    assert "-m lsdet.train" in out[0] and "data.root=data/synth_m0" in out[0]
+    assert "stage=cache" in out[1]
+
+
 # --------------------------------------------------------------------------- cRT confirmation
 CRT_ARMS = list(SWEEPS["crt_protocol"]["arms"])
 CRT_SEEDS = list(SWEEPS["crt_protocol"]["seeds"])
