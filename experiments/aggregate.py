@@ -838,12 +838,6 @@ def leaf_mids_of(hierarchy_json: Path) -> set[str]:
 PROTOCOLS = ("diagnosis_sweep", "crt_protocol", "crt_m0")
 
 
-def is_crt_protocol(spec: dict) -> bool:
-    """Whether a protocol block is a cRT protocol (its claims pair two arms on one detector's
-    features) rather than the diagnosis sweep (its claims pair two runs on each benchmark)."""
-    return "arms" in spec
-
-
 MULTI_LABELLED_CSV = (
     "multi_labelled_classes.csv"  # benchmark, mid (diagnosis.multi_labelled_leaves)
 )
@@ -1007,9 +1001,10 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
         folder = Path(results_root) / spec["results"]
         runs = collect_results(folder)[0] if (folder / "runs").is_dir() else pd.DataFrame()
         multi_labelled = read_multi_labelled(folder)
-        crt_protocol = is_crt_protocol(spec)
         for claim in spec.get("claims") or []:
-            if crt_protocol:
+            # a diagnosis claim pairs its two runs on each of its benchmarks; a cRT claim
+            # pairs two arms on one detector's features
+            if "benchmarks" not in claim:
                 pairs = [(claim["run"], claim["against"], None)]
             else:
                 pairs = [
@@ -1028,7 +1023,7 @@ def summarize_protocols(results_root: Path, sweeps: dict, settings: dict) -> pd.
                 continue
             diffs = []  # (benchmark, Δ per registered seed in points)
             for run_id, against, benchmark in present:
-                if crt_protocol:
+                if benchmark is None:
                     a = seed_results(runs, run_id, "as_train")["map"]
                     b = seed_results(runs, against, "as_train")["map"]
                 else:

@@ -1016,3 +1016,44 @@ def test_sweeps_yaml_registered_protocols_are_consistent():
             assert {claim["run"], claim["against"]} <= set(crt["arms"])
     # the runner does not take these blocks for sizes: the converged sweep's tasks are as before
     assert "diagnosis" not in sweeps["sizes"]
+
+
+def test_crt_m0_claims_are_judged_paired_by_seed_without_a_direction(tmp_path):
+    """sweeps.yaml `crt_m0:` (cRT on the m = 0 benchmark's detector): each arm against softmax,
+    paired by the registered seeds, the verdict words of a claim without a direction; a claim
+    whose runs started before its registration is post hoc."""
+    sweeps = {
+        "statistics": PROTOCOL_SWEEPS["statistics"],
+        "crt_m0": {
+            "results": "crt/m0",
+            "seeds": [0, 1, 2, 3, 4],
+            "claims": [
+                {"claim": "default", "run": "cs_default", "against": "softmax",
+                 "registered": "2026-03-01T00:00"},
+                {"claim": "off", "run": "cs_terms_off", "against": "softmax",
+                 "registered": "2026-03-01T00:00"},
+                {"claim": "late", "run": "cs_default", "against": "softmax",
+                 "registered": "2026-04-01T00:00"},
+            ],
+        },
+    }  # fmt: skip
+    folder = tmp_path / "crt" / "m0"
+    noise = [0.001, -0.002, 0.0005, 0.0015, -0.001]
+    for seed in range(5):
+        base = 0.70 + 0.01 * seed
+        fake_crt_result(folder, "softmax", seed, base, "2026-03-02T00:00:00")
+        fake_crt_result(folder, "cs_default", seed, base - 0.02 + noise[seed], "2026-03-02T00:00")
+        fake_crt_result(folder, "cs_terms_off", seed, base + noise[seed], "2026-03-02T00:00")
+    settings = aggregate.statistics_settings(sweeps)
+    summary = aggregate.summarize_protocols(tmp_path, sweeps, settings).set_index("claim")
+    diffs = 100 * np.array(noise)  # points
+    default = summary.loc["default"]
+    assert default["protocol"] == "crt_m0" and default["status"] == "run"
+    assert default["df"] == 4 and default["estimate"] == pytest.approx(-2.0 + diffs.mean())
+    assert default["verdict"] == "lower"
+    off = summary.loc["off"]
+    reference = stats.ttest_1samp(diffs, 0.0)
+    assert off["p"] == pytest.approx(reference.pvalue) and off["verdict"] == "equivalent"
+    assert off["registration"] == "pre-registered" and summary.loc["late", "registration"] == (
+        "post hoc"
+    )
