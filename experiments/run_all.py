@@ -800,12 +800,13 @@ def detector_training_task(
     python: str = sys.executable,
     threads: int | None = None,
 ) -> Task:
-    """The training run of a cRT protocol's detector (sweeps.yaml `<protocol>.detector`) as the
-    sweep that owns it makes it: {size, run, seed} a run of that size's sweep (run folder under
-    <runs_root>/<size>/, results under <results_root>/<size>/); {benchmark, run, seed} a run of
-    the diagnosis sweep on that benchmark (row <run>_<benchmark>, run folder under
-    <runs_root>/<diagnosis size>/, results under <results_root>/<diagnosis results>/)."""
-    seed = int(detector["seed"])
+    """The training run of a cRT detector as the sweep that owns it makes it: {benchmark, run,
+    seed} a run of the diagnosis sweep on that benchmark (row <run>_<benchmark>, run folder
+    under <runs_root>/<diagnosis size>/, results under <results_root>/<diagnosis results>/);
+    {size, run, seed} a run of that size's sweep (run folder under <runs_root>/<size>/,
+    results under <results_root>/<size>/) or, for run crt_confirm_<arm>, of the cRT
+    confirmation (build_crt_confirmation_tasks)."""
+    seed, run_id = int(detector["seed"]), detector["run"]
     if "benchmark" in detector:
         spec = sweeps["diagnosis_sweep"]
         if detector["benchmark"] not in spec["benchmarks"]:
@@ -813,24 +814,36 @@ def detector_training_task(
                 f"{SWEEPS}: a cRT detector names benchmark {detector['benchmark']!r}; "
                 f"diagnosis_sweep.benchmarks has {list(spec['benchmarks'])}"
             )
-        row = f"{detector['run']}_{detector['benchmark']}"
         tasks = build_diagnosis_tasks(
             sweeps, runs_root / spec["size"]["name"], results_root / spec["results"], [seed],
-            python=python, threads=threads, only=[row],
+            python=python, threads=threads, only=[f"{run_id}_{detector['benchmark']}"],
         )  # fmt: skip
-    else:
+    elif run_id in sweeps["runs"]:
         size = detector["size"]
         tasks = build_tasks(
             sweeps, size, runs_root / size, results_root / size, [seed],
-            python=python, threads=threads, only=[detector["run"]],
+            python=python, threads=threads, only=[run_id],
         )  # fmt: skip
+    elif run_id.startswith("crt_confirm_"):
+        tasks = build_crt_confirmation_tasks(
+            sweeps, run_id.removeprefix("crt_confirm_"), runs_root, results_root,
+            python=python, threads=threads,
+        )  # fmt: skip
+        tasks = [t for t in tasks if t.name == f"{run_id}_s{seed}"]
+    else:
+        raise SweepError(
+            f"{SWEEPS}: the cRT detector {run_id!r} is neither a run of the sweep nor a "
+            "crt_confirm_<arm> run of the cRT confirmation"
+        )
     base = next((t for t in tasks if t.kind == "train"), None)
     if base is None:
-        raise SweepError(f"{SWEEPS}: no training run for the cRT detector {detector}")
+        raise SweepError(
+            f"{SWEEPS}: the cRT detector {run_id!r} has no training run of seed {seed}"
+        )
     return base
 
 
-def build_crt_tasks(
+def build_crt_plans(
     sweeps: dict,
     runs_root: Path,
     results_root: Path,
@@ -840,82 +853,48 @@ def build_crt_tasks(
     threads: int | None = None,
     seeds: list[int] | None = None,
     arms: list[str] | None = None,
-) -> CrtPlan:
-    """A cRT protocol with one detector (`--protocol crt`: sweeps.yaml `crt_protocol:`;
-    `--protocol crt_m0`: `crt_m0:`): its detector's training run (detector_training_task),
-    then crt_detector_plan's cache and arm tasks in <runs_root>/<protocol>/ with results in
-    <results_root>/<block's results>/."""
+) -> list[CrtPlan]:
+    """A cRT protocol's tasks, one CrtPlan per detector: its training run
+    (detector_training_task), then crt_detector_plan's cache and arm tasks. `crt`
+    (sweeps.yaml `crt_protocol:`) and `crt_m0` (`crt_m0:`): the block's one detector and
+    arms, tasks in <runs_root>/<protocol>/, results in <results_root>/<block's results>/.
+    `crt_features`: every listed detector (a run of the cRT detector's size, or a
+    crt_confirm_<arm> run, and a seed) with the listed arms of `crt_protocol.arms`, tasks in
+    <runs_root>/crt_features/<run>_s<seed>/, results in <results_root>/<crt_features
+    results>/<run>_s<seed>/. ``seeds`` and ``arms`` select among the registered ones."""
     block = PROTOCOL_BLOCKS[protocol]
     spec = sweeps[block]
-    detector = spec["detector"]
-    base = detector_training_task(
-        sweeps, detector, runs_root, results_root, python=python, threads=threads
-    )
-    return crt_detector_plan(
-        base,
-        RunFolder(base.run_dir).checkpoint_dir / detector["checkpoint"],
-        runs_root / protocol,
-        results_root / spec["results"],
-        _chosen_arms(spec["arms"], arms, block),
-        spec["seeds"] if seeds is None else seeds,
-        name=protocol,
-        python=python,
-    )
-
-
-def build_crt_features_tasks(
-    sweeps: dict,
-    runs_root: Path,
-    results_root: Path,
-    *,
-    python: str = sys.executable,
-    threads: int | None = None,
-    seeds: list[int] | None = None,
-    arms: list[str] | None = None,
-) -> list[CrtPlan]:
-    """sweeps.yaml `crt_features:`: per detector (a run of the cRT detector's size, or a
-    crt_confirm_<arm> run of the cRT confirmation, and a seed) its training run as that sweep
-    makes it, then crt_detector_plan with the listed arms of `crt_protocol.arms` in
-    <runs_root>/crt_features/<run>_s<seed>/, results in <results_root>/<crt_features
-    results>/<run>_s<seed>/."""
-    spec = sweeps["crt_features"]
-    crt = sweeps["crt_protocol"]
-    size = crt["detector"]["size"]
-    listed = _chosen_arms(crt["arms"], spec["arms"], "crt_protocol")
-    chosen = _chosen_arms(listed, arms, "crt_features")
+    if protocol == "crt_features":
+        crt = sweeps["crt_protocol"]
+        registered = _chosen_arms(crt["arms"], spec["arms"], "crt_protocol")
+        located = []  # (detector, task folder, results folder, task name prefix)
+        for listed in spec["detectors"]:
+            detector = {**crt["detector"], "run": listed["run"], "seed": listed["seed"]}
+            label = f"{listed['run']}_s{listed['seed']}"
+            located.append(
+                (detector, runs_root / protocol / label, results_root / spec["results"] / label,
+                 f"{protocol}_{label}")
+            )  # fmt: skip
+    else:
+        registered = spec["arms"]
+        located = [
+            (spec["detector"], runs_root / protocol, results_root / spec["results"], protocol)
+        ]
+    chosen = _chosen_arms(registered, arms, block)
     plans = []
-    for detector in spec["detectors"]:
-        run_id, seed = detector["run"], int(detector["seed"])
-        if run_id in sweeps["runs"]:
-            candidates = build_tasks(
-                sweeps, size, runs_root / size, results_root / size, [seed],
-                python=python, threads=threads, only=[run_id],
-            )  # fmt: skip
-        elif run_id.startswith("crt_confirm_"):
-            candidates = build_crt_confirmation_tasks(
-                sweeps, run_id.removeprefix("crt_confirm_"), runs_root, results_root,
-                python=python, threads=threads,
-            )  # fmt: skip
-        else:
-            raise SweepError(
-                f"{SWEEPS}: crt_features.detectors: {run_id!r} is neither a run of the sweep "
-                "nor a crt_confirm_<arm> run of the cRT confirmation"
-            )
-        label = f"{run_id}_s{seed}"
-        base = next((t for t in candidates if t.kind == "train" and t.name == label), None)
-        if base is None:
-            raise SweepError(
-                f"{SWEEPS}: crt_features.detectors: {run_id!r} has no training run of seed {seed}"
-            )
+    for detector, crt_dir, results_dir, name in located:
+        base = detector_training_task(
+            sweeps, detector, runs_root, results_root, python=python, threads=threads
+        )
         plans.append(
             crt_detector_plan(
                 base,
-                RunFolder(base.run_dir).checkpoint_dir / crt["detector"]["checkpoint"],
-                runs_root / "crt_features" / label,
-                results_root / spec["results"] / label,
+                RunFolder(base.run_dir).checkpoint_dir / detector["checkpoint"],
+                crt_dir,
+                results_dir,
                 chosen,
                 spec["seeds"] if seeds is None else seeds,
-                name=f"crt_features_{label}",
+                name=name,
                 python=python,
             )
         )
@@ -1148,12 +1127,7 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
                 f"arms' settings are registered in sweeps.yaml {PROTOCOL_BLOCKS[args.protocol]}.arms"
             )
         chosen = {"threads": args.threads, "seeds": args.seeds, "arms": args.runs}
-        if args.protocol == "crt_features":
-            plans = build_crt_features_tasks(sweeps, runs_root, results_root, **chosen)
-        else:
-            plans = [
-                build_crt_tasks(sweeps, runs_root, results_root, protocol=args.protocol, **chosen)
-            ]
+        plans = build_crt_plans(sweeps, runs_root, results_root, protocol=args.protocol, **chosen)
         tasks = [task for crt in plans for task in crt.tasks]
         actions = {name: action for crt in plans for name, action in plan_crt(crt).items()}
         log_dir = runs_root / args.protocol / "logs"

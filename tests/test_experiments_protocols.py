@@ -195,9 +195,10 @@ def test_diagnosis_results_are_copied_and_read_as_the_final_metric(tmp_path):
 
 # --------------------------------------------------------------------------- cRT
 def crt_plan(tmp_path: Path, **kwargs) -> run_all.CrtPlan:
-    return run_all.build_crt_tasks(
+    (plan,) = run_all.build_crt_plans(
         SWEEPS, tmp_path / "runs", tmp_path / "results", python="py", **kwargs
     )
+    return plan
 
 
 def test_crt_tasks_detector_cache_and_every_arm_and_seed(tmp_path):
@@ -362,7 +363,7 @@ def test_crt_m0_tasks_on_the_diagnosis_detector(tmp_path):
         crt_plan(tmp_path, protocol="crt_m0", arms=["cs_prior_count0"])
     other = {**SWEEPS, "crt_m0": {**spec, "detector": {**detector, "benchmark": "m9"}}}
     with pytest.raises(run_all.SweepError, match="benchmark 'm9'"):
-        run_all.build_crt_tasks(other, tmp_path, tmp_path, protocol="crt_m0")
+        run_all.build_crt_plans(other, tmp_path, tmp_path, protocol="crt_m0")
 
 
 def test_crt_m0_lsdet_crt_accepts_every_arms_overrides(tmp_path):
@@ -645,8 +646,8 @@ def test_crt_confirmation_claim_judges_final_evaluation_map_against_t1_concurren
 # --------------------------------------------------------------------------- cRT on other features
 def test_crt_features_tasks_per_detector_of_the_sweep_and_of_the_confirmation(tmp_path):
     spec = SWEEPS["crt_features"]
-    plans = run_all.build_crt_features_tasks(
-        SWEEPS, tmp_path / "runs", tmp_path / "results", python="py"
+    plans = run_all.build_crt_plans(
+        SWEEPS, tmp_path / "runs", tmp_path / "results", protocol="crt_features", python="py"
     )
     assert [p.base.name for p in plans] == [f"{d['run']}_s{d['seed']}" for d in spec["detectors"]]
     by_name = {p.base.name: p for p in plans}
@@ -684,19 +685,21 @@ def test_crt_features_tasks_per_detector_of_the_sweep_and_of_the_confirmation(tm
     prefix = "crt_features_crt_confirm_cs_mean_reduction_s7_"
     for task in confirmed.arms:
         assert task.settings == protocol[task.name.removeprefix(prefix)].settings
-    only = run_all.build_crt_features_tasks(
-        SWEEPS, tmp_path / "runs", tmp_path / "results", python="py", seeds=[1], arms=["softmax"]
-    )
+    only = run_all.build_crt_plans(
+        SWEEPS, tmp_path / "runs", tmp_path / "results", protocol="crt_features", python="py",
+        seeds=[1], arms=["softmax"],
+    )  # fmt: skip
     assert {t.name for p in only for t in p.arms} == {
         f"crt_features_{d['run']}_s{d['seed']}_softmax_s1" for d in spec["detectors"]
     }
     with pytest.raises(run_all.SweepError, match="crt_features has no arm"):
-        run_all.build_crt_features_tasks(
-            SWEEPS, tmp_path / "runs", tmp_path / "results", arms=["cs_prior_count0"]
-        )
+        run_all.build_crt_plans(
+            SWEEPS, tmp_path / "runs", tmp_path / "results", protocol="crt_features",
+            arms=["cs_prior_count0"],
+        )  # fmt: skip
     unknown = {**SWEEPS, "crt_features": {**spec, "detectors": [{"run": "t9_x", "seed": 0}]}}
     with pytest.raises(run_all.SweepError, match="neither a run of the sweep"):
-        run_all.build_crt_features_tasks(unknown, tmp_path / "runs", tmp_path / "results")
+        run_all.build_crt_plans(unknown, tmp_path, tmp_path, protocol="crt_features")
     outside = {**SWEEPS, "crt_features": {**spec, "detectors": [{"run": "t1_softmax", "seed": 9}]}}
-    plans = run_all.build_crt_features_tasks(outside, tmp_path / "runs", tmp_path / "results")
+    plans = run_all.build_crt_plans(outside, tmp_path, tmp_path, protocol="crt_features")
     assert plans[0].base.name == "t1_softmax_s9"  # any seed of a sweep run is a detector
