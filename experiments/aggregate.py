@@ -14,19 +14,19 @@ model), diagnosis_<variant>.csv, diagnosis.md and diagnosis_<variant>.png (per-c
 differences by class group, experiments/diagnosis.py), convergence.csv and convergence.png,
 Figure 4 and Figure 5 (PNG + CSV), leaf_parent_map.csv and missing.txt, and registered.csv
 (the claims of the protocols registered before their runs, sweeps.yaml `diagnosis_sweep:`,
-`crt_protocol:` and `crt_m0:`, on the results beside this folder: "not run yet", "in progress: k of n seed
-pairs" with the interim estimate and sd but no test or verdict until every registered seed
-pair is there, or judged; also at the end of claims.md), and beside the diagnosis protocol's
-results bootstrap.csv: the image-bootstrap interval of Δ of every (benchmark, seed) pair with
-per-image records (experiments/bootstrap.py; 1000 seeded resamples; rows already in the file
-are reused), summarised at the end of claims.md against the seed-to-seed sd of Δ. The
-per-class diagnosis is also written, descriptive, for the registered protocols' results: the
-cRT arms (<crt results>/diagnosis.*), the cRT confirmation by full training
-(<crt results>/confirm/diagnosis.*), the dose-response benchmarks, each by its own class
-groups (<diagnosis results>/diagnosis.*), and the cRT arms on the features of detectors that
-concurrent softmax trained (sweeps.yaml `crt_features:`, post hoc: <crt results>/features/
-summary.csv and diagnosis.*) and the cRT arms on the m = 0 benchmark's softmax detector
-(sweeps.yaml `crt_m0:`, <crt results>/m0/diagnosis.*, by that benchmark's class groups).
+`crt_protocol:` and `crt_m0:`, on the results beside this folder: "not run yet", "in progress: k
+of n seed pairs" with the interim estimate and sd but no test or verdict until every registered
+seed pair is there, or judged; also at the end of claims.md), and beside the diagnosis
+protocol's results bootstrap.csv: the image-bootstrap interval of Δ of every (benchmark, seed)
+pair with per-image records (experiments/bootstrap.py; 1000 seeded resamples; rows already in
+the file are reused), summarised at the end of claims.md against the seed-to-seed sd of Δ. The
+per-class diagnosis is also written, descriptive, for the registered protocols' results: the cRT
+arms (<crt results>/diagnosis.*), the cRT confirmation by full training (<crt
+results>/confirm/diagnosis.*), the dose-response benchmarks, each by its own class groups
+(<diagnosis results>/diagnosis.*), and the cRT arms on the features of detectors that concurrent
+softmax trained (sweeps.yaml `crt_features:`, post hoc: <crt results>/features/summary.csv and
+diagnosis.*) and the cRT arms on the m = 0 benchmark's softmax detector (sweeps.yaml `crt_m0:`,
+<crt results>/m0/diagnosis.*, by that benchmark's class groups).
 
 The verdict rule (sweeps.yaml `statistics:`, experiments/claim_statistics.py): a paired
 two-sided t-test of the per-seed differences at alpha and an equivalence test (TOST) at the
@@ -1147,9 +1147,10 @@ def markdown_protocols(summary: pd.DataFrame) -> str:
     lines = [
         "**Registered before their runs** (sweeps.yaml `diagnosis_sweep:` and "
         "`crt_protocol:`, before the diagnosis runs; `crt_m0:`, after the interim m = 0 "
-        "result of the diagnosis sweep, before its own runs; estimate = mean Δ, or the slope of Δ over m, in mAP points; sd = "
-        "sd of Δ, about the line for the slope). A claim gets its test and verdict only when "
-        "every registered seed pair is there: the verdict rule is for the registered n. "
+        "result of the diagnosis sweep, before its own runs; estimate = mean Δ, or the "
+        "slope of Δ over m, in mAP points; sd = sd of Δ, about the line for the slope). "
+        "A claim gets its test and verdict only when every registered seed pair is there: "
+        "the verdict rule is for the registered n. "
         "While it is in progress the table shows the interim estimate and its sd only.",
         "",
         "| protocol | claim | status | estimate | sd | t (df) | p | TOST p | verdict | "

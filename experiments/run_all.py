@@ -18,11 +18,11 @@ continues the sweep. A training run cut short continues from its own checkpoint
 (train.resume=auto). Seed 0 of every run comes first, then seed 1, and so on. At the end
 experiments/aggregate.py writes the tables and figures to experiments/results/<size>/.
 
-The protocols registered before their runs (sweeps.yaml `diagnosis_sweep:`, `crt_protocol:`)
-run with --protocol. `diagnosis`: one data root per benchmark (multi-label rate m), the
-d_softmax / d_concurrent_softmax runs per seed and benchmark (seed by seed), evaluated after
-the last two epochs only with per-image records kept for an image bootstrap; results in
-experiments/results/diagnosis/ as above, with multi_labelled_classes.csv (the secondary
+The protocols registered before their runs (sweeps.yaml `diagnosis_sweep:`, `crt_protocol:`,
+`crt_m0:`) run with --protocol. `diagnosis`: one data root per benchmark (multi-label rate
+m), the d_softmax / d_concurrent_softmax runs per seed and benchmark (seed by seed),
+evaluated after the last two epochs only with per-image records kept for an image bootstrap;
+results in experiments/results/diagnosis/ as above, with multi_labelled_classes.csv (the secondary
 claim's classes). `crt`: the base detector the protocol names (trained as the converged sweep
 trains it when its checkpoint is absent), its RoI features cached once, then every arm x seed
 of `python -m lsdet.crt`, results in experiments/results/crt/; once every arm and seed has
@@ -38,7 +38,8 @@ gone before any of its cRT results exist), results in
 experiments/results/crt/features/<run>_s<seed>/. `crt_m0`: as `crt`, on the features of the
 diagnosis sweep's m = 0 softmax detector (a diagnosis run, trained as that sweep trains it
 when its checkpoint is absent), results in experiments/results/crt/m0/; no confirmation.
-Each then aggregates the converged results folder, whose claims.md and registered.csv report the registered claims.
+Each then aggregates the converged results folder, whose claims.md and registered.csv report
+the registered claims.
 """
 
 from __future__ import annotations
@@ -1105,9 +1106,9 @@ def _run(args: argparse.Namespace, sweeps: dict, out: Path, results: Path, seeds
 
 
 def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
-    """`--protocol diagnosis | crt | crt_features | crt_m0`: the tasks of a protocol, run (or listed with
-    --dry-run) as a size's sweep is, then the converged results aggregated again (their
-    claims.md and registered.csv report the protocols' claims)."""
+    """`--protocol diagnosis | crt | crt_features | crt_m0`: the tasks of a protocol, run (or
+    listed with --dry-run) as a size's sweep is, then the converged results aggregated again
+    (their claims.md and registered.csv report the protocols' claims)."""
     spec = sweeps[PROTOCOL_BLOCKS[args.protocol]]
     runs_root = Path(args.out or "runs/experiments")
     results_root = Path(args.results or HERE / "results")
@@ -1124,7 +1125,8 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         if args.overrides:
             raise SweepError(
                 f"--protocol {args.protocol} takes no extra overrides ({args.overrides}): the "
-                f"arms' settings are registered in sweeps.yaml {PROTOCOL_BLOCKS[args.protocol]}.arms"
+                "arms' settings are registered in sweeps.yaml "
+                f"{PROTOCOL_BLOCKS[args.protocol]}.arms"
             )
         chosen = {"threads": args.threads, "seeds": args.seeds, "arms": args.runs}
         plans = build_crt_plans(sweeps, runs_root, results_root, protocol=args.protocol, **chosen)
