@@ -171,7 +171,10 @@ class ConcurrentSoftmaxLoss(ClassificationLoss):
         literal wording, under which an ancestor that is a negative would suppress its own
         leaf) and for the other positives of a RoI with labels in two subtrees. Descendants
         of an annotated parent-only label stay negatives, suppressing it as
-        ``rates.hierarchy_rate`` says (1: not at all, 0: fully). Needs ``ancestors``.
+        ``rates.hierarchy_rate`` says (1: not at all, 0: fully). Needs ``ancestors``. With
+        ``rates.hierarchy_rate=0`` eq. 5 at test keeps the ancestors in a leaf's denominator
+        while this loss never pushes them down on the leaf's RoIs, so they take the leaf's
+        score: that combination trains and scores inconsistently.
 
     ``positive_reduction`` (``loss.positive_reduction``), how a RoI's terms combine:
     ``sum`` (default; eq. 3 as printed) or ``mean`` (the sum divided by |K|, gradient
