@@ -1444,6 +1444,14 @@ def pair_diagnoses(
     ]
 
 
+def benchmark_class_groups_csv(results_root: Path, sweeps: dict, benchmark: str) -> Path:
+    """The class groups of a diagnosis benchmark: <diagnosis results>/<the
+    `diagnosis.dose_response.class_groups` pattern for the benchmark>."""
+    pattern = sweeps["diagnosis"]["dose_response"]["class_groups"]
+    folder = Path(results_root) / sweeps["diagnosis_sweep"]["results"]
+    return folder / pattern.format(benchmark=benchmark)
+
+
 def crt_diagnosis_outputs(
     results_root: Path, sweeps: dict, groups_csv: Path, block: str = "crt_protocol"
 ) -> str:
@@ -1462,12 +1470,7 @@ def crt_diagnosis_outputs(
         return ""
     benchmark = spec["detector"].get("benchmark")
     if benchmark is not None:
-        dose = sweeps["diagnosis"]["dose_response"]
-        groups_csv = (
-            Path(results_root)
-            / sweeps["diagnosis_sweep"]["results"]
-            / dose["class_groups"].format(benchmark=benchmark)
-        )
+        groups_csv = benchmark_class_groups_csv(results_root, sweeps, benchmark)
     if not groups_csv.is_file():
         return ""
     runs = collect_results(folder)[0]
@@ -1622,7 +1625,7 @@ def dose_response_diagnosis_outputs(results_root: Path, sweeps: dict) -> str:
         return ""
     diagnoses, without_groups = [], []
     for benchmark, settings in spec["benchmarks"].items():
-        groups_csv = folder / dose["class_groups"].format(benchmark=benchmark)
+        groups_csv = benchmark_class_groups_csv(results_root, sweeps, benchmark)
         if not groups_csv.is_file():
             without_groups.append(benchmark)
             continue
@@ -1708,9 +1711,8 @@ def aggregate(results_dir: Path, sweeps: dict) -> str:
         groups_csv = results_dir / sweeps["diagnosis"].get(
             "class_groups", diagnosis.CLASS_GROUPS_CSV
         )
-        crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
-        if sweeps.get("crt_m0"):
-            crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv, block="crt_m0")
+        for block in ("crt_protocol", "crt_m0"):
+            crt_diagnosis_outputs(results_dir.parent, sweeps, groups_csv, block)
         confirmation_diagnosis_outputs(results_dir.parent, sweeps, groups_csv)
         dose_response_diagnosis_outputs(results_dir.parent, sweeps)
         crt_features_outputs(results_dir.parent, sweeps, groups_csv)

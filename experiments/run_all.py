@@ -673,11 +673,15 @@ def build_diagnosis_tasks(
     return tasks
 
 
-def generate_benchmarks(spec: dict, python: str = sys.executable) -> list[str]:
-    """Writes (or finds up to date) the data root of every diagnosis benchmark, once up front;
-    returns the roots in the registered order."""
+def generate_benchmarks(
+    spec: dict, python: str = sys.executable, only: list[str] | None = None
+) -> list[str]:
+    """Writes (or finds up to date) the data root of every diagnosis benchmark (or of those in
+    ``only``), once up front; returns the roots in the registered order."""
     roots = []
     for benchmark in spec["benchmarks"]:
+        if only is not None and benchmark not in only:
+            continue
         data = benchmark_data(spec, benchmark)
         subprocess.run([python, "-m", "lsdet.data.synth", *dotted(data)], check=True)
         roots.append(data["root"])
@@ -1158,7 +1162,7 @@ def run_protocol(args: argparse.Namespace, sweeps: dict) -> int:
         written = write_multi_labelled_classes(spec, results / MULTI_LABELLED_CSV)
         print(f"multi-labelled classes of the benchmarks: {written}")
     elif "benchmark" in spec.get("detector", {}):  # a diagnosis benchmark's detector
-        generate_benchmarks(sweeps["diagnosis_sweep"])
+        generate_benchmarks(sweeps["diagnosis_sweep"], only=[spec["detector"]["benchmark"]])
     else:
         size_cfg = sweeps["sizes"][sweeps["crt_protocol"]["detector"]["size"]]
         data = variant_data(size_cfg, size_cfg["data"]["generate"]["val_label_noise"])

@@ -171,7 +171,9 @@ def test_crt_m0_diagnosis_uses_the_benchmarks_class_groups_and_its_claims_pairs(
     # the benchmark's groups: /c is a confused-pair leaf there, not in the converged groups
     groups = GROUPS.assign(confused_pair=[False, False, False, True])
     (tmp_path / "diagnosis").mkdir()
-    groups.to_csv(tmp_path / "diagnosis" / "class_groups_m0.csv", index=False)
+    groups_csv = aggregate.benchmark_class_groups_csv(tmp_path, sweeps, "m0")
+    assert groups_csv == tmp_path / "diagnosis" / "class_groups_m0.csv"
+    groups.to_csv(groups_csv, index=False)
     text = aggregate.crt_diagnosis_outputs(tmp_path, sweeps, converged_groups, "crt_m0")
     assert "sweeps.yaml `crt_m0:`" in text
     table = pd.read_csv(tmp_path / "m0_results" / "diagnosis.csv")

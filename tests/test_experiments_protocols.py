@@ -366,6 +366,23 @@ def test_crt_m0_tasks_on_the_diagnosis_detector(tmp_path):
         run_all.build_crt_plans(other, tmp_path, tmp_path, protocol="crt_m0")
 
 
+def test_generate_benchmarks_writes_every_benchmark_or_only_those_asked(monkeypatch):
+    """One `python -m lsdet.data.synth` per benchmark, with its root and multi-label rate; a
+    cRT detector of one benchmark (crt_m0) needs only that one."""
+    spec = SWEEPS["diagnosis_sweep"]
+    commands = []
+    monkeypatch.setattr(run_all.subprocess, "run", lambda cmd, check: commands.append(cmd))
+    roots = run_all.generate_benchmarks(spec, python="py")
+    assert roots == [b["root"] for b in spec["benchmarks"].values()]
+    for command, benchmark in zip(commands, spec["benchmarks"].values(), strict=True):
+        assert command[:3] == ["py", "-m", "lsdet.data.synth"]
+        assert f"root={benchmark['root']}" in command
+        assert f"generate.multi_label_rate={benchmark['multi_label_rate']}" in command
+    commands.clear()
+    assert run_all.generate_benchmarks(spec, python="py", only=["m0"]) == ["data/synth_m0"]
+    assert len(commands) == 1
+
+
 def test_crt_m0_lsdet_crt_accepts_every_arms_overrides(tmp_path):
     from hydra import compose, initialize_config_dir
     from train_helpers import CONF_DIR
